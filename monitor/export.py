@@ -1,0 +1,117 @@
+"""The export thread: sinks run here, never on the training thread.
+
+The training thread only appends to a bounded queue; when the queue is full the oldest item
+is dropped and counted, so a slow disk or a stuck sink can never stall training.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from .snapshot import Pulse, Snapshot
+
+log = logging.getLogger("gradwatch")
+
+
+class Sink(Protocol):
+    """Where Pulses and Snapshots go. Called on the export thread only."""
+
+    def on_pulse(self, pulse: Pulse) -> None: ...
+
+    def on_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WarnOnce:
+    """Logs each distinct failure once (per key), so a dead receiver is not logged per step."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, message: str, *args: Any) -> None:
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+        log.warning(message, *args)
+
+
+class ExportWorker:
+    """Delivers items to sinks on a daemon thread, through a bounded drop-oldest queue."""
+
+    def __init__(self, sinks: list[Sink], max_queue: int = 10_000) -> None:
+        self.sinks = list(sinks)
+        self.dropped = 0
+        self._queue: deque[tuple[str, object]] = deque()
+        self._max_queue = max_queue
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._warn = WarnOnce()
+        self._thread = threading.Thread(target=self._run, name="gradwatch-export", daemon=True)
+        self._thread.start()
+
+    def submit(self, method: str, item: object) -> None:
+        """Queue ``sink.<method>(item)`` for every sink that has it; never blocks."""
+        with self._cond:
+            if self._closed:
+                return
+            if len(self._queue) >= self._max_queue:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append((method, item))
+            self._cond.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far was delivered; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (bounded wait), close the sinks, stop the thread."""
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # a failing sink must not break shutdown
+                self._warn(f"close:{type(sink).__name__}", "gradwatch: closing %s failed: %r",
+                           type(sink).__name__, exc)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                method, item = self._queue.popleft()
+                self._busy = True
+            for sink in self.sinks:
+                handler = getattr(sink, method, None)
+                if handler is None:
+                    continue
+                try:
+                    handler(item)
+                except Exception as exc:
+                    self._warn(f"{type(sink).__name__}:{type(exc).__name__}",
+                               "gradwatch: %s.%s failed (reported once): %r",
+                               type(sink).__name__, method, exc)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()

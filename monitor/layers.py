@@ -1,0 +1,106 @@
+"""Which modules are "layers", which parameters belong to them, and their depth order.
+
+A layer is a module that directly owns at least one parameter, named by its qualified name
+(``model.named_modules()``). Layers are indexed in registration order internally; the
+depth (forward) order is learned from the first forward pass that runs with hooks and is
+applied when a Snapshot is packed, so every array a user sees is ordered input -> output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+#: Parameter-free activation modules whose output is attributed to the layer that ran just
+#: before them (their input, in a sequential model). Their kind selects the saturation test.
+SATURATING_SIGMOID = (nn.Sigmoid, nn.Hardsigmoid)
+SATURATING_TANH = (nn.Tanh, nn.Hardtanh, nn.Softsign)
+ACTIVATION_MODULES = SATURATING_SIGMOID + SATURATING_TANH + (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Hardswish,
+)
+
+SATURATION_NONE, SATURATION_SIGMOID, SATURATION_TANH = 0, 1, 2
+
+
+def saturation_kind(module: nn.Module) -> int:
+    """The saturation test that applies to ``module``'s output."""
+    if isinstance(module, SATURATING_SIGMOID):
+        return SATURATION_SIGMOID
+    if isinstance(module, SATURATING_TANH):
+        return SATURATION_TANH
+    return SATURATION_NONE
+
+
+@dataclass
+class LayerIndex:
+    """Layers of a model and the mapping from its unique parameters to them.
+
+    A parameter shared by several modules is counted once in global norms and belongs to
+    every layer that owns it, so each layer's norm is the norm of its own weights.
+    """
+
+    names: list[str]
+    modules: list[nn.Module]
+    params: list[nn.Parameter]
+    #: (param position, layer position) pairs, one per ownership.
+    pair_param: torch.Tensor
+    pair_layer: torch.Tensor
+    #: registration positions in forward order; layers never called keep registration order.
+    depth_order: list[int] = field(default_factory=list)
+    param_position: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> LayerIndex:
+        names: list[str] = []
+        modules: list[nn.Module] = []
+        params: list[nn.Parameter] = []
+        param_position: dict[int, int] = {}
+        pairs: list[tuple[int, int]] = []
+        for name, module in model.named_modules():
+            own = [p for p in module._parameters.values() if p is not None]
+            if not own:
+                continue
+            layer = len(names)
+            names.append(name or type(module).__name__)
+            modules.append(module)
+            for p in own:
+                if id(p) not in param_position:
+                    param_position[id(p)] = len(params)
+                    params.append(p)
+                pairs.append((param_position[id(p)], layer))
+        pair_param = torch.tensor([p for p, _ in pairs], dtype=torch.long)
+        pair_layer = torch.tensor([layer for _, layer in pairs], dtype=torch.long)
+        return cls(
+            names=names,
+            modules=modules,
+            params=params,
+            pair_param=pair_param,
+            pair_layer=pair_layer,
+            depth_order=list(range(len(names))),
+            param_position=param_position,
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def set_forward_order(self, called: list[int]) -> None:
+        """Order layers by first call in a forward pass; uncalled ones go last."""
+        seen = set(called)
+        self.depth_order = list(dict.fromkeys(called)) + [
+            i for i in range(len(self.names)) if i not in seen
+        ]
+
+    def ordered_names(self) -> list[str]:
+        return [self.names[i] for i in self.depth_order]

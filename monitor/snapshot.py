@@ -1,0 +1,104 @@
+"""Host-side records of training steps: what everything downstream of the probes reads.
+
+No torch here: detectors and sinks see plain floats and numpy arrays only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Sources of non-finite values, in the order of the ``nonfinite`` arrays' first axis.
+NONFINITE_SOURCES = ("gradient", "activation", "parameter")
+#: Kinds of non-finite values, in the order of the ``nonfinite`` arrays' last axis.
+NONFINITE_KINDS = ("nan", "posinf", "neginf")
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """The always-on figures of ONE optimizer step (every step, sampled or not).
+
+    Attributes:
+        step: the global step (optimizer steps done before this one).
+        time: wall-clock time (seconds since the epoch) when the step ended.
+        loss: the loss backpropagated in the step (the sum of the micro-batch losses as
+            passed to backward, i.e. the mean loss under gradient accumulation); NaN if none.
+        global_grad_norm: L2 norm over all gradients before clipping; NaN if none.
+        clipped_grad_norm: L2 norm over all gradients after clipping, when clipping is
+            tracked; NaN otherwise.
+        loss_scale: the AMP GradScaler's scale after its update; NaN without a scaler.
+        optimizer_stepped: whether at least one optimizer step ran (False for a step that a
+            GradScaler skipped because of overflowed gradients).
+        learning_rates: learning rate of every param group of every optimizer, in order.
+    """
+
+    step: int
+    time: float
+    loss: float
+    global_grad_norm: float
+    clipped_grad_norm: float = math.nan
+    loss_scale: float = math.nan
+    optimizer_stepped: bool = True
+    learning_rates: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Full per-layer statistics of one sampled step.
+
+    Every per-layer array has one entry per layer, in forward (depth) order, input first.
+    NaN marks "not defined at this step": a layer without gradient (frozen, unused), a layer
+    that was not updated, or whose forward did not run.
+
+    Attributes:
+        run, rank, step, time: where and when.
+        layers: qualified module names, depth order.
+        grad_norm: L2 norm of each layer's gradients before clipping.
+        weight_norm: L2 norm of each layer's parameters before the optimizer step.
+        update_ratio: ||W_after - W_before|| / ||W_before|| over the layer's updated params.
+        activation_mean, activation_variance: of the layer's activation (the output of the
+            activation module that directly follows it, else of the layer itself), over all
+            micro-batches of the step; variance is the population variance.
+        activation_saturation_ratio: fraction of activation values in the flat region of a
+            sigmoid/tanh-like activation; NaN where the activation does not saturate.
+        activation_dead_ratio: fraction of activation values that are exactly zero.
+        activation_max_abs: max |x| of the activation.
+        layer_output_max_abs: max |x| of the layer's own output (before its activation), used
+            for fp16 headroom.
+        nonfinite: int array [source, layer, kind] of non-finite element counts, sources per
+            NONFINITE_SOURCES, kinds per NONFINITE_KINDS.
+        nonfinite_origin: the first module, in forward call order, whose output held a
+            non-finite value at this step ("" if none or not traced).
+        pulses: every step's Pulse since the previous Snapshot, this step included.
+        overhead_seconds: the monitor's cumulative own time on the training thread.
+    """
+
+    run: str
+    rank: int
+    step: int
+    time: float
+    layers: tuple[str, ...]
+    grad_norm: np.ndarray
+    weight_norm: np.ndarray
+    update_ratio: np.ndarray
+    activation_mean: np.ndarray
+    activation_variance: np.ndarray
+    activation_saturation_ratio: np.ndarray
+    activation_dead_ratio: np.ndarray
+    activation_max_abs: np.ndarray
+    layer_output_max_abs: np.ndarray
+    nonfinite: np.ndarray
+    nonfinite_origin: str
+    pulses: tuple[Pulse, ...]
+    overhead_seconds: float
+
+    @property
+    def pulse(self) -> Pulse:
+        """This step's own Pulse."""
+        return self.pulses[-1]
+
+    def nonfinite_by_source(self, source: str) -> np.ndarray:
+        """Per-layer count of non-finite values (all kinds) of one source."""
+        return self.nonfinite[NONFINITE_SOURCES.index(source)].sum(axis=1)
