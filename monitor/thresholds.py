@@ -33,6 +33,62 @@ class Thresholds:
         "|tanh(x)| > 0.97 means |x| > 2.1, where its derivative 1 - y^2 < 0.06 (THEORY 2).",
         high=1.0,
     )
+    vanishing_depth_ratio: float = _t(
+        1e-3,
+        "Gradient norm of the input-side layers below this fraction of the output-side "
+        "layers': 0.25^5 ~ 1e-3 is five sigmoid layers' worth of decay (THEORY 1-2).",
+        high=1.0,
+    )
+    vanishing_samples: float = _t(
+        3, "Sampled steps in a row the depth profile must stay collapsed before alerting: "
+        "one sample can be a transient.", low=1, high=1000)
+    update_ratio_low: float = _t(
+        1e-4,
+        "||dW||/||W|| below this means the layer is barely learning; ~1e-3 is typical of "
+        "healthy SGD/Adam training (THEORY 5).",
+    )
+    update_ratio_high: float = _t(
+        1e-2, "||dW||/||W|| above this means the layer is being thrown around (THEORY 5).")
+    explosion_norm: float = _t(
+        1e4, "Global gradient norm above this is exploding in absolute terms, whatever "
+        "the history.", low=1e-12)
+    explosion_spike_factor: float = _t(
+        10.0, "Global norm above this many times the max of the recent window is a spike "
+        "(Megatron's rule of thumb, THEORY 5).", low=1.0)
+    explosion_growth_factor: float = _t(
+        2.0, "Global norm growing by at least this factor per step over explosion_growth_steps "
+        "steps is exponential growth (THEORY 1).", low=1.0)
+    explosion_growth_steps: float = _t(
+        4, "Consecutive growing steps that make exponential growth.", low=2, high=1000)
+    history_steps: float = _t(
+        100, "Steps of recent history that spikes are judged against (THEORY 5).",
+        low=2, high=100_000)
+    loss_spike_factor: float = _t(
+        10.0, "Loss above this many times the max of the recent window is a spike.", low=1.0)
+    loss_growth_factor: float = _t(
+        4.0, "Loss mean of the latest quarter of the window above this many times the "
+        "window's minimum is sustained growth.", low=1.0)
+    saturation_ratio: float = _t(
+        0.5, "Fraction of saturated sigmoid/tanh outputs above which a layer is saturated.",
+        high=1.0)
+    dead_ratio: float = _t(
+        0.9, "Fraction of exact-zero ReLU outputs above which a layer is mostly dead.", high=1.0)
+    unit_warning_samples: float = _t(
+        5, "Sampled steps in a row before a saturation or dead-unit warning.", low=1, high=1000)
+    amp_skipped_steps: float = _t(
+        5, "Skipped (overflowed) AMP steps within history_steps that make an overflow storm; "
+        "a scaler skips one now and then by design.", low=1, high=100_000)
+    fp16_headroom_bits: float = _t(
+        2.0, "log2(65504 / max|x|) below this: fp16 activations within 4x of overflow.",
+        high=16)
+    init_variance_factor: float = _t(
+        8.0, "Weight variance off the Xavier/He expectation by more than this factor, either "
+        "way, is a bad initialisation (THEORY 3).", low=1.0)
+    stalled_seconds: float = _t(
+        300.0, "No step for this long while the trainer is up: TrainingStalled.", low=1.0)
+    escalation_steps: float = _t(
+        5, "Steps fully sampled after a non-finite value appears on an unsampled step.",
+        low=1, high=10_000)
 
     def __post_init__(self) -> None:
         for f in fields(self):
