@@ -66,6 +66,17 @@ class _Traced:
     is_activation: bool
 
 
+@dataclass(frozen=True)
+class _Row:
+    """Host-side facts of one ring row (the device holds its values)."""
+
+    step: int
+    time: float
+    stepped: bool
+    learning_rates: tuple[tuple[float, ...], ...]
+    measured: tuple[bool, bool, bool, bool]  # which ring columns hold a measured value
+
+
 @dataclass
 class _Step:
     """State of the step in progress."""
@@ -75,6 +86,7 @@ class _Step:
     sampled: bool
     loss_seen: bool = False
     grads_seen: bool = False
+    weights_seen: bool = False
     stepped: bool = False
     observed: set[int] = field(default_factory=set)
     # sampled steps only
@@ -180,7 +192,7 @@ class Monitor:
         self._step_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._present_index: dict[tuple[int, ...], torch.Tensor] = {}
         self._ring: torch.Tensor | None = None
-        self._rows: list[tuple[int, float, bool, tuple[float, ...]]] = []
+        self._rows: list[_Row] = []
         self._rows_read = 0
         self._pulses: list[Pulse] = []
         self._last_sampled: int | None = None
@@ -263,6 +275,8 @@ class Monitor:
         state = self._current
         if state is None:
             return
+        if state.sampled and not state.weights_seen:
+            self._measure_weights(state)
         positions, grads = self._unseen_gradients(optimizer, state)
         if not grads:
             return
@@ -275,10 +289,15 @@ class Monitor:
         index = self._index_of(positions)
         state.grad_sq.index_copy_(0, index, squares)
         state.grad_nonfinite.index_copy_(0, index, probes.nonfinite_counts(grads))
-        params = [self.layers.params[i] for i in positions]
-        state.weight_sq.index_copy_(0, index, probes.norms([p.detach() for p in params]).square())
-        state.weight_nonfinite.index_copy_(0, index, probes.nonfinite_counts(params))
         state.has_grad.update(positions)
+
+    def _measure_weights(self, state: _Step) -> None:
+        """Norms and non-finite counts of every parameter, once per sampled step."""
+        params = [p.detach() for p in self.layers.params]
+        if params:
+            state.weight_sq = probes.norms(params).square()
+            state.weight_nonfinite = probes.nonfinite_counts(params)
+        state.weights_seen = True
 
     @_timed
     def end_step(self) -> None:
@@ -303,19 +322,18 @@ class Monitor:
         state = self._current
         assert state is not None
         ring = self._ring
-        if state.grads_seen:
-            ring[state.row, _GRAD_SQ].sqrt_()
-        else:
-            ring[state.row, _GRAD_SQ].fill_(math.nan)
-        if not state.loss_seen:
-            ring[state.row, _LOSS].fill_(math.nan)
+        ring[state.row, _GRAD_SQ].sqrt_()
         scale = getattr(self.grad_scaler, "_scale", None)  # a tensor: reading it needs no sync
-        if isinstance(scale, torch.Tensor):
+        has_scale = isinstance(scale, torch.Tensor)
+        if has_scale:
             ring[state.row, _SCALE].copy_(scale.reshape(-1)[0], non_blocking=True)
-        else:
-            ring[state.row, _SCALE].fill_(math.nan)
-        stepped = state.stepped or (not self._optimizers and state.grads_seen)
-        self._rows.append((state.step, time.time(), stepped, self._learning_rates()))
+        self._rows.append(_Row(
+            step=state.step,
+            time=time.time(),
+            stepped=state.stepped or (not self._optimizers and state.grads_seen),
+            learning_rates=self._learning_rates(),
+            measured=(state.loss_seen, state.grads_seen, self.track_clipping, has_scale),
+        ))
         if state.sampled:
             self._finish_sample(state)
         elif ring.device.type == "cpu":
@@ -347,17 +365,18 @@ class Monitor:
             # host memory already on a CPU device: a view, not a transfer
             host_rows = pending.numpy() if pending.device.type == "cpu" else _host(pending)
         for offset, values in enumerate(host_rows):
-            step, stamp, stepped, lrs = self._rows[self._rows_read + offset]
-            loss, grad_norm, clip_sq, scale = (float(v) for v in values)
+            row = self._rows[self._rows_read + offset]
+            loss, grad_norm, clipped, scale = (
+                float(v) if seen else None for v, seen in zip(values, row.measured))
             pulse = Pulse(
-                step=step,
-                time=stamp,
+                step=row.step,
+                time=row.time,
                 loss=loss,
                 global_grad_norm=grad_norm,
-                clipped_grad_norm=math.sqrt(clip_sq) if self.track_clipping else math.nan,
+                clipped_grad_norm=None if clipped is None else math.sqrt(clipped),
                 loss_scale=scale,
-                optimizer_stepped=stepped,
-                learning_rates=lrs,
+                optimizer_stepped=row.stepped,
+                learning_rates=row.learning_rates,
             )
             self._pulses.append(pulse)
             self.exporter.submit("on_pulse", pulse)
@@ -367,16 +386,9 @@ class Monitor:
         if self._current is None or self._current.row < self._rows_read:
             self._rows, self._rows_read = [], 0
 
-    def _learning_rates(self) -> tuple[float, ...]:
-        rates = []
-        for optimizer in self._optimizers:
-            for group in optimizer.param_groups:
-                lr = group.get("lr", math.nan)
-                # a tensor lr on an accelerator would need a sync to read
-                if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
-                    lr = math.nan
-                rates.append(float(lr))
-        return tuple(rates)
+    def _learning_rates(self) -> tuple[tuple[float, ...], ...]:
+        return tuple(tuple(_host_float(g.get("lr", math.nan)) for g in o.param_groups)
+                     for o in self._optimizers)
 
     # ------------------------------------------------------------------ sampled steps
 
@@ -462,6 +474,8 @@ class Monitor:
         self.overhead_seconds += time.perf_counter() - start
 
     def _finish_sample(self, state: _Step) -> None:
+        if not state.weights_seen:
+            self._measure_weights(state)
         for handle in self._step_handles:
             handle.remove()
         self._step_handles = []
@@ -633,6 +647,13 @@ class Monitor:
             index = torch.tensor(positions, dtype=torch.long, device=self._ring.device)
             self._present_index[key] = index
         return index
+
+
+def _host_float(value: object) -> float:
+    """A learning rate as a float; NaN for a tensor on an accelerator (reading it would sync)."""
+    if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+        return math.nan
+    return float(value)
 
 
 def _host(tensor: torch.Tensor) -> np.ndarray:

@@ -20,28 +20,30 @@ NONFINITE_KINDS = ("nan", "posinf", "neginf")
 class Pulse:
     """The always-on figures of ONE optimizer step (every step, sampled or not).
 
+    Values are None where not measured (no loss or gradients seen in the step, clipping not
+    tracked, no GradScaler); NaN and Inf are real values.
+
     Attributes:
         step: the global step (optimizer steps done before this one).
         time: wall-clock time (seconds since the epoch) when the step ended.
         loss: the loss backpropagated in the step (the sum of the micro-batch losses as
-            passed to backward, i.e. the mean loss under gradient accumulation); NaN if none.
-        global_grad_norm: L2 norm over all gradients before clipping; NaN if none.
-        clipped_grad_norm: L2 norm over all gradients after clipping, when clipping is
-            tracked; NaN otherwise.
-        loss_scale: the AMP GradScaler's scale after its update; NaN without a scaler.
+            passed to backward, i.e. the mean loss under gradient accumulation).
+        global_grad_norm: L2 norm over all gradients before clipping.
+        clipped_grad_norm: L2 norm over all gradients after clipping, when tracked.
+        loss_scale: the AMP GradScaler's scale after its update.
         optimizer_stepped: whether at least one optimizer step ran (False for a step that a
             GradScaler skipped because of overflowed gradients).
-        learning_rates: learning rate of every param group of every optimizer, in order.
+        learning_rates: per optimizer (in the order watched), the lr of each param group.
     """
 
     step: int
     time: float
-    loss: float
-    global_grad_norm: float
-    clipped_grad_norm: float = math.nan
-    loss_scale: float = math.nan
+    loss: float | None
+    global_grad_norm: float | None
+    clipped_grad_norm: float | None = None
+    loss_scale: float | None = None
     optimizer_stepped: bool = True
-    learning_rates: tuple[float, ...] = ()
+    learning_rates: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclass(frozen=True)

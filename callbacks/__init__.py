@@ -1,0 +1,5 @@
+"""Lightning callbacks of gradwatch."""
+
+from .training_diagnostics import TrainingDiagnostics
+
+__all__ = ["TrainingDiagnostics"]

@@ -1,0 +1,37 @@
+"""Lightning compatibility: the same callback serves ``lightning.pytorch`` and ``pytorch_lightning``.
+
+Each package has its own ``Callback`` base class and Trainers check ``isinstance`` against
+their own, so TrainingDiagnostics derives from every one that is installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def _installed(module: str, attribute: str) -> list[type]:
+    try:
+        return [getattr(importlib.import_module(module), attribute)]
+    except ImportError:
+        return []
+
+
+CALLBACK_BASES: tuple[type, ...] = tuple(
+    _installed("lightning.pytorch.callbacks", "Callback")
+    + _installed("pytorch_lightning.callbacks", "Callback")
+)
+if not CALLBACK_BASES:
+    raise ImportError("gradwatch's callbacks need `lightning` or `pytorch-lightning` installed")
+
+TENSORBOARD_LOGGERS: tuple[type, ...] = tuple(
+    _installed("lightning.pytorch.loggers", "TensorBoardLogger")
+    + _installed("pytorch_lightning.loggers", "TensorBoardLogger")
+)
+
+
+def tensorboard_writer(trainer):
+    """The SummaryWriter of the Trainer's TensorBoardLogger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TENSORBOARD_LOGGERS):
+            return logger.experiment
+    return None

@@ -1,0 +1,255 @@
+"""TrainingDiagnostics: the Lightning callback. Thin glue: hooks -> monitor.Monitor."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from typing_extensions import override
+
+from monitor.export import Sink
+from monitor.monitor import Monitor, check_int
+from monitor.prometheus import PrometheusSink
+from monitor.pushgateway import PushgatewayPusher
+from monitor.tensorboard import TensorBoardSink
+from monitor.thresholds import Thresholds
+
+from ._lightning import CALLBACK_BASES, tensorboard_writer
+
+log = logging.getLogger("gradwatch")
+
+
+class TrainingDiagnostics(*CALLBACK_BASES):
+    r"""Per-layer training diagnostics, exported to TensorBoard and Prometheus.
+
+    Works with a ``Trainer`` from ``lightning.pytorch`` and from ``pytorch_lightning``.
+    Every step (always on, no host sync): the loss and the global gradient norm.
+    Every ``every_n_steps`` steps (sampled): the full per-layer statistics below, copied to
+    the host in one transfer. A "layer" is a module that directly owns parameters, named by
+    its qualified name and ordered by depth (forward order).
+
+    Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1):
+
+    - ``gradwatch_grad_norm{layer}``: L2 norm of the layer's gradients, before clipping
+    - ``gradwatch_weight_norm{layer}``: L2 norm of the layer's parameters
+    - ``gradwatch_update_ratio{layer}``: ||delta W|| / ||W|| of the last optimizer step
+    - ``gradwatch_activation_mean{layer}``, ``gradwatch_activation_variance{layer}``: of the
+      layer's activation (output of the activation module right after it, else its output)
+    - ``gradwatch_activation_saturation_ratio{layer}``: fraction in the flat region of a
+      sigmoid/tanh-like activation
+    - ``gradwatch_activation_dead_ratio{layer}``: fraction of exact zeros (dead ReLU units)
+    - ``gradwatch_activation_max_abs{layer}``: max |x| of the activation
+    - ``gradwatch_layer_depth{layer}``, ``gradwatch_layers``: depth order and layer count
+    - ``gradwatch_global_grad_norm``, ``gradwatch_loss``, ``gradwatch_step``,
+      ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``:
+      latest step
+    - ``gradwatch_step_global_grad_norm``: histogram of every step's global norm (one-step
+      spikes between scrapes stay visible)
+    - ``gradwatch_clipped_grad_norm``, ``gradwatch_grad_clip_engaged_total``: with clipping
+    - ``gradwatch_amp_loss_scale``, ``gradwatch_amp_skipped_steps_total``: with "16-mixed"
+    - ``gradwatch_nonfinite_total{source,layer,kind}``: NaN/+Inf/-Inf values seen in
+      gradients, activations, parameters (sampled steps) and the loss (every step)
+    - ``gradwatch_nonfinite_steps_total{source}``: steps with a non-finite loss or gradient
+    - ``gradwatch_overhead_seconds_total``: the monitor's own time on the training thread
+    - ``gradwatch_snapshots_total``, ``gradwatch_export_dropped_total``, and
+      ``gradwatch_regime{regime}``, ``gradwatch_alerts_total{alertname}`` (alerts)
+
+    TensorBoard: the same figures as ``gradwatch/<statistic>/<layer>`` scalars, with a custom
+    scalars layout (one chart per statistic, all layers), in the Trainer's TensorBoardLogger
+    run when there is one, else in ``tensorboard_dir``.
+
+    Args:
+        run_name: the ``run`` label. Default: ``<logger name>/version_<n>`` of the Trainer's
+            logger, else ``run-<timestamp>``.
+        every_n_steps: full per-layer statistics every this many optimizer steps.
+        prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
+            processes, port + local rank). None: no endpoint.
+        prometheus_addr: the address to bind; loopback unless you open it on purpose.
+        tensorboard: write TensorBoard scalars.
+        tensorboard_dir: where to write them when the Trainer has no TensorBoardLogger
+            (default ``gradwatch_logs/<run_name>``).
+        pushgateway_url: also push the metrics there (grouping key run + rank), for jobs too
+            short to be scraped.
+        push_interval: seconds between pushes.
+        pushgateway_keep: keep the Pushgateway group after a clean end (default: delete it).
+        max_exported_layers: cap on ``layer`` label values; deeper models are exported as
+            this many contiguous depth groups.
+        update_ratio: measure update ratios (a transient copy of the updated parameters
+            during the optimizer step of sampled steps).
+        thresholds: numbers used to judge saturation and by the detectors.
+
+    Raises:
+        ValueError: at construction, for an argument out of range (naming it); at setup,
+            when ``prometheus_port`` cannot be bound.
+
+    Example::
+
+        from callbacks import TrainingDiagnostics
+        trainer = Trainer(callbacks=[TrainingDiagnostics(prometheus_port=9400)])
+        trainer.fit(model)    # then: curl 127.0.0.1:9400/metrics
+    """
+
+    def __init__(
+        self,
+        run_name: str | None = None,
+        every_n_steps: int = 50,
+        prometheus_port: int | None = None,
+        prometheus_addr: str = "127.0.0.1",
+        tensorboard: bool = True,
+        tensorboard_dir: str | None = None,
+        pushgateway_url: str | None = None,
+        push_interval: float = 10.0,
+        pushgateway_keep: bool = False,
+        max_exported_layers: int = 512,
+        update_ratio: bool = True,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        super().__init__()
+        check_int("every_n_steps", every_n_steps, low=1)
+        check_int("max_exported_layers", max_exported_layers, low=1)
+        if prometheus_port is not None:
+            check_int("prometheus_port", prometheus_port, low=0, high=65535)
+        if not isinstance(prometheus_addr, str) or not prometheus_addr:
+            raise ValueError(f"prometheus_addr must be a host address string, got "
+                             f"{prometheus_addr!r}")
+        if run_name is not None and (not isinstance(run_name, str) or not run_name):
+            raise ValueError(f"run_name must be a non-empty string or None, got {run_name!r}")
+        if pushgateway_url is not None and not str(pushgateway_url).startswith(
+                ("http://", "https://")):
+            raise ValueError(f"pushgateway_url must start with http:// or https://, got "
+                             f"{pushgateway_url!r}")
+        if isinstance(push_interval, bool) or not isinstance(push_interval, (int, float)) \
+                or not push_interval > 0:
+            raise ValueError(f"push_interval must be a number > 0, got {push_interval!r}")
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise ValueError(f"thresholds must be a monitor.Thresholds, got {thresholds!r}")
+        self.run_name = run_name
+        self.every_n_steps = every_n_steps
+        self.prometheus_port = prometheus_port
+        self.prometheus_addr = prometheus_addr
+        self.tensorboard = tensorboard
+        self.tensorboard_dir = tensorboard_dir
+        self.pushgateway_url = pushgateway_url
+        self.push_interval = float(push_interval)
+        self.pushgateway_keep = pushgateway_keep
+        self.max_exported_layers = max_exported_layers
+        self.update_ratio = update_ratio
+        self.thresholds = thresholds or Thresholds()
+        self.monitor: Monitor | None = None
+        self.prometheus: PrometheusSink | None = None
+        self.tensorboard_sink: TensorBoardSink | None = None
+        self.pusher: PushgatewayPusher | None = None
+        self.bound_port: int | None = None
+        self._step_started_at: int | None = None
+
+    @property
+    def prometheus_url(self) -> str | None:
+        """The served ``/metrics`` URL, once set up."""
+        if self.bound_port is None:
+            return None
+        return f"http://{self.prometheus_addr}:{self.bound_port}/metrics"
+
+    # ------------------------------------------------------------------ set-up / tear-down
+
+    @override
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit" or self.monitor is not None:
+            return
+        run = self.run_name or _default_run_name(trainer)
+        multi = trainer.world_size > 1
+        sinks: list[Sink] = []
+        if self.prometheus_port is not None or self.pushgateway_url:
+            self.prometheus = PrometheusSink(run, trainer.global_rank if multi else None,
+                                             self.max_exported_layers, self.thresholds)
+            sinks.append(self.prometheus)
+        if self.prometheus_port is not None:
+            port = self.prometheus_port + (trainer.local_rank if self.prometheus_port else 0)
+            try:
+                self.bound_port = self.prometheus.serve(port, self.prometheus_addr)
+            except OSError as exc:
+                raise ValueError(f"prometheus_port {port} on prometheus_addr "
+                                 f"{self.prometheus_addr!r} cannot be served: {exc}") from exc
+        if self.tensorboard and (trainer.is_global_zero or self.tensorboard_dir):
+            writer = None if self.tensorboard_dir else tensorboard_writer(trainer)
+            self.tensorboard_sink = TensorBoardSink(
+                writer, self.tensorboard_dir or f"gradwatch_logs/{run}")
+            sinks.append(self.tensorboard_sink)
+        self.monitor = Monitor(
+            pl_module,
+            run_name=run,
+            every_n_steps=self.every_n_steps,
+            sinks=sinks,
+            update_ratio=self.update_ratio,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            thresholds=self.thresholds,
+        )
+        if self.prometheus is not None:
+            exporter = self.monitor.exporter
+            self.prometheus.count_dropped = lambda: exporter.dropped
+        if self.pushgateway_url:
+            key = {"run": run} | ({"rank": str(trainer.global_rank)} if multi else {})
+            self.pusher = PushgatewayPusher(self.pushgateway_url, self.prometheus.registry, key,
+                                            interval=self.push_interval,
+                                            keep=self.pushgateway_keep)
+
+    @override
+    def on_train_start(self, trainer, pl_module) -> None:
+        monitor = self.monitor
+        for optimizer in trainer.optimizers:
+            monitor.watch_optimizer(optimizer)
+        monitor.grad_scaler = getattr(trainer.precision_plugin, "scaler", None)
+        monitor.track_clipping = bool(trainer.gradient_clip_val)
+
+    @override
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.monitor.end_step()
+        self.monitor.exporter.flush()
+
+    @override
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self._shutdown(clean=True)
+
+    @override
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._shutdown(clean=False)
+
+    def _shutdown(self, clean: bool) -> None:
+        if self.monitor is None:
+            return
+        self.monitor.close()
+        if self.pusher is not None:
+            self.pusher.close(clean=clean)
+        self.monitor = None
+
+    # ------------------------------------------------------------------ per step
+
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        self._step_started_at = trainer.global_step
+        self.monitor.begin_step(trainer.global_step)
+
+    @override
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.monitor.observe_loss(loss)
+
+    @override
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.monitor.observe_gradients(optimizer)
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+        # under gradient accumulation the step ends only when the optimizer has stepped
+        if trainer.global_step != self._step_started_at:
+            self.monitor.end_step()
+
+
+def _default_run_name(trainer) -> str:
+    logger = trainer.logger
+    if logger is not None and logger.name:
+        version = logger.version
+        version = f"version_{version}" if isinstance(version, int) else str(version)
+        return f"{logger.name}/{version}"
+    return time.strftime("run-%Y%m%d-%H%M%S")

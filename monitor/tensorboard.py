@@ -1,0 +1,89 @@
+"""TensorBoard export: scalars grouped per statistic, plus a custom-scalars layout.
+
+Tags: ``gradwatch/<statistic>/<layer>`` for per-layer statistics (sampled steps) and
+``gradwatch/<figure>`` for per-step figures. The custom-scalars layout puts every layer of a
+statistic in one chart ("gradwatch" category of the Custom Scalars tab).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .prometheus import LAYER_GAUGES
+from .snapshot import Pulse, Snapshot
+
+PULSE_SCALARS = ("loss", "global_grad_norm", "clipped_grad_norm", "loss_scale")
+
+
+class TensorBoardSink:
+    """Writes Pulses and Snapshots as TensorBoard scalars.
+
+    Args:
+        writer: a SummaryWriter to share (e.g. Lightning's TensorBoardLogger.experiment); it
+            is flushed, not closed, at the end.
+        log_dir: where to create a SummaryWriter of our own when ``writer`` is None.
+    """
+
+    def __init__(self, writer=None, log_dir: str | None = None) -> None:
+        if writer is None and log_dir is None:
+            raise ValueError("TensorBoardSink needs a writer or a log_dir")
+        self._owned = writer is None
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=log_dir)
+        self.writer = writer
+        self._layout_written = False
+
+    @property
+    def log_dir(self) -> str:
+        return self.writer.log_dir if hasattr(self.writer, "log_dir") else self.writer.logdir
+
+    def on_pulse(self, pulse: Pulse) -> None:
+        for name in PULSE_SCALARS:
+            value = getattr(pulse, name)
+            if value is not None:
+                self.writer.add_scalar(f"gradwatch/{name}", value, pulse.step)
+        for optimizer, groups in enumerate(pulse.learning_rates):
+            for group, lr in enumerate(groups):
+                if not math.isnan(lr):
+                    self.writer.add_scalar(f"gradwatch/learning_rate/{optimizer}/{group}", lr,
+                                           pulse.step)
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        if not self._layout_written and snapshot.layers:
+            self.writer.add_custom_scalars(custom_scalars_layout())
+            self._layout_written = True
+        for name, (attribute, _) in LAYER_GAUGES.items():
+            for layer, value in zip(snapshot.layers, getattr(snapshot, attribute)):
+                if not math.isnan(value):
+                    self.writer.add_scalar(f"gradwatch/{name}/{layer}", value, snapshot.step)
+        nonfinite = snapshot.nonfinite.sum(axis=(1, 2))
+        for source, value in zip(("gradient", "activation", "parameter"), nonfinite):
+            self.writer.add_scalar(f"gradwatch/nonfinite/{source}", value, snapshot.step)
+        self.writer.add_scalar("gradwatch/overhead_seconds", snapshot.overhead_seconds,
+                               snapshot.step)
+
+    def on_alert(self, alert) -> None:
+        self.writer.add_text(f"gradwatch/alerts/{alert.name}",
+                             f"**{alert.status}** at step {alert.step}: {alert.summary}\n\n"
+                             f"{alert.description}", alert.step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self.writer.close()
+        else:
+            self.writer.flush()
+
+
+def custom_scalars_layout() -> dict:
+    """One multiline chart per statistic, each showing every layer."""
+    charts = {
+        name: ["Multiline", [f"^gradwatch/{re.escape(name)}/"]] for name in LAYER_GAUGES
+    }
+    charts["per-step figures"] = ["Multiline", [f"^gradwatch/({'|'.join(PULSE_SCALARS)})$"]]
+    return {"gradwatch": charts}

@@ -1,0 +1,96 @@
+"""Shared test helpers: tiny models and data, independent reference statistics, readers."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import numpy as np
+import torch
+from prometheus_client.parser import text_string_to_metric_families
+from torch import nn
+
+
+def regression_data(n: int = 256, features: int = 8, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=generator)
+    y = x[:, :1] * 0.5 + 0.1 * torch.randn(n, 1, generator=generator)
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def loader(n: int = 256, batch_size: int = 32, features: int = 8):
+    return torch.utils.data.DataLoader(regression_data(n, features), batch_size=batch_size)
+
+
+def tanh_mlp(features: int = 8, hidden: int = 16) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, hidden),
+                         nn.ReLU(), nn.Linear(hidden, 1))
+
+
+class OutputRecorder:
+    """Captures module outputs with forward hooks, to check activation statistics."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.outputs: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name):
+        def record(module, args, output):
+            self.outputs[name].append(output.detach().clone())
+        return record
+
+    def clear(self) -> None:
+        for outputs in self.outputs.values():
+            outputs.clear()
+
+    def moments(self, name: str) -> tuple[float, float]:
+        values = torch.cat([o.flatten() for o in self.outputs[name]]).double()
+        return values.mean().item(), values.var(unbiased=False).item()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def layer_grad_norm(module: nn.Module) -> float:
+    grads = [p.grad for p in module._parameters.values() if p is not None and p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+
+
+def layer_weight_norm(module: nn.Module) -> float:
+    params = [p.detach() for p in module._parameters.values() if p is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p) for p in params])).item()
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Parsed exposition: (sample name, labels) -> value."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def sample(parsed: dict, name: str, **labels) -> float:
+    matches = [v for (n, ls), v in parsed.items()
+               if n == name and all((k, v2) in ls for k, v2 in labels.items())]
+    assert len(matches) == 1, f"{name} {labels}: {len(matches)} matches"
+    return matches[0]
+
+
+def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a TensorBoard run directory, read with tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+def close(a: float, b: float, rel: float = 1e-4) -> bool:
+    return bool(np.isclose(a, b, rtol=rel, atol=1e-7))
