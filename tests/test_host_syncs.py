@@ -1,0 +1,73 @@
+"""Counts (not times) the host syncs TrainingDiagnostics adds, with torch.profiler.
+
+On an accelerator a device-to-host copy or a scalar read (``.item()``, ``float(t)``,
+``bool(t)``) blocks the host until the device catches up. On this CPU-only machine the same
+ops are counted: gradwatch must add one copy to the host per sampled step and no scalar read
+at all. Scalar reads are counted by the profiler; copies to the host are told apart from
+dtype casts (both are ``aten::_to_copy``) by their ``device`` argument, which only a
+dispatch mode sees.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from callbacks import TrainingDiagnostics
+
+from .lightning_models import regression_module, trainer
+
+SCALAR_READS = ("aten::item", "aten::_local_scalar_dense", "aten::is_nonzero")
+HOST_COPY = "copy to host"
+SYNC_OPS = (*SCALAR_READS, HOST_COPY)
+
+
+class CountHostCopies(TorchDispatchMode):
+    """Counts ops that copy a tensor to the host (a device argument naming the CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("device") is not None \
+                and torch.device(kwargs["device"]).type == "cpu":
+            self.count += 1
+        return func(*args, **kwargs)
+
+
+def count_sync_ops(callbacks, tmp_path, steps: int) -> Counter:
+    torch.manual_seed(0)
+    run = trainer(callbacks=callbacks, root=str(tmp_path), max_steps=steps, logger=False)
+    module = regression_module(optimizer="adam")
+    with profile(activities=[ProfilerActivity.CPU]) as profiler, CountHostCopies() as copies:
+        run.fit(module)
+    counts = Counter(e.name for e in profiler.events() if e.name in SCALAR_READS)
+    counts[HOST_COPY] = copies.count
+    return counts
+
+
+def added_syncs(tmp_path, steps: int, every_n_steps: int) -> Counter:
+    bare = count_sync_ops([], tmp_path / "bare", steps)
+    diagnostics = TrainingDiagnostics(every_n_steps=every_n_steps, prometheus_port=0,
+                                      tensorboard_dir=str(tmp_path / "tb"))
+    watched = count_sync_ops([diagnostics], tmp_path / "watched", steps)
+    return Counter({op: watched[op] - bare[op] for op in SYNC_OPS})
+
+
+def test_one_transfer_per_sampled_step_and_none_otherwise(tmp_path):
+    # 12 steps, every 4: steps 0, 4 and 8 are sampled
+    added = added_syncs(tmp_path / "a", steps=12, every_n_steps=4)
+    assert added == Counter({HOST_COPY: 3, "aten::item": 0, "aten::_local_scalar_dense": 0,
+                             "aten::is_nonzero": 0})
+
+
+def test_unsampled_steps_add_no_sync(tmp_path):
+    # only step 0 is sampled: the 11 other steps must add nothing
+    added = added_syncs(tmp_path / "b", steps=12, every_n_steps=1000)
+    assert added[HOST_COPY] == 1
+    assert sum(added.values()) == 1
