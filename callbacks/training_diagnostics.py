@@ -142,6 +142,12 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.pusher: PushgatewayPusher | None = None
         self.bound_port: int | None = None
         self._step_started_at: int | None = None
+        self._final_snapshot = None
+
+    @property
+    def last_snapshot(self):
+        """The latest Snapshot (kept after the run ends), or None."""
+        return self.monitor.last_snapshot if self.monitor else self._final_snapshot
 
     @property
     def prometheus_url(self) -> str | None:
@@ -220,6 +226,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         if self.monitor is None:
             return
         self.monitor.close()
+        self._final_snapshot = self.monitor.last_snapshot
         if self.pusher is not None:
             self.pusher.close(clean=clean)
         self.monitor = None

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what gradwatch needs on a fresh machine into .venv (idempotent).
+#   scripts/setup.sh          the package and its runtime dependencies (the demo)
+#   scripts/setup.sh test     plus test tools and, as root, Debian's Prometheus binaries
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# torch is pinned by constraints.txt (a CPU wheel); pyproject keeps a range for users
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+extra=""
+[ "${1:-}" = "test" ] && extra="[test]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".${extra}"
+if [ "${1:-}" = "test" ]; then
+  need=()
+  command -v promtool >/dev/null || need+=(prometheus)
+  [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
+  [ -x /usr/bin/prometheus-pushgateway ] || need+=(prometheus-pushgateway)
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+      echo "setup: not root, cannot install ${need[*]}; tests that need them will say so" >&2
+    fi
+  fi
+fi
