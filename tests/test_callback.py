@@ -205,3 +205,32 @@ def test_port_in_use_fails_before_the_first_step(tmp_path):
     finally:
         taken.close()
     assert steps == []
+
+
+def test_mixed_precision_loss_scale_and_skipped_steps(tmp_path):
+    """fp16 autocast with a GradScaler (Lightning's "16-mixed" plugin, here on the CPU)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    pl = lightning("lightning.pytorch")
+    diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0, tensorboard=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    seen = {}
+
+    class OverflowOnce(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 2:
+                batch[0].mul_(1e6)  # fp16 overflows: the scaler must skip this step
+
+        def on_train_end(self, trainer, module):
+            seen["text"] = scrape(diagnostics.prometheus_url)
+            seen["snapshot"] = diagnostics.monitor.last_snapshot
+
+    run = trainer(callbacks=[diagnostics, OverflowOnce()], root=str(tmp_path), max_steps=4,
+                  plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], logger=False)
+    run.fit(regression_module(lr=0.01))
+    pulses = {p.step: p for p in seen["snapshot"].pulses}
+    assert (pulses[1].optimizer_stepped, pulses[1].loss_scale) == (True, 2.0 ** 16)
+    assert (pulses[2].optimizer_stepped, pulses[2].loss_scale) == (False, 2.0 ** 15)
+    parsed = samples(seen["text"])
+    assert sample(parsed, "gradwatch_amp_skipped_steps_total") == 1
+    assert sample(parsed, "gradwatch_amp_loss_scale") == scaler.get_scale() == 2.0 ** 15
