@@ -220,7 +220,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._shutdown(clean=False)
+        try:
+            self._shutdown(clean=False)
+        except Exception as error:  # the training's own exception is the one that matters
+            log.warning("gradwatch: shutting down after %r failed: %r", exception, error)
 
     def _shutdown(self, clean: bool) -> None:
         if self.monitor is None:

@@ -234,3 +234,21 @@ def test_mixed_precision_loss_scale_and_skipped_steps(tmp_path):
     parsed = samples(seen["text"])
     assert sample(parsed, "gradwatch_amp_skipped_steps_total") == 1
     assert sample(parsed, "gradwatch_amp_loss_scale") == scaler.get_scale() == 2.0 ** 15
+
+
+def test_monitoring_does_not_change_the_training_result(tmp_path):
+    def train(callbacks):
+        torch.manual_seed(7)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2),
+                                  torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        module = regression_module(net=net, optimizer="adam")
+        trainer(callbacks=callbacks, root=str(tmp_path), max_steps=8, logger=False,
+                gradient_clip_val=0.5).fit(module)
+        return module.state_dict()
+
+    bare = train([])
+    watched = train([TrainingDiagnostics(every_n_steps=3, prometheus_port=0,
+                                         tensorboard_dir=str(tmp_path / "tb"))])
+    assert bare.keys() == watched.keys()
+    for name in bare:
+        assert torch.equal(bare[name], watched[name]), name
