@@ -2,11 +2,16 @@
 
 Tags: ``gradwatch/<statistic>/<layer>`` for per-layer statistics (sampled steps) and
 ``gradwatch/<figure>`` for per-step figures. The custom-scalars layout puts every layer of a
-statistic in one chart ("gradwatch" category of the Custom Scalars tab).
+statistic in one chart ("gradwatch" category of the Custom Scalars tab). Two text tags make
+the run readable by programs too (``gradwatch report``): ``gradwatch/layers`` holds the
+layer names in depth order as JSON, and ``gradwatch/alerts`` one JSON object per alert
+event (in a fenced block, so TensorBoard shows it readably).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import re
 
@@ -14,6 +19,8 @@ from .prometheus import LAYER_GAUGES
 from .snapshot import Pulse, Snapshot
 
 PULSE_SCALARS = ("loss", "global_grad_norm", "clipped_grad_norm", "loss_scale")
+LAYERS_TAG = "gradwatch/layers"
+ALERTS_TAG = "gradwatch/alerts"
 
 
 class TensorBoardSink:
@@ -34,7 +41,7 @@ class TensorBoardSink:
 
             writer = SummaryWriter(log_dir=log_dir)
         self.writer = writer
-        self._layout_written = False
+        self._layers_written: tuple[str, ...] = ()
 
     @property
     def log_dir(self) -> str:
@@ -52,9 +59,11 @@ class TensorBoardSink:
                                            pulse.step)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
-        if not self._layout_written and snapshot.layers:
-            self.writer.add_custom_scalars(custom_scalars_layout())
-            self._layout_written = True
+        if snapshot.layers != self._layers_written:
+            if not self._layers_written:
+                self.writer.add_custom_scalars(custom_scalars_layout())
+            self.writer.add_text(LAYERS_TAG, fenced_json(list(snapshot.layers)), snapshot.step)
+            self._layers_written = snapshot.layers
         for name, (attribute, _) in LAYER_GAUGES.items():
             for layer, value in zip(snapshot.layers, getattr(snapshot, attribute)):
                 if not math.isnan(value):
@@ -66,9 +75,7 @@ class TensorBoardSink:
                                snapshot.step)
 
     def on_alert(self, alert) -> None:
-        self.writer.add_text(f"gradwatch/alerts/{alert.name}",
-                             f"**{alert.status}** at step {alert.step}: {alert.summary}\n\n"
-                             f"{alert.description}", alert.step)
+        self.writer.add_text(ALERTS_TAG, fenced_json(dataclasses.asdict(alert)), alert.step)
 
     def flush(self) -> None:
         self.writer.flush()
@@ -78,6 +85,15 @@ class TensorBoardSink:
             self.writer.close()
         else:
             self.writer.flush()
+
+
+def fenced_json(value: object) -> str:
+    """JSON in a markdown code block: readable in TensorBoard's Text tab, parseable back."""
+    return "```json\n" + json.dumps(value, default=str) + "\n```"
+
+
+def parse_fenced_json(text: str) -> object:
+    return json.loads(text.strip().removeprefix("```json").removesuffix("```"))
 
 
 def custom_scalars_layout() -> dict:
