@@ -13,6 +13,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_doc(args: argparse.Namespace) -> int:
+    from .metrics import render_markdown
+
+    text = render_markdown()
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.out, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gradwatch", description="Training diagnostics for PyTorch Lightning.")
@@ -27,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--every-n-steps", type=int, default=20,
                       help="full per-layer statistics every N steps")
     demo.set_defaults(handler=_demo)
+    doc = commands.add_parser("metrics-doc", help="write the metrics reference (docs/metrics.md)",
+                              description="Render every gradwatch_* metric with its meaning, "
+                              "unit, labels and healthy range as markdown.")
+    doc.add_argument("--out", default="docs/metrics.md", help="output path, - for stdout")
+    doc.set_defaults(handler=_metrics_doc)
     return parser
 
 

@@ -22,23 +22,23 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .metrics import spec
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 
-#: Per-layer gauges: metric name suffix -> (Snapshot attribute, help text).
-LAYER_GAUGES = {
-    "grad_norm": ("grad_norm", "L2 norm of the layer's gradients before clipping."),
-    "weight_norm": ("weight_norm", "L2 norm of the layer's parameters."),
-    "update_ratio": ("update_ratio", "||W_after - W_before|| / ||W_before|| of the last "
-                     "optimizer step."),
-    "activation_mean": ("activation_mean", "Mean of the layer's activation."),
-    "activation_variance": ("activation_variance", "Variance of the layer's activation."),
-    "activation_saturation_ratio": ("activation_saturation_ratio", "Fraction of sigmoid/tanh "
-                                    "outputs in the flat region."),
-    "activation_dead_ratio": ("activation_dead_ratio", "Fraction of exact-zero activation "
-                              "values (dead ReLU units)."),
-    "activation_max_abs": ("activation_max_abs", "Max |x| of the layer's activation."),
-}
+#: Per-layer gauges, named like the Snapshot attribute they export.
+LAYER_GAUGES = (
+    "grad_norm",
+    "weight_norm",
+    "update_ratio",
+    "activation_mean",
+    "activation_variance",
+    "activation_saturation_ratio",
+    "activation_dead_ratio",
+    "activation_max_abs",
+)
+_FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
+             "histogram": HistogramMetricFamily}
 REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 
 
@@ -147,30 +147,28 @@ class PrometheusSink:
             yield from self._layer_metrics()
             yield from self._counters()
 
-    def _family(self, cls, name: str, doc: str, extra: tuple[str, ...] = (), **kwargs):
-        return cls(f"gradwatch_{name}", doc, labels=[*self._base, *extra], **kwargs)
+    def _family(self, name: str):
+        metric = spec(name)
+        return _FAMILIES[metric.kind](metric.name, metric.help,
+                                      labels=[*self._base, *metric.labels])
 
     def _run_metrics(self) -> Iterator[Metric]:
         base = list(self._base.values())
         pulse = self._pulse
         if pulse is not None:
-            for name, value, doc in (
-                ("step", pulse.step, "Global step of the latest finished step."),
-                ("last_step_timestamp_seconds", pulse.time, "Unix time the latest step ended."),
-                ("loss", pulse.loss, "Loss of the latest step."),
-                ("global_grad_norm", pulse.global_grad_norm,
-                 "L2 norm over all gradients of the latest step, before clipping."),
-                ("clipped_grad_norm", pulse.clipped_grad_norm,
-                 "L2 norm over all gradients after clipping (when clipping is configured)."),
-                ("amp_loss_scale", pulse.loss_scale, "AMP GradScaler scale (mixed precision)."),
+            for name, value in (
+                ("step", pulse.step),
+                ("last_step_timestamp_seconds", pulse.time),
+                ("loss", pulse.loss),
+                ("global_grad_norm", pulse.global_grad_norm),
+                ("clipped_grad_norm", pulse.clipped_grad_norm),
+                ("amp_loss_scale", pulse.loss_scale),
             ):
-                family = self._family(GaugeMetricFamily, name, doc)
+                family = self._family(name)
                 if value is not None:
                     family.add_metric(base, value)
                 yield family
-            lr = self._family(GaugeMetricFamily, "learning_rate",
-                              "Learning rate of each optimizer param group.",
-                              ("optimizer", "group"))
+            lr = self._family("learning_rate")
             for optimizer, groups in enumerate(pulse.learning_rates):
                 for group, value in enumerate(groups):
                     lr.add_metric([*base, str(optimizer), str(group)], value)
@@ -179,14 +177,10 @@ class PrometheusSink:
         for bound, count in zip([*self._bounds, math.inf], self._bucket_counts):
             cumulative += count
             buckets.append((_le(bound), cumulative))
-        histogram = self._family(
-            HistogramMetricFamily, "step_global_grad_norm",
-            "Every step's global gradient norm (finite values), so that a one-step spike "
-            "between two scrapes is still seen.")
+        histogram = self._family("step_global_grad_norm")
         histogram.add_metric(base, buckets, self._norm_sum)
         yield histogram
-        regime = self._family(GaugeMetricFamily, "regime",
-                              "1 for the run's current regime (worst firing alert).", ("regime",))
+        regime = self._family("regime")
         current = self._regime()
         for name in REGIMES:
             regime.add_metric([*base, name], float(name == current))
@@ -199,20 +193,18 @@ class PrometheusSink:
     def _layer_metrics(self) -> Iterator[Metric]:
         base = list(self._base.values())
         layers = self._layers
-        count = self._family(GaugeMetricFamily, "layers", "Number of exported layers.")
+        count = self._family("layers")
         count.add_metric(base, len(layers))
         yield count
         if not layers:
             return
-        depth = self._family(GaugeMetricFamily, "layer_depth",
-                             "Position of the layer in forward order, 0 = input side.",
-                             ("layer",))
+        depth = self._family("layer_depth")
         for position, layer in enumerate(layers):
             depth.add_metric([*base, layer], position)
         yield depth
-        for suffix, (_, doc) in LAYER_GAUGES.items():
-            family = self._family(GaugeMetricFamily, suffix, doc, ("layer",))
-            values = self._layer_values[suffix]
+        for name in LAYER_GAUGES:
+            family = self._family(name)
+            values = self._layer_values[name]
             for layer, value in zip(layers, values):
                 if not math.isnan(value):
                     family.add_metric([*base, layer], value)
@@ -220,43 +212,34 @@ class PrometheusSink:
 
     def _counters(self) -> Iterator[Metric]:
         base = list(self._base.values())
-        nonfinite = self._family(CounterMetricFamily, "nonfinite",
-                                 "Non-finite values seen (NaN, +Inf, -Inf), per source and "
-                                 "layer; per-layer sources are counted on sampled steps.",
-                                 ("source", "layer", "kind"))
+        nonfinite = self._family("nonfinite")
         for (source, layer, kind), value in sorted(self._nonfinite.items()):
             nonfinite.add_metric([*base, source, layer, kind], value)
         yield nonfinite
-        steps = self._family(CounterMetricFamily, "nonfinite_steps",
-                             "Steps whose loss or global gradient norm was not finite "
-                             "(checked every step).", ("source",))
+        steps = self._family("nonfinite_steps")
         for source, value in sorted(self._nonfinite_steps.items()):
             steps.add_metric([*base, source], value)
         yield steps
-        alerts = self._family(CounterMetricFamily, "alerts", "Alerts fired by the trainer.",
-                              ("alertname",))
+        alerts = self._family("alerts")
         for name, value in sorted(self._alerts.items()):
             alerts.add_metric([*base, name], value)
         yield alerts
         overhead = self._snapshot.overhead_seconds if self._snapshot else 0.0
-        for name, value, doc in (
-            ("grad_clip_engaged", self._clip_engaged, "Steps on which gradient clipping "
-             "reduced the norm."),
-            ("amp_skipped_steps", self._skipped, "Steps the AMP GradScaler skipped because "
-             "gradients overflowed."),
-            ("overhead_seconds", overhead, "Time the monitor spent on the training thread."),
-            ("snapshots", self._snapshots, "Sampled steps with full per-layer statistics."),
-            ("export_dropped", self.count_dropped(), "Export items dropped because the "
-             "export queue was full."),
+        for name, value in (
+            ("grad_clip_engaged", self._clip_engaged),
+            ("amp_skipped_steps", self._skipped),
+            ("overhead_seconds", overhead),
+            ("snapshots", self._snapshots),
+            ("export_dropped", self.count_dropped()),
         ):
-            family = self._family(CounterMetricFamily, name, doc)
+            family = self._family(name)
             family.add_metric(base, value)
             yield family
 
     # ------------------------------------------------------------------ cardinality
 
     def _grouped(self, snapshot: Snapshot) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
-        values = {k: getattr(snapshot, attr) for k, (attr, _) in LAYER_GAUGES.items()}
+        values = {name: getattr(snapshot, name) for name in LAYER_GAUGES}
         n = len(snapshot.layers)
         if n <= self.max_layers:
             return snapshot.layers, values

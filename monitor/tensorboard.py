@@ -64,8 +64,8 @@ class TensorBoardSink:
                 self.writer.add_custom_scalars(custom_scalars_layout())
             self.writer.add_text(LAYERS_TAG, fenced_json(list(snapshot.layers)), snapshot.step)
             self._layers_written = snapshot.layers
-        for name, (attribute, _) in LAYER_GAUGES.items():
-            for layer, value in zip(snapshot.layers, getattr(snapshot, attribute)):
+        for name in LAYER_GAUGES:
+            for layer, value in zip(snapshot.layers, getattr(snapshot, name)):
                 if not math.isnan(value):
                     self.writer.add_scalar(f"gradwatch/{name}/{layer}", value, snapshot.step)
         nonfinite = snapshot.nonfinite.sum(axis=(1, 2))

@@ -1,0 +1,135 @@
+"""The metric contract: every ``gradwatch_*`` metric, its meaning, unit, labels and healthy range.
+
+The Prometheus exporter takes its help texts from here and ``docs/metrics.md`` is generated
+from here (a test keeps both in step), so the documentation cannot drift from the code.
+Every metric also carries the labels ``run`` and, when the world size is above 1, ``rank``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .thresholds import Thresholds
+
+EVERY_STEP = "every step"
+SAMPLED = "sampled steps"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric. ``healthy`` may name Thresholds fields as ``{t.field}``."""
+
+    name: str
+    kind: str  # gauge | counter | histogram
+    help: str
+    unit: str
+    cadence: str
+    healthy: str
+    labels: tuple[str, ...] = ()
+
+
+def _spec(name, kind, help, unit, cadence, healthy, labels=()) -> MetricSpec:
+    return MetricSpec(f"gradwatch_{name}", kind, help, unit, cadence, healthy, tuple(labels))
+
+
+LAYER = ("layer",)
+_SPECS = (
+    _spec("step", "gauge", "Global step of the latest finished step.", "steps", EVERY_STEP,
+          "increases steadily; flat means training stalled"),
+    _spec("last_step_timestamp_seconds", "gauge", "Unix time the latest step ended.",
+          "seconds", EVERY_STEP, "within {t.stalled_seconds} s of now while training"),
+    _spec("loss", "gauge", "Loss of the latest step (sum of its micro-batch losses).", "loss",
+          EVERY_STEP, "finite, trending down; spikes above {t.loss_spike_factor}x the recent "
+          "max are divergence"),
+    _spec("global_grad_norm", "gauge", "L2 norm over all gradients of the latest step, before "
+          "clipping.", "L2 norm", EVERY_STEP, "finite, stable; above {t.explosion_norm} or "
+          "{t.explosion_spike_factor}x the recent max is an explosion"),
+    _spec("step_global_grad_norm", "histogram", "Every step's global gradient norm (finite "
+          "values), so that a one-step spike between two scrapes is still seen.", "L2 norm",
+          EVERY_STEP, "no observations above {t.explosion_norm}"),
+    _spec("clipped_grad_norm", "gauge", "L2 norm over all gradients after clipping (when "
+          "clipping is configured).", "L2 norm", EVERY_STEP, "at most the clipping threshold"),
+    _spec("grad_clip_engaged", "counter", "Steps on which gradient clipping reduced the "
+          "norm.", "steps", EVERY_STEP, "occasional; clipping on every step hides a "
+          "too-high learning rate"),
+    _spec("learning_rate", "gauge", "Learning rate of each optimizer param group.", "lr",
+          EVERY_STEP, "as scheduled", ("optimizer", "group")),
+    _spec("amp_loss_scale", "gauge", "AMP GradScaler scale (mixed precision).", "factor",
+          EVERY_STEP, "stable or growing; a falling scale means overflows"),
+    _spec("amp_skipped_steps", "counter", "Steps the AMP GradScaler skipped because "
+          "gradients overflowed.", "steps", EVERY_STEP,
+          "fewer than {t.amp_skipped_steps} per {t.history_steps} steps"),
+    _spec("nonfinite", "counter", "Non-finite values seen (kind nan, posinf, neginf), per "
+          "source (gradient, activation, parameter on sampled steps; loss every step, layer "
+          "\"\").", "values", SAMPLED, "0", ("source", "layer", "kind")),
+    _spec("nonfinite_steps", "counter", "Steps whose loss or global gradient norm was not "
+          "finite (source loss or gradient; checked every step).", "steps", EVERY_STEP, "0",
+          ("source",)),
+    _spec("grad_norm", "gauge", "L2 norm of the layer's gradients before clipping.",
+          "L2 norm", SAMPLED, "of similar magnitude across depth; a collapse toward the "
+          "input below {t.vanishing_depth_ratio}x is vanishing", LAYER),
+    _spec("weight_norm", "gauge", "L2 norm of the layer's parameters.", "L2 norm", SAMPLED,
+          "slowly changing; fast growth precedes explosions", LAYER),
+    _spec("update_ratio", "gauge", "||W_after - W_before|| / ||W_before|| of the last "
+          "optimizer step.", "ratio", SAMPLED,
+          "{t.update_ratio_low} .. {t.update_ratio_high} (about 1e-3)", LAYER),
+    _spec("activation_mean", "gauge", "Mean of the layer's activation.", "value", SAMPLED,
+          "near 0 for symmetric activations", LAYER),
+    _spec("activation_variance", "gauge", "Variance of the layer's activation.", "value^2",
+          SAMPLED, "about the same in every layer; a steady drift across depth means "
+          "vanishing or exploding signals", LAYER),
+    _spec("activation_saturation_ratio", "gauge", "Fraction of sigmoid/tanh outputs in the "
+          "flat region.", "ratio", SAMPLED, "below {t.saturation_ratio}", LAYER),
+    _spec("activation_dead_ratio", "gauge", "Fraction of exact-zero activation values (dead "
+          "ReLU units).", "ratio", SAMPLED, "below {t.dead_ratio} (about 0.5 is normal for "
+          "ReLU)", LAYER),
+    _spec("activation_max_abs", "gauge", "Max |x| of the layer's activation.", "value",
+          SAMPLED, "far below 65504 in fp16 (headroom above {t.fp16_headroom_bits} bits)",
+          LAYER),
+    _spec("layer_depth", "gauge", "Position of the layer in forward order, 0 = input side.",
+          "index", SAMPLED, "constant", LAYER),
+    _spec("layers", "gauge", "Number of exported layers.", "layers", SAMPLED, "constant"),
+    _spec("regime", "gauge", "1 for the run's current regime (worst firing alert): healthy, "
+          "vanishing, exploding or nonfinite.", "one-hot", "on alert", "healthy",
+          ("regime",)),
+    _spec("alerts", "counter", "Alerts fired by the trainer.", "alerts", "on alert", "0",
+          ("alertname",)),
+    _spec("overhead_seconds", "counter", "Time the monitor spent on the training thread.",
+          "seconds", EVERY_STEP, "a few percent of training time at most"),
+    _spec("snapshots", "counter", "Sampled steps with full per-layer statistics.",
+          "snapshots", SAMPLED, "one per every_n_steps steps"),
+    _spec("export_dropped", "counter", "Export items dropped because the export queue was "
+          "full.", "items", EVERY_STEP, "0"),
+)
+METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def spec(name: str) -> MetricSpec:
+    """The spec of ``gradwatch_<name>``."""
+    return METRICS[f"gradwatch_{name}"]
+
+
+def exposed_name(metric: MetricSpec) -> str:
+    """The family name as scraped: counters carry ``_total``."""
+    return metric.name + ("_total" if metric.kind == "counter" else "")
+
+
+def render_markdown(thresholds: Thresholds | None = None) -> str:
+    """``docs/metrics.md``: every metric with its meaning, unit, labels and healthy range."""
+    t = thresholds or Thresholds()
+    lines = [
+        "# Metrics",
+        "",
+        "Generated from `monitor/metrics.py` (`gradwatch metrics-doc`); a test keeps it in "
+        "step with the code. Every metric has the label `run`, and `rank` when the world "
+        "size is above 1. Healthy ranges use the default `Thresholds`.",
+        "",
+        "| metric | type | labels | unit | updated | meaning | healthy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for metric in METRICS.values():
+        labels = ", ".join(f"`{label}`" for label in metric.labels) or "-"
+        lines.append(
+            f"| `{exposed_name(metric)}` | {metric.kind} | {labels} | {metric.unit} | "
+            f"{metric.cadence} | {metric.help} | {metric.healthy.format(t=t)} |")
+    return "\n".join(lines) + "\n"
