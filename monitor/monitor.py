@@ -84,6 +84,7 @@ class _Step:
     step: int
     row: int
     sampled: bool
+    regular: bool
     loss_seen: bool = False
     grads_seen: bool = False
     weights_seen: bool = False
@@ -195,7 +196,7 @@ class Monitor:
         self._rows: list[_Row] = []
         self._rows_read = 0
         self._pulses: list[Pulse] = []
-        self._last_sampled: int | None = None
+        self._last_window: int | None = None
         self._escalated_steps = 0
         self._trace_all_next = False
         self._forward_order_known = False
@@ -229,9 +230,12 @@ class Monitor:
 
     def is_sampled(self, step: int) -> bool:
         """Whether ``step`` gets the full per-layer statistics."""
-        if self._escalated_steps > 0 or self._last_sampled is None:
-            return True
-        return step - self._last_sampled >= self.every_n_steps or step < self._last_sampled
+        return self._escalated_steps > 0 or self._is_regular(step)
+
+    def _is_regular(self, step: int) -> bool:
+        """The first step of each window of ``every_n_steps`` steps: the same steps on every
+        rank, whatever escalations happened, so collectives there can never mismatch."""
+        return step // self.every_n_steps != self._last_window
 
     @contextmanager
     def step(self, step: int) -> Iterator[None]:
@@ -251,7 +255,7 @@ class Monitor:
         row = len(self._rows)
         sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
         ring[row].zero_()
-        self._current = _Step(step=step, row=row, sampled=sampled)
+        self._current = _Step(step=step, row=row, sampled=sampled, regular=self._is_regular(step))
         if sampled:
             self._prepare_sample()
 
@@ -518,7 +522,8 @@ class Monitor:
         self._drain_rows(parts[0].reshape(-1, _RING_COLUMNS))
         snapshot = self._build_snapshot(state, parts[1:], trace)
         self._pulses = []
-        self._last_sampled = state.step
+        if state.regular:
+            self._last_window = state.step // self.every_n_steps
         self.last_snapshot = snapshot
         self.exporter.submit("on_snapshot", snapshot)
         for observer in self.observers:
