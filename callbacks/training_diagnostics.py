@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Any
 
+from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from monitor.export import Sink
@@ -207,6 +208,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             monitor.watch_optimizer(optimizer)
         monitor.grad_scaler = getattr(trainer.precision_plugin, "scaler", None)
         monitor.track_clipping = bool(trainer.gradient_clip_val)
+        ddp_model = trainer.strategy.model
+        if isinstance(ddp_model, DistributedDataParallel) \
+                and getattr(trainer.strategy, "_ddp_comm_hook", None) is None:
+            # sees each rank's own gradients before the all-reduce: the origin of a NaN
+            ddp_model.register_comm_hook(None, monitor.ddp_comm_hook())
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:

@@ -18,6 +18,7 @@ kept between steps.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -29,15 +30,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import probes
+from . import distributed, probes
 from .export import ExportWorker, Sink
 from .layers import ACTIVATION_MODULES, SATURATION_NONE, LayerIndex, saturation_kind
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 
-# Columns of the per-step device ring buffer.
-_LOSS, _GRAD_SQ, _CLIP_SQ, _SCALE = range(4)
-_RING_COLUMNS = 4
+# Columns of the per-step device ring buffer: the loss, squared gradient norms of replicated
+# and of sharded (FSDP2) parameters, the squared post-clip norm, the AMP scale, and the count
+# of local gradient buckets that were non-finite before the DDP all-reduce.
+_LOSS, _GRAD_SQ, _SHARDED_SQ, _CLIP_SQ, _SCALE, _LOCAL_NONFINITE = range(6)
+_RING_COLUMNS = 6
+# Rows of the per-parameter device table of a sampled step.
+_P_GRAD, _P_WEIGHT, _P_DELTA, _P_BEFORE = range(4)
+_P_GRAD_NF, _P_WEIGHT_NF = slice(4, 7), slice(7, 10)
+_P_ROWS = 10
 _F = len(probes.ACTIVATION_FIELDS)
 
 
@@ -74,7 +81,8 @@ class _Row:
     time: float
     stepped: bool
     learning_rates: tuple[tuple[float, ...], ...]
-    measured: tuple[bool, bool, bool, bool]  # which ring columns hold a measured value
+    # measured: loss, gradients, clipped norm, scale, local check
+    measured: tuple[bool, bool, bool, bool, bool]
 
 
 @dataclass
@@ -96,14 +104,9 @@ class _Step:
     record_meta: list[tuple[int, int]] = field(default_factory=list)  # (traced slot, layer)
     layers_called: list[int] = field(default_factory=list)
     last_layer: int = -1
-    grad_sq: torch.Tensor | None = None
-    grad_nonfinite: torch.Tensor | None = None
-    weight_sq: torch.Tensor | None = None
-    weight_nonfinite: torch.Tensor | None = None
+    per_param: torch.Tensor | None = None  # [_P_ROWS, n_params]
     has_grad: set[int] = field(default_factory=set)
     before: dict[int, tuple[list[int], list[torch.Tensor]]] = field(default_factory=dict)
-    delta_sq: torch.Tensor | None = None
-    before_sq: torch.Tensor | None = None
     updated: set[int] = field(default_factory=set)
 
 
@@ -186,6 +189,10 @@ class Monitor:
         self.exporter = ExportWorker(list(sinks), max_queue=max_queue)
         self.observers = list(observers)
         self._layer_params = self._params_per_layer()
+        sharded = [distributed.is_sharded(p) for p in self.layers.params]
+        self._sharded = torch.tensor(sharded, dtype=torch.bool)
+        self._any_sharded = any(sharded)  # a host bool: testing the tensor would sync
+        self._local_check_installed = False
         self._traced = self._traceable_modules(all_modules=False)
         self._traced_all: list[_Traced] | None = None
         self._optimizers: list[torch.optim.Optimizer] = []
@@ -219,8 +226,11 @@ class Monitor:
         """Sample the next ``steps`` steps fully (e.g. after a NaN on an unsampled step).
 
         With ``trace_all_modules``, every module's output is checked, not only the layers',
-        to find the first module that produced a non-finite value.
+        to find the first module that produced a non-finite value. Not with sharded (FSDP2)
+        parameters, whose norms are only whole on regular samples.
         """
+        if self._sharded_world():
+            return
         self._escalated_steps = max(self._escalated_steps, steps)
         self._trace_all_next = self._trace_all_next or trace_all_modules
 
@@ -284,23 +294,27 @@ class Monitor:
         positions, grads = self._unseen_gradients(optimizer, state)
         if not grads:
             return
-        grad_norms = probes.norms(grads)
-        squares = grad_norms.square()
-        self._ring[state.row, _GRAD_SQ].add_(squares.sum().to(self._ring.device))
+        squares = probes.norms(grads).square()
+        sharded = self._sharded_index(positions)
+        if sharded is None:
+            self._ring[state.row, _GRAD_SQ].add_(squares.sum())
+        else:  # shards: their squares are summed across ranks at the next regular sample
+            self._ring[state.row, _SHARDED_SQ].add_((squares * sharded).sum())
+            self._ring[state.row, _GRAD_SQ].add_((squares * ~sharded).sum())
         state.grads_seen = True
         if not state.sampled:
             return
         index = self._index_of(positions)
-        state.grad_sq.index_copy_(0, index, squares)
-        state.grad_nonfinite.index_copy_(0, index, probes.nonfinite_counts(grads))
+        state.per_param[_P_GRAD].index_copy_(0, index, squares)
+        state.per_param[_P_GRAD_NF].index_copy_(1, index, probes.nonfinite_counts(grads).T)
         state.has_grad.update(positions)
 
     def _measure_weights(self, state: _Step) -> None:
         """Norms and non-finite counts of every parameter, once per sampled step."""
         params = [p.detach() for p in self.layers.params]
         if params:
-            state.weight_sq = probes.norms(params).square()
-            state.weight_nonfinite = probes.nonfinite_counts(params)
+            state.per_param[_P_WEIGHT] = probes.norms(params).square()
+            state.per_param[_P_WEIGHT_NF] = probes.nonfinite_counts(params).T
         state.weights_seen = True
 
     @_timed
@@ -326,7 +340,6 @@ class Monitor:
         state = self._current
         assert state is not None
         ring = self._ring
-        ring[state.row, _GRAD_SQ].sqrt_()
         scale = getattr(self.grad_scaler, "_scale", None)  # a tensor: reading it needs no sync
         has_scale = isinstance(scale, torch.Tensor)
         if has_scale:
@@ -336,12 +349,14 @@ class Monitor:
             time=time.time(),
             stepped=state.stepped or (not self._optimizers and state.grads_seen),
             learning_rates=self._learning_rates(),
-            measured=(state.loss_seen, state.grads_seen, self.track_clipping, has_scale),
+            measured=(state.loss_seen, state.grads_seen,
+                      self.track_clipping and not self._any_sharded, has_scale,
+                      self._local_check_installed),
         ))
         if state.sampled:
             self._finish_sample(state)
-        elif ring.device.type == "cpu":
-            self._drain_rows()
+        elif ring.device.type == "cpu" and not self._sharded_world():
+            self._drain_rows()  # sharded norms are only whole after the next gather
         self._current = None
 
     def _ensure_ring(self) -> torch.Tensor:
@@ -370,17 +385,18 @@ class Monitor:
             host_rows = pending.numpy() if pending.device.type == "cpu" else _host(pending)
         for offset, values in enumerate(host_rows):
             row = self._rows[self._rows_read + offset]
-            loss, grad_norm, clipped, scale = (
-                float(v) if seen else None for v, seen in zip(values, row.measured))
+            loss_seen, grads_seen, clip_seen, scale_seen, local_seen = row.measured
             pulse = Pulse(
                 step=row.step,
                 time=row.time,
-                loss=loss,
-                global_grad_norm=grad_norm,
-                clipped_grad_norm=None if clipped is None else math.sqrt(clipped),
-                loss_scale=scale,
+                loss=float(values[_LOSS]) if loss_seen else None,
+                global_grad_norm=(math.sqrt(values[_GRAD_SQ] + values[_SHARDED_SQ])
+                                  if grads_seen else None),
+                clipped_grad_norm=math.sqrt(values[_CLIP_SQ]) if clip_seen else None,
+                loss_scale=float(values[_SCALE]) if scale_seen else None,
                 optimizer_stepped=row.stepped,
                 learning_rates=row.learning_rates,
+                local_gradients_finite=bool(values[_LOCAL_NONFINITE] == 0) if local_seen else None,
             )
             self._pulses.append(pulse)
             self.exporter.submit("on_pulse", pulse)
@@ -398,14 +414,7 @@ class Monitor:
 
     def _prepare_sample(self) -> None:
         state = self._current
-        n_params = len(self.layers.params)
-        device = self._ring.device
-        state.grad_sq = torch.zeros(n_params, device=device)
-        state.weight_sq = torch.zeros(n_params, device=device)
-        state.delta_sq = torch.zeros(n_params, device=device)
-        state.before_sq = torch.zeros(n_params, device=device)
-        state.grad_nonfinite = torch.zeros(n_params, 3, device=device)
-        state.weight_nonfinite = torch.zeros(n_params, 3, device=device)
+        state.per_param = torch.zeros(_P_ROWS, len(self.layers.params), device=self._ring.device)
         traced = self._traced
         if self._trace_all_next:
             if self._traced_all is None:
@@ -471,9 +480,9 @@ class Monitor:
             if saved is not None:
                 positions, before = saved
                 index = self._index_of(positions)
-                state.before_sq.index_copy_(0, index, probes.norms(before).square())
+                state.per_param[_P_BEFORE].index_copy_(0, index, probes.norms(before).square())
                 torch._foreach_sub_(before, [self.layers.params[i].detach() for i in positions])
-                state.delta_sq.index_copy_(0, index, probes.norms(before).square())
+                state.per_param[_P_DELTA].index_copy_(0, index, probes.norms(before).square())
                 state.updated.update(positions)
         self.overhead_seconds += time.perf_counter() - start
 
@@ -504,23 +513,32 @@ class Monitor:
         own_stats = self._combine(records, state.record_meta, own, n_layers)
         act_stats = self._combine(records, state.record_meta, act, n_layers)
         record_nonfinite = records[:, 7:].sum(dim=1)
+        rows = self._ring[self._rows_read:len(self._rows)]
+        per_param = state.per_param
+        world: list[torch.Tensor] = []
+        if state.regular and distributed.active_world(self.world_size):
+            rows, per_param, world = self._gather(rows, per_param, own_stats, act_stats)
         pieces = [
-            self._ring[self._rows_read:len(self._rows)].reshape(-1),
-            by_layer(state.grad_sq).sqrt(),
-            by_layer(state.weight_sq).sqrt(),
-            by_layer(state.delta_sq).sqrt(),
-            by_layer(state.before_sq).sqrt(),
-            by_layer(state.grad_nonfinite).reshape(-1),
-            by_layer(state.weight_nonfinite).reshape(-1),
+            rows.reshape(-1),
+            by_layer(per_param[:_P_GRAD_NF.start].T).sqrt().T.reshape(-1),
+            by_layer(per_param[_P_GRAD_NF].T).reshape(-1),
+            by_layer(per_param[_P_WEIGHT_NF].T).reshape(-1),
             own_stats.reshape(-1),
             act_stats.reshape(-1),
             record_nonfinite,
+            *(w.reshape(-1) for w in world),
         ]
         sizes = [p.numel() for p in pieces]
         host = _host(torch.cat(pieces))  # the ONE device-to-host transfer of the step
         parts = np.split(host, np.cumsum(sizes)[:-1])
         self._drain_rows(parts[0].reshape(-1, _RING_COLUMNS))
-        snapshot = self._build_snapshot(state, parts[1:], trace)
+        snapshot = self._build_snapshot(state, parts[1:7], trace)
+        if world:
+            world_parts = [*parts[1:4], parts[7], parts[8], parts[6]]
+            snapshot = dataclasses.replace(
+                snapshot, world=dataclasses.replace(
+                    self._build_snapshot(state, world_parts, trace),
+                    rank=-1, pulses=snapshot.pulses))
         self._pulses = []
         if state.regular:
             self._last_window = state.step // self.every_n_steps
@@ -540,7 +558,8 @@ class Monitor:
 
     def _build_snapshot(self, state: _Step, parts: list[np.ndarray], trace: list[_Traced]):
         n = len(self.layers)
-        (grad, weight, delta, before, grad_nf, weight_nf, own, act, record_nf) = parts
+        norms, grad_nf, weight_nf, own, act, record_nf = parts
+        grad, weight, delta, before = norms.reshape(4, n)
         own, act = own.reshape(n, _F), act.reshape(n, _F)
         has_act = {target for slot, target in state.record_meta
                    if trace[slot].is_activation and target >= 0}
@@ -644,6 +663,50 @@ class Monitor:
                 grads.append(grad)
         state.observed.update(positions)
         return positions, grads
+
+    def _sharded_world(self) -> bool:
+        return self._any_sharded and distributed.active_world(self.world_size)
+
+    def _sharded_index(self, positions: list[int]) -> torch.Tensor | None:
+        """Mask of the sharded ones among ``positions`` (None when nothing is sharded)."""
+        if not self._any_sharded:
+            return None
+        return self._sharded.to(self._ring.device)[self._index_of(positions)]
+
+    def _gather(self, rows: torch.Tensor, per_param: torch.Tensor, own: torch.Tensor,
+                act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """ONE all-gather: whole sharded norms and the activations of every rank.
+
+        Returns the ring rows and per-parameter table with shard sums completed, and the
+        world's combined [own, act] activation records.
+        """
+        payload = torch.cat([rows.reshape(-1), per_param.reshape(-1), own.reshape(-1),
+                             act.reshape(-1)])
+        gathered = distributed.all_gather(payload)
+        sizes = [rows.numel(), per_param.numel(), own.numel(), own.numel()]
+        g_rows, g_param, g_own, g_act = torch.split(gathered, sizes, dim=1)
+        world_size, n_layers = gathered.shape[0], own.shape[0]
+        rows = rows.clone()
+        rows[:, _SHARDED_SQ] = g_rows.reshape(world_size, *rows.shape)[:, :, _SHARDED_SQ].sum(0)
+        sharded = self._sharded.to(per_param.device)
+        per_param = torch.where(sharded, g_param.reshape(world_size, *per_param.shape).sum(0),
+                                per_param)
+        groups = torch.arange(n_layers, device=own.device).repeat(world_size)
+        world = [probes.combine_records(g.reshape(world_size * n_layers, -1), groups, n_layers)
+                 for g in (g_own, g_act)]
+        return rows, per_param, world
+
+    def ddp_comm_hook(self):
+        """A DDP communication hook (``ddp_model.register_comm_hook(None, hook)``) that
+        notes, per step, whether THIS rank's gradients were non-finite before the all-reduce:
+        the Pulses of the rank a NaN came from say ``local_gradients_finite=False``."""
+        self._local_check_installed = True
+
+        def current_flag() -> torch.Tensor | None:
+            state = self._current
+            return None if state is None else self._ring[state.row, _LOCAL_NONFINITE]
+
+        return distributed.nonfinite_check_hook(current_flag)
 
     def _index_of(self, positions: list[int]) -> torch.Tensor:
         key = tuple(positions)

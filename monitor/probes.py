@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
+from .distributed import local_shard
 from .layers import SATURATION_SIGMOID, SATURATION_TANH
 
 #: Fields of one activation record, in order.
@@ -97,9 +98,11 @@ def combine_records(records: torch.Tensor, group: torch.Tensor, n_groups: int) -
 
 
 def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """float32 L2 norm of each tensor, as one 1-D tensor (fused, grouped by device)."""
+    """float32 L2 norm of each tensor (of its local shard for a DTensor), as one 1-D tensor
+    (fused, grouped by device)."""
     if not tensors:
         return torch.zeros(0)
+    tensors = [local_shard(t) for t in tensors]
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
@@ -117,7 +120,7 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def nonfinite_counts(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """[N, 3] float32 counts of NaN, +Inf and -Inf in each tensor."""
-    rows = [torch.stack(_nonfinite(t.detach())) for t in tensors]
+    rows = [torch.stack(_nonfinite(local_shard(t.detach()))) for t in tensors]
     return torch.stack(rows) if rows else torch.zeros(0, 3)
 
 

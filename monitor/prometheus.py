@@ -39,6 +39,8 @@ LAYER_GAUGES = (
 )
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "histogram": HistogramMetricFamily}
+#: The ``rank`` label value of figures over all ranks.
+WORLD_RANK = "all"
 REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 
 
@@ -73,6 +75,7 @@ class PrometheusSink:
         self._snapshot: Snapshot | None = None
         self._layers: tuple[str, ...] = ()
         self._layer_values: dict[str, np.ndarray] = {}
+        self._world_values: dict[str, np.ndarray] = {}
         self._nonfinite: Counter[tuple[str, str, str]] = Counter()
         self._nonfinite_steps: Counter[str] = Counter({"loss": 0, "gradient": 0})
         self._alerts: Counter[str] = Counter()
@@ -121,9 +124,13 @@ class PrometheusSink:
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         layers, values = self._grouped(snapshot)
+        world = {}
+        if snapshot.world is not None and self._base.get("rank") == "0":
+            world = {k: v for k, v in self._grouped(snapshot.world)[1].items()
+                     if k.startswith("activation_")}
         with self._lock:
             self._snapshot = snapshot
-            self._layers, self._layer_values = layers, values
+            self._layers, self._layer_values, self._world_values = layers, values, world
             self._snapshots += 1
             counts = snapshot.nonfinite  # [source, layer, kind]
             for s, l, k in zip(*np.nonzero(counts)):
@@ -202,12 +209,15 @@ class PrometheusSink:
         for position, layer in enumerate(layers):
             depth.add_metric([*base, layer], position)
         yield depth
+        # with several ranks, rank 0 also exports the activations over every rank's batch
+        world_base = [*base[:-1], WORLD_RANK]
         for name in LAYER_GAUGES:
             family = self._family(name)
-            values = self._layer_values[name]
-            for layer, value in zip(layers, values):
-                if not math.isnan(value):
-                    family.add_metric([*base, layer], value)
+            for labels, values in ((base, self._layer_values[name]),
+                                   (world_base, self._world_values.get(name, ()))):
+                for layer, value in zip(layers, values):
+                    if not math.isnan(value):
+                        family.add_metric([*labels, layer], value)
             yield family
 
     def _counters(self) -> Iterator[Metric]:

@@ -34,6 +34,9 @@ class Pulse:
         optimizer_stepped: whether at least one optimizer step ran (False for a step that a
             GradScaler skipped because of overflowed gradients).
         learning_rates: per optimizer (in the order watched), the lr of each param group.
+        local_gradients_finite: under DDP with gradwatch's communication hook, whether THIS
+            rank's gradients were finite before the all-reduce (False on the rank a NaN
+            came from).
     """
 
     step: int
@@ -44,6 +47,7 @@ class Pulse:
     loss_scale: float | None = None
     optimizer_stepped: bool = True
     learning_rates: tuple[tuple[float, ...], ...] = ()
+    local_gradients_finite: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class Snapshot:
             non-finite value at this step ("" if none or not traced).
         pulses: every step's Pulse since the previous Snapshot, this step included.
         overhead_seconds: the monitor's cumulative own time on the training thread.
+        world: with several ranks, on regular samples, the global view: activation figures
+            over every rank's batch (and non-finite activation counts summed), rank -1.
+            Gradient, weight and update figures are global in every Snapshot already.
     """
 
     run: str
@@ -95,6 +102,7 @@ class Snapshot:
     nonfinite_origin: str
     pulses: tuple[Pulse, ...]
     overhead_seconds: float
+    world: Snapshot | None = None
 
     @property
     def pulse(self) -> Pulse:

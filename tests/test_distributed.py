@@ -1,0 +1,95 @@
+"""Real 2-process DDP training on CPU (gloo): correct, rank-labelled figures; NaN origin rank."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .helpers import OutputRecorder, close, layer_grad_norm, sample, samples, tanh_mlp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_job(out: Path, *args: str) -> dict[int, dict]:
+    out.mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "distributed_job.py"),
+                             "--out", str(out), *args], capture_output=True, text=True,
+                            timeout=180, cwd=out)  # the timeout guards against a hang
+    assert result.returncode == 0, result.stderr[-4000:]
+    return {r: json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)}
+
+
+def single_process_reference(steps: int):
+    """The same model trained in one process on the union of both ranks' batches."""
+    from .helpers import regression_data
+
+    torch.manual_seed(0)
+    net = tanh_mlp()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    data = torch.utils.data.DataLoader(regression_data(), batch_size=64)
+    recorder = OutputRecorder({"net.0": net[1], "net.2": net[3], "net.4": net[4]})
+    for step, (x, y) in zip(range(steps), data):
+        recorder.clear()
+        loss = ((net(x) - y) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        grads = {f"net.{i}": layer_grad_norm(net[i]) for i in (0, 2, 4)}
+        optimizer.step()
+    return grads, {name: recorder.moments(name)[1] for name in recorder.outputs}
+
+
+@pytest.fixture(scope="module")
+def healthy_run(tmp_path_factory):
+    return run_job(tmp_path_factory.mktemp("ddp") / "healthy")
+
+
+def test_gradient_figures_are_the_synchronized_ones(healthy_run):
+    grads, _ = single_process_reference(steps=3)
+    for rank in (0, 1):
+        result = healthy_run[rank]
+        assert result["step"] == 2
+        for layer, value in zip(result["layers"], result["grad_norm"]):
+            assert close(value, grads[layer], 1e-4), (rank, layer)
+
+
+def test_activations_are_local_per_rank_and_global_in_the_world_view(healthy_run):
+    _, variances = single_process_reference(steps=3)
+    for rank in (0, 1):
+        world = healthy_run[rank]["world_activation_variance"]
+        for layer, value in zip(healthy_run[rank]["layers"], world):
+            assert close(value, variances[layer], 1e-4), (rank, layer)
+    local = [healthy_run[r]["activation_variance"][0] for r in (0, 1)]
+    assert local[0] != local[1]  # each rank saw its own half of the batch
+
+
+def test_each_rank_serves_its_own_rank_labelled_metrics(healthy_run):
+    _, variances = single_process_reference(steps=3)
+    for rank in (0, 1):
+        parsed = samples(healthy_run[rank]["metrics"])
+        assert sample(parsed, "gradwatch_step", run="ddp", rank=str(rank)) == 2
+        local = healthy_run[rank]["activation_variance"][0]
+        assert close(sample(parsed, "gradwatch_activation_variance", rank=str(rank),
+                            layer="net.0"), local)
+    parsed = [samples(healthy_run[r]["metrics"]) for r in (0, 1)]
+    # rank 0 alone exports the view over both ranks' batches
+    assert close(sample(parsed[0], "gradwatch_activation_variance", rank="all", layer="net.0"),
+                 variances["net.0"], 1e-4)
+    assert not any(("rank", "all") in labels for _, labels in parsed[1])
+
+
+def test_a_nan_from_one_rank_is_traced_to_that_rank(tmp_path):
+    result = run_job(tmp_path / "poisoned", "--poison-rank", "1", "--poison-step", "1")
+    at_step_1 = {rank: next(p for p in result[rank]["pulses"] if p["step"] == 1)
+                 for rank in (0, 1)}
+    # after the all-reduce every rank's gradients are NaN...
+    assert all(math.isnan(at_step_1[r]["grad"]) for r in (0, 1))
+    # ...but only rank 1's own gradients were, before it
+    assert at_step_1[1]["local_finite"] is False
+    assert at_step_1[0]["local_finite"] is True
+    assert [p["local_finite"] for p in result[0]["pulses"] if p["step"] == 0] == [True]
