@@ -93,3 +93,49 @@ def test_a_nan_from_one_rank_is_traced_to_that_rank(tmp_path):
     assert at_step_1[1]["local_finite"] is False
     assert at_step_1[0]["local_finite"] is True
     assert [p["local_finite"] for p in result[0]["pulses"] if p["step"] == 0] == [True]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fsdp2_sharded_norms_equal_the_unsharded_model(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "fsdp_job.py"), str(tmp_path),
+                             str(free_port())], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    from .helpers import layer_weight_norm, regression_data
+
+    torch.manual_seed(0)
+    net = tanh_mlp()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    x_all, y_all = regression_data().tensors
+    expected, global_norms = {}, {}
+    for step in range(3):
+        loss = ((net(x_all[64 * step: 64 * step + 64]) - y_all[64 * step: 64 * step + 64]) ** 2).mean()
+        loss.backward()
+        global_norms[step] = torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in net.parameters()])).item()
+        before = {i: layer_weight_norm(net[i]) for i in (0, 2, 4)}
+        old = [p.detach().clone() for p in net.parameters()]
+        expected[step] = {"grad": [layer_grad_norm(net[i]) for i in (0, 2, 4)],
+                          "weight": [before[i] for i in (0, 2, 4)]}
+        optimizer.step()
+        optimizer.zero_grad()
+        deltas = [(p.detach() - o).square().sum().item() for p, o in zip(net.parameters(), old)]
+        expected[step]["update"] = [math.sqrt(deltas[2 * k] + deltas[2 * k + 1]) / before[i]
+                                    for k, i in enumerate((0, 2, 4))]
+    for run in runs:
+        assert sorted(run["snapshots"]) == ["0", "2"]  # the regular samples
+        for step, snapshot in run["snapshots"].items():
+            assert snapshot["layers"] == ["0", "2", "4"]
+            for key in ("grad", "weight", "update"):
+                for got, want in zip(snapshot[key], expected[int(step)][key]):
+                    assert close(got, want, 1e-4), (step, key)
+        for step, value in run["global"].items():
+            assert close(value, global_norms[int(step)], 1e-4)
