@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -35,6 +36,8 @@ from .export import ExportWorker, Sink
 from .layers import ACTIVATION_MODULES, SATURATION_NONE, LayerIndex, saturation_kind
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
+
+log = logging.getLogger("gradwatch")
 
 # Columns of the per-step device ring buffer: the loss, squared gradient norms of replicated
 # and of sharded (FSDP2) parameters, the squared post-clip norm, the AMP scale, and the count
@@ -189,6 +192,10 @@ class Monitor:
         self.exporter = ExportWorker(list(sinks), max_queue=max_queue)
         self.observers = list(observers)
         self._layer_params = self._params_per_layer()
+        if any(type(p).__name__ == "FlatParameter" for p in self.layers.params):
+            log.warning("gradwatch: FSDP1 flat parameters found: per-layer figures would be "
+                        "those of flattened local shards. Use FSDP2 (fully_shard) for exact "
+                        "per-layer norms.")
         sharded = [distributed.is_sharded(p) for p in self.layers.params]
         self._sharded = torch.tensor(sharded, dtype=torch.bool)
         self._any_sharded = any(sharded)  # a host bool: testing the tensor would sync
