@@ -66,6 +66,25 @@ def test_amtool_checks_alertmanager_config(amtool):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def uncomment_examples(text: str) -> str:
+    """The config with its commented YAML examples enabled (prose comments start with a
+    capital letter and stay comments)."""
+    example = re.compile(r"^(\s*)# ( *(?:- )?[a-z_]+:.*| *- .*)$")
+    return "\n".join(m[1] + m[2] if (m := example.match(line)) else line
+                     for line in text.splitlines()) + "\n"
+
+
+def test_commented_slack_and_email_examples_are_valid(amtool, tmp_path):
+    enabled = tmp_path / "alertmanager.yml"
+    enabled.write_text(uncomment_examples(ALERTMANAGER_YML.read_text()))
+    config = yaml.safe_load(enabled.read_text())
+    assert [r["name"] for r in config["receivers"]] == ["webhook", "slack", "email"]
+    assert config["route"]["routes"] == [{"matchers": ["severity = critical"],
+                                          "receiver": "slack"}]
+    result = run([amtool, "check-config", str(enabled)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_alertmanager_groups_by_run_and_inhibits_on_nonfinite():
     config = yaml.safe_load(ALERTMANAGER_YML.read_text())
     assert config["route"]["group_by"] == ["alertname", "run"]
