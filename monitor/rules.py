@@ -46,16 +46,17 @@ DEPTH_ORDERED_METRICS = (
 )
 RULES_PATH = Path("deploy/prometheus/rules/gradwatch.rules.yml")
 
-RUN = "run, rank"
-RUN_LAYER = "run, rank, layer"
-# Input side: depth below half the layer count (depth 0 is the input side).
-#: Go-template fragment naming the layer when the alert has one (run-wide alerts have none).
-LAYER = "{{ with $labels.layer }}, layer {{ . }}{{ end }}"
-#: The run of a TrainerDown alert is known only if the target was ever scraped.
-RUN_IF_KNOWN = "{{ with $labels.run }} (run {{ . }}){{ end }}"
+#: Label lists of the aggregations: what an alert keeps (the trainer's labels).
+BY_RUN = "run, rank"
+BY_RUN_LAYER = "run, rank, layer"
+#: Input side: depth below half the layer count (depth 0 is the input side).
 INPUT_SIDE_LAYERS = (
     "gradwatch_layer_depth < on (run, rank) group_left () (gradwatch_layers / 2)"
 )
+#: Go-template fragment naming the layer when the alert has one (run-wide alerts have none).
+LAYER_TEXT = "{{ with $labels.layer }}, layer {{ . }}{{ end }}"
+#: The run of a TrainerDown alert is known only if the target was ever scraped.
+RUN_IF_KNOWN = "{{ with $labels.run }} (run {{ . }}){{ end }}"
 
 
 @dataclass(frozen=True)
@@ -87,32 +88,34 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
         padded_depth = f'label_replace({padded_depth}, "depth", "{pad}$1", "depth", "{digits}")'
     rules = [
         ("gradwatch:steps_above_explosion_norm:increase" + COUNTER_WINDOW,
-         f"sum by ({RUN}) (increase(gradwatch_step_global_grad_norm_count[{COUNTER_WINDOW}]))"
-         f" - sum by ({RUN}) (increase("
+         f"sum by ({BY_RUN}) (increase(gradwatch_step_global_grad_norm_count[{COUNTER_WINDOW}]))"
+         f" - sum by ({BY_RUN}) (increase("
          f'gradwatch_step_global_grad_norm_bucket{{le="{le}"}}[{COUNTER_WINDOW}]))'),
         ("gradwatch:nonfinite:increase" + COUNTER_WINDOW,
-         f"sum by ({RUN_LAYER}) (increase(gradwatch_nonfinite_total[{COUNTER_WINDOW}]))"),
+         f"sum by ({BY_RUN_LAYER}) (increase(gradwatch_nonfinite_total[{COUNTER_WINDOW}]))"),
         ("gradwatch:nonfinite_steps:increase" + COUNTER_WINDOW,
-         f"sum by ({RUN}) (increase(gradwatch_nonfinite_steps_total[{COUNTER_WINDOW}]))"),
+         f"sum by ({BY_RUN}) (increase(gradwatch_nonfinite_steps_total[{COUNTER_WINDOW}]))"),
         ("gradwatch:amp_skipped_steps:increase" + HISTORY_WINDOW,
-         f"sum by ({RUN}) (increase(gradwatch_amp_skipped_steps_total[{HISTORY_WINDOW}]))"),
+         f"sum by ({BY_RUN}) (increase(gradwatch_amp_skipped_steps_total[{HISTORY_WINDOW}]))"),
         ("gradwatch:grad_norm:input_side",
-         f"max by ({RUN_LAYER}) (gradwatch_grad_norm and on ({RUN_LAYER}) {INPUT_SIDE_LAYERS})"),
+         f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm"
+         f" and on ({BY_RUN_LAYER}) {INPUT_SIDE_LAYERS})"),
         ("gradwatch:grad_norm_output_side:max",
-         f"max by ({RUN}) (gradwatch_grad_norm unless on ({RUN_LAYER}) {INPUT_SIDE_LAYERS})"),
+         f"max by ({BY_RUN}) (gradwatch_grad_norm"
+         f" unless on ({BY_RUN_LAYER}) {INPUT_SIDE_LAYERS})"),
         ("gradwatch:grad_norm_depth_ratio",
          "gradwatch:grad_norm:input_side"
-         f" / on ({RUN}) group_left () gradwatch:grad_norm_output_side:max"),
+         f" / on ({BY_RUN}) group_left () gradwatch:grad_norm_output_side:max"),
         ("gradwatch:layer_depth:padded", padded_depth),
         *((f"gradwatch:{metric}:by_depth",
-           f"max by ({RUN_LAYER}) (gradwatch_{metric})"
-           f" * on ({RUN_LAYER}) group_left (depth) gradwatch:layer_depth:padded")
+           f"max by ({BY_RUN_LAYER}) (gradwatch_{metric})"
+           f" * on ({BY_RUN_LAYER}) group_left (depth) gradwatch:layer_depth:padded")
           for metric in DEPTH_ORDERED_METRICS),
-        ("gradwatch:regime:code", f"sum by ({RUN}) ({regime_code})"),
+        ("gradwatch:regime:code", f"sum by ({BY_RUN}) ({regime_code})"),
         ("gradwatch:steps_per_second:deriv" + COUNTER_WINDOW,
-         f"max by ({RUN}) (deriv(gradwatch_step[{COUNTER_WINDOW}]))"),
+         f"max by ({BY_RUN}) (deriv(gradwatch_step[{COUNTER_WINDOW}]))"),
         ("gradwatch:seconds_since_last_step",
-         f"time() - max by ({RUN}) (gradwatch_last_step_timestamp_seconds)"),
+         f"time() - max by ({BY_RUN}) (gradwatch_last_step_timestamp_seconds)"),
     ]
     return [{"record": name, "expr": expr} for name, expr in rules]
 
@@ -124,10 +127,10 @@ def alerts(t: Thresholds) -> list[Alert]:
         Alert(
             "NonFiniteValues", "critical",
             f"gradwatch:nonfinite:increase{COUNTER_WINDOW} > 0"
-            f" or on ({RUN}) gradwatch:nonfinite_steps:increase{COUNTER_WINDOW} > 0",
-            "Non-finite values (NaN/Inf) in run {{ $labels.run }}" + LAYER,
+            f" or on ({BY_RUN}) gradwatch:nonfinite_steps:increase{COUNTER_WINDOW} > 0",
+            "Non-finite values (NaN/Inf) in run {{ $labels.run }}" + LAYER_TEXT,
             "{{ $value | humanize }} non-finite values (or steps) in the last "
-            f"{COUNTER_WINDOW} in run {{{{ $labels.run }}}}{LAYER}; no layer means the loss "
+            f"{COUNTER_WINDOW} in run {{{{ $labels.run }}}}{LAYER_TEXT}; no layer means the loss "
             "or a step-level count. Usually an explosion that overflowed.",
         ),
         Alert(
@@ -135,21 +138,21 @@ def alerts(t: Thresholds) -> list[Alert]:
             f"gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW} > 0",
             "Gradient explosion in run {{ $labels.run }}",
             f"{{{{ $value | humanize }}}} steps in the last {COUNTER_WINDOW} of run "
-            f"{{{{ $labels.run }}}}{LAYER} had a global gradient norm above "
+            f"{{{{ $labels.run }}}}{LAYER_TEXT} had a global gradient norm above "
             f"{floatToGoString(t.explosion_norm)}.",
         ),
         Alert(
             "GradientVanishing", "warning",
             f"gradwatch:grad_norm_depth_ratio < {t.vanishing_depth_ratio!r}",
-            "Vanishing gradients in run {{ $labels.run }}" + LAYER,
-            f"An input-side layer of run {{{{ $labels.run }}}}{LAYER} has a gradient norm "
+            "Vanishing gradients in run {{ $labels.run }}" + LAYER_TEXT,
+            f"An input-side layer of run {{{{ $labels.run }}}}{LAYER_TEXT} has a gradient norm "
             "{{ printf \"%.3g\" $value }} times the largest output-side layer's, below "
             f"{t.vanishing_depth_ratio!r}, for {vanishing_for}.",
             for_=vanishing_for,
         ),
         Alert(
             "LossDivergence", "critical",
-            f"max by ({RUN}) ("
+            f"max by ({BY_RUN}) ("
             f"(gradwatch_loss > {t.loss_spike_factor!r}"
             f" * max_over_time(gradwatch_loss[{HISTORY_WINDOW}] offset {COUNTER_WINDOW})"
             f" or avg_over_time(gradwatch_loss[{RECENT_WINDOW}]) > {t.loss_growth_factor!r}"
@@ -157,7 +160,8 @@ def alerts(t: Thresholds) -> list[Alert]:
             # Factors of a loss only make sense while it is positive.
             f" and min_over_time(gradwatch_loss[{HISTORY_WINDOW}]) > 0)",
             "Loss diverging in run {{ $labels.run }}",
-            f"Loss of run {{{{ $labels.run }}}}{LAYER} reached {{{{ $value | humanize }}}} (latest "
+            f"Loss of run {{{{ $labels.run }}}}{LAYER_TEXT} reached "
+            f"{{{{ $value | humanize }}}} (latest "
             f"value or {RECENT_WINDOW} average): above "
             f"{t.loss_spike_factor!r}x its earlier {HISTORY_WINDOW} maximum, or its last "
             f"{RECENT_WINDOW} average above {t.loss_growth_factor!r}x its {HISTORY_WINDOW} "
@@ -167,7 +171,7 @@ def alerts(t: Thresholds) -> list[Alert]:
             "AmpOverflowStorm", "warning",
             f"gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW} >= {t.amp_skipped_steps!r}",
             "AMP overflow storm in run {{ $labels.run }}",
-            f"The loss scaler of run {{{{ $labels.run }}}}{LAYER} skipped "
+            f"The loss scaler of run {{{{ $labels.run }}}}{LAYER_TEXT} skipped "
             f"{{{{ $value | humanize }}}} steps in {HISTORY_WINDOW} (alert at "
             f"{t.amp_skipped_steps!r}): fp16 values keep overflowing.",
         ),
@@ -175,7 +179,7 @@ def alerts(t: Thresholds) -> list[Alert]:
             "TrainingStalled", "warning",
             f"gradwatch:seconds_since_last_step > {t.stalled_seconds!r}",
             "Training stalled in run {{ $labels.run }}",
-            f"Run {{{{ $labels.run }}}}{LAYER} made no step for "
+            f"Run {{{{ $labels.run }}}}{LAYER_TEXT} made no step for "
             "{{ $value | humanizeDuration }} while its metrics are still served (alert after "
             f"{t.stalled_seconds!r}s).",
         ),
@@ -184,12 +188,13 @@ def alerts(t: Thresholds) -> list[Alert]:
             # The run label comes from the target's last hour of samples; a target never
             # scraped successfully alerts without one. absent() is not used: it has no run
             # and would fire on an idle stack with no trainer configured.
-            f"max by (job, instance, {RUN}) "
+            f"max by (job, instance, {BY_RUN}) "
             f'(last_over_time(gradwatch_step{{job="{TRAINER_JOB}"}}[1h]))'
             f' and on (job, instance) up{{job="{TRAINER_JOB}"}} == 0'
             f' or on (job, instance) up{{job="{TRAINER_JOB}"}} == 0',
             "Trainer {{ $labels.instance }} is down" + RUN_IF_KNOWN,
-            f"Prometheus cannot scrape {{{{ $labels.instance }}}}{RUN_IF_KNOWN}{LAYER}; last step "
+            f"Prometheus cannot scrape {{{{ $labels.instance }}}}{RUN_IF_KNOWN}{LAYER_TEXT}; "
+            "last step "
             "seen: {{ $value }}. Remove its file_sd entry when the "
             "run has finished.",
             for_="1m",

@@ -28,7 +28,8 @@ def dashboard_exprs(dashboard: dict) -> Iterator[tuple[str, str]]:
     for variable in dashboard.get("templating", {}).get("list", []):
         if variable["type"] == "query":
             match = LABEL_VALUES.match(variable["query"])
-            yield f"variable {variable['name']!r}", match["selector"] if match else variable["query"]
+            expr = match["selector"] if match else variable["query"]
+            yield f"variable {variable['name']!r}", expr
 
 
 def substitute(expr: str, values: Mapping[str, str]) -> str:

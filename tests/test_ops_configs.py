@@ -134,4 +134,5 @@ def test_mounted_configs_exist_in_the_repository(compose_config):
 
 def test_trainers_on_the_host_are_reachable(compose_config):
     for name in ("prometheus", "alertmanager"):
-        assert "host.docker.internal=host-gateway" in compose_config["services"][name]["extra_hosts"]
+        extra_hosts = compose_config["services"][name]["extra_hosts"]
+        assert "host.docker.internal=host-gateway" in extra_hosts
