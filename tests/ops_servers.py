@@ -39,6 +39,14 @@ def get_json(url: str, params: Mapping[str, str] | None = None, timeout: float =
         return json.load(response)
 
 
+def post_json(url: str, payload: Any, timeout: float = 5.0) -> int:
+    """POST ``payload`` as JSON; the HTTP status."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.25) -> Any:
     """Poll ``condition`` until it returns something truthy; its value, or AssertionError."""

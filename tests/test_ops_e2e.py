@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from monitor import rules
-from ops_servers import get_json, wait_until
+from ops_servers import get_json, post_json, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / rules.RULES_PATH
@@ -58,9 +58,11 @@ def test_diverging_run_alert_reaches_the_webhook_through_alertmanager(
 
     alert = webhook_receiver.wait_for_alert(alertname="NonFiniteValues", layer="blocks.1",
                                             timeout=60)
+    # Exactly the labels the trainer uses when it pushes the same alert itself.
+    trainer_labels = {"alertname": "NonFiniteValues", "severity": "critical", "run": run,
+                      "layer": "blocks.1"}
     assert alert["status"] == "firing"
-    assert alert["labels"] == {"alertname": "NonFiniteValues", "severity": "critical",
-                               "run": run, "layer": "blocks.1"}
+    assert alert["labels"] == trainer_labels
     assert alert["annotations"]["runbook_url"] == "docs/runbook.md#nonfinitevalues"
     assert f"in run {run}, layer blocks.1" in alert["annotations"]["description"]
 
@@ -72,6 +74,13 @@ def test_diverging_run_alert_reaches_the_webhook_through_alertmanager(
 
     (explosion,) = wait_until(explosion_suppressed, 30, "GradientExplosion inhibited")
     assert explosion["labels"]["run"] == run
+
+    # The trainer's own push of the same alert merges with the rule's: one alert, not two.
+    post_json(alertmanager.url + "/api/v2/alerts", [{
+        "labels": trainer_labels, "annotations": {"summary": "pushed by the trainer"}}])
+    held = [a for a in alertmanager.alerts()
+            if a["labels"]["alertname"] == "NonFiniteValues" and a["labels"].get("layer")]
+    assert [a["labels"] for a in held] == [trainer_labels]
 
 
 def test_pushgateway_path(prometheus_server, pushgateway_server):
