@@ -88,3 +88,31 @@ def test_promtool_unit_tests_pass(promtool):
             tested |= {check["alertname"] for check in case["alert_rule_test"]
                        if check["exp_alerts"]}
     assert tested == CONTRACT_ALERTS, "every alert needs a promtool test that fires it"
+
+
+def any_thresholds():
+    """Thresholds with every field drawn from its own allowed range."""
+    from dataclasses import fields
+
+    from hypothesis import strategies as st
+
+    return st.builds(Thresholds, **{
+        f.name: st.floats(min_value=f.metadata["low"], max_value=min(f.metadata["high"], 1e12),
+                          allow_nan=False, allow_infinity=False)
+        for f in fields(Thresholds)})
+
+
+def test_rules_for_any_valid_thresholds_pass_promtool(promtool, tmp_path):
+    """Whatever the numbers (tiny, huge, fractional), the generated PromQL stays valid."""
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=15, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(any_thresholds())
+    def check(thresholds):
+        path = rules.write_rules(tmp_path / "rules.yml", thresholds)
+        result = subprocess.run([promtool, "check", "rules", str(path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    check()
