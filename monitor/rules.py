@@ -76,6 +76,16 @@ def explosion_bucket_label(thresholds: Thresholds) -> str:
     return floatToGoString(thresholds.explosion_norm)
 
 
+def counted_in(counter: str, window: str) -> str:
+    """Increase of ``counter`` over ``window``, counting series born inside the window whole.
+
+    increase() needs two samples, so a rare-event counter that an exporter creates on its
+    first event (at 1, not 0) would never show that event; a series absent ``window`` ago
+    counts its full value instead.
+    """
+    return f"({counter} unless {counter} offset {window}) or increase({counter}[{window}])"
+
+
 def recording_rules(thresholds: Thresholds) -> list[dict]:
     """Recording rules: what the alerts build on and what makes dashboards cheap."""
     le = explosion_bucket_label(thresholds)
@@ -92,11 +102,13 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
          f" - sum by ({BY_RUN}) (increase("
          f'gradwatch_step_global_grad_norm_bucket{{le="{le}"}}[{COUNTER_WINDOW}]))'),
         ("gradwatch:nonfinite:increase" + COUNTER_WINDOW,
-         f"sum by ({BY_RUN_LAYER}) (increase(gradwatch_nonfinite_total[{COUNTER_WINDOW}]))"),
+         f"sum by ({BY_RUN_LAYER}) "
+         f"({counted_in('gradwatch_nonfinite_total', COUNTER_WINDOW)})"),
         ("gradwatch:nonfinite_steps:increase" + COUNTER_WINDOW,
-         f"sum by ({BY_RUN}) (increase(gradwatch_nonfinite_steps_total[{COUNTER_WINDOW}]))"),
+         f"sum by ({BY_RUN}) ({counted_in('gradwatch_nonfinite_steps_total', COUNTER_WINDOW)})"),
         ("gradwatch:amp_skipped_steps:increase" + HISTORY_WINDOW,
-         f"sum by ({BY_RUN}) (increase(gradwatch_amp_skipped_steps_total[{HISTORY_WINDOW}]))"),
+         f"sum by ({BY_RUN}) "
+         f"({counted_in('gradwatch_amp_skipped_steps_total', HISTORY_WINDOW)})"),
         ("gradwatch:grad_norm:input_side",
          f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm"
          f" and on ({BY_RUN_LAYER}) {INPUT_SIDE_LAYERS})"),
