@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -148,37 +148,38 @@ def prometheus_config(scrape_targets: Mapping[str, Sequence[str]], rule_files: S
     return config
 
 
-def start_prometheus(binary: str, workdir: Path, config: dict) -> PrometheusServer:
+Server = TypeVar("Server", bound="ServerProcess")
+
+
+def start_server(kind: type[Server], name: str, binary: str, workdir: Path,
+                 flags: Sequence[str], config: dict | None = None) -> Server:
+    """Start ``binary`` on a free 127.0.0.1 port with ``flags`` (its config written to
+    workdir/<name>.yml and passed as --config.file) and wait until it is ready."""
     port = free_port()
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    server = PrometheusServer("prometheus", [
-        binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ], workdir, port)
+    command = [binary, f"--web.listen-address=127.0.0.1:{port}", *flags]
+    if config is not None:
+        config_path = workdir / f"{name}.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        command.append(f"--config.file={config_path}")
+    server = kind(name, command, workdir, port)
     server.wait_ready()
     return server
+
+
+def start_prometheus(binary: str, workdir: Path, config: dict) -> PrometheusServer:
+    return start_server(PrometheusServer, "prometheus", binary, workdir,
+                        [f"--storage.tsdb.path={workdir / 'data'}"], config)
 
 
 def start_alertmanager(binary: str, workdir: Path, config: dict) -> AlertmanagerServer:
-    port = free_port()
-    config_path = workdir / "alertmanager.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    server = AlertmanagerServer("alertmanager", [
-        binary, f"--config.file={config_path}", f"--storage.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
+    return start_server(AlertmanagerServer, "alertmanager", binary, workdir, [
+        f"--storage.path={workdir / 'data'}",
         "--cluster.listen-address=",  # no gossip port: a single test instance
-    ], workdir, port)
-    server.wait_ready()
-    return server
+    ], config)
 
 
 def start_pushgateway(binary: str, workdir: Path) -> ServerProcess:
-    port = free_port()
-    server = ServerProcess("pushgateway", [
-        binary, f"--web.listen-address=127.0.0.1:{port}"], workdir, port)
-    server.wait_ready()
-    return server
+    return start_server(ServerProcess, "pushgateway", binary, workdir, [])
 
 
 class WebhookReceiver:
