@@ -53,13 +53,19 @@ def steps(*pairs: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
         [model.Threshold(value=value, color=color) for value, color in pairs])
 
 
+def explain(t: Thresholds, *names: str) -> str:
+    """Panel description: each threshold drawn, its value and its reason (Thresholds docs)."""
+    reasons = Thresholds.documented()
+    return " ".join(f"{name} = {getattr(t, name)!r}: {reasons[name][1]}" for name in names)
+
+
 def log_scale() -> common.ScaleDistributionConfig:
     return common.ScaleDistributionConfig().type(common_model.ScaleDistribution.LOG).log(10)
 
 
 def graph(title: str, *targets: prometheus.Dataquery, unit: str = "short", log: bool = False,
           lines: dashboard.ThresholdsConfig | None = None, band: bool = False,
-          width: int = 12) -> timeseries.Panel:
+          width: int = 12, description: str | None = None) -> timeseries.Panel:
     """A time series panel; ``lines`` are drawn as threshold lines (or a band)."""
     panel = (timeseries.Panel().title(title).datasource(DATASOURCE).unit(unit).height(8)
              .span(width).legend(common.VizLegendOptions().show_legend(True)
@@ -67,6 +73,8 @@ def graph(title: str, *targets: prometheus.Dataquery, unit: str = "short", log: 
                                  .placement(common_model.LegendPlacement.BOTTOM)))
     for target in targets:
         panel = panel.with_target(target)
+    if description:
+        panel = panel.description(description)
     if log:
         panel = panel.scale_distribution(log_scale())
     if lines is not None:
@@ -133,7 +141,7 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
                  .height(6).span(6)
                  .with_target(query(f"gradwatch:seconds_since_last_step{{{RUN}}}"))
                  .thresholds(steps((None, "green"), (t.stalled_seconds, "red")))
-                 .description("TrainingStalled fires above stalled_seconds."))
+                 .description(explain(t, "stalled_seconds")))
     board = new_board("gradwatch / Training health", "gradwatch-training-health",
                       "Per-run health of gradwatch-monitored trainings.", with_layer=False)
     panels = [
@@ -142,7 +150,8 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
         graph("Global gradient norm (before clipping)",
               query(f"gradwatch_global_grad_norm{{{RUN}}}"),
               query(f"gradwatch_clipped_grad_norm{{{RUN}}}", RUN_LEGEND + " clipped", "B"),
-              log=True, lines=steps((None, "green"), (t.explosion_norm, "red"))),
+              log=True, lines=steps((None, "green"), (t.explosion_norm, "red")),
+              description=explain(t, "explosion_norm")),
         graph(f"Steps above explosion_norm ({COUNTER_WINDOW}, every step counted)",
               query(f"gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW}{{{RUN}}}"),
               lines=steps((None, "green"), (1, "red"))),
@@ -154,7 +163,8 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
         graph("AMP loss scale", query(f"gradwatch_amp_loss_scale{{{RUN}}}"), log=True),
         graph(f"AMP skipped steps ({HISTORY_WINDOW})",
               query(f"gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW}{{{RUN}}}"),
-              lines=steps((None, "green"), (t.amp_skipped_steps, "red"))),
+              lines=steps((None, "green"), (t.amp_skipped_steps, "red")),
+              description=explain(t, "amp_skipped_steps")),
         graph("Learning rate", query(f"gradwatch_learning_rate{{{RUN}}}",
                                      RUN_LEGEND + " {{optimizer}}/{{group}}"), log=True),
         graph("Steps per second", query(f"gradwatch:steps_per_second:deriv{COUNTER_WINDOW}"
@@ -198,16 +208,19 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
         graph("Update ratio ||dW||/||W|| (healthy band shaded)",
               query(f"gradwatch:update_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND), log=True,
               lines=steps((None, "blue"), (t.update_ratio_low, "green"),
-                          (t.update_ratio_high, "red")), band=True),
+                          (t.update_ratio_high, "red")), band=True,
+              description=explain(t, "update_ratio_low", "update_ratio_high")),
         graph("Weight norm", query(f"gradwatch:weight_norm:by_depth{{{LAYER}}}", DEPTH_LEGEND),
               log=True),
         graph("Saturated activations (sigmoid/tanh flat region)",
               query(f"gradwatch:activation_saturation_ratio:by_depth{{{LAYER}}}",
                     DEPTH_LEGEND), unit="percentunit",
-              lines=steps((None, "green"), (t.saturation_ratio, "red"))),
+              lines=steps((None, "green"), (t.saturation_ratio, "red")),
+              description=explain(t, "saturation_ratio")),
         graph("Dead units (exact zeros after ReLU)",
               query(f"gradwatch:activation_dead_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND),
-              unit="percentunit", lines=steps((None, "green"), (t.dead_ratio, "red"))),
+              unit="percentunit", lines=steps((None, "green"), (t.dead_ratio, "red")),
+              description=explain(t, "dead_ratio")),
     ]
     for panel in panels:
         board = board.with_panel(panel)

@@ -148,3 +148,10 @@ def test_layers_come_back_in_depth_order(healthy_prometheus):
     layers = [series["metric"]["layer"] for series in answer["data"]["result"]]
     assert layers == list(HARNESS_LAYERS)
     assert layers != sorted(layers), "the harness names must not sort like their depth"
+
+
+def test_threshold_panels_explain_their_numbers():
+    t = Thresholds(explosion_norm=321.0)
+    p = panel(generated(t)[HEALTH], "Global gradient norm")
+    assert p["description"].startswith("explosion_norm = 321.0: ")
+    assert Thresholds.documented()["explosion_norm"][1] in p["description"]
