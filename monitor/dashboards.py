@@ -22,7 +22,7 @@ from grafana_foundation_sdk.models import common as common_model
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
-from .rules import COUNTER_WINDOW, HISTORY_WINDOW, REGIMES
+from .rules import COUNTER_WINDOW, HISTORY_WINDOW, REGIMES, counted_in
 from .thresholds import Thresholds
 
 DASHBOARDS_DIR = Path("dashboards")
@@ -156,10 +156,11 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
               query(f"gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW}{{{RUN}}}"),
               lines=steps((None, "green"), (1, "red"))),
         graph(f"Non-finite values ({COUNTER_WINDOW})",
-              query(f"sum by (run, rank, source) (increase(gradwatch_nonfinite_total{{{RUN}}}"
-                    f"[{COUNTER_WINDOW}]))", RUN_LEGEND + " {{source}}"),
-              query(f"sum by (run, rank, source) (increase(gradwatch_nonfinite_steps_total"
-                    f"{{{RUN}}}[{COUNTER_WINDOW}]))", RUN_LEGEND + " {{source}} steps", "B")),
+              *(query(f"sum by (run, rank, source) "
+                      f"({counted_in(f'{counter}{{{RUN}}}', COUNTER_WINDOW)})",
+                      RUN_LEGEND + " {{source}}" + suffix, ref)
+                for ref, counter, suffix in (("A", "gradwatch_nonfinite_total", ""),
+                                             ("B", "gradwatch_nonfinite_steps_total", " steps")))),
         graph("AMP loss scale", query(f"gradwatch_amp_loss_scale{{{RUN}}}"), log=True),
         graph(f"AMP skipped steps ({HISTORY_WINDOW})",
               query(f"gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW}{{{RUN}}}"),
