@@ -12,6 +12,8 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from monitor import rules
+from monitor.thresholds import Thresholds
+from ops_harness import MetricsSource
 from ops_servers import get_json, post_json, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def test_generated_rules_evaluate_without_errors(prometheus_server, scrape_targe
     prometheus = prometheus_server([scrape_target], rule_files=[RULES])
     prometheus.wait_for("gradwatch:grad_norm:by_depth")
 
-    expected = len(rules.rule_groups(rules.Thresholds())["groups"][0]["rules"])
+    expected = len(rules.rule_groups(Thresholds())["groups"][0]["rules"])
 
     def evaluated_rules():
         groups = get_json(prometheus.url + "/api/v1/rules")["data"]["groups"]
@@ -54,17 +56,17 @@ def test_diverging_run_alert_reaches_the_webhook_through_alertmanager(
     alertmanager = alertmanager_server(repository_alertmanager_config(webhook_receiver.url))
     prometheus = prometheus_server([diverging_scrape_target], rule_files=[RULES],
                                    alertmanager_url=alertmanager.url)
-    run = run_label(prometheus)
+    run, layer = run_label(prometheus), MetricsSource.NAN_LAYER
 
-    alert = webhook_receiver.wait_for_alert(alertname="NonFiniteValues", layer="blocks.1",
+    alert = webhook_receiver.wait_for_alert(alertname="NonFiniteValues", layer=layer,
                                             timeout=60)
     # Exactly the labels the trainer uses when it pushes the same alert itself.
     trainer_labels = {"alertname": "NonFiniteValues", "severity": "critical", "run": run,
-                      "layer": "blocks.1"}
+                      "layer": layer}
     assert alert["status"] == "firing"
     assert alert["labels"] == trainer_labels
     assert alert["annotations"]["runbook_url"] == "docs/runbook.md#nonfinitevalues"
-    assert f"in run {run}, layer blocks.1" in alert["annotations"]["description"]
+    assert f"in run {run}, layer {layer}" in alert["annotations"]["description"]
 
     # The explosion that preceded the NaNs is inhibited by NonFiniteValues of the same run.
     def explosion_suppressed():
