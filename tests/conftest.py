@@ -8,16 +8,18 @@ prometheus-pushgateway``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ops_harness import MetricsSource
-from ops_servers import (WebhookReceiver, prometheus_config, start_alertmanager,
-                         start_prometheus, start_pushgateway)
+from ops_servers import (ServerProcess, WebhookReceiver, prometheus_config,
+                         start_alertmanager, start_prometheus, start_pushgateway)
 
 BINARIES = {
     "prometheus": "prometheus",
@@ -66,44 +68,48 @@ def docker_compose() -> list[str]:
 
 # --- Real servers: factory fixtures, each process stopped at the end of its test. ---------
 
+@contextlib.contextmanager
+def stopped_at_exit() -> Iterator[list[ServerProcess]]:
+    """A list to put started servers in; every one is stopped when the block ends."""
+    started: list[ServerProcess] = []
+    try:
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
 @pytest.fixture
 def prometheus_server(tmp_path_factory):
     """Factory: ``prometheus_server(scrape_targets, rule_files=(), alertmanager_url=None,
     honor_labels=False)`` starts Prometheus (1s scrape and evaluation) and waits until it is
     ready and every target is up. ``scrape_targets`` maps job name -> ["host:port", ...]
     (a plain list means the job "gradwatch"). Returns an ops_servers.PrometheusServer."""
-    started = []
+    with stopped_at_exit() as started:
+        def start(scrape_targets, rule_files=(), alertmanager_url=None, honor_labels=False):
+            if not isinstance(scrape_targets, dict):
+                scrape_targets = {"gradwatch": list(scrape_targets)}
+            config = prometheus_config(scrape_targets, rule_files, alertmanager_url,
+                                       honor_labels)
+            started.append(start_prometheus(binary("prometheus"),
+                                            tmp_path_factory.mktemp("prometheus"), config))
+            started[-1].wait_targets_up()
+            return started[-1]
 
-    def start(scrape_targets, rule_files=(), alertmanager_url=None, honor_labels=False):
-        if not isinstance(scrape_targets, dict):
-            scrape_targets = {"gradwatch": list(scrape_targets)}
-        config = prometheus_config(scrape_targets, rule_files, alertmanager_url, honor_labels)
-        server = start_prometheus(binary("prometheus"),
-                                  tmp_path_factory.mktemp("prometheus"), config)
-        started.append(server)
-        server.wait_targets_up()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+        yield start
 
 
 @pytest.fixture
 def alertmanager_server(tmp_path_factory):
     """Factory: ``alertmanager_server(config: dict)`` starts Alertmanager with that config
     (no cluster port) and waits until ready. Returns an ops_servers.AlertmanagerServer."""
-    started = []
+    with stopped_at_exit() as started:
+        def start(config):
+            started.append(start_alertmanager(binary("alertmanager"),
+                                              tmp_path_factory.mktemp("alertmanager"), config))
+            return started[-1]
 
-    def start(config):
-        server = start_alertmanager(binary("alertmanager"),
-                                    tmp_path_factory.mktemp("alertmanager"), config)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+        yield start
 
 
 @pytest.fixture
