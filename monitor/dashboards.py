@@ -1,0 +1,256 @@
+"""Grafana dashboards, generated from one ``Thresholds`` object (grafana-foundation-sdk).
+
+Two dashboards: training health (one row per concern of a run) and layers (per-layer
+statistics ordered by depth). Every threshold line or band drawn is a ``Thresholds`` field, so
+the dashboards agree with the detectors and the Prometheus rules. Per-layer panels read the
+``gradwatch:<metric>:by_depth`` recording rules (monitor/rules.py), whose zero-padded ``depth``
+label sorts layers by depth, never alphabetically.
+
+The committed JSON in dashboards/ is ``render_dashboards()`` of the default thresholds (a test
+keeps them equal); ``write_dashboards`` writes them for custom thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import (
+    barchart, common, dashboard, prometheus, stat, statetimeline, table, timeseries)
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_model
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import prometheus as prometheus_model
+
+from .rules import COUNTER_WINDOW, HISTORY_WINDOW, REGIMES, counted_in
+from .thresholds import Thresholds
+
+DASHBOARDS_DIR = Path("dashboards")
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+RUN = 'run=~"$run"'
+LAYER = 'run=~"$run", layer=~"$layer"'
+#: Colour and meaning of each regime code of gradwatch:regime:code (REGIMES order).
+REGIME_COLORS = {"healthy": "green", "vanishing": "blue", "exploding": "orange",
+                 "nonfinite": "dark-red"}
+#: Series legend of a run (rank only shows when the world size is above 1).
+RUN_LEGEND = "{{run}} {{rank}}"
+#: Layers legend: the zero-padded depth first, so the legend reads in depth order.
+DEPTH_LEGEND = "{{depth}} {{layer}}"
+
+
+def query(expr: str, legend: str = RUN_LEGEND, ref: str = "A", *,
+          instant_table: bool = False) -> prometheus.Dataquery:
+    """A Prometheus target; ``instant_table`` for latest-value tables and profiles."""
+    target = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if instant_table:
+        return target.instant().format(prometheus_model.PromQueryFormat.TABLE)
+    return target.legend_format(legend).range()
+
+
+def steps(*pairs: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
+    """Absolute threshold steps; the first pair's value is None (from -infinity)."""
+    return dashboard.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE).steps(
+        [model.Threshold(value=value, color=color) for value, color in pairs])
+
+
+def explain(t: Thresholds, *names: str) -> str:
+    """Panel description: each threshold drawn, its value and its reason (Thresholds docs)."""
+    reasons = Thresholds.documented()
+    return " ".join(f"{name} = {getattr(t, name)!r}: {reasons[name][1]}" for name in names)
+
+
+def log_scale() -> common.ScaleDistributionConfig:
+    return common.ScaleDistributionConfig().type(common_model.ScaleDistribution.LOG).log(10)
+
+
+def graph(title: str, *targets: prometheus.Dataquery, unit: str = "short", log: bool = False,
+          lines: dashboard.ThresholdsConfig | None = None, band: bool = False,
+          width: int = 12, description: str | None = None) -> timeseries.Panel:
+    """A time series panel; ``lines`` are drawn as threshold lines (or a band)."""
+    panel = (timeseries.Panel().title(title).datasource(DATASOURCE).unit(unit).height(8)
+             .span(width).legend(common.VizLegendOptions().show_legend(True)
+                                 .display_mode(common_model.LegendDisplayMode.LIST)
+                                 .placement(common_model.LegendPlacement.BOTTOM)))
+    for target in targets:
+        panel = panel.with_target(target)
+    if description:
+        panel = panel.description(description)
+    if log:
+        panel = panel.scale_distribution(log_scale())
+    if lines is not None:
+        mode = (common_model.GraphThresholdsStyleMode.LINE_AND_AREA if band
+                else common_model.GraphThresholdsStyleMode.DASHED)
+        panel = panel.thresholds(lines).thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(mode))
+    return panel
+
+
+def variables(board: dashboard.Dashboard, with_layer: bool) -> dashboard.Dashboard:
+    """Template variables: datasource, run (and layer)."""
+    board = board.with_variable(
+        dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    board = board.with_variable(
+        dashboard.QueryVariable("run").label("Run").datasource(DATASOURCE)
+        .query("label_values(gradwatch_step, run)").multi(True).include_all(True)
+        .all_value(".*").refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED))
+    if with_layer:
+        board = board.with_variable(
+            dashboard.QueryVariable("layer").label("Layer").datasource(DATASOURCE)
+            .query(f"label_values(gradwatch_grad_norm{{{RUN}}}, layer)").multi(True)
+            .include_all(True).all_value(".*")
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED))
+    return board
+
+
+def alert_annotation() -> dict:
+    """Firing alerts of the selected runs as annotations (Prometheus annotation fields the
+    SDK does not model: step, titleFormat, textFormat, tagKeys)."""
+    return {
+        "name": "gradwatch alerts", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "enable": True, "iconColor": "red", "step": "15s",
+        "expr": f'ALERTS{{alertstate="firing", {RUN}}}',
+        "titleFormat": "{{alertname}}", "textFormat": "run {{run}} {{layer}}",
+        "tagKeys": "severity,run,layer", "useValueForTime": False,
+    }
+
+
+def new_board(title: str, uid: str, description: str, with_layer: bool) -> dashboard.Dashboard:
+    board = (dashboard.Dashboard(title).uid(uid).description(description)
+             .tags(["gradwatch"]).refresh("30s").time("now-1h", "now").timezone("browser")
+             .link(dashboard.DashboardLink("gradwatch").type(model.DashboardLinkType.DASHBOARDS)
+                   .tags(["gradwatch"]).as_dropdown(True)))
+    return variables(board, with_layer)
+
+
+def training_health(t: Thresholds) -> dashboard.Dashboard:
+    """Per run: regime, firing alerts, loss, gradient norm, non-finite values, AMP, liveness."""
+    regime_map = model.ValueMap(options={
+        str(code): model.ValueMappingResult(text=name, color=REGIME_COLORS[name], index=code)
+        for code, name in enumerate(REGIMES)})
+    regime = (statetimeline.Panel().title("Regime").datasource(DATASOURCE).height(6).span(14)
+              .with_target(query(f"gradwatch:regime:code{{{RUN}}}"))
+              .mappings([regime_map]).show_value(common_model.VisibilityMode.NEVER)
+              .description("healthy | vanishing | exploding | nonfinite, as the trainer "
+                           "judges it (gradwatch_regime)."))
+    alerts = (table.Panel().title("Firing alerts").datasource(DATASOURCE).height(6).span(10)
+              .with_target(query(f'ALERTS{{alertstate="firing", {RUN}}}', instant_table=True))
+              .with_transformation(model.DataTransformerConfig(
+                  id_val="organize", options={"excludeByName": {
+                      "Time": True, "Value": True, "__name__": True, "alertstate": True}})))
+    heartbeat = (stat.Panel().title("Time since last step").datasource(DATASOURCE).unit("s")
+                 .height(6).span(6)
+                 .with_target(query(f"gradwatch:seconds_since_last_step{{{RUN}}}"))
+                 .thresholds(steps((None, "green"), (t.stalled_seconds, "red")))
+                 .description(explain(t, "stalled_seconds")))
+    board = new_board("gradwatch / Training health", "gradwatch-training-health",
+                      "Per-run health of gradwatch-monitored trainings.", with_layer=False)
+    panels = [
+        regime, alerts,
+        graph("Loss", query(f"gradwatch_loss{{{RUN}}}")),
+        graph("Global gradient norm (before clipping)",
+              query(f"gradwatch_global_grad_norm{{{RUN}}}"),
+              query(f"gradwatch_clipped_grad_norm{{{RUN}}}", RUN_LEGEND + " clipped", "B"),
+              log=True, lines=steps((None, "green"), (t.explosion_norm, "red")),
+              description=explain(t, "explosion_norm")),
+        graph(f"Steps above explosion_norm ({COUNTER_WINDOW}, every step counted)",
+              query(f"gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW}{{{RUN}}}"),
+              lines=steps((None, "green"), (1, "red"))),
+        graph(f"Non-finite values ({COUNTER_WINDOW})",
+              *(query(f"sum by (run, rank, source) "
+                      f"({counted_in(f'{counter}{{{RUN}}}', COUNTER_WINDOW)})",
+                      RUN_LEGEND + " {{source}}" + suffix, ref)
+                for ref, counter, suffix in (("A", "gradwatch_nonfinite_total", ""),
+                                             ("B", "gradwatch_nonfinite_steps_total", " steps")))),
+        graph("AMP loss scale", query(f"gradwatch_amp_loss_scale{{{RUN}}}"), log=True),
+        graph(f"AMP skipped steps ({HISTORY_WINDOW})",
+              query(f"gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW}{{{RUN}}}"),
+              lines=steps((None, "green"), (t.amp_skipped_steps, "red")),
+              description=explain(t, "amp_skipped_steps")),
+        graph("Learning rate", query(f"gradwatch_learning_rate{{{RUN}}}",
+                                     RUN_LEGEND + " {{optimizer}}/{{group}}"), log=True),
+        graph("Steps per second", query(f"gradwatch:steps_per_second:deriv{COUNTER_WINDOW}"
+                                        f"{{{RUN}}}"), width=6),
+        heartbeat,
+    ]
+    for panel in panels:
+        board = board.with_panel(panel)
+    return board
+
+
+def depth_profile(title: str, metric: str, log: bool) -> barchart.Panel:
+    """Latest value of a per-layer metric, one bar per layer, input layer first."""
+    panel = (barchart.Panel().title(title).datasource(DATASOURCE).height(8).span(12)
+             .with_target(query(f"gradwatch:{metric}:by_depth{{{LAYER}}}", instant_table=True))
+             .with_transformation(model.DataTransformerConfig(
+                 id_val="sortBy", options={"sort": [{"field": "depth"}]}))
+             .x_field("layer").x_tick_label_rotation(-45)
+             .description("Latest sampled step; bars in forward (depth) order."))
+    return panel.scale_distribution(log_scale()) if log else panel
+
+
+def layers(t: Thresholds) -> dashboard.Dashboard:
+    """Per layer, ordered by depth: gradient norm map and profiles, activations, updates."""
+    grad_map = (statetimeline.Panel().title("log10 gradient norm by layer (depth order)")
+                .datasource(DATASOURCE).height(10).span(24)
+                .with_target(query(f"log10(gradwatch:grad_norm:by_depth{{{LAYER}}})",
+                                   DEPTH_LEGEND))
+                .color_scheme(dashboard.FieldColor().mode(
+                    model.FieldColorModeId.CONTINUOUS_BL_YL_RD))
+                .show_value(common_model.VisibilityMode.NEVER)
+                .description("Rows are layers, input side first. A colour gradient down the "
+                             "rows is the vanishing/exploding signature (THEORY 1)."))
+    board = new_board("gradwatch / Layers", "gradwatch-layers",
+                      "Per-layer statistics of one run, layers in forward (depth) order.",
+                      with_layer=True)
+    panels = [
+        grad_map,
+        depth_profile("Gradient norm by depth (latest)", "grad_norm", log=True),
+        depth_profile("Activation variance by depth (latest)", "activation_variance", log=True),
+        graph("Update ratio ||dW||/||W|| (healthy band shaded)",
+              query(f"gradwatch:update_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND), log=True,
+              lines=steps((None, "blue"), (t.update_ratio_low, "green"),
+                          (t.update_ratio_high, "red")), band=True,
+              description=explain(t, "update_ratio_low", "update_ratio_high")),
+        graph("Weight norm", query(f"gradwatch:weight_norm:by_depth{{{LAYER}}}", DEPTH_LEGEND),
+              log=True),
+        graph("Saturated activations (sigmoid/tanh flat region)",
+              query(f"gradwatch:activation_saturation_ratio:by_depth{{{LAYER}}}",
+                    DEPTH_LEGEND), unit="percentunit",
+              lines=steps((None, "green"), (t.saturation_ratio, "red")),
+              description=explain(t, "saturation_ratio")),
+        graph("Dead units (exact zeros after ReLU)",
+              query(f"gradwatch:activation_dead_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND),
+              unit="percentunit", lines=steps((None, "green"), (t.dead_ratio, "red")),
+              description=explain(t, "dead_ratio")),
+    ]
+    for panel in panels:
+        board = board.with_panel(panel)
+    return board
+
+
+def dashboard_json(board: dashboard.Dashboard) -> dict:
+    """The dashboard as Grafana's JSON model, alert annotations included."""
+    data = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    data["annotations"] = {"list": [alert_annotation()]}
+    return data
+
+
+def render_dashboards(thresholds: Thresholds | None = None) -> dict[str, str]:
+    """File name -> JSON text of every dashboard for ``thresholds`` (defaults when None)."""
+    t = thresholds or Thresholds()
+    boards = {"gradwatch-training-health.json": training_health(t),
+              "gradwatch-layers.json": layers(t)}
+    return {name: json.dumps(dashboard_json(board), indent=2, sort_keys=True) + "\n"
+            for name, board in boards.items()}
+
+
+def write_dashboards(directory: str | Path = DASHBOARDS_DIR,
+                     thresholds: Thresholds | None = None) -> list[Path]:
+    """Write every dashboard into ``directory``; returns the paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_dashboards(thresholds).items():
+        (directory / name).write_text(text)
+        written.append(directory / name)
+    return written
