@@ -44,8 +44,9 @@ _SPECS = (
     _spec("global_grad_norm", "gauge", "L2 norm over all gradients of the latest step, before "
           "clipping.", "L2 norm", EVERY_STEP, "finite, stable; above {t.explosion_norm} or "
           "{t.explosion_spike_factor}x the recent max is an explosion"),
-    _spec("step_global_grad_norm", "histogram", "Every step's global gradient norm (finite "
-          "values), so that a one-step spike between two scrapes is still seen.", "L2 norm",
+    _spec("step_global_grad_norm", "histogram", "Every step's global gradient norm, so that a "
+          "one-step spike between two scrapes is still seen (a non-finite norm counts in the "
+          "+Inf bucket only, not in the sum).", "L2 norm",
           EVERY_STEP, "no observations above {t.explosion_norm}"),
     _spec("clipped_grad_norm", "gauge", "L2 norm over all gradients after clipping (when "
           "clipping is configured).", "L2 norm", EVERY_STEP, "at most the clipping threshold"),

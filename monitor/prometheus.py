@@ -112,6 +112,8 @@ class PrometheusSink:
                 self._bucket_counts[int(np.searchsorted(self._bounds, norm))] += 1
                 self._norm_sum += norm
             elif norm is not None:
+                # above every bound (only the +Inf bucket), kept out of the sum
+                self._bucket_counts[-1] += 1
                 self._nonfinite_steps["gradient"] += 1
             if loss is not None and not math.isfinite(loss):
                 self._nonfinite_steps["loss"] += 1

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from .ops_harness import MetricsSource
 from .ops_servers import (ServerProcess, WebhookReceiver, prometheus_config,
                          start_alertmanager, start_prometheus, start_pushgateway)
+from .training_target import TrainingTarget
 
 BINARIES = {
     "prometheus": "prometheus",
@@ -128,19 +128,19 @@ def webhook_receiver():
     receiver.close()
 
 
-# --- What Prometheus scrapes. Swap the harness for a real training here (one line each). ---
+# --- What Prometheus scrapes: real Lightning trainings with TrainingDiagnostics. ----------
 
 @pytest.fixture
 def scrape_target():
-    """host:port serving a HEALTHY run's metrics. Today: the ops harness (tests/ops_harness.py)."""
-    source = MetricsSource(run="harness-healthy", scenario="healthy")
-    yield source.target
-    source.close()
+    """host:port serving a HEALTHY real training's metrics (tests/training_target.py)."""
+    training = TrainingTarget(run="healthy-run", scenario="healthy")
+    yield training.target
+    training.close()
 
 
 @pytest.fixture
 def diverging_scrape_target():
-    """host:port serving a DIVERGING run (explosion, then NaN gradients in a layer)."""
-    source = MetricsSource(run="harness-diverging", scenario="diverging")
-    yield source.target
-    source.close()
+    """host:port serving a real training that DIVERGES (explosion, then NaN/Inf)."""
+    training = TrainingTarget(run="diverging-run", scenario="diverging")
+    yield training.target
+    training.close()

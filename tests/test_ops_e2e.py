@@ -1,8 +1,8 @@
 """End to end with the real servers: metrics source -> Prometheus (the repository's generated
 rules) -> Alertmanager (the repository's config) -> webhook; and the Pushgateway path.
 
-The metrics source is the ``scrape_target`` / ``diverging_scrape_target`` fixture (today the
-harness in tests/ops_harness.py, later a real training)."""
+The metrics source is the ``scrape_target`` / ``diverging_scrape_target`` fixture: a real
+Lightning training with TrainingDiagnostics (tests/training_target.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, pus
 
 from monitor import rules
 from monitor.thresholds import Thresholds
-from .ops_harness import MetricsSource
+from .training_target import LAYERS
 from .ops_servers import get_json, post_json, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_diverging_run_alert_reaches_the_webhook_through_alertmanager(
     alertmanager = alertmanager_server(repository_alertmanager_config(webhook_receiver.url))
     prometheus = prometheus_server([diverging_scrape_target], rule_files=[RULES],
                                    alertmanager_url=alertmanager.url)
-    run, layer = run_label(prometheus), MetricsSource.NAN_LAYER
+    run, layer = run_label(prometheus), LAYERS[0]
 
     alert = webhook_receiver.wait_for_alert(alertname="NonFiniteValues", layer=layer,
                                             timeout=60)
@@ -81,7 +81,7 @@ def test_diverging_run_alert_reaches_the_webhook_through_alertmanager(
     post_json(alertmanager.url + "/api/v2/alerts", [{
         "labels": trainer_labels, "annotations": {"summary": "pushed by the trainer"}}])
     held = [a for a in alertmanager.alerts()
-            if a["labels"]["alertname"] == "NonFiniteValues" and a["labels"].get("layer")]
+            if a["labels"]["alertname"] == "NonFiniteValues" and a["labels"].get("layer") == layer]
     assert [a["labels"] for a in held] == [trainer_labels]
 
 
