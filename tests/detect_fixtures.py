@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from monitor.alerts import AlertEngine
+from monitor.alerts import Alert, AlertEngine
 from monitor.monitor import Monitor
 from monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 
@@ -62,6 +64,16 @@ class FakeMonitor:
 
 # ------------------------------------------------------------------ real training
 
+@pytest.fixture
+def one_torch_thread():
+    """Small models train many times faster on one thread when the cores are shared
+    (intra-op threads oversubscribe them); restores the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def mlp(widths: list[int], activation: Callable[[], nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
@@ -71,19 +83,46 @@ def mlp(widths: list[int], activation: Callable[[], nn.Module]) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
+class Recorder:
+    """An observer that keeps every Pulse and Snapshot, to check alerts against."""
+
+    def __init__(self) -> None:
+        self.pulses: list[Pulse] = []
+        self.snapshots: list[Snapshot] = []
+
+    def on_pulse(self, pulse: Pulse, monitor) -> None:
+        self.pulses.append(pulse)
+
+    def on_snapshot(self, snapshot: Snapshot, monitor) -> None:
+        self.snapshots.append(snapshot)
+
+
+@dataclass
+class Run:
+    engine: AlertEngine
+    recorder: Recorder
+    #: first step whose loss or any gradient held a NaN/Inf, checked with torch in the loop
+    first_nonfinite: int | None
+    losses: list[float]
+
+    def fired(self, name: str) -> list[Alert]:
+        return [a for a in self.engine.history if a.name == name and a.status == "firing"]
+
+
 def train(model: nn.Module, batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
           steps: int, *, lr: float = 0.01, optimizer: str = "sgd", every_n_steps: int = 10,
           loss_fn: Callable = nn.functional.mse_loss, engine: AlertEngine | None = None,
-          audit: bool = True, stop_at_nan: bool = True, sinks=()):
-    """Train with the plain Monitor loop; returns (engine, first non-finite loss step)."""
+          sinks=()) -> Run:
+    """Train with the plain Monitor loop (init audit first), stopping 3 steps after the
+    first non-finite step."""
     engine = engine or AlertEngine()
+    recorder = Recorder()
     make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[optimizer]
     opt = make(model.parameters(), lr=lr)
     monitor = Monitor(model, optimizers=[opt], every_n_steps=every_n_steps,
-                      observers=[engine], sinks=list(sinks), run_name="train")
-    if audit:
-        engine.audit(model, monitor)
-    first_nan = None
+                      observers=[engine, recorder], sinks=list(sinks), run_name="train")
+    engine.audit(model, monitor)
+    first_nonfinite, losses = None, []
     try:
         for step in range(steps):
             x, y = batches(step)
@@ -92,13 +131,17 @@ def train(model: nn.Module, batches: Callable[[int], tuple[torch.Tensor, torch.T
                 monitor.observe_loss(loss)
                 loss.backward()
                 monitor.observe_gradients()
+                finite = bool(torch.isfinite(loss)) and all(
+                    bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+                    if p.grad is not None)
                 opt.step()
                 opt.zero_grad()
-            if first_nan is None and not math.isfinite(loss.item()):
-                first_nan = step
-            if first_nan is not None and stop_at_nan and step >= first_nan + 3:
+            losses.append(loss.item())
+            if first_nonfinite is None and not finite:
+                first_nonfinite = step
+            if first_nonfinite is not None and step >= first_nonfinite + 3:
                 break
         engine.flush(monitor)
     finally:
         monitor.close()
-    return engine, first_nan
+    return Run(engine, recorder, first_nonfinite, losses)
