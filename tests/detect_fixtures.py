@@ -3,9 +3,17 @@ synthetic Pulses/Snapshots, and a real Alertmanager plus a webhook receiver."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import math
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +153,111 @@ def train(model: nn.Module, batches: Callable[[int], tuple[torch.Tensor, torch.T
     finally:
         monitor.close()
     return Run(engine, recorder, first_nonfinite, losses)
+
+
+# ------------------------------------------------------------------ receivers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class WebhookReceiver:
+    """A tiny HTTP server in a thread that records every POST (path, headers, JSON body)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.requests: list[tuple[str, dict[str, str], object]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver._lock:
+                    receiver.requests.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def bodies(self, path: str | None = None) -> list[object]:
+        with self._lock:
+            return [body for p, _, body in self.requests if path is None or p == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+
+
+class Alertmanager:
+    """A real Alertmanager on 127.0.0.1:port, notifying ``webhook_url`` (send_resolved)."""
+
+    def __init__(self, directory: Path, port: int, webhook_url: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        config = directory / "alertmanager.yml"
+        config.write_text(
+            "route:\n"
+            "  receiver: hook\n"
+            "  group_by: [alertname, run, layer]\n"
+            "  group_wait: 0s\n"
+            "  group_interval: 1s\n"
+            "  repeat_interval: 1h\n"
+            "receivers:\n"
+            "  - name: hook\n"
+            "    webhook_configs:\n"
+            f"      - url: {webhook_url}/am\n"
+            "        send_resolved: true\n")
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = open(directory / "alertmanager.log", "wb")
+        self.process = subprocess.Popen(
+            [ALERTMANAGER, f"--config.file={config}", f"--storage.path={directory / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+            stdout=subprocess.DEVNULL, stderr=self._log)
+        try:
+            wait_for(self._ready, 20.0, "Alertmanager /-/ready")
+        except AssertionError:
+            self.close()
+            raise
+
+    def _ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"Alertmanager exited with {self.process.returncode}")
+        try:
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def alerts(self) -> list[dict]:
+        with urllib.request.urlopen(self.url + "/api/v2/alerts", timeout=5) as response:
+            return json.loads(response.read())
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
