@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,13 @@ def test_forensics_bad_config():
         ForensicsSink("x", pulses=0)
     with pytest.raises(ValueError, match="severities"):
         ForensicsSink("x", severities=("fatal",))
+
+
+def test_runbook_has_a_section_per_alert():
+    runbook = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
+    headings = [line[3:].strip() for line in runbook.read_text().splitlines()
+                if line.startswith("## ")]
+    assert set(headings) == set(ALERT_NAMES) | {"TrainingStalled", "TrainerDown"}
+    for name in ALERT_NAMES:  # GitHub anchors: the heading lowercased
+        assert make_alert(name=name).annotations()["runbook_url"].endswith(
+            f"#{name.lower()}")
