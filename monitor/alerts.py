@@ -8,7 +8,6 @@ does no I/O, and hands every Alert to the sinks with ``monitor.publish("on_alert
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -24,7 +23,6 @@ from .detectors import (
     VANISHING,
     WARNING,
     Finding,
-    NonFiniteValues,
     Verdict,
     default_detectors,
 )
@@ -33,7 +31,6 @@ from .init_audit import audit_initialization
 from .snapshot import Pulse, Snapshot
 from .thresholds import Thresholds
 
-log = logging.getLogger("gradwatch")
 
 SEVERITIES = (CRITICAL, WARNING, INFO)
 FIRING, RESOLVED = "firing", "resolved"
@@ -125,8 +122,9 @@ class AlertEngine:
             rules and dashboards judge by one object.
         stop_on: alert names that set ``should_stop`` when they fire.
         history_size: bound of ``history``.
-        detectors: replaces the built-in detectors (objects with ``on_pulse(pulse)`` and/or
-            ``on_snapshot(snapshot)`` returning a Finding, a Verdict or None).
+        detectors: replaces the built-in detectors (objects with a ``name`` and
+            ``on_pulse(pulse)`` and/or ``on_snapshot(snapshot)``, optionally ``flush()``,
+            returning a Finding, a Verdict or None).
 
     Raises:
         ValueError: an unknown name in ``stop_on`` or a history_size below 1.
@@ -183,9 +181,9 @@ class AlertEngine:
         """Report what waits for a Snapshot that will not come (call at the end of training):
         a non-finite step with no sampled step after it, reported without origin."""
         for detector in self._ready(monitor):
-            if isinstance(detector, NonFiniteValues):
-                finding = detector.flush()
-                if finding is not None:
+            if hasattr(detector, "flush"):
+                finding = self._run(detector.flush)
+                if isinstance(finding, Finding):
                     self._fire(finding, monitor)
 
     @property
@@ -205,10 +203,10 @@ class AlertEngine:
             self._detectors = default_detectors(self._thresholds(monitor))
         return self._detectors
 
-    def _run(self, method, item):
+    def _run(self, method, *item):
         """A detector's verdict; a failing detector is logged once and never stops training."""
         try:
-            return method(item)
+            return method(*item)
         except Exception as exc:
             self._warn(f"detector:{type(method.__self__).__name__}",
                        "gradwatch: detector %s failed (reported once): %r",

@@ -31,7 +31,8 @@ VANISHING, EXPLODING, NONFINITE = "vanishing", "exploding", "nonfinite"
 
 @dataclass(frozen=True)
 class Finding:
-    """What a detector saw: the content of an Alert, without run identity and timing."""
+    """What a detector saw: the content of an Alert, without the run's identity (run, rank)
+    and firing state. ``time`` is when the step it is about ended."""
 
     name: str
     severity: str
@@ -78,7 +79,8 @@ class Sustained:
         return self.on
 
     def verdict(self, condition: bool, finding: Callable[[], Finding]) -> Result:
-        """Update with ``condition``; a Finding while on and seen now, CLEAR while off."""
+        """Update with ``condition``: the Finding while on and the condition holds now,
+        CLEAR while off, None while on but the condition is not seen now (clearing)."""
         if self.update(condition):
             return finding() if condition else None
         return Verdict.CLEAR
@@ -102,10 +104,10 @@ class History:
 
 
 def describe_layers(layers: Sequence[str], values: Sequence[float] | None = None,
-                fmt: str = "{:.3g}", limit: int = 8) -> str:
-    """'a (1.2), b (3.4), ... and 3 more' for descriptions."""
-    items = [f"{name} ({fmt.format(v)})" if values is not None else name
-             for name, v in zip(layers, values if values is not None else [None] * len(layers))]
+                    limit: int = 8) -> str:
+    """'a (1.2), b (3.4) and 3 more' for descriptions (values optional)."""
+    items = list(layers) if values is None else [
+        f"{name} ({value:.3g})" for name, value in zip(layers, values)]
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
@@ -203,8 +205,8 @@ class LossDivergence:
 
     Spike: above ``loss_spike_factor`` x the max of the recent non-anomalous losses.
     Sustained growth: the mean of the latest quarter of the window above
-    ``loss_growth_factor`` x the lowest mean of the window's four quarters. Both ratios only make sense for a
-    positive loss, so they are skipped while the window holds a loss <= 0.
+    ``loss_growth_factor`` x the lowest mean of the window's four quarters. Both ratios only
+    make sense for a positive loss, so they are skipped while the window holds a loss <= 0.
     """
 
     name = "LossDivergence"

@@ -140,7 +140,8 @@ def audit_initialization(model: nn.Module, thresholds: Thresholds | None = None,
                    f"{a.activation}), {a.ratio:.3g}x the expected" for a in off]
         findings.append(Finding(
             name=INIT_SCALE, severity=WARNING, step=step, time=now,
-            layers=tuple(dict.fromkeys(_layer_of(a.name) for a in off)), value=worst.ratio, threshold=factor,
+            layers=tuple(dict.fromkeys(_layer_of(a.name) for a in off)), value=worst.ratio,
+            threshold=factor,
             summary=(f"{len(off)} weight(s) initialised off the Xavier/He scale, worst "
                      f"{worst.name} at {worst.ratio:.3g}x"),
             description=(
