@@ -2,7 +2,8 @@
 
 The AlertEngine is a Monitor observer: it runs on the training thread, reads host data only,
 does no I/O, and hands every Alert to the sinks with ``monitor.publish("on_alert", alert)``
-(the export thread then calls ``sink.on_alert(alert)``).
+(the export thread then calls ``sink.on_alert(alert)``). No torch here (only the one-off
+init audit imports it), so alert consumers do not need it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .detectors import (
     CRITICAL,
@@ -27,10 +27,11 @@ from .detectors import (
     default_detectors,
 )
 from .export import WarnOnce
-from .init_audit import audit_initialization
 from .snapshot import Pulse, Snapshot
 from .thresholds import Thresholds
 
+if TYPE_CHECKING:
+    from torch import nn
 
 SEVERITIES = (CRITICAL, WARNING, INFO)
 FIRING, RESOLVED = "firing", "resolved"
@@ -174,6 +175,8 @@ class AlertEngine:
     def audit(self, model: nn.Module, monitor, step: int = 0) -> list[Alert]:
         """Audit the initialisation of ``model`` (call once, before the first step) and
         publish the warnings; returns the Alerts fired."""
+        from .init_audit import audit_initialization  # torch, for this one-off read only
+
         findings = audit_initialization(model, self._thresholds(monitor), step=step)
         return [alert for f in findings if (alert := self._fire(f, monitor)) is not None]
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +216,11 @@ def test_runbook_has_a_section_per_alert():
     for name in ALERT_NAMES:  # GitHub anchors: the heading lowercased
         assert make_alert(name=name).annotations()["runbook_url"].endswith(
             f"#{name.lower()}")
+
+
+def test_alert_side_needs_no_torch():
+    code = ("import sys, monitor.alerts, monitor.detectors, monitor.delivery, "
+            "monitor.forensics; assert 'torch' not in sys.modules, 'torch imported'")
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
+                   env={**os.environ, "PYTHONPATH": str(root)})
