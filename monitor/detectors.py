@@ -392,8 +392,10 @@ class AmpOverflowStorm:
     """Mixed precision: a burst of steps the GradScaler skipped (overflowed gradients).
 
     A scaler skips a step now and then by design; ``amp_skipped_steps`` skips within the
-    last ``history_steps`` steps is a storm. Steps without a finite loss scale (no scaler)
-    are ignored. Layers named are those whose latest fp16 headroom was below
+    last ``history_steps`` steps is a storm. The skips before the first step that ran are
+    the scaler calibrating its initial scale (it starts high, 2^16, and halves until the
+    gradients fit), not a storm, and are not counted. Steps without a finite loss scale (no
+    scaler) are ignored. Layers named are those whose latest fp16 headroom was below
     ``fp16_headroom_bits``.
     """
 
@@ -403,10 +405,14 @@ class AmpOverflowStorm:
         self.t = thresholds
         self.window: deque[tuple[bool, float]] = deque(maxlen=int(thresholds.history_steps))
         self.low_headroom: tuple[str, ...] = ()
+        self.calibrated = False
 
     def on_pulse(self, pulse: Pulse) -> Result:
         if not math.isfinite(pulse.loss_scale):
             return None
+        self.calibrated = self.calibrated or pulse.optimizer_stepped
+        if not self.calibrated:
+            return Verdict.CLEAR
         self.window.append((not pulse.optimizer_stepped, pulse.loss_scale))
         skipped = sum(1 for s, _ in self.window if s)
         if skipped < self.t.amp_skipped_steps:

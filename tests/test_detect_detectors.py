@@ -191,6 +191,16 @@ def test_amp_occasional_skips_are_no_storm():
     assert not findings(results)
 
 
+def test_amp_calibration_skips_are_no_storm():
+    d = AmpOverflowStorm(T)
+    calibration = [pulse(i, loss_scale=65536.0 / 2 ** (i + 1), optimizer_stepped=False)
+                   for i in range(12)]  # the scaler halving from 2^16 until gradients fit
+    assert feed_pulses(d, calibration) == [Verdict.CLEAR] * 12
+    assert d.on_pulse(pulse(12, loss_scale=8.0)) is Verdict.CLEAR
+    later = [pulse(13 + i, loss_scale=4.0 / 2 ** i, optimizer_stepped=False) for i in range(5)]
+    assert isinstance(feed_pulses(d, later)[-1], Finding)  # after calibration, 5 skips count
+
+
 def test_amp_storm_fires_on_the_fifth_skip_naming_low_headroom_layers():
     d = AmpOverflowStorm(T)
     d.on_snapshot(snapshot(0, output_max_abs=[10.0, 30000.0, 100.0, 20000.0],

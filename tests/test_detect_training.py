@@ -14,7 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from detect_fixtures import mlp, one_torch_thread, train
+from detect_fixtures import Recorder, mlp, one_torch_thread, train  # noqa: F401
+from monitor.alerts import AlertEngine
+from monitor.monitor import Monitor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -191,3 +193,52 @@ def test_healthy_models_raise_nothing(make, batches, optimizer, lr):
     assert len(run.recorder.pulses) == 200 and len(run.recorder.snapshots) == 20
     # they really trained: the last 50 steps' mean loss is well below the first 10 steps'
     assert np.mean(run.losses[-50:]) < 0.8 * np.mean(run.losses[:10])
+
+
+# ---------------------------------------------------------------- mixed precision
+
+def train_fp16(steps: int, outlier_from: int | None):
+    """fp16 autocast on CPU with a real GradScaler; from ``outlier_from`` on, every other
+    batch has targets 1e6x too large, so its gradients overflow fp16 and the step is skipped.
+    Gradients are observed after ``scaler.unscale_`` (true norms, not scaled ones)."""
+    torch.manual_seed(0)
+    model = mlp([32, 64, 64, 1], nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    engine, recorder = AlertEngine(), Recorder()
+    monitor = Monitor(model, optimizers=[opt], grad_scaler=scaler, every_n_steps=10,
+                      observers=[engine, recorder])
+    for step in range(steps):
+        x, y = regression(step)
+        if outlier_from is not None and step >= outlier_from and step % 2 == 0:
+            y = y * 1e6
+        with monitor.step(step):
+            with torch.autocast("cpu", dtype=torch.float16):
+                out = model(x)
+            loss = nn.functional.mse_loss(out.float(), y)
+            monitor.observe_loss(loss)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            monitor.observe_gradients()
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+    monitor.close()
+    return engine, recorder
+
+
+def test_fp16_overflow_storm_after_calibration():
+    engine, recorder = train_fp16(60, outlier_from=40)
+    first_step_ran = next(p.step for p in recorder.pulses if p.optimizer_stepped)
+    skips = [p.step for p in recorder.pulses
+             if not p.optimizer_stepped and p.step > first_step_ran]
+    storms = [a for a in engine.history if a.name == "AmpOverflowStorm"]
+    assert len(storms) == 1 and storms[0].status == "firing"
+    assert storms[0].step == skips[4] and storms[0].value == 5.0  # the 5th skip after calibration
+    assert "NonFiniteValues" not in {a.name for a in engine.history}  # skips are no NaN alarm
+
+
+def test_fp16_healthy_run_raises_nothing():
+    engine, recorder = train_fp16(60, outlier_from=None)
+    assert not recorder.pulses[0].optimizer_stepped  # the scaler calibrated its scale...
+    assert [a.name for a in engine.history] == []  # ...which is no storm
