@@ -239,8 +239,8 @@ class LossDivergence:
         (quarter means, not single values, so the noise of a converged loss is no growth)."""
         if len(window) < max(4, self.t.history_min_steps) or min(window) <= 0:
             return None
-        quarters = np.array_split(np.asarray(window), 4)
-        means = [float(q.mean()) for q in quarters]
+        quarters = _quarters(window)
+        means = [sum(q) / len(q) for q in quarters]
         bar = self.t.loss_growth_factor * min(means)
         if not means[-1] > bar:
             return None
@@ -261,6 +261,18 @@ class LossDivergence:
                 "warm-up; clip gradients; check the offending batches for bad data; roll back "
                 "to a checkpoint a little before the spike and skip those batches."),
         )
+
+
+def _quarters(values: list[float]) -> list[list[float]]:
+    """Four consecutive chunks, the first ones one longer when the length is not a multiple
+    of 4 (numpy.array_split's rule); plain Python: this runs every step."""
+    size, extra = divmod(len(values), 4)
+    chunks, start = [], 0
+    for k in range(4):
+        end = start + size + (k < extra)
+        chunks.append(values[start:end])
+        start = end
+    return chunks
 
 
 # ---------------------------------------------------------------------------- non-finite
