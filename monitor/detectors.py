@@ -457,7 +457,7 @@ class AmpOverflowStorm:
 
 def fp16_headroom_bits(max_abs: np.ndarray) -> np.ndarray:
     """log2(65504 / max|x|) per layer; +inf for all-zero outputs, NaN where undefined."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.log2(FP16_MAX / np.abs(np.asarray(max_abs, dtype=np.float64)))
 
 

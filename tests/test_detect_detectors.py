@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detect_fixtures import pulse, snapshot
 from monitor.detectors import (
@@ -324,3 +326,40 @@ def test_detectors_never_raise_on_odd_input():
                 if hasattr(detector, "on_snapshot"):
                     result = detector.on_snapshot(s)
                     assert result is None or isinstance(result, (Finding, Verdict))
+
+
+# ---------------------------------------------------------------- fuzzed input
+
+odd_floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                       st.sampled_from([0.0, -0.0, 1e-320, 65504.0, 1e308]))
+
+
+@st.composite
+def odd_snapshots(draw):
+    n = draw(st.integers(0, 6))
+    layers = tuple(f"l{i}" for i in range(n))
+    arrays = {key: draw(st.lists(odd_floats, min_size=n, max_size=n)) for key in (
+        "grad_norm", "update_ratio", "saturation", "dead", "variance", "output_max_abs")}
+    counts = np.asarray(draw(st.lists(st.integers(0, 3), min_size=9 * n, max_size=9 * n)),
+                        dtype=np.int64).reshape(3, n, 3)
+    pulses = [pulse(0, loss=draw(odd_floats), norm=draw(odd_floats),
+                    loss_scale=draw(odd_floats), optimizer_stepped=draw(st.booleans()))]
+    return snapshot(draw(st.integers(0, 10)), layers, nonfinite=counts,
+                    origin=draw(st.sampled_from(["", "l0"])),
+                    pulses=draw(st.sampled_from([pulses, []])), **arrays)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(
+    odd_snapshots(),
+    st.builds(pulse, st.integers(0, 10), odd_floats, odd_floats, loss_scale=odd_floats,
+              optimizer_stepped=st.booleans())), max_size=25))
+def test_detectors_never_raise_on_fuzzed_input(items):
+    for detector in default_detectors(T):
+        for item in items:
+            method = "on_snapshot" if hasattr(item, "layers") else "on_pulse"
+            if hasattr(detector, method):
+                result = getattr(detector, method)(item)
+                assert result is None or isinstance(result, (Finding, Verdict))
+                if isinstance(result, Finding):
+                    assert isinstance(result.summary, str) and result.remedy
