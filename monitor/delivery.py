@@ -10,6 +10,7 @@ bounded wait. HTTP uses the standard library only.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import ssl
@@ -133,7 +134,8 @@ class HttpPoster:
         return f"HttpPoster({self.where!r})"
 
     def submit(self, document: object) -> None:
-        """Queue a document; returns at once."""
+        """Queue a document, or a callable that renders it when it is sent (for content that
+        depends on the send time); returns at once."""
         with self._cond:
             if self._closing:
                 return
@@ -203,7 +205,13 @@ class HttpPoster:
                 self._cond.notify_all()
 
     def _post(self, document: object) -> bool:
-        body = json.dumps(document, allow_nan=False, default=str).encode()
+        try:
+            body = json.dumps(document() if callable(document) else document,
+                              allow_nan=False, default=str).encode()
+        except (TypeError, ValueError) as exc:
+            log.warning("gradwatch: an alert document for %s is not JSON (%r): dropped",
+                        self.where, exc)
+            return True  # retrying cannot help
         request = urllib.request.Request(self.url, data=body, headers=self.headers,
                                          method="POST")
         try:
@@ -216,7 +224,7 @@ class HttpPoster:
                             self.where, exc.code)
                 return True  # retrying the same document cannot succeed
             return self._failed(f"HTTP {exc.code}")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             return self._failed(type(exc).__name__)
         if self._down:
             self._down = False
@@ -287,7 +295,9 @@ class AlertmanagerSink:
                 self._firing[key] = alert
             else:
                 self._firing.pop(key, None)
-        self.poster.submit([self.payload(alert)])
+        # rendered at send time: a firing alert queued through an outage must not arrive
+        # with an endsAt already past (Alertmanager would take it as resolved)
+        self.poster.submit(lambda: [self.payload(alert)])
 
     def payload(self, alert: Alert, now: float | None = None) -> dict[str, object]:
         """The API v2 postable alert."""
@@ -306,7 +316,7 @@ class AlertmanagerSink:
     def _resend(self) -> list[object]:
         with self._lock:
             firing = list(self._firing.values())
-        return [[self.payload(a) for a in firing]] if firing else []
+        return [lambda: [self.payload(a) for a in firing]] if firing else []
 
     def close(self, timeout: float = 5.0) -> bool:
         return self.poster.close(timeout)

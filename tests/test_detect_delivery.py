@@ -226,3 +226,27 @@ def test_logging_and_callable_sinks(caplog):
     got = []
     CallableAlertSink(got.append).on_alert(make_alert())
     assert got[0].name == "GradientExplosion"
+
+
+def test_alerts_queued_through_an_outage_arrive_still_firing():
+    port = free_port()
+    sink = AlertmanagerSink(f"http://127.0.0.1:{port}", resend_interval=0.1, backoff=0.05,
+                            max_backoff=0.1, timeout=0.5)
+    sink.on_alert(make_alert(run="outage"))  # endsAt would be 0.4 s ahead if rendered now
+    time.sleep(1.0)
+    back = WebhookReceiver(port)
+    try:
+        posts = wait_for(lambda: back.bodies("/api/v2/alerts"), what="the delivery")
+        assert parse_time(posts[0][0]["endsAt"]) > time.time() - 0.3  # rendered at send time
+    finally:
+        sink.close(1.0)
+        back.close()
+
+
+def test_unserialisable_document_is_dropped_not_fatal(receiver, caplog):
+    poster = HttpPoster(receiver.url + "/poster", backoff=0.05)
+    poster.submit({"value": math.nan})  # not JSON: dropped with a warning
+    poster.submit({"value": 1})
+    assert poster.close(5.0)
+    assert receiver.bodies("/poster") == [{"value": 1}]
+    assert any("not JSON" in r.message for r in caplog.records)
