@@ -71,7 +71,8 @@ class HttpPoster:
     """Posts JSON documents to one URL from its own daemon thread.
 
     Args:
-        url: http(s) URL to POST to; credentials in it are never logged.
+        url: http(s) URL to POST to; ``user:password@`` in it is sent as basic auth. Logs
+            show it without credentials or query string.
         max_queue: pending documents kept while the receiver is slow or down; the oldest is
             dropped (and counted in ``dropped``) when full.
         timeout: seconds for one HTTP request.
@@ -99,6 +100,13 @@ class HttpPoster:
                             ("backoff", backoff), ("max_backoff", max_backoff)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if parsed.username is not None:  # user:password@ in the URL becomes basic auth
+            if basic_auth is not None or bearer_token is not None:
+                raise ValueError("url has credentials and basic_auth/bearer_token too: give one")
+            basic_auth = (urllib.parse.unquote(parsed.username),
+                          urllib.parse.unquote(parsed.password or ""))
+            host = parsed.netloc.rpartition("@")[2]
+            url = urllib.parse.urlunsplit(parsed._replace(netloc=host))
         if basic_auth is not None and bearer_token is not None:
             raise ValueError("basic_auth and bearer_token are exclusive: give one")
         if basic_auth is not None and (len(basic_auth) != 2 or not all(
@@ -106,6 +114,10 @@ class HttpPoster:
             raise ValueError("basic_auth must be a (user, password) pair of strings")
         if periodic is not None and not periodic[0] > 0:
             raise ValueError(f"periodic interval must be positive, got {periodic[0]!r}")
+        try:
+            self.context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"ca_file {ca_file!r} cannot be loaded: {exc}") from exc
         self.url = url
         self.where = redact(url)
         self.timeout, self.backoff, self.max_backoff = timeout, backoff, max_backoff
@@ -115,7 +127,6 @@ class HttpPoster:
             self.headers["Authorization"] = f"Basic {pair}"
         elif bearer_token is not None:
             self.headers["Authorization"] = f"Bearer {bearer_token}"
-        self.context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self.periodic = periodic
         self.dropped = 0
         self.sent = 0
@@ -188,11 +199,10 @@ class HttpPoster:
                     self.submit(extra)
                 next_periodic = time.monotonic() + self.periodic[0]
                 continue
-            delivered = self._post(document)
+            done = self._post(document)
             with self._cond:
                 self._in_flight = False
-                if delivered:
-                    self.sent += 1
+                if done:
                     delay = self.backoff
                 else:  # back first in line, then wait before retrying (close() can cut it)
                     if len(self._queue) < self._max_queue:
@@ -205,12 +215,14 @@ class HttpPoster:
                 self._cond.notify_all()
 
     def _post(self, document: object) -> bool:
+        """Send one document; False when it should be retried."""
         try:
             body = json.dumps(document() if callable(document) else document,
                               allow_nan=False, default=str).encode()
         except (TypeError, ValueError) as exc:
             log.warning("gradwatch: an alert document for %s is not JSON (%r): dropped",
                         self.where, exc)
+            self._count("dropped")
             return True  # retrying cannot help
         request = urllib.request.Request(self.url, data=body, headers=self.headers,
                                          method="POST")
@@ -222,14 +234,20 @@ class HttpPoster:
             if 400 <= exc.code < 500 and exc.code not in (408, 429):
                 log.warning("gradwatch: %s rejected an alert document (HTTP %d): dropped",
                             self.where, exc.code)
+                self._count("dropped")
                 return True  # retrying the same document cannot succeed
             return self._failed(f"HTTP {exc.code}")
         except (OSError, ValueError, http.client.HTTPException) as exc:
             return self._failed(type(exc).__name__)
+        self._count("sent")
         if self._down:
             self._down = False
             log.info("gradwatch: alert receiver %s reachable again", self.where)
         return True
+
+    def _count(self, counter: str) -> None:
+        with self._cond:
+            setattr(self, counter, getattr(self, counter) + 1)
 
     def _failed(self, reason: str) -> bool:
         if not self._down:
@@ -240,16 +258,13 @@ class HttpPoster:
 
 
 def redact(url: object) -> str:
-    """The URL without user:password, for logs."""
+    """The URL as logs may show it: no user:password, no query string (tokens live there)."""
     if not isinstance(url, str):
         return repr(url)
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, f"***@{host}", parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]
+    query = "?..." if parts.query else ""
+    return f"{parts.scheme}://{host}{parts.path}{query}"
 
 
 def rfc3339(seconds: float) -> str:

@@ -27,7 +27,6 @@ from monitor.delivery import (
     HttpPoster,
     LoggingAlertSink,
     WebhookSink,
-    redact,
 )
 
 
@@ -184,15 +183,28 @@ def test_firing_alerts_are_resent_until_resolved(receiver):
 
 def test_secrets_never_logged(caplog):
     caplog.set_level(logging.INFO, logger="gradwatch")
-    url = f"http://admin:hunter2@127.0.0.1:{free_port()}"
-    sink = WebhookSink(url, backoff=0.05, timeout=0.5)
+    port = free_port()
+    sink = WebhookSink(f"http://admin:hunter2@127.0.0.1:{port}/hook?token=t0ps3cret",
+                       backoff=0.05, timeout=0.5)
     sink.on_alert(make_alert())
     wait_for(lambda: any("unreachable" in r.message for r in caplog.records),
              what="the warning")
     sink.close(0.2)
     text = " ".join(r.getMessage() for r in caplog.records) + repr(sink.poster)
-    assert "hunter2" not in text and "admin" not in text and "***@127.0.0.1" in text
-    assert redact("https://h:1/x") == "https://h:1/x"
+    assert f"127.0.0.1:{port}/hook?..." in text
+    for secret in ("hunter2", "admin", "t0ps3cret"):
+        assert secret not in text
+
+
+def test_url_credentials_become_basic_auth(receiver):
+    host = receiver.url.removeprefix("http://")
+    sink = WebhookSink(f"http://us%40er:p%3Ass@{host}/creds")
+    sink.on_alert(make_alert())
+    assert sink.close(5.0) and sink.poster.sent == 1
+    ((_, headers, _),) = [r for r in receiver.requests if r[0] == "/creds"]
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"us@er:p:ss").decode()
+    with pytest.raises(ValueError, match="credentials"):
+        WebhookSink(f"http://a:b@{host}/", bearer_token="t")
 
 
 @pytest.mark.parametrize("kwargs, option", [
@@ -201,6 +213,7 @@ def test_secrets_never_logged(caplog):
     ({"url": "http://x", "max_queue": -1}, "max_queue"),
     ({"url": "http://x", "basic_auth": ("a", "b"), "bearer_token": "t"}, "basic_auth"),
     ({"url": "http://x", "basic_auth": ("a",)}, "basic_auth"),
+    ({"url": "https://x", "ca_file": "/nonexistent/ca.pem"}, "ca_file"),
 ])
 def test_bad_http_config_names_the_option(kwargs, option):
     with pytest.raises(ValueError, match=option):
@@ -249,4 +262,5 @@ def test_unserialisable_document_is_dropped_not_fatal(receiver, caplog):
     poster.submit({"value": 1})
     assert poster.close(5.0)
     assert receiver.bodies("/poster") == [{"value": 1}]
+    assert (poster.sent, poster.dropped) == (1, 1)
     assert any("not JSON" in r.message for r in caplog.records)
