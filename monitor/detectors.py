@@ -572,8 +572,14 @@ class GradientVanishing:
 
     def _evidence(self, snapshot: Snapshot):
         norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
-        present = np.flatnonzero(_finite(norms))
-        present = present[present < len(snapshot.layers)]
+        n = min(len(norms), len(snapshot.layers))
+        present = _finite(norms[:n])
+        # Layers whose forward never ran (e.g. an attention out_proj used through its weight)
+        # have no known depth: they sit last in depth order, so keep them out of the profile.
+        called = _finite(np.asarray(snapshot.activation_mean, dtype=np.float64))[:n]
+        if len(called) == n and (present & called).sum() >= 3:
+            present &= called
+        present = np.flatnonzero(present)
         if len(present) < 3:
             return None  # too shallow to have a depth profile
         logs = np.log(np.maximum(norms[present], 1e-30))  # an exact zero is total collapse
@@ -582,7 +588,8 @@ class GradientVanishing:
         ratio = math.exp(logs[:quarter].mean()) / reference
         if not ratio < self.t.vanishing_depth_ratio:
             return None
-        affected = [i for i in present if norms[i] < self.t.vanishing_depth_ratio * reference]
+        affected = [int(i) for i in present
+                    if norms[i] < self.t.vanishing_depth_ratio * reference]
         updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
         measured = [i for i in affected if i < len(updates) and math.isfinite(updates[i])]
         if measured and not any(updates[i] < self.t.update_ratio_low for i in measured):

@@ -33,7 +33,8 @@ def pulse(step: int, loss: float = 1.0, norm: float = 1.0, **fields) -> Pulse:
 
 def snapshot(step: int, layers=("l0", "l1", "l2", "l3"), *, grad_norm=None, update_ratio=None,
              saturation=None, dead=None, variance=None, output_max_abs=None,
-             nonfinite=None, origin: str = "", pulses=None) -> Snapshot:
+             activation_mean=None, nonfinite=None, origin: str = "",
+             pulses=None) -> Snapshot:
     """A Snapshot with healthy defaults; every per-layer array can be overridden."""
     n = len(layers)
 
@@ -43,7 +44,7 @@ def snapshot(step: int, layers=("l0", "l1", "l2", "l3"), *, grad_norm=None, upda
     return Snapshot(
         run="test", rank=0, step=step, time=1000.0 + step, layers=tuple(layers),
         grad_norm=arr(grad_norm, 1.0), weight_norm=arr(None, 10.0),
-        update_ratio=arr(update_ratio, 1e-3), activation_mean=arr(None, 0.0),
+        update_ratio=arr(update_ratio, 1e-3), activation_mean=arr(activation_mean, 0.0),
         activation_variance=arr(variance, 1.0),
         activation_saturation_ratio=arr(saturation, math.nan),
         activation_dead_ratio=arr(dead, 0.0), activation_max_abs=arr(None, 3.0),

@@ -291,6 +291,21 @@ def test_vanishing_needs_tiny_updates_when_measured():
     assert isinstance(results[-1], Finding)
 
 
+def test_vanishing_profile_leaves_out_layers_whose_forward_never_ran():
+    layers = tuple(f"l{i}" for i in range(8)) + ("attn.out_proj",)  # depth unknown: last
+    grads = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1e-8]
+    means = [0.0] * 8 + [np.nan]
+
+    def snap(i):
+        return snapshot(i, layers, grad_norm=grads, activation_mean=means,
+                        update_ratio=[1e-9] * 9)
+
+    d = GradientVanishing(T)
+    f = [d.on_snapshot(snap(i)) for i in range(3)][-1]
+    assert isinstance(f, Finding) and "attn.out_proj" not in f.layers
+    assert f.value == pytest.approx(1e-6)  # gmean(1e-7, 1e-6) / gmean(0.1, 1)
+
+
 def test_vanishing_healthy_profile_and_resolution():
     d = GradientVanishing(T)
     for i in range(3):
@@ -339,7 +354,8 @@ def odd_snapshots(draw):
     n = draw(st.integers(0, 6))
     layers = tuple(f"l{i}" for i in range(n))
     arrays = {key: draw(st.lists(odd_floats, min_size=n, max_size=n)) for key in (
-        "grad_norm", "update_ratio", "saturation", "dead", "variance", "output_max_abs")}
+        "grad_norm", "update_ratio", "saturation", "dead", "variance", "output_max_abs",
+        "activation_mean")}
     counts = np.asarray(draw(st.lists(st.integers(0, 3), min_size=9 * n, max_size=9 * n)),
                         dtype=np.int64).reshape(3, n, 3)
     pulses = [pulse(0, loss=draw(odd_floats), norm=draw(odd_floats),
