@@ -124,6 +124,36 @@ def test_zero_init_breaks_no_symmetry():
     assert "random" in alert.remedy
 
 
+def test_dead_relu_layer_warns_and_explains_the_vanishing():
+    torch.manual_seed(0)
+    model = mlp([32, 64, 64, 1], nn.ReLU)
+    with torch.no_grad():
+        model[2].bias.fill_(-3.0)  # pre-activations of the 2nd layer all negative
+    run = train(model, regression, 60, lr=0.01)
+    (dead,) = run.fired("DeadUnits")
+    # the 5th sample in a row (steps 0..40), naming the layer whose ReLU outputs are all 0
+    assert dead.step == 40 and dead.layers == ("2",) and dead.value == 1.0
+    dead_ratios = [s.activation_dead_ratio[1] for s in run.recorder.snapshots if s.step <= 40]
+    assert min(dead_ratios) == 1.0
+    (vanishing,) = run.fired("GradientVanishing")
+    assert "dead ReLUs in 2" in vanishing.description and "LeakyReLU" in vanishing.remedy
+
+
+def test_saturated_tanh_layer_warns():
+    torch.manual_seed(0)
+    model = mlp([32, 64, 64, 1], nn.Tanh)
+    with torch.no_grad():
+        model[0].weight.mul_(20.0)  # pre-activations far into tanh's flat region
+    variance_ratio = float(model[0].weight.detach().var(unbiased=False)) / (2 / (32 + 64))  # Xavier
+    run = train(model, regression, 60, lr=0.01)
+    (saturated,) = run.fired("ActivationSaturation")
+    assert saturated.step == 40 and saturated.layers == ("0",)
+    first = next(s for s in run.recorder.snapshots if s.step == 40)
+    assert saturated.value == first.activation_saturation_ratio[0] > 0.5
+    (init,) = run.fired("InitializationSuspect")
+    assert init.layers == ("0",) and init.value == pytest.approx(variance_ratio)
+
+
 # ---------------------------------------------------------------- healthy models
 
 class ResidualBlock(nn.Module):
