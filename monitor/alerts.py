@@ -145,10 +145,11 @@ class AlertEngine:
         if isinstance(stop_on, str):
             raise ValueError(f"stop_on must be a collection of alert names, got {stop_on!r}")
         self.stop_on = frozenset(stop_on)
-        unknown = self.stop_on - set(ALERT_NAMES)
+        known = set(ALERT_NAMES) | {getattr(d, "name", "") for d in detectors or ()}
+        unknown = self.stop_on - known
         if unknown:
             raise ValueError(f"stop_on has unknown alert names {sorted(unknown)}; "
-                             f"known: {list(ALERT_NAMES)}")
+                             f"known: {sorted(known)}")
         self.thresholds = thresholds
         self._detectors = list(detectors) if detectors is not None else None
         self.active: dict[str, Alert] = {}
@@ -162,15 +163,15 @@ class AlertEngine:
         """Every step's Pulse (training thread)."""
         for detector in self._ready(monitor):
             if hasattr(detector, "on_pulse"):
-                self._apply(detector, self._run(detector.on_pulse, pulse), pulse.step,
+                self._apply(detector, self._run(detector, "on_pulse", pulse), pulse.step,
                             pulse.time, monitor)
 
     def on_snapshot(self, snapshot: Snapshot, monitor) -> None:
         """Every sampled step's Snapshot (training thread)."""
         for detector in self._ready(monitor):
             if hasattr(detector, "on_snapshot"):
-                self._apply(detector, self._run(detector.on_snapshot, snapshot), snapshot.step,
-                            snapshot.time, monitor)
+                self._apply(detector, self._run(detector, "on_snapshot", snapshot),
+                            snapshot.step, snapshot.time, monitor)
 
     def audit(self, model: nn.Module, monitor, step: int = 0) -> list[Alert]:
         """Audit the initialisation of ``model`` (call once, before the first step) and
@@ -185,7 +186,7 @@ class AlertEngine:
         a non-finite step with no sampled step after it, reported without origin."""
         for detector in self._ready(monitor):
             if hasattr(detector, "flush"):
-                finding = self._run(detector.flush)
+                finding = self._run(detector, "flush")
                 if isinstance(finding, Finding):
                     self._fire(finding, monitor)
 
@@ -206,14 +207,14 @@ class AlertEngine:
             self._detectors = default_detectors(self._thresholds(monitor))
         return self._detectors
 
-    def _run(self, method, *item):
+    def _run(self, detector, method: str, *item):
         """A detector's verdict; a failing detector is logged once and never stops training."""
         try:
-            return method(*item)
+            return getattr(detector, method)(*item)
         except Exception as exc:
-            self._warn(f"detector:{type(method.__self__).__name__}",
-                       "gradwatch: detector %s failed (reported once): %r",
-                       type(method.__self__).__name__, exc)
+            kind = type(detector).__name__
+            self._warn(f"detector:{kind}", "gradwatch: detector %s failed (reported once): %r",
+                       kind, exc)
             return None
 
     def _apply(self, detector, result, step: int, when: float, monitor) -> None:
