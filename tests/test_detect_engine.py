@@ -224,3 +224,12 @@ def test_alert_side_needs_no_torch():
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
                    env={**os.environ, "PYTHONPATH": str(root)})
+
+
+@pytest.mark.parametrize("field, bad", [("history_min_steps", 0),
+                                        ("activation_variance_shrink", 2.0)])
+def test_added_thresholds_are_documented_and_checked(field, bad):
+    default, why = Thresholds.documented()[field]
+    assert why and default == getattr(Thresholds(), field)
+    with pytest.raises(ValueError, match=field):
+        Thresholds(**{field: bad})
