@@ -286,6 +286,9 @@ class NonFiniteValues:
     and the finding waits for the next Snapshot: the one of the same step gives the exact
     origin; a later one (the engine escalates sampling) gives an inferred origin. ``flush``
     returns a waiting finding when no Snapshot will come (end of training).
+    A Pulse's NaN also means "not observed" (no loss passed to the Monitor, no gradients),
+    so a NaN loss or norm only counts once that series has been finite; an Inf always
+    counts, and a run that is NaN from its first step is caught by its Snapshot's counts.
     Clears after ``escalation_steps`` finite steps in a row.
     """
 
@@ -295,10 +298,12 @@ class NonFiniteValues:
         self.t = thresholds
         self.pending: Pulse | None = None  # first non-finite Pulse not yet reported
         self.state = Sustained(1, int(thresholds.escalation_steps))
+        self._observed = {"loss": False, "global gradient norm": False}
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        finite = math.isfinite(pulse.loss) and math.isfinite(pulse.global_grad_norm)
-        if finite or _amp_skip(pulse):
+        for series, value in self._series(pulse):
+            self._observed[series] = self._observed[series] or math.isfinite(value)
+        if not self._bad_series(pulse) or _amp_skip(pulse):
             if self.pending is None and not self.state.update(False):
                 return Verdict.CLEAR
             return None
@@ -319,6 +324,15 @@ class NonFiniteValues:
             return self._finding(snapshot, _pulse_of(snapshot), exact=True)
         return None
 
+    @staticmethod
+    def _series(pulse: Pulse) -> tuple[tuple[str, float], ...]:
+        return (("loss", pulse.loss), ("global gradient norm", pulse.global_grad_norm))
+
+    def _bad_series(self, pulse: Pulse) -> list[str]:
+        """'loss (inf)'-style names of the Pulse's series that went non-finite."""
+        return [f"{series} ({value:g})" for series, value in self._series(pulse)
+                if math.isinf(value) or (math.isnan(value) and self._observed[series])]
+
     def flush(self) -> Result:
         """The waiting finding, without origin, when no Snapshot is coming."""
         if self.pending is None:
@@ -328,13 +342,10 @@ class NonFiniteValues:
         return self._finding(None, pulse, exact=False)
 
     def _finding(self, snapshot: Snapshot | None, pulse: Pulse, exact: bool) -> Finding:
-        sources = [f"loss ({pulse.loss:g})"] if not math.isfinite(pulse.loss) else []
-        if not math.isfinite(pulse.global_grad_norm):
-            sources.append(f"global gradient norm ({pulse.global_grad_norm:g})")
+        sources = self._bad_series(pulse)
         origin_layers: tuple[str, ...] = ()
         origin_text = "origin unknown: no fully sampled step followed"
-        total = float(sum(1 for v in (pulse.loss, pulse.global_grad_norm)
-                          if not math.isfinite(v)))
+        total = float(len(sources))
         if snapshot is not None:
             counts = _nonfinite_counts(snapshot)
             layers = snapshot.layers

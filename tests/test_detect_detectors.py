@@ -136,6 +136,7 @@ def test_loss_converged_noise_and_negative_losses_do_not_fire():
 
 def test_nonfinite_on_sampled_step_is_exact():
     d = NonFiniteValues(T)
+    assert d.on_pulse(pulse(6)) is Verdict.CLEAR
     assert d.on_pulse(pulse(7, loss=math.nan, norm=math.nan)) is Verdict.NEEDS_SAMPLING
     counts = np.zeros((3, 4, 3), np.int64)
     counts[1, 1, 0] = 5  # activation NaN in l1
@@ -149,6 +150,7 @@ def test_nonfinite_on_sampled_step_is_exact():
 
 def test_nonfinite_on_unsampled_step_is_inferred_from_the_next_sample():
     d = NonFiniteValues(T)
+    d.on_pulse(pulse(2))
     assert d.on_pulse(pulse(3, loss=math.inf)) is Verdict.NEEDS_SAMPLING
     assert d.on_pulse(pulse(4, loss=math.nan, norm=math.nan)) is Verdict.NEEDS_SAMPLING
     counts = np.zeros((3, 4, 3), np.int64)
@@ -162,8 +164,23 @@ def test_nonfinite_on_unsampled_step_is_inferred_from_the_next_sample():
     assert clear[-1] is Verdict.CLEAR and clear[:-1] == [None] * (len(clear) - 1)
 
 
+def test_nan_meaning_not_observed_is_no_alarm_until_the_series_was_finite():
+    d = NonFiniteValues(T)
+    unobserved = [pulse(i, loss=math.nan, norm=math.nan) for i in range(5)]  # no loss passed
+    assert feed_pulses(d, unobserved) == [Verdict.CLEAR] * 5
+    assert d.on_snapshot(snapshot(5, pulses=unobserved[-1:])) is None
+    assert d.on_pulse(pulse(6, loss=math.inf, norm=math.nan)) is Verdict.NEEDS_SAMPLING
+    d = NonFiniteValues(T)
+    feed_pulses(d, [pulse(0, loss=math.nan, norm=1.0)])
+    assert d.on_pulse(pulse(1, loss=math.nan, norm=math.nan)) is Verdict.NEEDS_SAMPLING
+    f = d.flush()
+    assert "global gradient norm (nan)" in f.description and "loss" not in f.summary
+    assert "loss (nan)" not in f.description and f.value == 1.0
+
+
 def test_nonfinite_flush_without_snapshot():
     d = NonFiniteValues(T)
+    d.on_pulse(pulse(8))
     d.on_pulse(pulse(9, loss=math.nan))
     f = d.flush()
     assert f.step == 9 and f.origin_exact is None and f.layers == ()
