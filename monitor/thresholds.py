@@ -42,6 +42,10 @@ class Thresholds:
     vanishing_samples: float = _t(
         3, "Sampled steps in a row the depth profile must stay collapsed before alerting: "
         "one sample can be a transient.", low=1, high=1000)
+    activation_variance_shrink: float = _t(
+        0.1, "Activation variance of the output-side layers below this fraction of the "
+        "input-side layers': the forward-pass face of vanishing, since Var(activation) "
+        "should stay about the same across depth (THEORY 3).", high=1.0)
     update_ratio_low: float = _t(
         1e-4,
         "||dW||/||W|| below this means the layer is barely learning; ~1e-3 is typical of "
@@ -63,11 +67,15 @@ class Thresholds:
     history_steps: float = _t(
         100, "Steps of recent history that spikes are judged against (THEORY 5).",
         low=2, high=100_000)
+    history_min_steps: float = _t(
+        10, "Steps of history needed before a spike can be judged against it: the first "
+        "steps of training are no baseline.", low=1, high=100_000)
     loss_spike_factor: float = _t(
         10.0, "Loss above this many times the max of the recent window is a spike.", low=1.0)
     loss_growth_factor: float = _t(
         4.0, "Loss mean of the latest quarter of the window above this many times the "
-        "window's minimum is sustained growth.", low=1.0)
+        "lowest quarter's mean is sustained growth (quarter means: a converged loss's "
+        "noise is no growth).", low=1.0)
     saturation_ratio: float = _t(
         0.5, "Fraction of saturated sigmoid/tanh outputs above which a layer is saturated.",
         high=1.0)

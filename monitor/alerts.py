@@ -1,0 +1,253 @@
+"""Alerts: structured events, and the AlertEngine that raises and resolves them.
+
+The AlertEngine is a Monitor observer: it runs on the training thread, reads host data only,
+does no I/O, and hands every Alert to the sinks with ``monitor.publish("on_alert", alert)``
+(the export thread then calls ``sink.on_alert(alert)``). No torch here (only the one-off
+init audit imports it), so alert consumers do not need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .detectors import (
+    CRITICAL,
+    EXPLODING,
+    INFO,
+    NONFINITE,
+    VANISHING,
+    WARNING,
+    Finding,
+    Verdict,
+    default_detectors,
+)
+from .export import WarnOnce
+from .snapshot import Pulse, Snapshot
+from .thresholds import Thresholds
+
+if TYPE_CHECKING:
+    from torch import nn
+
+SEVERITIES = (CRITICAL, WARNING, INFO)
+FIRING, RESOLVED = "firing", "resolved"
+HEALTHY = "healthy"
+#: Regimes from best to worst; the worst active one is the engine's regime.
+REGIMES = (HEALTHY, VANISHING, EXPLODING, NONFINITE)
+RUNBOOK = "docs/runbook.md"
+#: Every alert name the engine can raise (a contract with the rules, dashboards and runbook).
+ALERT_NAMES = (
+    "NonFiniteValues", "GradientExplosion", "GradientVanishing", "LossDivergence",
+    "AmpOverflowStorm", "InitializationSuspect", "SymmetricInitialization",
+    "ActivationSaturation", "DeadUnits", "Fp16HeadroomLow",
+)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert event: a condition that started firing, or that resolved.
+
+    A resolved event repeats the firing event's identity (name, run, rank, layers, so the
+    same Alertmanager labels) with ``status="resolved"``, the resolving step and ``ends_at``.
+    Times are seconds since the epoch.
+    """
+
+    name: str
+    severity: str
+    status: str
+    run: str
+    rank: int
+    step: int
+    layers: tuple[str, ...]
+    value: float
+    threshold: float
+    summary: str
+    description: str
+    remedy: str
+    regime: str | None
+    origin_exact: bool | None
+    starts_at: float
+    ends_at: float | None
+
+    def labels(self, world_size: int = 1) -> dict[str, str]:
+        """Alertmanager labels (its identity). ``rank`` only when ``world_size`` > 1, as on
+        the exported metrics, so single-process alerts match the Prometheus rules' labels."""
+        labels = {
+            "alertname": self.name,
+            "severity": self.severity,
+            "run": self.run,
+            "layer": self.layers[0] if self.layers else "",
+        }
+        if world_size > 1:
+            labels["rank"] = str(self.rank)
+        return labels
+
+    def annotations(self) -> dict[str, str]:
+        """Alertmanager annotations: what, details, what to try, where to read more."""
+        return {
+            "summary": self.summary,
+            "description": self.description,
+            "remedy": self.remedy,
+            "runbook_url": f"{RUNBOOK}#{self.name.lower()}",
+        }
+
+    def to_dict(self) -> dict[str, object]:
+        """Every field as JSON-ready values (non-finite floats become None)."""
+        out = dataclasses.asdict(self)
+        out["layers"] = list(self.layers)
+        for key in ("value", "threshold"):
+            out[key] = out[key] if math.isfinite(out[key]) else None
+        return out
+
+
+class AlertEngine:
+    """Runs the detectors on every Pulse and Snapshot and keeps the firing state.
+
+    An alert fires once when its detector's condition starts to hold and resolves once when
+    it clears (no re-firing every step while it is active). Alert names: see
+    ``default_detectors`` and ``init_audit``.
+
+    Attributes:
+        regime: the worst active regime: nonfinite > exploding > vanishing > healthy.
+        active: name -> the firing Alert, for alerts active now.
+        history: the latest ``history_size`` Alert events (firing and resolved).
+        should_stop: set when an alert named in ``stop_on`` fires (the Lightning glue copies
+            it to ``trainer.should_stop``). Default: keep training and alert.
+
+    Args:
+        thresholds: the Thresholds; None adopts the Monitor's on first contact, so detectors,
+            rules and dashboards judge by one object.
+        stop_on: alert names that set ``should_stop`` when they fire.
+        history_size: bound of ``history``.
+        detectors: replaces the built-in detectors (objects with a ``name`` and
+            ``on_pulse(pulse)`` and/or ``on_snapshot(snapshot)``, optionally ``flush()``,
+            returning a Finding, a Verdict or None).
+
+    Raises:
+        ValueError: an unknown name in ``stop_on`` or a history_size below 1.
+    """
+
+    def __init__(
+        self,
+        thresholds: Thresholds | None = None,
+        *,
+        stop_on: Iterable[str] = (),
+        history_size: int = 1000,
+        detectors: Sequence[object] | None = None,
+    ) -> None:
+        if isinstance(history_size, bool) or not isinstance(history_size, int) or (
+                history_size < 1):
+            raise ValueError(f"history_size must be an integer >= 1, got {history_size!r}")
+        if isinstance(stop_on, str):
+            raise ValueError(f"stop_on must be a collection of alert names, got {stop_on!r}")
+        self.stop_on = frozenset(stop_on)
+        known = set(ALERT_NAMES) | {getattr(d, "name", "") for d in detectors or ()}
+        unknown = self.stop_on - known
+        if unknown:
+            raise ValueError(f"stop_on has unknown alert names {sorted(unknown)}; "
+                             f"known: {sorted(known)}")
+        self.thresholds = thresholds
+        self._detectors = list(detectors) if detectors is not None else None
+        self.active: dict[str, Alert] = {}
+        self.history: deque[Alert] = deque(maxlen=history_size)
+        self.should_stop = False
+        self._warn = WarnOnce()
+
+    # ------------------------------------------------------------------ observer API
+
+    def on_pulse(self, pulse: Pulse, monitor) -> None:
+        """Every step's Pulse (training thread)."""
+        for detector in self._ready(monitor):
+            if hasattr(detector, "on_pulse"):
+                self._apply(detector, self._run(detector, "on_pulse", pulse), pulse.step,
+                            pulse.time, monitor)
+
+    def on_snapshot(self, snapshot: Snapshot, monitor) -> None:
+        """Every sampled step's Snapshot (training thread)."""
+        for detector in self._ready(monitor):
+            if hasattr(detector, "on_snapshot"):
+                self._apply(detector, self._run(detector, "on_snapshot", snapshot),
+                            snapshot.step, snapshot.time, monitor)
+
+    def audit(self, model: nn.Module, monitor, step: int = 0) -> list[Alert]:
+        """Audit the initialisation of ``model`` (call once, before the first step) and
+        publish the warnings; returns the Alerts fired."""
+        from .init_audit import audit_initialization  # torch, for this one-off read only
+
+        findings = audit_initialization(model, self._thresholds(monitor), step=step)
+        return [alert for f in findings if (alert := self._fire(f, monitor)) is not None]
+
+    def flush(self, monitor) -> None:
+        """Report what waits for a Snapshot that will not come (call at the end of training):
+        a non-finite step with no sampled step after it, reported without origin."""
+        for detector in self._ready(monitor):
+            if hasattr(detector, "flush"):
+                finding = self._run(detector, "flush")
+                if isinstance(finding, Finding):
+                    self._fire(finding, monitor)
+
+    @property
+    def regime(self) -> str:
+        regimes = [a.regime for a in self.active.values() if a.regime in REGIMES]
+        return max(regimes, key=REGIMES.index, default=HEALTHY)
+
+    # ------------------------------------------------------------------ internals
+
+    def _thresholds(self, monitor) -> Thresholds:
+        if self.thresholds is None:
+            self.thresholds = getattr(monitor, "thresholds", None) or Thresholds()
+        return self.thresholds
+
+    def _ready(self, monitor) -> list[object]:
+        if self._detectors is None:
+            self._detectors = default_detectors(self._thresholds(monitor))
+        return self._detectors
+
+    def _run(self, detector, method: str, *item):
+        """A detector's verdict; a failing detector is logged once and never stops training."""
+        try:
+            return getattr(detector, method)(*item)
+        except Exception as exc:
+            kind = type(detector).__name__
+            self._warn(f"detector:{kind}", "gradwatch: detector %s failed (reported once): %r",
+                       kind, exc)
+            return None
+
+    def _apply(self, detector, result, step: int, when: float, monitor) -> None:
+        if isinstance(result, Finding):
+            self._fire(result, monitor)
+        elif result is Verdict.NEEDS_SAMPLING:
+            monitor.escalate(int(self._thresholds(monitor).escalation_steps))
+        elif result is Verdict.CLEAR:
+            name = getattr(detector, "name", None)
+            if name in self.active:
+                self._resolve(name, step, when, monitor)
+
+    def _fire(self, finding: Finding, monitor) -> Alert | None:
+        if finding.name in self.active:
+            return None
+        alert = Alert(
+            name=finding.name, severity=finding.severity, status=FIRING,
+            run=getattr(monitor, "run_name", "run"), rank=getattr(monitor, "rank", 0),
+            step=finding.step, layers=finding.layers, value=finding.value,
+            threshold=finding.threshold, summary=finding.summary,
+            description=finding.description, remedy=finding.remedy, regime=finding.regime,
+            origin_exact=finding.origin_exact, starts_at=finding.time, ends_at=None)
+        self.active[alert.name] = alert
+        self._emit(alert, monitor)
+        if alert.name in self.stop_on:
+            self.should_stop = True
+        return alert
+
+    def _resolve(self, name: str, step: int, when: float, monitor) -> None:
+        firing = self.active.pop(name)
+        self._emit(dataclasses.replace(firing, status=RESOLVED, step=step,
+                                       ends_at=max(when, firing.starts_at)), monitor)
+
+    def _emit(self, alert: Alert, monitor) -> None:
+        self.history.append(alert)
+        monitor.publish("on_alert", alert)

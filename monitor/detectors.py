@@ -1,0 +1,680 @@
+"""Detectors: pure code from a stream of Pulses and Snapshots to findings.
+
+Each detector sees every Pulse (``on_pulse``) and/or every Snapshot (``on_snapshot``) and
+returns a verdict: a ``Finding`` (the condition holds), ``Verdict.CLEAR`` (it has cleared),
+``Verdict.NEEDS_SAMPLING`` (something is wrong, fully sampled steps are needed to say what),
+or ``None`` (no opinion this time). The AlertEngine turns verdicts into Alerts and keeps the
+firing state, so a detector never needs to know whether it already fired.
+
+Detectors read host data only (floats, numpy arrays) and never raise on odd input: NaN,
+Inf, zeros or no layers at all give no verdict or a sane one.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
+from .thresholds import Thresholds
+
+FP16_MAX = 65504.0
+
+CRITICAL, WARNING, INFO = "critical", "warning", "info"
+VANISHING, EXPLODING, NONFINITE = "vanishing", "exploding", "nonfinite"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a detector saw: the content of an Alert, without the run's identity (run, rank)
+    and firing state. ``time`` is when the step it is about ended."""
+
+    name: str
+    severity: str
+    step: int
+    time: float
+    layers: tuple[str, ...]
+    value: float
+    threshold: float
+    summary: str
+    description: str
+    remedy: str
+    regime: str | None = None
+    origin_exact: bool | None = None
+
+
+class Verdict(enum.Enum):
+    """Verdicts that are not a Finding."""
+
+    CLEAR = "clear"
+    NEEDS_SAMPLING = "needs_sampling"
+
+
+Result = Finding | Verdict | None
+
+
+class Sustained:
+    """Debounces a per-sample condition: on after ``on_after`` true samples in a row, off
+    after ``off_after`` false samples in a row (so a value hovering at a threshold does not
+    make an alert flap)."""
+
+    def __init__(self, on_after: int, off_after: int) -> None:
+        self.on_after, self.off_after = on_after, off_after
+        self.on = False
+        self._streak = 0  # consecutive samples disagreeing with the current state
+
+    def update(self, condition: bool) -> bool:
+        """Feed one sample; returns the (possibly new) state."""
+        if condition == self.on:
+            self._streak = 0
+            return self.on
+        self._streak += 1
+        if self._streak >= (self.off_after if self.on else self.on_after):
+            self.on, self._streak = condition, 0
+        return self.on
+
+    def verdict(self, condition: bool, finding: Callable[[], Finding]) -> Result:
+        """Update with ``condition``: the Finding while on and the condition holds now,
+        CLEAR while off, None while on but the condition is not seen now (clearing)."""
+        if self.update(condition):
+            return finding() if condition else None
+        return Verdict.CLEAR
+
+
+class History:
+    """Recent values of one always-on series (loss, global norm).
+
+    ``raw`` keeps every finite value; ``baseline`` only those that were not anomalous, so a
+    spike (or a run of them) never raises the bar the next spike is judged against.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.raw: deque[float] = deque(maxlen=size)
+        self.baseline: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float, anomalous: bool) -> None:
+        self.raw.append(value)
+        if not anomalous:
+            self.baseline.append(value)
+
+
+def describe_layers(layers: Sequence[str], values: Sequence[float] | None = None,
+                    limit: int = 8) -> str:
+    """'a (1.2), b (3.4) and 3 more' for descriptions (values optional)."""
+    items = list(layers) if values is None else [
+        f"{name} ({value:.3g})" for name, value in zip(layers, values)]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _pulse_of(snapshot: Snapshot) -> Pulse:
+    """The Snapshot's own Pulse, or an empty one for a Snapshot without Pulses."""
+    if snapshot.pulses:
+        return snapshot.pulses[-1]
+    return Pulse(step=snapshot.step, time=snapshot.time, loss=math.nan,
+                 global_grad_norm=math.nan)
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return np.isfinite(np.asarray(values, dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------- explosion
+
+
+class GradientExplosion:
+    """Global gradient norm far above normal, judged on EVERY step's Pulse.
+
+    Fires on any of: the norm above ``explosion_norm`` (absolute); above
+    ``explosion_spike_factor`` x the max of the recent non-anomalous norms (a spike, once
+    ``history_min_steps`` are known); or growing by ``explosion_growth_factor`` per step for
+    ``explosion_growth_steps`` steps in a row (exponential growth, THEORY 1), which is what
+    precedes an overflow to Inf/NaN. Clears after ``history_min_steps`` calm steps.
+    """
+
+    name = "GradientExplosion"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.history = History(int(thresholds.history_steps))
+        self.state = Sustained(1, int(thresholds.history_min_steps))
+
+    def on_pulse(self, pulse: Pulse) -> Result:
+        norm = pulse.global_grad_norm
+        if not math.isfinite(norm):
+            return None  # no gradients this step, or non-finite: NonFiniteValues' business
+        t = self.t
+        reasons: list[tuple[str, float]] = []  # (why, threshold it crossed)
+        if norm > t.explosion_norm:
+            reasons.append((f"above the absolute limit {t.explosion_norm:g}", t.explosion_norm))
+        baseline = self.history.baseline
+        if len(baseline) >= t.history_min_steps:
+            bar = t.explosion_spike_factor * max(baseline)
+            if norm > bar:
+                reasons.append((f"{norm / max(max(baseline), 1e-300):.3g}x the max of the last "
+                                f"{len(baseline)} normal steps ({max(baseline):.3g})", bar))
+        growth = self._growth(norm)
+        if growth is not None:
+            reasons.append((f"growing {growth:.3g}x per step over the last "
+                            f"{int(t.explosion_growth_steps)} steps", t.explosion_growth_factor))
+        self.history.add(norm, anomalous=bool(reasons) or self.state.on)
+        return self.state.verdict(bool(reasons), lambda: self._finding(pulse, reasons))
+
+    def _growth(self, norm: float) -> float | None:
+        """Geometric mean growth per step when every one of the last steps grew enough."""
+        steps = int(self.t.explosion_growth_steps)
+        recent = list(self.history.raw)[-steps:] + [norm]
+        if len(recent) <= steps or min(recent) <= 0:
+            return None
+        ratios = [b / a for a, b in zip(recent, recent[1:])]
+        if min(ratios) < self.t.explosion_growth_factor:
+            return None
+        return (recent[-1] / recent[0]) ** (1 / steps)
+
+    def _finding(self, pulse: Pulse, reasons: list[tuple[str, float]]) -> Finding:
+        norm = pulse.global_grad_norm
+        return Finding(
+            name=self.name, severity=CRITICAL, step=pulse.step, time=pulse.time, layers=(),
+            value=norm, threshold=reasons[0][1], regime=EXPLODING,
+            summary=f"Global gradient norm {norm:.3g} at step {pulse.step}: exploding",
+            description=(
+                f"The global gradient norm (before clipping) is {norm:.3g}, "
+                + "; ".join(r for r, _ in reasons) + ". Exploding gradients multiply through "
+                "the layers and overflow to Inf, then NaN, within a few steps. See "
+                "gradwatch_grad_norm per layer for where it grows and gradwatch_update_ratio "
+                "for the layers being thrown around."),
+            remedy=(
+                "Clip gradients (torch.nn.utils.clip_grad_norm_, e.g. max_norm=1.0); lower "
+                "the learning rate or add warm-up; check the initialisation scale "
+                "(Xavier/He for the layer's fan); add normalisation (BatchNorm/LayerNorm) or "
+                "residual connections; consider rolling back to a checkpoint before the "
+                "spike and skipping the offending batches."),
+        )
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+class LossDivergence:
+    """Loss far above its recent history (a spike) or growing over the window.
+
+    Spike: above ``loss_spike_factor`` x the max of the recent non-anomalous losses.
+    Sustained growth: the mean of the latest quarter of the window above
+    ``loss_growth_factor`` x the lowest mean of the window's four quarters. Both ratios only
+    make sense for a positive loss, so they are skipped while the window holds a loss <= 0.
+    """
+
+    name = "LossDivergence"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.history = History(int(thresholds.history_steps))
+        self.state = Sustained(1, int(thresholds.history_min_steps))
+
+    def on_pulse(self, pulse: Pulse) -> Result:
+        loss = pulse.loss
+        if not math.isfinite(loss):
+            return None
+        t = self.t
+        reasons: list[tuple[str, float]] = []
+        baseline, raw = self.history.baseline, self.history.raw
+        if len(baseline) >= t.history_min_steps and min(baseline) > 0:
+            bar = t.loss_spike_factor * max(baseline)
+            if loss > bar:
+                reasons.append((f"{loss / max(baseline):.3g}x the max of the last "
+                                f"{len(baseline)} normal steps ({max(baseline):.4g})", bar))
+        growth = self._growth([*raw, loss])
+        if growth is not None:
+            reasons.append(growth)
+        self.history.add(loss, anomalous=bool(reasons) or self.state.on)
+        return self.state.verdict(bool(reasons), lambda: self._finding(pulse, reasons))
+
+    def _growth(self, window: list[float]) -> tuple[str, float] | None:
+        """Sustained growth: the latest quarter's mean far above the lowest quarter's mean
+        (quarter means, not single values, so the noise of a converged loss is no growth)."""
+        if len(window) < max(4, self.t.history_min_steps) or min(window) <= 0:
+            return None
+        quarters = _quarters(window)
+        means = [sum(q) / len(q) for q in quarters]
+        bar = self.t.loss_growth_factor * min(means)
+        if not means[-1] > bar:
+            return None
+        return (f"the mean of the last {len(quarters[-1])} steps ({means[-1]:.4g}) is "
+                f"{means[-1] / min(means):.3g}x the lowest quarter-window mean "
+                f"({min(means):.4g})", bar)
+
+    def _finding(self, pulse: Pulse, reasons: list[tuple[str, float]]) -> Finding:
+        return Finding(
+            name=self.name, severity=CRITICAL, step=pulse.step, time=pulse.time, layers=(),
+            value=pulse.loss, threshold=reasons[0][1],
+            summary=f"Loss {pulse.loss:.4g} at step {pulse.step}: diverging",
+            description=(f"The loss is {pulse.loss:.4g}: " + "; ".join(r for r, _ in reasons)
+                         + ". Compare gradwatch_loss with gradwatch_global_grad_norm: a loss "
+                         "that rises with the gradient norm is an exploding regime."),
+            remedy=(
+                "Lower the learning rate (exploding regimes are very sensitive to it) or add "
+                "warm-up; clip gradients; check the offending batches for bad data; roll back "
+                "to a checkpoint a little before the spike and skip those batches."),
+        )
+
+
+def _quarters(values: list[float]) -> list[list[float]]:
+    """Four consecutive chunks, the first ones one longer when the length is not a multiple
+    of 4 (numpy.array_split's rule); plain Python: this runs every step."""
+    size, extra = divmod(len(values), 4)
+    chunks, start = [], 0
+    for k in range(4):
+        end = start + size + (k < extra)
+        chunks.append(values[start:end])
+        start = end
+    return chunks
+
+
+# ---------------------------------------------------------------------------- non-finite
+
+
+class NonFiniteValues:
+    """Any NaN/Inf in the loss, gradients, activations or parameters, with its origin.
+
+    On a Pulse with a non-finite loss or global norm (except an AMP step that the scaler
+    skipped: overflowed gradients are its normal business), the verdict is NEEDS_SAMPLING
+    and the finding waits for the next Snapshot: the one of the same step gives the exact
+    origin; a later one (the engine escalates sampling) gives an inferred origin. ``flush``
+    returns a waiting finding when no Snapshot will come (end of training).
+    A Pulse's NaN also means "not observed" (no loss passed to the Monitor, no gradients),
+    so a NaN loss or norm only counts once that series has been finite; an Inf always
+    counts, and a run that is NaN from its first step is caught by its Snapshot's counts.
+    Clears after ``escalation_steps`` finite steps in a row.
+    """
+
+    name = "NonFiniteValues"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.pending: Pulse | None = None  # first non-finite Pulse not yet reported
+        self.state = Sustained(1, int(thresholds.escalation_steps))
+        self._observed = {"loss": False, "global gradient norm": False}
+
+    def on_pulse(self, pulse: Pulse) -> Result:
+        for series, value in self._series(pulse):
+            self._observed[series] = self._observed[series] or math.isfinite(value)
+        if not self._bad_series(pulse) or _amp_skip(pulse):
+            if self.pending is None and not self.state.update(False):
+                return Verdict.CLEAR
+            return None
+        if self.state.on:
+            self.state.update(True)  # still non-finite: restart the count to clearing
+            return None
+        if self.pending is None:
+            self.pending = pulse
+        return Verdict.NEEDS_SAMPLING
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.state.update(True)
+            return self._finding(snapshot, pending, exact=snapshot.step == pending.step)
+        if _nonfinite_counts(snapshot).sum() > 0 or snapshot.nonfinite_origin:
+            self.state.update(True)
+            return self._finding(snapshot, _pulse_of(snapshot), exact=True)
+        return None
+
+    @staticmethod
+    def _series(pulse: Pulse) -> tuple[tuple[str, float], ...]:
+        return (("loss", pulse.loss), ("global gradient norm", pulse.global_grad_norm))
+
+    def _bad_series(self, pulse: Pulse) -> list[str]:
+        """'loss (inf)'-style names of the Pulse's series that went non-finite."""
+        return [f"{series} ({value:g})" for series, value in self._series(pulse)
+                if math.isinf(value) or (math.isnan(value) and self._observed[series])]
+
+    def flush(self) -> Result:
+        """The waiting finding, without origin, when no Snapshot is coming."""
+        if self.pending is None:
+            return None
+        pulse, self.pending = self.pending, None
+        self.state.update(True)
+        return self._finding(None, pulse, exact=False)
+
+    def _finding(self, snapshot: Snapshot | None, pulse: Pulse, exact: bool) -> Finding:
+        sources = self._bad_series(pulse)
+        origin_layers: tuple[str, ...] = ()
+        origin_text = "origin unknown: no fully sampled step followed"
+        total = float(len(sources))
+        if snapshot is not None:
+            counts = _nonfinite_counts(snapshot)
+            layers = snapshot.layers
+            total = max(total, float(counts.sum()))
+            per_source = {s: counts[i].sum(axis=1) for i, s in enumerate(NONFINITE_SOURCES)}
+            for source, per_layer in per_source.items():
+                hit = [layers[i] for i in np.flatnonzero(per_layer > 0) if i < len(layers)]
+                if hit:
+                    sources.append(f"{source}s in {describe_layers(hit)}")
+            grads = per_source["gradient"]
+            deepest_grad = next((layers[i] for i in reversed(range(min(len(grads), len(layers))))
+                                 if grads[i] > 0), "")
+            forward = snapshot.nonfinite_origin
+            origin_layers = tuple(dict.fromkeys(x for x in (forward, deepest_grad) if x))
+            how = "exact (seen on the step itself)" if exact else (
+                f"inferred from step {snapshot.step}, a fully traced step after the "
+                f"non-finite step {pulse.step}")
+            params_bad = bool(per_source["parameter"].sum() > 0)
+            origin_text = (
+                f"first module with a non-finite output in forward order: "
+                f"{forward or 'none seen'}; first layer with a non-finite gradient in backward "
+                f"order: {deepest_grad or 'none seen'}; origin {how}")
+            if params_bad and not exact:
+                origin_text += (". Parameters were already non-finite by then, so the "
+                                "forward origin only shows where the corrupted weights sit")
+        where = ", ".join(sources) or "values"
+        return Finding(
+            name=self.name, severity=CRITICAL, step=pulse.step, time=pulse.time,
+            layers=origin_layers, value=total, threshold=0.0, regime=NONFINITE,
+            origin_exact=exact if snapshot is not None else None,
+            summary=(f"Non-finite values at step {pulse.step}"
+                     + (f", first in {origin_layers[0]}" if origin_layers else "")),
+            description=(f"NaN/Inf in {where}. {origin_text}. \"NaN during training\" is "
+                         "most often an explosion that overflowed the float range; see "
+                         "gradwatch_nonfinite_total and gradwatch_global_grad_norm just "
+                         "before this step."),
+            remedy=(
+                "Check the batch of this step for NaN/Inf inputs or labels; check the origin "
+                "module for log/sqrt/division of non-positive values or an epsilon that is too "
+                "small; clip gradients and lower the learning rate if the gradient norm grew "
+                "before; under fp16 use a GradScaler or bf16; restart from the last finite "
+                "checkpoint."),
+        )
+
+
+def _amp_skip(pulse: Pulse) -> bool:
+    """A step the GradScaler skipped: its overflowed gradients are the scaler's business."""
+    return (math.isfinite(pulse.loss_scale) and not pulse.optimizer_stepped
+            and math.isfinite(pulse.loss))
+
+
+def _nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
+    """[source, layer, kind] counts, without the gradients of an AMP-skipped step."""
+    counts = np.nan_to_num(np.asarray(snapshot.nonfinite, dtype=np.float64))
+    if counts.ndim != 3:
+        return np.zeros((len(NONFINITE_SOURCES), 0, 3))
+    if _amp_skip(_pulse_of(snapshot)):
+        counts = counts.copy()
+        counts[NONFINITE_SOURCES.index("gradient")] = 0
+    return counts
+
+
+# ---------------------------------------------------------------------------- AMP
+
+
+class AmpOverflowStorm:
+    """Mixed precision: a burst of steps the GradScaler skipped (overflowed gradients).
+
+    A scaler skips a step now and then by design; ``amp_skipped_steps`` skips within the
+    last ``history_steps`` steps is a storm. The skips before the first step that ran are
+    the scaler calibrating its initial scale (it starts high, 2^16, and halves until the
+    gradients fit), not a storm, and are not counted. Steps without a finite loss scale (no
+    scaler) are ignored. Layers named are those whose latest fp16 headroom was below
+    ``fp16_headroom_bits``.
+    """
+
+    name = "AmpOverflowStorm"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.window: deque[tuple[bool, float]] = deque(maxlen=int(thresholds.history_steps))
+        self.low_headroom: tuple[str, ...] = ()
+        self.calibrated = False
+
+    def on_pulse(self, pulse: Pulse) -> Result:
+        if not math.isfinite(pulse.loss_scale):
+            return None
+        self.calibrated = self.calibrated or pulse.optimizer_stepped
+        if not self.calibrated:
+            return Verdict.CLEAR
+        self.window.append((not pulse.optimizer_stepped, pulse.loss_scale))
+        skipped = sum(1 for s, _ in self.window if s)
+        if skipped < self.t.amp_skipped_steps:
+            return Verdict.CLEAR
+        peak = max(scale for _, scale in self.window)
+        return Finding(
+            name=self.name, severity=WARNING, step=pulse.step, time=pulse.time,
+            layers=self.low_headroom, value=float(skipped), threshold=self.t.amp_skipped_steps,
+            summary=f"{skipped} AMP steps skipped in the last {len(self.window)} steps",
+            description=(
+                f"The GradScaler skipped {skipped} of the last {len(self.window)} steps because "
+                f"the gradients overflowed; the loss scale fell from {peak:g} to "
+                f"{pulse.loss_scale:g}. "
+                + (f"Layers within {self.t.fp16_headroom_bits:g} bits of the fp16 maximum: "
+                   f"{describe_layers(self.low_headroom)}. " if self.low_headroom else "")
+                + "See gradwatch_amp_loss_scale and gradwatch_amp_skipped_steps_total."),
+            remedy=(
+                "Find the layer whose outputs approach 65504 (low headroom) and keep it in "
+                "fp32 or normalise its input (LayerNorm/BatchNorm); clip gradients; lower the "
+                "learning rate; or train in bf16, which has fp32's exponent range."),
+        )
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        if math.isfinite(_pulse_of(snapshot).loss_scale):
+            bits = fp16_headroom_bits(snapshot.layer_output_max_abs)
+            low = np.flatnonzero(bits < self.t.fp16_headroom_bits)
+            self.low_headroom = tuple(snapshot.layers[i] for i in low if i < len(snapshot.layers))
+        return None
+
+
+def fp16_headroom_bits(max_abs: np.ndarray) -> np.ndarray:
+    """log2(65504 / max|x|) per layer; +inf for all-zero outputs, NaN where undefined."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.log2(FP16_MAX / np.abs(np.asarray(max_abs, dtype=np.float64)))
+
+
+# ---------------------------------------------------------------------------- per-layer
+
+
+class LayerCondition:
+    """A per-layer condition on Snapshots, sustained over ``unit_warning_samples`` samples.
+
+    ``measure`` gives one value per layer (NaN where it does not apply) and ``bad`` tells
+    which values are over the line. The warning names the layers over the line now.
+    """
+
+    def __init__(self, name: str, thresholds: Thresholds, *, threshold: float,
+                 measure: Callable[[Snapshot], np.ndarray], above: bool,
+                 applies: Callable[[Snapshot], bool], summary: str, description: str,
+                 remedy: str) -> None:
+        self.name = name
+        self.threshold = threshold
+        self.measure, self.above, self.applies = measure, above, applies
+        self.summary, self.description, self.remedy = summary, description, remedy
+        samples = int(thresholds.unit_warning_samples)
+        self.state = Sustained(samples, samples)
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        if not self.applies(snapshot):
+            return None
+        values = np.asarray(self.measure(snapshot), dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            bad_mask = (values > self.threshold) if self.above else (values < self.threshold)
+        bad = [i for i in np.flatnonzero(bad_mask & _finite(values)) if i < len(snapshot.layers)]
+        layers = tuple(snapshot.layers[i] for i in bad)
+        worst = (max if self.above else min)(values[bad]) if bad else math.nan
+
+        def finding() -> Finding:
+            return Finding(
+                name=self.name, severity=WARNING, step=snapshot.step, time=snapshot.time,
+                layers=layers, value=float(worst), threshold=self.threshold,
+                summary=self.summary.format(n=len(layers), first=layers[0]),
+                description=self.description.format(
+                    layers=describe_layers(layers, values[bad]), threshold=self.threshold),
+                remedy=self.remedy)
+
+        return self.state.verdict(bool(bad), finding)
+
+
+def dead_units(thresholds: Thresholds) -> LayerCondition:
+    return LayerCondition(
+        "DeadUnits", thresholds, threshold=thresholds.dead_ratio, above=True,
+        measure=lambda s: s.activation_dead_ratio, applies=lambda s: True,
+        summary="{n} layer(s) with mostly dead units, first {first}",
+        description=("Fraction of exact-zero activations above {threshold:g} for several "
+                     "samples in a row: {layers}. A dead ReLU unit's input is always negative, "
+                     "so its output and gradient are 0 and it never recovers. See "
+                     "gradwatch_activation_dead_ratio."),
+        remedy=("Use LeakyReLU (slope ~0.01), ELU or GELU; He initialisation; a lower "
+                "learning rate (a large update can push units permanently negative); "
+                "BatchNorm before the activation."))
+
+
+def activation_saturation(thresholds: Thresholds) -> LayerCondition:
+    return LayerCondition(
+        "ActivationSaturation", thresholds, threshold=thresholds.saturation_ratio, above=True,
+        measure=lambda s: s.activation_saturation_ratio, applies=lambda s: True,
+        summary="{n} saturated sigmoid/tanh layer(s), first {first}",
+        description=("Fraction of sigmoid/tanh outputs in the flat region above {threshold:g} "
+                     "for several samples in a row: {layers}. There the derivative is near 0 "
+                     "and the gradient to every layer below is cut. See "
+                     "gradwatch_activation_saturation_ratio."),
+        remedy=("Replace sigmoid/tanh with ReLU/LeakyReLU/GELU; use Xavier initialisation "
+                "for the layers feeding them; normalise their inputs (BatchNorm/LayerNorm); "
+                "lower the learning rate if the pre-activations grew during training."))
+
+
+def fp16_headroom(thresholds: Thresholds) -> LayerCondition:
+    return LayerCondition(
+        "Fp16HeadroomLow", thresholds, threshold=thresholds.fp16_headroom_bits, above=False,
+        measure=lambda s: fp16_headroom_bits(s.layer_output_max_abs),
+        applies=lambda s: math.isfinite(_pulse_of(s).loss_scale),
+        summary="{n} layer(s) near the fp16 overflow, first {first}",
+        description=("Under mixed precision, layer outputs within {threshold:g} bits "
+                     "(log2(65504 / max|x|)) of the fp16 maximum for several samples in a row: "
+                     "{layers}. The next growth overflows to Inf."),
+        remedy=("Keep these layers in fp32 (autocast disabled around them) or train in bf16; "
+                "normalise their inputs; check for growing weights (weight decay)."))
+
+
+# ---------------------------------------------------------------------------- vanishing
+
+
+class GradientVanishing:
+    """The depth profile of per-layer gradient norms collapsed toward the input.
+
+    Value: geometric mean gradient norm of the input-side quarter of the layers over that of
+    the output-side quarter; below ``vanishing_depth_ratio`` for ``vanishing_samples``
+    samples in a row, and supported by update ratios below ``update_ratio_low`` in the
+    affected layers (when update ratios are measured: an optimizer that still moves those
+    layers, like Adam, is not stuck). Names the affected layers and the causes it can see.
+    """
+
+    name = "GradientVanishing"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        samples = int(thresholds.vanishing_samples)
+        self.state = Sustained(samples, samples)
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        evidence = self._evidence(snapshot)
+        return self.state.verdict(evidence is not None,
+                                  lambda: self._finding(snapshot, *evidence))
+
+    def _evidence(self, snapshot: Snapshot):
+        norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
+        n = min(len(norms), len(snapshot.layers))
+        present = _finite(norms[:n])
+        # Layers whose forward never ran (e.g. an attention out_proj used through its weight)
+        # have no known depth: they sit last in depth order, so keep them out of the profile.
+        called = _finite(np.asarray(snapshot.activation_mean, dtype=np.float64))[:n]
+        if len(called) == n and (present & called).sum() >= 3:
+            present &= called
+        present = np.flatnonzero(present)
+        if len(present) < 3:
+            return None  # too shallow to have a depth profile
+        logs = np.log(np.maximum(norms[present], 1e-30))  # an exact zero is total collapse
+        quarter = max(1, len(present) // 4)
+        reference = math.exp(logs[-quarter:].mean())
+        ratio = math.exp(logs[:quarter].mean()) / reference
+        if not ratio < self.t.vanishing_depth_ratio:
+            return None
+        affected = [int(i) for i in present
+                    if norms[i] < self.t.vanishing_depth_ratio * reference]
+        updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
+        measured = [i for i in affected if i < len(updates) and math.isfinite(updates[i])]
+        if measured and not any(updates[i] < self.t.update_ratio_low for i in measured):
+            return None  # the optimizer still moves them: not stuck
+        return ratio, reference, affected
+
+    def _finding(self, snapshot: Snapshot, ratio: float, reference: float,
+                 affected: list[int]) -> Finding:
+        layers = tuple(snapshot.layers[i] for i in affected)
+        norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
+        updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
+        causes, remedies = self._causes(snapshot)
+        update_text = ""
+        if len(updates) == len(snapshot.layers):
+            update_text = (" Their update ratios ||dW||/||W||: "
+                           + describe_layers(layers, updates[affected]) + ".")
+        return Finding(
+            name=self.name, severity=CRITICAL, step=snapshot.step, time=snapshot.time,
+            layers=layers, value=ratio, threshold=self.t.vanishing_depth_ratio,
+            regime=VANISHING,
+            summary=(f"Gradients vanish toward the input: {len(layers)} lower layer(s) at "
+                     f"{ratio:.2g}x the output side's gradient norm"),
+            description=(
+                f"Input-side gradient norms are {ratio:.2g}x the output side's ({reference:.3g})"
+                f" for {int(self.t.vanishing_samples)} samples in a row. Affected layers "
+                f"(gradient norm): {describe_layers(layers, norms[affected])}.{update_text} "
+                f"Likely causes seen: {'; '.join(causes) or 'none visible in the statistics'}. "
+                "See the gradwatch_grad_norm depth profile."),
+            remedy=" ".join(remedies),
+        )
+
+    def _causes(self, snapshot: Snapshot) -> tuple[list[str], list[str]]:
+        t, layers = self.t, snapshot.layers
+        causes, remedies = [], []
+        saturation = np.asarray(snapshot.activation_saturation_ratio, dtype=np.float64)
+        saturating = [i for i in np.flatnonzero(_finite(saturation)) if i < len(layers)]
+        if saturating:
+            flat = [i for i in saturating if saturation[i] > t.saturation_ratio]
+            causes.append(
+                f"{len(saturating)} layer(s) feed sigmoid/tanh-like activations, whose "
+                "derivative (<= 0.25 for sigmoid) shrinks the gradient at every layer"
+                + (f"; saturated: {describe_layers([layers[i] for i in flat], saturation[flat])}"
+                   if flat else ""))
+            remedies.append("Replace sigmoid/tanh with ReLU/LeakyReLU/GELU (THEORY 4.1).")
+        dead = np.asarray(snapshot.activation_dead_ratio, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            dead_layers = [i for i in np.flatnonzero(dead > t.dead_ratio) if i < len(layers)]
+        if dead_layers:
+            causes.append("dead ReLUs in "
+                          + describe_layers([layers[i] for i in dead_layers], dead[dead_layers]))
+            remedies.append("Use LeakyReLU/ELU and a lower learning rate for dead units.")
+        variance = np.asarray(snapshot.activation_variance, dtype=np.float64)
+        usable = np.flatnonzero(_finite(variance) & (variance > 0))
+        if len(usable) >= 2:
+            quarter = max(1, len(usable) // 4)
+            shrink = (np.exp(np.log(variance[usable[-quarter:]]).mean())
+                      / np.exp(np.log(variance[usable[:quarter]]).mean()))
+            if shrink < t.activation_variance_shrink:
+                causes.append(f"activation variance shrinks {1 / shrink:.3g}x across depth")
+        remedies.append("Use Xavier/He initialisation matched to the activation, so "
+                        "Var(activation) stays constant across depth; add BatchNorm/LayerNorm "
+                        "and residual connections (THEORY 4).")
+        return causes, remedies
+
+
+def default_detectors(thresholds: Thresholds) -> list[object]:
+    """Every built-in detector, configured from one Thresholds."""
+    return [
+        NonFiniteValues(thresholds),
+        GradientExplosion(thresholds),
+        LossDivergence(thresholds),
+        GradientVanishing(thresholds),
+        AmpOverflowStorm(thresholds),
+        dead_units(thresholds),
+        activation_saturation(thresholds),
+        fp16_headroom(thresholds),
+    ]
