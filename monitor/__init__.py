@@ -1,18 +1,27 @@
-"""gradwatch's framework-agnostic core: probes, snapshots, thresholds, sinks."""
+"""gradwatch's framework-agnostic core: probes, snapshots, thresholds, detectors, sinks.
 
-from .monitor import Monitor
-from .prometheus import PrometheusSink
-from .pushgateway import PushgatewayPusher
-from .snapshot import Pulse, Snapshot
-from .tensorboard import TensorBoardSink
-from .thresholds import Thresholds
+Names are loaded on first use, so that the host-side modules (snapshots, detectors, alerts,
+delivery) can be imported without torch.
+"""
 
-__all__ = [
-    "Monitor",
-    "PrometheusSink",
-    "PushgatewayPusher",
-    "Pulse",
-    "Snapshot",
-    "TensorBoardSink",
-    "Thresholds",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "Monitor": "monitor.monitor",
+    "PrometheusSink": "monitor.prometheus",
+    "PushgatewayPusher": "monitor.pushgateway",
+    "Pulse": "monitor.snapshot",
+    "Snapshot": "monitor.snapshot",
+    "TensorBoardSink": "monitor.tensorboard",
+    "Thresholds": "monitor.thresholds",
+    "Alert": "monitor.alerts",
+    "AlertEngine": "monitor.alerts",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'monitor' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

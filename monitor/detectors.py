@@ -116,8 +116,7 @@ def _pulse_of(snapshot: Snapshot) -> Pulse:
     """The Snapshot's own Pulse, or an empty one for a Snapshot without Pulses."""
     if snapshot.pulses:
         return snapshot.pulses[-1]
-    return Pulse(step=snapshot.step, time=snapshot.time, loss=math.nan,
-                 global_grad_norm=math.nan)
+    return Pulse(step=snapshot.step, time=snapshot.time, loss=None, global_grad_norm=None)
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -146,7 +145,7 @@ class GradientExplosion:
 
     def on_pulse(self, pulse: Pulse) -> Result:
         norm = pulse.global_grad_norm
-        if not math.isfinite(norm):
+        if norm is None or not math.isfinite(norm):
             return None  # no gradients this step, or non-finite: NonFiniteValues' business
         t = self.t
         reasons: list[tuple[str, float]] = []  # (why, threshold it crossed)
@@ -218,7 +217,7 @@ class LossDivergence:
 
     def on_pulse(self, pulse: Pulse) -> Result:
         loss = pulse.loss
-        if not math.isfinite(loss):
+        if loss is None or not math.isfinite(loss):
             return None
         t = self.t
         reasons: list[tuple[str, float]] = []
@@ -298,11 +297,8 @@ class NonFiniteValues:
         self.t = thresholds
         self.pending: Pulse | None = None  # first non-finite Pulse not yet reported
         self.state = Sustained(1, int(thresholds.escalation_steps))
-        self._observed = {"loss": False, "global gradient norm": False}
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        for series, value in self._series(pulse):
-            self._observed[series] = self._observed[series] or math.isfinite(value)
         if not self._bad_series(pulse) or _amp_skip(pulse):
             if self.pending is None and not self.state.update(False):
                 return Verdict.CLEAR
@@ -325,13 +321,11 @@ class NonFiniteValues:
         return None
 
     @staticmethod
-    def _series(pulse: Pulse) -> tuple[tuple[str, float], ...]:
-        return (("loss", pulse.loss), ("global gradient norm", pulse.global_grad_norm))
-
-    def _bad_series(self, pulse: Pulse) -> list[str]:
-        """'loss (inf)'-style names of the Pulse's series that went non-finite."""
-        return [f"{series} ({value:g})" for series, value in self._series(pulse)
-                if math.isinf(value) or (math.isnan(value) and self._observed[series])]
+    def _bad_series(pulse: Pulse) -> list[str]:
+        """'loss (inf)'-style names of the Pulse's measured series that went non-finite."""
+        series = (("loss", pulse.loss), ("global gradient norm", pulse.global_grad_norm))
+        return [f"{name} ({value:g})" for name, value in series
+                if value is not None and not math.isfinite(value)]
 
     def flush(self) -> Result:
         """The waiting finding, without origin, when no Snapshot is coming."""
@@ -393,8 +387,8 @@ class NonFiniteValues:
 
 def _amp_skip(pulse: Pulse) -> bool:
     """A step the GradScaler skipped: its overflowed gradients are the scaler's business."""
-    return (math.isfinite(pulse.loss_scale) and not pulse.optimizer_stepped
-            and math.isfinite(pulse.loss))
+    return (pulse.loss_scale is not None and not pulse.optimizer_stepped
+            and pulse.loss is not None and math.isfinite(pulse.loss))
 
 
 def _nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
@@ -431,7 +425,7 @@ class AmpOverflowStorm:
         self.calibrated = False
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        if not math.isfinite(pulse.loss_scale):
+        if pulse.loss_scale is None:
             return None
         self.calibrated = self.calibrated or pulse.optimizer_stepped
         if not self.calibrated:
@@ -459,7 +453,7 @@ class AmpOverflowStorm:
         )
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
-        if math.isfinite(_pulse_of(snapshot).loss_scale):
+        if _pulse_of(snapshot).loss_scale is not None:
             bits = fp16_headroom_bits(snapshot.layer_output_max_abs)
             low = np.flatnonzero(bits < self.t.fp16_headroom_bits)
             self.low_headroom = tuple(snapshot.layers[i] for i in low if i < len(snapshot.layers))
@@ -547,7 +541,7 @@ def fp16_headroom(thresholds: Thresholds) -> LayerCondition:
     return LayerCondition(
         "Fp16HeadroomLow", thresholds, threshold=thresholds.fp16_headroom_bits, above=False,
         measure=lambda s: fp16_headroom_bits(s.layer_output_max_abs),
-        applies=lambda s: math.isfinite(_pulse_of(s).loss_scale),
+        applies=lambda s: _pulse_of(s).loss_scale is not None,
         summary="{n} layer(s) near the fp16 overflow, first {first}",
         description=("Under mixed precision, layer outputs within {threshold:g} bits "
                      "(log2(65504 / max|x|)) of the fp16 maximum for several samples in a row: "

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from detect_fixtures import (
+from .detect_fixtures import (
     Alertmanager,
     WebhookReceiver,
     free_port,

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from detect_fixtures import FakeMonitor, pulse, snapshot
+from .detect_fixtures import FakeMonitor, pulse, snapshot
 from monitor.alerts import ALERT_NAMES, Alert, AlertEngine
 from monitor.detectors import default_detectors
 from monitor.forensics import ForensicsSink
