@@ -51,6 +51,23 @@ class DepthProfile:
     unit_interval: bool = False           # a fraction: always drawn on [0, 1]
 
 
+@dataclass(frozen=True)
+class StepChart:
+    """Per-step figures on a log scale, with the spike level of the first one."""
+
+    title: str
+    y_label: str
+    lines: tuple[tuple[str, str, bool], ...]   # (series name, colour, dashed)
+    spike_factor: str                          # Thresholds field: x recent max is a spike
+    rules: tuple[str, ...] = ()                # Thresholds fields drawn as horizontal lines
+
+
+STEP_CHARTS = (
+    StepChart("Loss", "loss", (("loss", "#1f77b4", False),), "loss_spike_factor"),
+    StepChart("Global gradient norm", "L2 norm",
+              (("global_grad_norm", "#1f77b4", False), ("clipped_grad_norm", "#2ca02c", True)),
+              "explosion_spike_factor", rules=("explosion_norm",)),
+)
 DEPTH_PROFILES = (
     DepthProfile("update_ratio", "Update ratio ‖ΔW‖/‖W‖ by depth", log=True,
                  band=("update_ratio_low", "update_ratio_high")),
@@ -134,9 +151,11 @@ def _header(record: RunRecord) -> str:
              ("alerts firing", str(firing))]
     nonfinite = {name.split("/", 1)[1]: int(np.nansum(s.values))
                  for name, s in record.series.items() if name.startswith("nonfinite/")}
-    nonfinite = {source: count for source, count in nonfinite.items() if count}
-    if nonfinite:
-        facts.append(("non-finite values", ", ".join(f"{s} {c}" for s, c in nonfinite.items())))
+    if "loss" in record.series:
+        nonfinite["loss (steps)"] = int((~np.isfinite(record.series["loss"].values)).sum())
+    counts = ", ".join(f"{source} {count}" for source, count in nonfinite.items() if count)
+    if counts:
+        facts.append(("non-finite values", counts))
     facts_html = "".join(f"<div><dt>{escape(k)}</dt><dd>{escape(v)}</dd></div>" for k, v in facts)
     why = "worst regime reported by the alerts" if record.alerts else "no alerts recorded"
     return (f'<header><div><p class="eyebrow">gradwatch report</p>'
@@ -152,23 +171,26 @@ def gradient_heatmap(record: RunRecord, max_rows: int = MAX_HEATMAP_ROWS,
                      max_columns: int = MAX_HEATMAP_COLUMNS) -> str:
     """The layer x sampled-step heatmap of gradient norms, with its colour legend."""
     matrix = record.statistics["grad_norm"]
-    if not np.isfinite(matrix).any() and not np.isinf(matrix).any():
+    if np.isnan(matrix).all():
         return _empty("No per-layer gradient norms were recorded.")
-    matrix, row_labels = group_rows(matrix, record.layers, max_rows)
+    matrix, groups = group_rows(matrix, record.layers, max_rows)
     columns = subsample_columns(matrix.shape[1], max_columns)
     matrix, steps = matrix[:, columns], record.sampled_steps[columns]
     colours = Scale.fit(matrix[matrix > 0], log=True)
 
-    rows = len(row_labels)
+    rows = len(groups)
     cell_height = max(3.0, min(26.0, 560.0 / rows))
-    y_ticks = _layer_ticks(row_labels, 40, offset=0.5)
+    # A group is labelled on the axis by its first (input-side) layer, in full in tooltips.
+    y_ticks = _layer_ticks([first for first, _ in groups], most=int(rows * cell_height / 13),
+                           offset=0.5)
     left = min(250, 34 + 6 * max(len(label) for _, label in y_ticks))
     chart = Chart(Scale(0, len(steps)), Scale(0, rows), title="Gradient norm per layer",
                   x_label="sampled step", y_label="depth (input at the bottom)",
-                  x_ticks=[(j + 0.5, str(steps[j])) for j in _spread(len(steps), 10)],
+                  x_ticks=[(j + 0.5, str(steps[j])) for j in _every_kth(len(steps), 12)],
                   y_ticks=y_ticks,
                   width=1120, height=int(rows * cell_height) + 88, left=left)
-    for i, label in enumerate(row_labels):
+    for i, (first, last) in enumerate(groups):
+        label = first if first == last else f"{first}…{last}"
         for j, step in enumerate(steps):
             value = matrix[i, j]
             chart.rect(j, j + 1, i, i + 1, _cell_fill(value, colours),
@@ -176,8 +198,8 @@ def gradient_heatmap(record: RunRecord, max_rows: int = MAX_HEATMAP_ROWS,
                        css_class="cell", data={"layer": label, "step": str(step),
                                                "value": repr(float(value))})
     notes = []
-    if len(row_labels) < len(record.layers):
-        notes.append(f"{len(record.layers)} layers shown as {len(row_labels)} contiguous depth "
+    if len(groups) < len(record.layers):
+        notes.append(f"{len(record.layers)} layers shown as {len(groups)} contiguous depth "
                      f"groups (each cell: the group's combined norm).")
     if len(steps) < len(record.sampled_steps):
         notes.append(f"{len(steps)} of {len(record.sampled_steps)} sampled steps shown, evenly "
@@ -201,23 +223,24 @@ def colour_legend(colours: Scale) -> str:
 
 
 def group_rows(matrix: np.ndarray, layers: Sequence[str],
-               max_rows: int) -> tuple[np.ndarray, list[str]]:
+               max_rows: int) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """At most ``max_rows`` rows: contiguous depth groups, each the combined L2 norm.
 
-    The norm of a group is exact (the square root of the sum of squares); a group is
-    non-finite if any member is, and has no value only if none of its members has one.
+    Returns the grouped matrix and each group's (first, last) layer. The norm of a group is
+    exact (the square root of the sum of squares); a group is non-finite if any member is,
+    and has no value only if none of its members has one.
     """
     if len(layers) <= max_rows:
-        return matrix, list(layers)
+        return matrix, [(layer, layer) for layer in layers]
     bounds = np.linspace(0, len(layers), max_rows + 1).round().astype(int)
-    grouped, labels = [], []
+    grouped, groups = [], []
     for start, stop in zip(bounds[:-1], bounds[1:]):
         block = matrix[start:stop]
         recorded = ~np.isnan(block)
         norm = np.sqrt((np.where(recorded, block, 0.0) ** 2).sum(axis=0))
         grouped.append(np.where(recorded.any(axis=0), norm, np.nan))
-        labels.append(f"{layers[start]}…{layers[stop - 1]}")
-    return np.vstack(grouped), labels
+        groups.append((layers[start], layers[stop - 1]))
+    return np.vstack(grouped), groups
 
 
 def subsample_columns(count: int, max_columns: int) -> np.ndarray:
@@ -243,36 +266,31 @@ def _at(scale: Scale, fraction: float) -> float:
 # --- per-step charts ------------------------------------------------------------------------
 
 def per_step_charts(record: RunRecord, thresholds: Thresholds) -> list[str]:
-    """Loss and global gradient norm over steps, with spike levels and alert markers."""
+    """Loss and global gradient norm over steps, with spike levels, rules and alert markers."""
     window = int(thresholds.history_steps)
-    specs = [("Loss", "loss", [("loss", "#1f77b4", False)],
-              ("loss spike level", "loss", thresholds.loss_spike_factor), []),
-             ("Global gradient norm", "L2 norm", [("global_grad_norm", "#1f77b4", False),
-                                                  ("clipped_grad_norm", "#2ca02c", True)],
-              ("norm spike level", "global_grad_norm", thresholds.explosion_spike_factor),
-              [thresholds.explosion_norm])]
     charts = []
-    for title, y_label, lines, (spike_label, spike_of, factor), rules in specs:
+    for spec in STEP_CHARTS:
         present = [(record.series[name], name, colour, dashed)
-                   for name, colour, dashed in lines if name in record.series]
+                   for name, colour, dashed in spec.lines if name in record.series]
         if not present:
-            charts.append(_empty(f"{title}: not recorded."))
+            charts.append(_empty(f"{spec.title}: not recorded."))
             continue
-        spike = spike_level(present[0][0], factor, window) if spike_of == present[0][1] else None
-        values = [s.values for s, *_ in present] + ([spike.values] if spike else [])
-        chart = Chart(Scale.fit(record.steps), Scale.fit(np.concatenate(values), log=True,
-                                                          include=rules),
-                      title=title, x_label="step", y_label=y_label, width=540, height=280)
+        factor = getattr(thresholds, spec.spike_factor)
+        spike = spike_level(present[0][0], factor, window)
+        rules = [(name, getattr(thresholds, name)) for name in spec.rules]
+        y = Scale.fit(np.concatenate([s.values for s, *_ in present] + [spike.values]),
+                      log=True, include=[level for _, level in rules])
+        title = spec.title if y.log else f"{spec.title} (linear: values ≤ 0)"
+        chart = Chart(Scale.fit(record.steps), y, title=title, x_label="step",
+                      y_label=spec.y_label, width=540, height=280)
         for series, name, colour, dashed in present:
             thinned = thin(series)
             chart.line(thinned.steps, thinned.values, colour, name, dashed=dashed)
-        if spike is not None:
-            thinned = thin(spike)
-            chart.line(thinned.steps, thinned.values, "#9aa3ad",
-                       f"{spike_label} ({factor:g}× max of last {window})", dots=False,
-                       dashed=True)
-        for level in rules:
-            chart.rule(level, "#d62728", f"explosion_norm {format_value(level)}")
+        thinned = thin(spike)
+        chart.line(thinned.steps, thinned.values, "#9aa3ad",
+                   f"spike level ({factor:g}× max of last {window})", dots=False, dashed=True)
+        for name, level in rules:
+            chart.rule(level, "#d62728", f"{name} {format_value(level)}")
         _mark_alerts(chart, record.alerts)
         charts.append(chart.svg())
     return charts
@@ -330,7 +348,8 @@ def depth_profile(record: RunRecord, profile: DepthProfile, thresholds: Threshol
     depth = np.arange(len(record.layers))
     chart = Chart(Scale(0, max(len(record.layers) - 1, 1)), y, title=profile.title,
                   x_label="depth (input on the left)", y_label=profile.statistic,
-                  x_ticks=_layer_ticks(record.layers, 6, offset=0.0), width=540, height=280)
+                  x_ticks=_layer_ticks(record.layers, most=4, offset=0.0, longest=18),
+                  width=540, height=280)
     if profile.band:
         chart.band(*levels[:2], "#2ca02c",
                    f"healthy {format_value(levels[0])}–{format_value(levels[1])}")
@@ -416,14 +435,17 @@ def _severity_colour(alert: dict) -> str:
 
 # --- page helpers ---------------------------------------------------------------------------
 
-def _layer_ticks(labels: Sequence[str], most: int, offset: float) -> list[tuple[float, str]]:
-    """Ticks at ``index + offset`` with the shortened names of at most ``most`` evenly spread
-    labels (offset 0.5 puts them at the centres of heatmap cells)."""
-    return [(i + offset, _shorten(labels[i])) for i in _spread(len(labels), most)]
+def _layer_ticks(labels: Sequence[str], most: int, offset: float,
+                 longest: int = 30) -> list[tuple[float, str]]:
+    """Ticks at ``index + offset`` with the shortened names of at most ``most`` regularly
+    spaced labels (offset 0.5 puts them at the centres of heatmap cells)."""
+    return [(i + offset, _shorten(labels[i], longest)) for i in _every_kth(len(labels), most)]
 
 
-def _spread(count: int, most: int) -> list[int]:
-    return sorted(set(np.linspace(0, count - 1, min(count, most)).round().astype(int).tolist()))
+def _every_kth(count: int, most: int) -> range:
+    """Indices 0, k, 2k, ... with the stride k that gives at most ``most`` of them: regular
+    spacing keeps tick labels from colliding."""
+    return range(0, count, max(1, -(-count // max(most, 1))))
 
 
 def _shorten(label: str, most: int = 30) -> str:

@@ -77,8 +77,7 @@ class Scale:
         A log scale spans whole decades; it falls back to linear when there is a finite
         value at or below zero, which a log axis cannot place.
         """
-        data = np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
-                          dtype=float).ravel()
+        data = np.asarray(values, dtype=float).ravel()
         data = np.concatenate([data[np.isfinite(data)], np.asarray(include, dtype=float)])
         if log and data.size and data.min() <= 0:
             log = False

@@ -202,7 +202,7 @@ def test_nonfinite_and_missing_values_are_shown_distinctly(tmp_path):
     assert fills[("decoder", 2)] == MISSING_FILL   # the sink writes no NaN: "no value"
     assert fills[("encoder", 0)].startswith("#")
     assert 'class="nonfinite"' in html              # the NaN loss, marked on its chart
-    assert "gradient 1" in html                     # the header's non-finite count
+    assert "gradient 1, loss (steps) 1" in html     # the header's non-finite counts
 
 
 def test_one_sampled_step_and_no_per_step_figures(tmp_path):
