@@ -148,7 +148,7 @@ def _header(record: RunRecord) -> str:
     firing = sum(1 for a in record.alerts if a.get("status") == "firing")
     facts = [("steps", step_text), ("layers", str(len(record.layers))),
              ("sampled steps", str(len(record.sampled_steps))),
-             ("alerts firing", str(firing))]
+             ("alerts fired", str(firing))]
     nonfinite = {name.split("/", 1)[1]: int(np.nansum(s.values))
                  for name, s in record.series.items() if name.startswith("nonfinite/")}
     if "loss" in record.series:

@@ -19,7 +19,8 @@ from callbacks import TrainingDiagnostics
 from monitor.demo import SCENARIOS, build_mlp
 from monitor.prometheus import LAYER_GAUGES
 from monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
-                            find_runs, load_run, render_report, write_report, write_reports)
+                            find_runs, load_run, render_report, spike_level, thin, write_report,
+                            write_reports)
 from monitor.run_record import Series
 from monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from monitor.svg import MISSING_FILL, NONFINITE_FILL
@@ -214,6 +215,26 @@ def test_one_sampled_step_and_no_per_step_figures(tmp_path):
     assert "Loss: not recorded." in html
 
 
+def test_alerts_only_and_malformed_events_do_not_crash(tmp_path):
+    @dataclass(frozen=True)
+    class OddAlert:   # fields missing or of the wrong type, as a buggy writer might leave
+        name: str = "<Odd & Alert>"
+        step: int = 3
+        status: str = "firing"
+        layers: None = None
+        regime: str = "no such regime"
+
+    sink = TensorBoardSink(log_dir=str(tmp_path))
+    sink.on_alert(OddAlert())
+    sink.writer.add_text("gradwatch/alerts", "not JSON at all", 4)
+    sink.close()
+    record = load_run(tmp_path)
+    assert len(record.alerts) == 1 and record.verdict == "healthy"
+    html = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "&lt;Odd &amp; Alert&gt;" in html and "<Odd" not in html
+    assert "No per-layer gradient norms were recorded." in html
+
+
 def test_thousands_of_layers_and_steps_are_downsampled():
     layers, steps = 3000, 1000
     generator = np.random.default_rng(0)
@@ -221,8 +242,8 @@ def test_thousands_of_layers_and_steps_are_downsampled():
     grad_norm[5, -1] = np.inf   # the latest step is always shown
     statistics = {name: np.full((layers, steps), np.nan) for name in LAYER_GAUGES}
     statistics["grad_norm"] = grad_norm
-    record = RunRecord("big/run", Path("big/run"), tuple(f"block.{i}.linear" for i in range(layers)),
-                       np.arange(steps) * 10, statistics,
+    names = tuple(f"block.{i}.linear" for i in range(layers))
+    record = RunRecord("big/run", Path("big/run"), names, np.arange(steps) * 10, statistics,
                        {"loss": Series(np.arange(20_000), generator.random(20_000))}, ())
     started = time.perf_counter()
     html = render_report(record, Thresholds())
@@ -235,6 +256,18 @@ def test_thousands_of_layers_and_steps_are_downsampled():
     assert first_group == pytest.approx(np.sqrt(np.sum(grad_norm[:last_member + 1, 0] ** 2)))
     assert any(fill == NONFINITE_FILL for *_, fill in found)   # one Inf layer taints its group
     assert len(html) < 5_000_000
+
+
+def test_spike_level_and_thinning_keep_what_matters():
+    series = Series(np.arange(5), np.array([1.0, 2.0, np.nan, 3.0, 100.0]))
+    level = spike_level(series, factor=10, window=2)
+    assert level.steps.tolist() == [1, 2, 3, 4]
+    assert level.values.tolist() == [10.0, 20.0, 20.0, 30.0]   # NaN is not a level
+    values = np.ones(10_000)
+    values[1234], values[4321], values[7777] = 1e6, 1e-6, np.inf
+    thinned = thin(Series(np.arange(10_000), values), most=100)
+    assert len(thinned.steps) <= 101
+    assert {1234, 4321, 7777} <= set(thinned.steps.tolist())   # spike, dip, Inf all kept
 
 
 def test_directories_without_gradwatch_data_give_clear_errors(tmp_path, healthy_run):
