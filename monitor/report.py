@@ -20,6 +20,7 @@ import numpy as np
 from .run_record import NoGradwatchData, RunRecord, Series, find_runs, load_run
 from .svg import (MISSING_FILL, NONFINITE_FILL, Chart, LegendEntry, Scale, colour_at,
                   format_value, pattern_defs)
+from .snapshot import NONFINITE_SOURCES
 from .thresholds import Thresholds
 
 __all__ = ["NoGradwatchData", "RunRecord", "find_runs", "load_run", "render_report",
@@ -149,19 +150,20 @@ def _header(record: RunRecord) -> str:
     facts = [("steps", step_text), ("layers", str(len(record.layers))),
              ("sampled steps", str(len(record.sampled_steps))),
              ("alerts fired", str(firing))]
-    nonfinite = {name.split("/", 1)[1]: int(np.nansum(s.values))
-                 for name, s in record.series.items() if name.startswith("nonfinite/")}
-    if "loss" in record.series:
-        nonfinite["loss (steps)"] = int((~np.isfinite(record.series["loss"].values)).sum())
+    nonfinite = {source: len(record.nonfinite_steps(source))
+                 for source in NONFINITE_SOURCES + ("loss",)}
     counts = ", ".join(f"{source} {count}" for source, count in nonfinite.items() if count)
     if counts:
-        facts.append(("non-finite values", counts))
+        facts.append(("steps with non-finite values", counts))
     facts_html = "".join(f"<div><dt>{escape(k)}</dt><dd>{escape(v)}</dd></div>" for k, v in facts)
-    why = "worst regime reported by the alerts" if record.alerts else "no alerts recorded"
+    why = ("worst regime reported by the alerts" if record.alerts else "no alerts recorded")
+    if counts:
+        why += "; non-finite values recorded"
     return (f'<header><div><p class="eyebrow">gradwatch report</p>'
             f"<h1>{escape(record.name)}</h1><dl>{facts_html}</dl></div>"
             f'<div class="verdict" style="--regime:{REGIME_COLOURS[verdict]}">'
-            f'<span class="verdict-label">verdict</span><strong id="verdict">{verdict}</strong>'
+            f'<span class="verdict-label">verdict</span><strong id="verdict" '
+            f'data-regime="{verdict}">{verdict.replace("nonfinite", "non-finite")}</strong>'
             f"<span>{why}</span></div></header>")
 
 
@@ -176,6 +178,7 @@ def gradient_heatmap(record: RunRecord, max_rows: int = MAX_HEATMAP_ROWS,
     matrix, groups = group_rows(matrix, record.layers, max_rows)
     columns = subsample_columns(matrix.shape[1], max_columns)
     matrix, steps = matrix[:, columns], record.sampled_steps[columns]
+    nonfinite_steps = set(record.nonfinite_steps("gradient").tolist())
     colours = Scale.fit(matrix[matrix > 0], log=True)
 
     rows = len(groups)
@@ -193,8 +196,11 @@ def gradient_heatmap(record: RunRecord, max_rows: int = MAX_HEATMAP_ROWS,
         label = first if first == last else f"{first}…{last}"
         for j, step in enumerate(steps):
             value = matrix[i, j]
-            chart.rect(j, j + 1, i, i + 1, _cell_fill(value, colours),
-                       f"{label} · step {step} · grad norm {format_value(value)}",
+            # No value at a step with non-finite gradients: the norm was NaN (not written).
+            nan_norm = np.isnan(value) and step in nonfinite_steps
+            chart.rect(j, j + 1, i, i + 1, NONFINITE_FILL if nan_norm else
+                       _cell_fill(value, colours), f"{label} · step {step} · grad norm "
+                       f"{'NaN: non-finite gradients' if nan_norm else format_value(value)}",
                        css_class="cell", data={"layer": label, "step": str(step),
                                                "value": repr(float(value))})
     notes = []
@@ -216,8 +222,8 @@ def colour_legend(colours: Scale) -> str:
     for lo, hi in zip(edges[:-1], edges[1:]):
         bar.rect(_at(colours, lo), _at(colours, hi), 0, 1, colour_at((lo + hi) / 2),
                  f"{format_value(_at(colours, lo))}–{format_value(_at(colours, hi))}")
-    bar.legend += [LegendEntry(NONFINITE_FILL, "±Inf"),
-                   LegendEntry(MISSING_FILL, "no value (NaN or not measured)"),
+    bar.legend += [LegendEntry(NONFINITE_FILL, "NaN or ±Inf"),
+                   LegendEntry(MISSING_FILL, "not measured"),
                    LegendEntry(colour_at(0), f"≤ {format_value(colours.lo)}")]
     return f'<div class="colour-legend">{bar.svg()}</div>'
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .prometheus import LAYER_GAUGES, REGIMES
+from .snapshot import NONFINITE_SOURCES
 from .tensorboard import ALERTS_TAG, LAYERS_TAG, parse_fenced_json
 
 PREFIX = "gradwatch/"
@@ -68,10 +69,22 @@ class RunRecord:
                       if isinstance(a.get("step"), int)]
         return np.unique(np.concatenate(all_steps)).astype(int)
 
+    def nonfinite_steps(self, source: str) -> np.ndarray:
+        """Steps where non-finite values of ``source`` were recorded: ``loss`` (every step),
+        or ``gradient``, ``activation``, ``parameter`` (sampled steps)."""
+        if source == "loss":
+            loss = self.series.get("loss", Series(np.zeros(0, int), np.zeros(0)))
+            return loss.steps[~np.isfinite(loss.values)]
+        counts = self.series.get(f"nonfinite/{source}", Series(np.zeros(0, int), np.zeros(0)))
+        return counts.steps[counts.values > 0]
+
     @property
     def verdict(self) -> str:
-        """The worst regime the alerts reported (``REGIMES`` order), ``healthy`` without any."""
+        """The worst regime (``REGIMES`` order) the alerts reported, or ``nonfinite`` when
+        non-finite values were recorded whatever the alerts say; ``healthy`` otherwise."""
         seen = [REGIMES.index(a["regime"]) for a in self.alerts if a.get("regime") in REGIMES]
+        if any(len(self.nonfinite_steps(source)) for source in NONFINITE_SOURCES + ("loss",)):
+            seen.append(REGIMES.index("nonfinite"))
         return REGIMES[max(seen, default=0)]
 
 

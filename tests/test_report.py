@@ -153,12 +153,12 @@ def test_heatmap_has_one_cell_per_layer_and_sampled_step(vanishing_run, vanishin
 
 
 def test_report_shows_alerts_remedies_and_verdict(vanishing_html, healthy_run):
-    assert 'id="verdict">vanishing<' in vanishing_html
+    assert 'data-regime="vanishing">vanishing<' in vanishing_html
     assert vanishing_html.count('class="alert-row') == 2
     assert unescape(vanishing_html).count(VANISHING_FIRING.remedy) == 1
     assert 'class="marker"' in vanishing_html   # the firing alert on the per-step charts
     healthy_html = write_report(healthy_run).read_text(encoding="utf-8")
-    assert 'id="no-alerts"' in healthy_html and 'id="verdict">healthy<' in healthy_html
+    assert 'id="no-alerts"' in healthy_html and 'data-regime="healthy">healthy<' in healthy_html
 
 
 def test_report_is_self_contained(vanishing_html):
@@ -191,19 +191,23 @@ def snapshot(step: int, layers: tuple[str, ...], grad_norm: list[float]) -> Snap
 def test_nonfinite_and_missing_values_are_shown_distinctly(tmp_path):
     layers = ("encoder", "decoder")
     sink = TensorBoardSink(log_dir=str(tmp_path))
-    sink.on_snapshot(snapshot(0, layers, [0.5, 1.0]))
-    sink.on_pulse(snapshot(0, layers, [0.5, 1.0]).pulse)
-    sink.on_snapshot(snapshot(2, layers, [float("inf"), float("nan")]))
-    sink.on_pulse(snapshot(2, layers, [1.0, 1.0]).pulse)   # NaN loss
+    for step, grad_norm in ((0, [0.5, float("nan")]), (2, [float("inf"), float("nan")])):
+        sink.on_snapshot(snapshot(step, layers, grad_norm))
+        sink.on_pulse(snapshot(step, layers, grad_norm).pulse)   # NaN loss at step 2
     sink.close()
 
+    record = load_run(tmp_path)
+    assert record.nonfinite_steps("gradient").tolist() == [2]
+    assert record.nonfinite_steps("loss").tolist() == [2]
+    assert record.verdict == "nonfinite"   # observed, even without alerts
     html = write_report(tmp_path).read_text(encoding="utf-8")
     fills = {(layer, step): fill for layer, step, _, fill in cells(html)}
-    assert fills[("encoder", 2)] == NONFINITE_FILL
-    assert fills[("decoder", 2)] == MISSING_FILL   # the sink writes no NaN: "no value"
     assert fills[("encoder", 0)].startswith("#")
-    assert 'class="nonfinite"' in html              # the NaN loss, marked on its chart
-    assert "gradient 1, loss (steps) 1" in html     # the header's non-finite counts
+    assert fills[("decoder", 0)] == MISSING_FILL     # not measured (the sink writes no NaN)
+    assert fills[("encoder", 2)] == NONFINITE_FILL   # +Inf
+    assert fills[("decoder", 2)] == NONFINITE_FILL   # NaN: a step with non-finite gradients
+    assert 'class="nonfinite"' in html               # the NaN loss, marked on its chart
+    assert "gradient 1, loss 1" in html              # the header's non-finite steps
 
 
 def test_one_sampled_step_and_no_per_step_figures(tmp_path):
