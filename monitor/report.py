@@ -376,7 +376,13 @@ def alert_timeline(record: RunRecord) -> str:
     """Alert spans over steps (firing to resolved) and the table of events with remedies."""
     if not record.alerts:
         return '<p class="empty" id="no-alerts">No alerts: nothing crossed a threshold.</p>'
-    spans = alert_spans(record.alerts, int(record.steps[-1]))
+    rows = "".join(_alert_row(a) for a in record.alerts)
+    table = ('<table class="alerts"><thead><tr><th>step</th><th>status</th><th>alert</th>'
+             "<th>layers</th><th>value / threshold</th><th>remedy</th></tr></thead>"
+             f"<tbody>{rows}</tbody></table>")
+    spans = alert_spans(record.alerts, int(record.steps[-1])) if len(record.steps) else []
+    if not spans:   # events without a usable step: the table is all there is to show
+        return table
     names = list(dict.fromkeys(name for name, *_ in spans))
     first, last = int(record.steps[0]), int(record.steps[-1])
     chart = Chart(Scale(first, max(last, first + 1)), Scale(0, len(names)),
@@ -391,10 +397,7 @@ def alert_timeline(record: RunRecord) -> str:
                    _severity_colour(alert),
                    f"{name} · steps {start}–{stop} · {alert.get('summary', '')}")
     chart.legend += [LegendEntry(c, s) for s, c in SEVERITY_COLOURS.items()]
-    rows = "".join(_alert_row(a) for a in record.alerts)
-    return (chart.svg() + '<table class="alerts"><thead><tr><th>step</th><th>status</th>'
-            "<th>alert</th><th>layers</th><th>value / threshold</th><th>remedy</th></tr>"
-            f"</thead><tbody>{rows}</tbody></table>")
+    return chart.svg() + table
 
 
 def alert_spans(alerts: Sequence[dict], last_step: int) -> list[tuple[str, int, int, dict]]:
@@ -405,19 +408,19 @@ def alert_spans(alerts: Sequence[dict], last_step: int) -> list[tuple[str, int, 
     for alert in alerts:
         if not isinstance(alert.get("step"), int):
             continue
-        key = (alert.get("name"), tuple(alert.get("layers") or ()), alert.get("rank"))
+        key = (str(alert.get("name")), tuple(_alert_layers(alert)), str(alert.get("rank")))
         if alert.get("status") == "firing" and key not in open_spans:
             open_spans[key] = (alert["step"], alert)
         elif alert.get("status") == "resolved" and key in open_spans:
             start, firing = open_spans.pop(key)
-            spans.append((str(key[0]), start, alert["step"], firing))
-    spans += [(str(key[0]), start, last_step, firing)
+            spans.append((key[0], start, alert["step"], firing))
+    spans += [(key[0], start, last_step, firing)
               for key, (start, firing) in open_spans.items()]
     return sorted(spans, key=lambda span: span[1])
 
 
 def _alert_row(alert: dict) -> str:
-    layers = [str(layer) for layer in alert.get("layers") or ()]
+    layers = _alert_layers(alert)
     layers_text = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4
                                            else "")
     value, threshold = alert.get("value"), alert.get("threshold")
@@ -433,6 +436,13 @@ def _alert_row(alert: dict) -> str:
             f"<div class='muted'>{escape(str(alert.get('description', '')))}</div></td>"
             f"<td>{escape(layers_text)}</td><td>{escape(figures)}</td>"
             f"<td>{escape(str(alert.get('remedy', '')))}</td></tr>")
+
+
+def _alert_layers(alert: dict) -> list[str]:
+    layers = alert.get("layers")
+    if layers is None:
+        return []
+    return [str(layer) for layer in layers] if isinstance(layers, list) else [str(layers)]
 
 
 def _severity_colour(alert: dict) -> str:

@@ -24,7 +24,7 @@ from monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchDa
 from monitor.run_record import Series
 from monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from monitor.svg import MISSING_FILL, NONFINITE_FILL
-from monitor.tensorboard import TensorBoardSink
+from monitor.tensorboard import TensorBoardSink, fenced_json
 from monitor.thresholds import Thresholds
 
 from .helpers import read_scalars
@@ -237,6 +237,13 @@ def test_alerts_only_and_malformed_events_do_not_crash(tmp_path):
     html = write_report(tmp_path).read_text(encoding="utf-8")
     assert "&lt;Odd &amp; Alert&gt;" in html and "<Odd" not in html
     assert "No per-layer gradient norms were recorded." in html
+
+    stepless = tmp_path / "stepless"
+    sink = TensorBoardSink(log_dir=str(stepless))
+    sink.writer.add_text("gradwatch/alerts", fenced_json(
+        {"name": ["a", "list"], "layers": 5, "step": "seven", "status": "resolved"}), 7)
+    sink.close()
+    assert 'class="alert-row resolved"' in write_report(stepless).read_text(encoding="utf-8")
 
 
 def test_thousands_of_layers_and_steps_are_downsampled():
