@@ -515,7 +515,7 @@ h2 { margin: 0 0 4px; font-size: 17px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 14px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 6px; }
 svg.chart { width: 100%; height: auto; display: block; }
-rect.cell { shape-rendering: crispEdges; }
+rect.cell, .colour-legend rect { shape-rendering: crispEdges; }   /* no seams between cells */
 .colour-legend { max-width: 560px; }
 .chart-title { font-weight: 600; font-size: 13px; fill: var(--ink); }
 .tick, .legend, .rule-label { font-size: 11px; fill: var(--muted); }
