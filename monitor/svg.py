@@ -58,6 +58,8 @@ def format_value(value: float) -> str:
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
+    if value.is_integer() and abs(value) < 1e7:
+        return str(int(value))   # steps, counts: exact, never "1.23e+03"
     return f"{value:.3g}"
 
 
@@ -121,6 +123,8 @@ class Scale:
 
 @dataclass(frozen=True)
 class LegendEntry:
+    """A swatch (a colour or a pattern fill) and its label, above the plot."""
+
     fill: str
     label: str
 
@@ -189,6 +193,7 @@ class Chart:
         self.legend.append(LegendEntry(colour, label))
 
     def nonfinite_mark(self, x: float, tooltip: str) -> None:
+        """A red triangle at the top edge above ``x``: a NaN or Inf no axis can place."""
         px, top = self.px(x), self.top
         self.marks.append(f'<path class="nonfinite" d="M{px - 5:.1f},{top - 8} h10 l-5,8 z" '
                           f'fill="{NONFINITE_COLOUR}"><title>{escape(tooltip)}</title></path>')
