@@ -2,6 +2,7 @@
 # Installs what gradwatch needs on a fresh machine into .venv (idempotent).
 #   scripts/setup.sh          the package and its runtime dependencies (the demo)
 #   scripts/setup.sh test     plus test tools and, as root, Debian's Prometheus binaries
+#                             and Chromium (renders the HTML report in the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,6 +17,7 @@ if [ "${1:-}" = "test" ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)
   [ -x /usr/bin/prometheus-pushgateway ] || need+=(prometheus-pushgateway)
+  command -v chromium >/dev/null || need+=(chromium)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       apt-get update -qq

@@ -1,0 +1,185 @@
+"""Reading a gradwatch run back from its TensorBoard event files, as plain data.
+
+The report is built from what TrainingDiagnostics wrote (`monitor.tensorboard`), read with
+TensorBoard's own `EventAccumulator`, so it shows exactly what TensorBoard would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .prometheus import LAYER_GAUGES, REGIMES
+from .snapshot import NONFINITE_SOURCES
+from .tensorboard import ALERTS_TAG, LAYERS_TAG, parse_fenced_json
+
+PREFIX = "gradwatch/"
+EVENT_FILE_PREFIX = "events.out.tfevents"
+#: torch's SummaryWriter.add_text stores text under ``<tag>/text_summary``.
+TEXT_SUFFIX = "/text_summary"
+
+
+class NoGradwatchData(ValueError):
+    """The directory holds no gradwatch data (the message says what it found instead)."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """One per-step figure: values at steps, in step order (NaN and Inf are real values)."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything gradwatch wrote for one run.
+
+    Attributes:
+        name: ``<parent>/<dir>`` of the run directory, e.g. ``lightning_logs/version_0``.
+        path: the run directory.
+        layers: layer names in depth order, input first.
+        sampled_steps: the steps with per-layer statistics, ascending.
+        statistics: per-layer statistic (a ``LAYER_GAUGES`` name) -> matrix
+            [layer x sampled step]; NaN where no value was written (the sink writes no NaN,
+            so NaN means "not measured or NaN"); +-Inf are measured values.
+        series: per-step figures by tag without the ``gradwatch/`` prefix: ``loss``,
+            ``global_grad_norm``, ``clipped_grad_norm``, ``loss_scale``,
+            ``learning_rate/<opt>/<group>``, ``nonfinite/<source>``, ``overhead_seconds``.
+        alerts: alert events (dicts with name, severity, status, step, layers, regime, ...),
+            in step order.
+    """
+
+    name: str
+    path: Path
+    layers: tuple[str, ...]
+    sampled_steps: np.ndarray
+    statistics: dict[str, np.ndarray]
+    series: dict[str, Series]
+    alerts: tuple[dict, ...]
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Every step that has any gradwatch value, ascending."""
+        all_steps = [self.sampled_steps] + [s.steps for s in self.series.values()]
+        all_steps += [np.asarray([a["step"]]) for a in self.alerts
+                      if isinstance(a.get("step"), int)]
+        return np.unique(np.concatenate(all_steps)).astype(int)
+
+    def nonfinite_steps(self, source: str) -> np.ndarray:
+        """Steps where non-finite values of ``source`` were recorded: ``loss`` (every step),
+        or ``gradient``, ``activation``, ``parameter`` (sampled steps)."""
+        if source == "loss":
+            loss = self.series.get("loss", Series(np.zeros(0, int), np.zeros(0)))
+            return loss.steps[~np.isfinite(loss.values)]
+        counts = self.series.get(f"nonfinite/{source}", Series(np.zeros(0, int), np.zeros(0)))
+        return counts.steps[counts.values > 0]
+
+    @property
+    def verdict(self) -> str:
+        """The worst regime (``REGIMES`` order) the alerts reported, or ``nonfinite`` when
+        non-finite values were recorded whatever the alerts say; ``healthy`` otherwise."""
+        seen = [REGIMES.index(a["regime"]) for a in self.alerts if a.get("regime") in REGIMES]
+        if any(len(self.nonfinite_steps(source)) for source in NONFINITE_SOURCES + ("loss",)):
+            seen.append(REGIMES.index("nonfinite"))
+        return REGIMES[max(seen, default=0)]
+
+
+def find_runs(path: str | os.PathLike) -> list[Path]:
+    """Directories at or below ``path`` holding TensorBoard event files, sorted."""
+    return sorted(Path(directory) for directory, _, files in os.walk(path)
+                  if any(f.startswith(EVENT_FILE_PREFIX) for f in files))
+
+
+def load_run(run_dir: str | os.PathLike) -> RunRecord:
+    """Reads one run directory (e.g. ``lightning_logs/version_0``).
+
+    Raises:
+        NoGradwatchData: not a directory, no event files in it (naming the runs below it,
+            if any), or event files without gradwatch tags.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise NoGradwatchData(f"{path}: not a directory")
+    if not any(f.name.startswith(EVENT_FILE_PREFIX) for f in path.iterdir()):
+        below = [str(r.relative_to(path)) for r in find_runs(path)]
+        hint = f"; runs below it: {', '.join(below[:10])}" if below else ""
+        raise NoGradwatchData(f"{path}: no TensorBoard event files{hint}")
+    accumulator = _read_events(path)
+    tags = accumulator.Tags()
+    scalar_tags = [t for t in tags["scalars"] if t.startswith(PREFIX)]
+    text_tags = {tag.removesuffix(TEXT_SUFFIX): tag for tag in tags["tensors"]
+                 if tag.removesuffix(TEXT_SUFFIX) in (LAYERS_TAG, ALERTS_TAG)}
+    if not scalar_tags and not text_tags:
+        raise NoGradwatchData(f"{path}: TensorBoard event files without gradwatch data "
+                              f"(no {PREFIX}* tags; was TrainingDiagnostics in the callbacks?)")
+
+    per_layer: dict[str, dict[str, dict[int, float]]] = {name: {} for name in LAYER_GAUGES}
+    series: dict[str, Series] = {}
+    for tag in scalar_tags:
+        events = {e.step: e.value for e in accumulator.Scalars(tag)}  # a rewrite wins
+        statistic, _, layer = tag.removeprefix(PREFIX).partition("/")
+        if statistic in LAYER_GAUGES and layer:
+            per_layer[statistic][layer] = events
+        else:
+            steps = np.asarray(sorted(events), dtype=int)
+            series[tag.removeprefix(PREFIX)] = Series(
+                steps, np.asarray([events[s] for s in steps], dtype=float))
+
+    texts = {tag: _texts(accumulator, stored) for tag, stored in text_tags.items()}
+    seen_layers = {layer for by_layer in per_layer.values() for layer in by_layer}
+    layers = _depth_order(texts.get(LAYERS_TAG, []), seen_layers)
+    sampled_steps = np.asarray(sorted({step for by_layer in per_layer.values()
+                                       for events in by_layer.values() for step in events}),
+                               dtype=int)
+    column = {int(step): j for j, step in enumerate(sampled_steps)}
+    row = {layer: i for i, layer in enumerate(layers)}
+    statistics = {}
+    for statistic, by_layer in per_layer.items():
+        matrix = np.full((len(layers), len(sampled_steps)), np.nan)
+        for layer, events in by_layer.items():
+            for step, value in events.items():
+                matrix[row[layer], column[step]] = value
+        statistics[statistic] = matrix
+    alerts = [a for _, a in texts.get(ALERTS_TAG, []) if isinstance(a, dict)]
+    alerts.sort(key=lambda a: a["step"] if isinstance(a.get("step"), int) else -1)
+    name = f"{path.resolve().parent.name}/{path.resolve().name}"
+    return RunRecord(name, path, layers, sampled_steps, statistics, series, tuple(alerts))
+
+
+def _read_events(path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import (
+        SCALARS,
+        TENSORS,
+        EventAccumulator,
+    )
+
+    # Size 0 keeps every event (the default keeps a sample); no purging, so an alert
+    # written after the fact by a second writer is kept whatever its step.
+    accumulator = EventAccumulator(str(path), size_guidance={SCALARS: 0, TENSORS: 0},
+                                   purge_orphaned_data=False)
+    accumulator.Reload()
+    return accumulator
+
+
+def _texts(accumulator, tag: str) -> list[tuple[int, object]]:
+    """(step, parsed JSON) of each text event of ``tag``; unparseable events are skipped."""
+    parsed = []
+    for event in accumulator.Tensors(tag):
+        for raw in event.tensor_proto.string_val:
+            try:
+                parsed.append((event.step, parse_fenced_json(raw.decode("utf-8"))))
+            except (ValueError, UnicodeDecodeError):
+                continue  # someone else's text under our tag: not ours to show
+    return parsed
+
+
+def _depth_order(layer_lists: list[tuple[int, object]], seen: set[str]) -> tuple[str, ...]:
+    """The latest written depth order, then any layer only seen in scalar tags (by name)."""
+    latest = next((names for _, names in reversed(layer_lists)
+                   if isinstance(names, list) and all(isinstance(n, str) for n in names)), [])
+    ordered = list(dict.fromkeys(latest))
+    return tuple(ordered + sorted(seen - set(ordered)))

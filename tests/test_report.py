@@ -1,0 +1,346 @@
+"""The HTML report, built from real Lightning runs, checked against TensorBoard and rendered
+by headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from html import unescape
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from callbacks import TrainingDiagnostics
+from monitor.demo import SCENARIOS, build_mlp
+from monitor.prometheus import LAYER_GAUGES
+from monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
+                            find_runs, load_run, render_report, spike_level, thin, write_report,
+                            write_reports)
+from monitor.run_record import Series
+from monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
+from monitor.svg import MISSING_FILL, NONFINITE_FILL
+from monitor.tensorboard import TensorBoardSink, fenced_json
+from monitor.thresholds import Thresholds
+
+from .helpers import read_scalars
+from .lightning_models import regression_module, trainer
+
+EVERY_N_STEPS = 2
+MAX_STEPS = 24
+CELL = re.compile(r'<rect class="cell" data-layer="([^"]*)" data-step="(\d+)" '
+                  r'data-value="([^"]*)"[^>]*fill="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """The fields of an alert event as the detection module writes them."""
+
+    name: str
+    severity: str
+    status: str
+    step: int
+    regime: str
+    layers: tuple[str, ...] = ()
+    value: float = 0.0
+    threshold: float = 0.0
+    summary: str = ""
+    description: str = ""
+    remedy: str = ""
+    run: str = "test"
+    rank: int = 0
+    origin_exact: bool = False
+    starts_at: float = field(default=0.0)
+    ends_at: float | None = None
+
+
+VANISHING_FIRING = AlertEvent(
+    "VanishingGradients", "warning", "firing", 6, "vanishing", ("net.0", "net.2"), 2e-9, 1e-3,
+    summary="Input-side gradients are 1e-9 of the output side's",
+    description="The gradient norm collapses with depth.",
+    remedy="Use ReLU/GELU instead of sigmoid, He initialisation, or residual connections.")
+
+
+def train(root: Path, scenario_name: str) -> Path:
+    """One real training run with TrainingDiagnostics; returns its TensorBoard run dir."""
+    scenario = next(s for s in SCENARIOS if s.name == scenario_name)
+    module = regression_module(net=build_mlp(scenario, features=8, width=16), lr=scenario.lr,
+                               optimizer="adam" if scenario.init == "he" else "sgd")
+    run = trainer(callbacks=[TrainingDiagnostics(every_n_steps=EVERY_N_STEPS)], root=root,
+                  max_steps=MAX_STEPS)
+    run.fit(module)
+    return Path(run.logger.log_dir)
+
+
+@pytest.fixture(scope="module")
+def vanishing_run(tmp_path_factory) -> Path:
+    """A deep sigmoid MLP (vanishing gradients), with alert events written afterwards the
+    way the detection module will write them."""
+    run_dir = train(tmp_path_factory.mktemp("vanishing"), "vanishing")
+    sink = TensorBoardSink(log_dir=str(run_dir))
+    sink.on_alert(VANISHING_FIRING)
+    sink.on_alert(AlertEvent("VanishingGradients", "warning", "resolved", 20, "healthy",
+                             ("net.0", "net.2"), summary="Gradients recovered"))
+    sink.close()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def healthy_run(tmp_path_factory) -> Path:
+    return train(tmp_path_factory.mktemp("healthy"), "healthy")
+
+
+@pytest.fixture(scope="module")
+def vanishing_html(vanishing_run) -> str:
+    return write_report(vanishing_run).read_text(encoding="utf-8")
+
+
+def cells(html: str) -> list[tuple[str, int, float, str]]:
+    return [(unescape(layer), int(step), float(value), fill)
+            for layer, step, value, fill in CELL.findall(html)]
+
+
+# --- values ----------------------------------------------------------------------------------
+
+def test_load_run_equals_the_tensorboard_scalars(vanishing_run):
+    record = load_run(vanishing_run)
+    scalars = read_scalars(str(vanishing_run))
+    assert record.layers == tuple(f"net.{i}" for i in range(0, 26, 2))   # depth order
+    assert record.sampled_steps.tolist() == list(range(0, MAX_STEPS, EVERY_N_STEPS))
+    for statistic in LAYER_GAUGES:
+        matrix = record.statistics[statistic]
+        assert matrix.shape == (len(record.layers), len(record.sampled_steps))
+        for i, layer in enumerate(record.layers):
+            written = dict(scalars.get(f"gradwatch/{statistic}/{layer}", []))
+            for j, step in enumerate(record.sampled_steps):
+                if step in written:
+                    assert matrix[i, j] == written[step]
+                else:
+                    assert np.isnan(matrix[i, j])
+    loss = dict(scalars["gradwatch/loss"])
+    assert record.series["loss"].steps.tolist() == sorted(loss)
+    assert record.series["loss"].values.tolist() == pytest.approx([loss[s] for s in sorted(loss)])
+    grad_norm = record.statistics["grad_norm"]
+    assert np.isfinite(grad_norm).all()
+    # The picture the report exists for: the input side's gradients are orders smaller.
+    assert grad_norm[0, -1] < 1e-3 * grad_norm[-1, -1]
+
+
+def test_alerts_and_verdict(vanishing_run, healthy_run):
+    record = load_run(vanishing_run)
+    assert [(a["name"], a["status"], a["step"]) for a in record.alerts] == [
+        ("VanishingGradients", "firing", 6), ("VanishingGradients", "resolved", 20)]
+    assert record.alerts[0]["remedy"] == VANISHING_FIRING.remedy
+    assert record.verdict == "vanishing"
+    healthy = load_run(healthy_run)
+    assert healthy.alerts == () and healthy.verdict == "healthy"
+
+
+# --- the page --------------------------------------------------------------------------------
+
+def test_heatmap_has_one_cell_per_layer_and_sampled_step(vanishing_run, vanishing_html):
+    record = load_run(vanishing_run)
+    found = cells(vanishing_html)
+    assert len(found) == len(record.layers) * len(record.sampled_steps)
+    row = {layer: i for i, layer in enumerate(record.layers)}
+    column = {int(step): j for j, step in enumerate(record.sampled_steps)}
+    for layer, step, value, _ in found:
+        assert value == record.statistics["grad_norm"][row[layer], column[step]]
+
+
+def test_report_shows_alerts_remedies_and_verdict(vanishing_html, healthy_run):
+    assert 'data-regime="vanishing">vanishing<' in vanishing_html
+    assert vanishing_html.count('class="alert-row') == 2
+    assert unescape(vanishing_html).count(VANISHING_FIRING.remedy) == 1
+    assert 'class="marker"' in vanishing_html   # the firing alert on the per-step charts
+    healthy_html = write_report(healthy_run).read_text(encoding="utf-8")
+    assert 'id="no-alerts"' in healthy_html and 'data-regime="healthy">healthy<' in healthy_html
+
+
+def test_report_is_self_contained(vanishing_html):
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", vanishing_html)
+    assert not re.search(r"""url\(\s*["']?\s*(https?:)?//""", vanishing_html)
+    assert "<script" not in vanishing_html and "<link" not in vanishing_html
+    assert "@import" not in vanishing_html
+
+
+def test_default_and_explicit_output_paths(healthy_run, tmp_path):
+    assert write_report(healthy_run) == healthy_run / "gradwatch-report.html"
+    out = write_report(healthy_run, tmp_path / "custom.html")
+    assert out == tmp_path / "custom.html" and out.read_text().startswith("<!DOCTYPE html>")
+
+
+# --- odd runs --------------------------------------------------------------------------------
+
+def snapshot(step: int, layers: tuple[str, ...], grad_norm: list[float]) -> Snapshot:
+    """A Snapshot with the given gradient norms and plain values elsewhere."""
+    ones = np.ones(len(layers))
+    nonfinite = np.zeros((len(NONFINITE_SOURCES), len(layers), len(NONFINITE_KINDS)), int)
+    nonfinite[0, :, 1] = np.isinf(grad_norm)
+    pulse = Pulse(step=step, time=time.time(), loss=float("nan") if step == 2 else 1.0,
+                  global_grad_norm=float(np.sqrt(np.sum(np.square(grad_norm)))))
+    return Snapshot("odd", 0, step, time.time(), layers, np.asarray(grad_norm, float), ones,
+                    ones * 1e-3, ones * 0, ones, ones * 0.1, ones * 0, ones, ones, nonfinite,
+                    "", (pulse,), 0.0)
+
+
+def test_nonfinite_and_missing_values_are_shown_distinctly(tmp_path):
+    layers = ("encoder", "decoder")
+    sink = TensorBoardSink(log_dir=str(tmp_path))
+    for step, grad_norm in ((0, [0.5, float("nan")]), (2, [float("inf"), float("nan")])):
+        sink.on_snapshot(snapshot(step, layers, grad_norm))
+        sink.on_pulse(snapshot(step, layers, grad_norm).pulse)   # NaN loss at step 2
+    sink.close()
+
+    record = load_run(tmp_path)
+    assert record.nonfinite_steps("gradient").tolist() == [2]
+    assert record.nonfinite_steps("loss").tolist() == [2]
+    assert record.verdict == "nonfinite"   # observed, even without alerts
+    html = write_report(tmp_path).read_text(encoding="utf-8")
+    fills = {(layer, step): fill for layer, step, _, fill in cells(html)}
+    assert fills[("encoder", 0)].startswith("#")
+    assert fills[("decoder", 0)] == MISSING_FILL     # not measured (the sink writes no NaN)
+    assert fills[("encoder", 2)] == NONFINITE_FILL   # +Inf
+    assert fills[("decoder", 2)] == NONFINITE_FILL   # NaN: a step with non-finite gradients
+    assert 'class="nonfinite"' in html               # the NaN loss, marked on its chart
+    assert "gradient 1, loss 1" in html              # the header's non-finite steps
+
+
+def test_one_sampled_step_and_no_per_step_figures(tmp_path):
+    sink = TensorBoardSink(log_dir=str(tmp_path))
+    sink.on_snapshot(snapshot(0, ("only",), [0.25]))
+    sink.close()
+    html = write_report(tmp_path).read_text(encoding="utf-8")
+    assert [(layer, step) for layer, step, _, _ in cells(html)] == [("only", 0)]
+    assert "Loss: not recorded." in html
+
+
+def test_alerts_only_and_malformed_events_do_not_crash(tmp_path):
+    @dataclass(frozen=True)
+    class OddAlert:   # fields missing or of the wrong type, as a buggy writer might leave
+        name: str = "<Odd & Alert>"
+        step: int = 3
+        status: str = "firing"
+        layers: None = None
+        regime: str = "no such regime"
+
+    sink = TensorBoardSink(log_dir=str(tmp_path))
+    sink.on_alert(OddAlert())
+    sink.writer.add_text("gradwatch/alerts", "not JSON at all", 4)
+    sink.close()
+    record = load_run(tmp_path)
+    assert len(record.alerts) == 1 and record.verdict == "healthy"
+    html = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "&lt;Odd &amp; Alert&gt;" in html and "<Odd" not in html
+    assert "No per-layer gradient norms were recorded." in html
+
+    stepless = tmp_path / "stepless"
+    sink = TensorBoardSink(log_dir=str(stepless))
+    sink.writer.add_text("gradwatch/alerts", fenced_json(
+        {"name": ["a", "list"], "layers": 5, "step": "seven", "status": "resolved"}), 7)
+    sink.close()
+    assert 'class="alert-row resolved"' in write_report(stepless).read_text(encoding="utf-8")
+
+
+def test_thousands_of_layers_and_steps_are_downsampled():
+    layers, steps = 3000, 1000
+    generator = np.random.default_rng(0)
+    grad_norm = generator.lognormal(size=(layers, steps))
+    grad_norm[5, -1] = np.inf   # the latest step is always shown
+    statistics = {name: np.full((layers, steps), np.nan) for name in LAYER_GAUGES}
+    statistics["grad_norm"] = grad_norm
+    names = tuple(f"block.{i}.linear" for i in range(layers))
+    record = RunRecord("big/run", Path("big/run"), names, np.arange(steps) * 10, statistics,
+                       {"loss": Series(np.arange(20_000), generator.random(20_000))}, ())
+    started = time.perf_counter()
+    html = render_report(record, Thresholds())
+    assert time.perf_counter() - started < 30
+    found = cells(html)
+    assert len(found) <= MAX_HEATMAP_ROWS * MAX_HEATMAP_COLUMNS
+    assert {step for _, step, _, _ in found} >= {0, (steps - 1) * 10}   # first and latest
+    label, _, first_group, _ = found[0]   # the input-side group at the first step
+    last_member = int(re.fullmatch(r"block\.0\.linear…block\.(\d+)\.linear", label).group(1))
+    assert first_group == pytest.approx(np.sqrt(np.sum(grad_norm[:last_member + 1, 0] ** 2)))
+    assert any(fill == NONFINITE_FILL for *_, fill in found)   # one Inf layer taints its group
+    assert len(html) < 5_000_000
+
+
+def test_spike_level_and_thinning_keep_what_matters():
+    series = Series(np.arange(5), np.array([1.0, 2.0, np.nan, 3.0, 100.0]))
+    level = spike_level(series, factor=10, window=2)
+    assert level.steps.tolist() == [1, 2, 3, 4]
+    assert level.values.tolist() == [10.0, 20.0, 20.0, 30.0]   # NaN is not a level
+    values = np.ones(10_000)
+    values[1234], values[4321], values[7777] = 1e6, 1e-6, np.inf
+    thinned = thin(Series(np.arange(10_000), values), most=100)
+    assert len(thinned.steps) <= 101
+    assert {1234, 4321, 7777} <= set(thinned.steps.tolist())   # spike, dip, Inf all kept
+
+
+def test_directories_without_gradwatch_data_give_clear_errors(tmp_path, healthy_run):
+    with pytest.raises(NoGradwatchData, match="not a directory"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(NoGradwatchData, match="no TensorBoard event files"):
+        load_run(tmp_path)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(tmp_path / "other")) as writer:
+        writer.add_scalar("train/loss", 1.0, 0)
+    with pytest.raises(NoGradwatchData, match="without gradwatch data"):
+        load_run(tmp_path / "other")
+    parent = healthy_run.parent   # lightning_logs
+    with pytest.raises(NoGradwatchData, match="runs below it: version_0"):
+        load_run(parent)
+    assert find_runs(parent) == [healthy_run]
+    assert write_reports(parent) == [healthy_run / "gradwatch-report.html"]
+    with pytest.raises(NoGradwatchData, match="no run with gradwatch data"):
+        write_reports(tmp_path / "other")
+
+
+# --- in a browser ----------------------------------------------------------------------------
+
+def chromium(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (scripts/setup.sh test installs it)")
+        pytest.skip("chromium is not installed: apt-get install chromium, or scripts/setup.sh test")
+    return subprocess.run(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+         f"--user-data-dir={cwd / 'chromium-profile'}", "--virtual-time-budget=15000",
+         *arguments], cwd=cwd, capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_chromium_renders_the_charts(vanishing_run, vanishing_html, tmp_path):
+    record = load_run(vanishing_run)
+    page = (vanishing_run / "gradwatch-report.html").resolve()
+    dom = chromium("--dump-dom", page.as_uri(), cwd=tmp_path).stdout
+    assert len(re.findall(r'<svg class="chart"', dom)) >= 8   # heatmap, legend, 2 + 4, alerts
+    assert len(re.findall(r'<rect class="cell"', dom)) == len(record.layers) * len(
+        record.sampled_steps)
+    assert len(re.findall(r"<polyline", dom)) >= 6
+
+
+def test_screenshot_is_a_picture(vanishing_html, vanishing_run, tmp_path):
+    from PIL import Image   # installed with tensorboard
+
+    page = (vanishing_run / "gradwatch-report.html").resolve()
+    chromium("--window-size=1400,2400", "--force-color-profile=srgb", "--screenshot=shot.png",
+             page.as_uri(), cwd=tmp_path)
+    image = Image.open(tmp_path / "shot.png").convert("RGB")
+    assert image.size == (1400, 2400)
+    pixels = np.asarray(image).reshape(-1, 3).astype(int)
+    painted = {tuple(colour) for colour in np.unique(pixels, axis=0)}
+    assert len(painted) > 200, len(painted)
+    white = np.all(pixels == 255, axis=1)
+    page_background = np.all(np.abs(pixels - [245, 247, 250]) <= 2, axis=1)
+    ink = np.mean(~white & ~page_background)
+    assert ink > 0.05, ink   # text, lines and the heatmap, not an empty page
+    # Every colour of the heatmap's cells is on screen: the heatmap really was painted.
+    fills = {fill for *_, fill in cells(vanishing_html)}
+    assert {tuple(int(f[i:i + 2], 16) for i in (1, 3, 5)) for f in fills} <= painted
