@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from monitor.alerts import Alert, AlertEngine
+from monitor.delivery import AlertmanagerSink, CallableAlertSink, LoggingAlertSink, WebhookSink
 from monitor.export import Sink
+from monitor.forensics import ForensicsSink
 from monitor.monitor import Monitor, check_int
 from monitor.prometheus import PrometheusSink
 from monitor.pushgateway import PushgatewayPusher
@@ -60,6 +64,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     scalars layout (one chart per statistic, all layers), in the Trainer's TensorBoardLogger
     run when there is one, else in ``tensorboard_dir``.
 
+    Alerts (``docs/runbook.md``): an initialisation audit before the first step, then
+    NonFiniteValues, GradientExplosion, LossDivergence, AmpOverflowStorm (every step) and
+    GradientVanishing, ActivationSaturation, DeadUnits, Fp16HeadroomLow (sampled steps),
+    each saying what happened, where (step, layers, rank) and what to try. They go to the
+    log (logger ``gradwatch.alerts``), TensorBoard, ``gradwatch_alerts_total`` and
+    ``gradwatch_regime``, and optionally to Alertmanager, a webhook and your callable,
+    from background threads: nothing on the training thread waits on the network.
+
     Args:
         run_name: the ``run`` label. Default: ``<logger name>/version_<n>`` of the Trainer's
             logger, else ``run-<timestamp>``.
@@ -79,6 +91,15 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         update_ratio: measure update ratios (a transient copy of the updated parameters
             during the optimizer step of sampled steps).
         thresholds: numbers used to judge saturation and by the detectors.
+        alerts: run the detectors (default True).
+        alertmanager_url: also send alerts to this Alertmanager (API v2), e.g.
+            ``http://127.0.0.1:9093``; resolved alerts get their ``endsAt``.
+        webhook_url: also POST every alert event as JSON there.
+        on_alert: also call this with every Alert event (on the export thread).
+        stop_on: alert names that stop training cleanly (``trainer.should_stop``), e.g.
+            ``("NonFiniteValues",)``. Default: keep training and alert.
+        forensics_dir: write a JSON bundle (recent Pulses and Snapshots, the step, the alert)
+            there for each critical alert, to reproduce it.
 
     Raises:
         ValueError: at construction, for an argument out of range (naming it); at setup,
@@ -105,6 +126,12 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         max_exported_layers: int = 512,
         update_ratio: bool = True,
         thresholds: Thresholds | None = None,
+        alerts: bool = True,
+        alertmanager_url: str | None = None,
+        webhook_url: str | None = None,
+        on_alert: Callable[[Alert], object] | None = None,
+        stop_on: Sequence[str] = (),
+        forensics_dir: str | None = None,
     ) -> None:
         super().__init__()
         check_int("every_n_steps", every_n_steps, low=1)
@@ -116,10 +143,12 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                              f"{prometheus_addr!r}")
         if run_name is not None and (not isinstance(run_name, str) or not run_name):
             raise ValueError(f"run_name must be a non-empty string or None, got {run_name!r}")
-        if pushgateway_url is not None and not str(pushgateway_url).startswith(
-                ("http://", "https://")):
-            raise ValueError(f"pushgateway_url must start with http:// or https://, got "
-                             f"{pushgateway_url!r}")
+        for option, url in (("pushgateway_url", pushgateway_url),
+                            ("alertmanager_url", alertmanager_url), ("webhook_url", webhook_url)):
+            if url is not None and not str(url).startswith(("http://", "https://")):
+                raise ValueError(f"{option} must start with http:// or https://, got {url!r}")
+        if on_alert is not None and not callable(on_alert):
+            raise ValueError(f"on_alert must be callable, got {on_alert!r}")
         if isinstance(push_interval, bool) or not isinstance(push_interval, (int, float)) \
                 or not push_interval > 0:
             raise ValueError(f"push_interval must be a number > 0, got {push_interval!r}")
@@ -137,6 +166,12 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.max_exported_layers = max_exported_layers
         self.update_ratio = update_ratio
         self.thresholds = thresholds or Thresholds()
+        self.alertmanager_url = alertmanager_url
+        self.webhook_url = webhook_url
+        self.on_alert = on_alert
+        self.forensics_dir = forensics_dir
+        # built now so that a wrong stop_on fails at construction
+        self.engine = AlertEngine(self.thresholds, stop_on=stop_on) if alerts else None
         self.monitor: Monitor | None = None
         self.prometheus: PrometheusSink | None = None
         self.tensorboard_sink: TensorBoardSink | None = None
@@ -182,11 +217,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             self.tensorboard_sink = TensorBoardSink(
                 writer, self.tensorboard_dir or f"gradwatch_logs/{run}")
             sinks.append(self.tensorboard_sink)
+        if self.engine is not None:
+            sinks += self._alert_sinks(trainer.world_size)
         self.monitor = Monitor(
             pl_module,
             run_name=run,
             every_n_steps=self.every_n_steps,
             sinks=sinks,
+            observers=[self.engine] if self.engine is not None else [],
             update_ratio=self.update_ratio,
             rank=trainer.global_rank,
             world_size=trainer.world_size,
@@ -201,6 +239,18 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                                             interval=self.push_interval,
                                             keep=self.pushgateway_keep)
 
+    def _alert_sinks(self, world_size: int) -> list[Sink]:
+        sinks: list[Sink] = [LoggingAlertSink()]
+        if self.on_alert is not None:
+            sinks.append(CallableAlertSink(self.on_alert))
+        if self.alertmanager_url:
+            sinks.append(AlertmanagerSink(self.alertmanager_url, world_size=world_size))
+        if self.webhook_url:
+            sinks.append(WebhookSink(self.webhook_url, world_size=world_size))
+        if self.forensics_dir:
+            sinks.append(ForensicsSink(self.forensics_dir))
+        return sinks
+
     @override
     def on_train_start(self, trainer, pl_module) -> None:
         monitor = self.monitor
@@ -213,10 +263,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                 and getattr(trainer.strategy, "_ddp_comm_hook", None) is None:
             # sees each rank's own gradients before the all-reduce: the origin of a NaN
             ddp_model.register_comm_hook(None, monitor.ddp_comm_hook())
+        if self.engine is not None:
+            self.engine.audit(pl_module, monitor, step=trainer.global_step)
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
         self.monitor.end_step()
+        if self.engine is not None:
+            self.engine.flush(self.monitor)  # a NaN on the very last steps is still reported
         self.monitor.exporter.flush()
 
     @override
@@ -260,6 +314,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         # under gradient accumulation the step ends only when the optimizer has stepped
         if trainer.global_step != self._step_started_at:
             self.monitor.end_step()
+            if self.engine is not None and self.engine.should_stop:
+                trainer.should_stop = True
 
 
 def _default_run_name(trainer) -> str:

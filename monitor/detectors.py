@@ -366,6 +366,12 @@ class NonFiniteValues:
                 origin_text += (". Parameters were already non-finite by then, so the "
                                 "forward origin only shows where the corrupted weights sit")
         where = ", ".join(sources) or "values"
+        if pulse.local_gradients_finite is False:
+            origin_text += ("; this rank's OWN gradients were already non-finite before the "
+                            "all-reduce: the NaN came from this rank")
+        elif pulse.local_gradients_finite:
+            origin_text += ("; this rank's own gradients were finite before the all-reduce: "
+                            "the NaN came from another rank (see that rank's alert)")
         return Finding(
             name=self.name, severity=CRITICAL, step=pulse.step, time=pulse.time,
             layers=origin_layers, value=total, threshold=0.0, regime=NONFINITE,

@@ -37,8 +37,9 @@ def main() -> None:
     options = parser.parse_args()
     pl = lightning()
     torch.manual_seed(0)
+    alerts = []
     diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0, tensorboard=False,
-                                      run_name="ddp")
+                                      run_name="ddp", on_alert=alerts.append)
     pulses = []
 
     class KeepPulses:
@@ -70,6 +71,7 @@ def main() -> None:
                 "world_activation_variance": jsonable(world.activation_variance) if world else None,
                 "pulses": [{"step": p.step, "loss": p.loss, "grad": p.global_grad_norm,
                             "local_finite": p.local_gradients_finite} for p in pulses],
+                "alerts": [a.to_dict() for a in alerts],
             }
             out = Path(options.out) / f"rank{trainer.global_rank}.json"
             out.write_text(json.dumps(result, default=str))

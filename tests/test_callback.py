@@ -214,21 +214,30 @@ def test_mixed_precision_loss_scale_and_skipped_steps(tmp_path):
     pl = lightning("lightning.pytorch")
     diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0, tensorboard=False)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
-    seen = {}
+    seen = {"pulses": []}
+
+    class KeepPulses:
+        def on_pulse(self, pulse, monitor):
+            seen["pulses"].append(pulse)
+
+        def on_snapshot(self, snapshot, monitor):
+            pass
 
     class OverflowOnce(pl.Callback):
+        def on_train_start(self, trainer, module):
+            diagnostics.monitor.observers.append(KeepPulses())
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if trainer.global_step == 2:
                 batch[0].mul_(1e6)  # fp16 overflows: the scaler must skip this step
 
         def on_train_end(self, trainer, module):
             seen["text"] = scrape(diagnostics.prometheus_url)
-            seen["snapshot"] = diagnostics.monitor.last_snapshot
 
     run = trainer(callbacks=[diagnostics, OverflowOnce()], root=str(tmp_path), max_steps=4,
                   plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], logger=False)
     run.fit(regression_module(lr=0.01))
-    pulses = {p.step: p for p in seen["snapshot"].pulses}
+    pulses = {p.step: p for p in seen["pulses"]}
     assert (pulses[1].optimizer_stepped, pulses[1].loss_scale) == (True, 2.0 ** 16)
     assert (pulses[2].optimizer_stepped, pulses[2].loss_scale) == (False, 2.0 ** 15)
     parsed = samples(seen["text"])

@@ -93,6 +93,13 @@ def test_a_nan_from_one_rank_is_traced_to_that_rank(tmp_path):
     assert at_step_1[1]["local_finite"] is False
     assert at_step_1[0]["local_finite"] is True
     assert [p["local_finite"] for p in result[0]["pulses"] if p["step"] == 0] == [True]
+    # the alerts say where it came from: rank 1 itself, and "another rank" on rank 0
+    nonfinite = {rank: [a for a in result[rank]["alerts"] if a["name"] == "NonFiniteValues"
+                        and a["status"] == "firing"] for rank in (0, 1)}
+    assert [(a["rank"], a["step"]) for a in nonfinite[1]] == [(1, 1)]
+    assert "the NaN came from this rank" in nonfinite[1][0]["description"]
+    assert [(a["rank"], a["step"]) for a in nonfinite[0]] == [(0, 1)]
+    assert "the NaN came from another rank" in nonfinite[0][0]["description"]
 
 
 def free_port() -> int:

@@ -5,7 +5,8 @@ On an accelerator a device-to-host copy or a scalar read (``.item()``, ``float(t
 ops are counted: gradwatch must add one copy to the host per sampled step and no scalar read
 at all. Scalar reads are counted by the profiler; copies to the host are told apart from
 dtype casts (both are ``aten::_to_copy``) by their ``device`` argument, which only a
-dispatch mode sees.
+dispatch mode sees. Counted from the first step on: the initialisation audit reads the
+weights once before training starts, which is no step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from callbacks import TrainingDiagnostics
 
-from .lightning_models import regression_module, trainer
+from .lightning_models import lightning, regression_module, trainer
 
 SCALAR_READS = ("aten::item", "aten::_local_scalar_dense", "aten::is_nonzero")
 HOST_COPY = "copy to host"
@@ -41,13 +42,30 @@ class CountHostCopies(TorchDispatchMode):
 
 
 def count_sync_ops(callbacks, tmp_path, steps: int) -> Counter:
+    """Sync ops from the first step's start to the end of training (the one-off
+    initialisation audit before the first step is not a step, and not counted)."""
     torch.manual_seed(0)
-    run = trainer(callbacks=callbacks, root=str(tmp_path), max_steps=steps, logger=False)
-    module = regression_module(optimizer="adam")
-    with profile(activities=[ProfilerActivity.CPU]) as profiler, CountHostCopies() as copies:
-        run.fit(module)
-    counts = Counter(e.name for e in profiler.events() if e.name in SCALAR_READS)
-    counts[HOST_COPY] = copies.count
+    pl = lightning()
+    window = {}
+
+    class DuringSteps(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if not window:
+                window["profiler"] = profile(activities=[ProfilerActivity.CPU])
+                window["copies"] = CountHostCopies()
+                window["profiler"].__enter__()
+                window["copies"].__enter__()
+
+        def on_train_end(self, trainer, module):
+            window["copies"].__exit__(None, None, None)
+            window["profiler"].__exit__(None, None, None)
+
+    # first in the list: the window opens before gradwatch's hooks run and closes after
+    run = trainer(callbacks=[DuringSteps(), *callbacks], root=str(tmp_path), max_steps=steps,
+                  logger=False)
+    run.fit(regression_module(optimizer="adam"))
+    counts = Counter(e.name for e in window["profiler"].events() if e.name in SCALAR_READS)
+    counts[HOST_COPY] = window["copies"].count
     return counts
 
 
