@@ -1,48 +1,81 @@
-"""`gradwatch demo`: real training runs on CPU that show what gradwatch sees.
+"""`gradwatch demo`: four real trainings on CPU that show what gradwatch catches.
 
-Each scenario is a small Lightning model trained with TrainingDiagnostics; the demo prints
-the per-layer gradient-norm profile over depth and where the TensorBoard logs and /metrics
-are.
+healthy (ReLU, He init, Adam), vanishing (deep sigmoid MLP), exploding (over-scaled init)
+and nan (a far too high learning rate), each a small Lightning run with TrainingDiagnostics:
+live progress, alerts printed as they fire, a TensorBoard run and an HTML report per run,
+/metrics served while it trains, and a closing table of verdicts. When a Prometheus stack is
+reachable on its usual local ports (``docker compose up``), alerts go to its Alertmanager
+and metrics to its Pushgateway too.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+ALERTMANAGER_URL = "http://127.0.0.1:9093"
+PUSHGATEWAY_URL = "http://127.0.0.1:9091"
+
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
-    activation: type[nn.Module]
-    depth: int
-    init: str
+    build: Callable[[], nn.Module]
+    optimizer: str
     lr: float
+    steps: int
+    clip: float | None = None
+
+
+def mlp(widths: list[int], activation: type[nn.Module],
+        init: Callable[[torch.Tensor], object] | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        linear = nn.Linear(a, b)
+        if init is not None:
+            init(linear.weight)
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(widths) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def he(weight: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(weight, nonlinearity="relu")
+
+
+def over_scaled(weight: torch.Tensor) -> None:
+    nn.init.normal_(weight, std=4 * math.sqrt(2 / weight.shape[1]))
 
 
 SCENARIOS = (
-    Scenario("healthy", "ReLU MLP, He init, Adam", nn.ReLU, 6, "he", 1e-3),
-    Scenario("vanishing", "12-layer sigmoid MLP, small init, SGD", nn.Sigmoid, 12, "small", 0.1),
+    Scenario("healthy", "ReLU MLP, He init, Adam", lambda: mlp([32, 64, 64, 64, 1], nn.ReLU, he),
+             "adam", 1e-3, 200),
+    Scenario("vanishing", "9-layer sigmoid MLP, SGD",
+             lambda: mlp([32] + [32] * 8 + [1], nn.Sigmoid), "sgd", 0.1, 120),
+    Scenario("exploding", "ReLU MLP with 4x the He init scale, gradients clipped at 1.0",
+             lambda: mlp([32] + [64] * 6 + [1], nn.ReLU, over_scaled), "sgd", 1e-3, 60,
+             clip=1.0),
+    Scenario("nan", "linear regression, learning rate 1.0 (far too high)",
+             lambda: nn.Sequential(nn.Linear(32, 1)), "sgd", 1.0, 120),
 )
 
 
-def build_mlp(scenario: Scenario, features: int = 32, width: int = 64) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(scenario.depth):
-        linear = nn.Linear(features if i == 0 else width, width)
-        if scenario.init == "he":
-            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
-        else:
-            nn.init.normal_(linear.weight, std=0.5 / math.sqrt(linear.in_features))
-        nn.init.zeros_(linear.bias)
-        layers += [linear, scenario.activation()]
-    layers.append(nn.Linear(width, 1))
-    return nn.Sequential(*layers)
+def regression_data(steps: int, batch: int = 64, features: int = 32):
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(features, 1, generator=generator)
+    x = torch.randn(steps * batch, features, generator=generator)
+    dataset = torch.utils.data.TensorDataset(x, x @ teacher)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch)
 
 
 def make_module(scenario: Scenario):
@@ -51,18 +84,115 @@ def make_module(scenario: Scenario):
     class DemoModel(pl.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = build_mlp(scenario)
+            self.net = scenario.build()
 
         def training_step(self, batch, batch_idx):
             x, y = batch
-            return nn.functional.mse_loss(self.net(x), y)
+            loss = nn.functional.mse_loss(self.net(x), y)
+            self.log("loss", loss, prog_bar=True)
+            return loss
 
         def configure_optimizers(self):
-            if scenario.init == "he":
-                return torch.optim.Adam(self.parameters(), lr=scenario.lr)
-            return torch.optim.SGD(self.parameters(), lr=scenario.lr)
+            make = torch.optim.Adam if scenario.optimizer == "adam" else torch.optim.SGD
+            return make(self.parameters(), lr=scenario.lr)
 
     return DemoModel()
+
+
+def reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def summarize(name: str, engine, report: Path, log_dir: str) -> dict:
+    """The closing table's row: worst regime, first alert, culprit layers, remedy."""
+    fired = [a for a in engine.history if a.status == "firing"]
+    regimes = {a.regime for a in fired if a.regime}
+    order = ("nonfinite", "exploding", "vanishing")
+    regime = next((r for r in order if r in regimes), "healthy")
+    key = next((a for a in fired if a.regime == regime), fired[0] if fired else None)
+    first = min(fired, key=lambda a: a.step) if fired else None
+    located = key if key and key.layers else next((a for a in fired if a.layers), None)
+    return {
+        "run": name,
+        "regime": regime,
+        "alerts": [a.name for a in fired],
+        "first_alert": f"{first.name} @ step {first.step}" if first else "-",
+        "layers": ", ".join(located.layers[:3]) if located else "-",
+        "remedy": key.remedy.split("; ")[0] if key else "-",
+        "report": str(report),
+        "tensorboard": log_dir,
+    }
+
+
+def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 10,
+        scenarios: tuple[Scenario, ...] = SCENARIOS, progress: bool = True,
+        alertmanager_url: str | None = None, pushgateway_url: str | None = None) -> list[dict]:
+    """Train every scenario; return one summary per run."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from rich.console import Console
+    from rich.table import Table
+
+    from callbacks import TrainingDiagnostics
+
+    from .report import write_report
+
+    console = Console()
+    alertmanager_url = alertmanager_url or (ALERTMANAGER_URL if reachable(ALERTMANAGER_URL)
+                                            else None)
+    pushgateway_url = pushgateway_url or (PUSHGATEWAY_URL if reachable(PUSHGATEWAY_URL)
+                                          else None)
+    if alertmanager_url or pushgateway_url:
+        console.print(f"stack found: alerts -> {alertmanager_url or '-'}, "
+                      f"metrics -> {pushgateway_url or '-'}")
+
+    def print_alert(alert) -> None:
+        colour = "red" if alert.severity == "critical" else "yellow"
+        where = f" [{', '.join(alert.layers[:3])}]" if alert.layers else ""
+        console.print(f"  [{colour}]{alert.status.upper()} {alert.name}[/] step {alert.step}"
+                      f"{where}: {alert.summary}")
+
+    # the alerts are printed compactly here; the full text is in the reports
+    logging.getLogger("gradwatch.alerts").disabled = True
+    summaries = []
+    for scenario in scenarios:
+        torch.manual_seed(0)
+        diagnostics = TrainingDiagnostics(
+            run_name=f"demo/{scenario.name}", every_n_steps=every_n_steps,
+            prometheus_port=port, on_alert=print_alert, alertmanager_url=alertmanager_url,
+            pushgateway_url=pushgateway_url, pushgateway_keep=True)
+        logger = TensorBoardLogger(out_dir, name=scenario.name, version="")
+        callbacks = [diagnostics, _Announce(console, diagnostics)]
+        if progress:
+            callbacks.append(RichProgressBar())
+        trainer = pl.Trainer(max_steps=scenario.steps, callbacks=callbacks, logger=logger,
+                             gradient_clip_val=scenario.clip,
+                             enable_checkpointing=False, enable_model_summary=False,
+                             enable_progress_bar=progress, accelerator="cpu", devices=1,
+                             log_every_n_steps=every_n_steps)
+        console.rule(f"[bold]{scenario.name}[/]: {scenario.description}")
+        trainer.fit(make_module(scenario), regression_data(scenario.steps))
+        report = write_report(logger.log_dir)
+        summaries.append(summarize(scenario.name, diagnostics.engine, report, logger.log_dir))
+
+    table = Table(title="gradwatch demo: what each run looked like", show_lines=True)
+    for column in ("run", "regime", "first alert", "culprit layers", "what to try"):
+        table.add_column(column, overflow="fold")
+    colours = {"healthy": "green", "vanishing": "yellow", "exploding": "red", "nonfinite": "red"}
+    for s in summaries:
+        table.add_row(s["run"], f"[{colours[s['regime']]}]{s['regime']}[/]", s["first_alert"],
+                      s["layers"], s["remedy"])
+    console.print(table)
+    console.rule("where to look")
+    console.print(f"TensorBoard: tensorboard --logdir {out_dir}")
+    for s in summaries:
+        console.print(f"  {s['run']}: report {s['report']}")
+    return summaries
 
 
 def _Announce(console, diagnostics):
@@ -74,56 +204,3 @@ def _Announce(console, diagnostics):
             console.print(f"/metrics: {diagnostics.prometheus_url} (while it trains)")
 
     return Announce()
-
-
-def demo_data(n: int = 2048, features: int = 32, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, features, generator=generator)
-    y = torch.sin(x[:, :4].sum(dim=1, keepdim=True))
-    dataset = torch.utils.data.TensorDataset(x, y)
-    return torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, generator=generator)
-
-
-def run(out_dir: str = "gradwatch_demo", steps: int = 200, port: int = 9400,
-        every_n_steps: int = 20) -> list[dict]:
-    """Train every scenario; return one summary per run."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from rich.console import Console
-    from rich.table import Table
-
-    from callbacks import TrainingDiagnostics
-
-    console = Console()
-    summaries = []
-    for scenario in SCENARIOS:
-        torch.manual_seed(0)
-        diagnostics = TrainingDiagnostics(run_name=f"demo/{scenario.name}",
-                                          every_n_steps=every_n_steps, prometheus_port=port)
-        logger = TensorBoardLogger(out_dir, name=scenario.name, version="")
-        announce = _Announce(console, diagnostics)
-        trainer = pl.Trainer(max_steps=steps, callbacks=[diagnostics, announce], logger=logger,
-                             enable_checkpointing=False, enable_model_summary=False,
-                             accelerator="cpu", devices=1, log_every_n_steps=every_n_steps)
-        console.rule(f"[bold]{scenario.name}[/]: {scenario.description}")
-        trainer.fit(make_module(scenario), demo_data())
-        snapshot = diagnostics.last_snapshot
-        table = Table(title=f"{scenario.name}: per-layer gradient norm at step {snapshot.step}")
-        table.add_column("depth")
-        table.add_column("layer")
-        table.add_column("grad norm", justify="right")
-        table.add_column("update ratio", justify="right")
-        table.add_column("activation var", justify="right")
-        for depth, layer in enumerate(snapshot.layers):
-            table.add_row(str(depth), layer, f"{snapshot.grad_norm[depth]:.2e}",
-                          f"{snapshot.update_ratio[depth]:.2e}",
-                          f"{snapshot.activation_variance[depth]:.2e}")
-        console.print(table)
-        summaries.append({"run": scenario.name, "tensorboard": str(Path(logger.log_dir)),
-                          "first_over_last": snapshot.grad_norm[0] / snapshot.grad_norm[-1]})
-    console.rule("where to look")
-    console.print(f"TensorBoard: tensorboard --logdir {out_dir}")
-    for summary in summaries:
-        console.print(f"  {summary['run']}: input-side / output-side gradient norm = "
-                      f"{summary['first_over_last']:.1e}  ({summary['tensorboard']})")
-    return summaries

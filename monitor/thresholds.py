@@ -110,6 +110,24 @@ class Thresholds:
                 raise ValueError(f"Thresholds.{f.name} must be in [{low}, {high}], got {value!r}")
 
     @classmethod
+    def from_file(cls, path: str) -> Thresholds:
+        """Thresholds with the overrides of a YAML or JSON mapping file (field: value).
+
+        Raises:
+            ValueError: the file is not a mapping, names an unknown field, or a bad value.
+        """
+        import yaml
+
+        with open(path, encoding="utf-8") as stream:
+            overrides = yaml.safe_load(stream) or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{path}: expected a mapping of threshold names to numbers")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown thresholds {unknown}")
+        return cls(**overrides)
+
+    @classmethod
     def documented(cls) -> dict[str, tuple[float, str]]:
         """Every threshold with its default and its reason, for docs and generators."""
         return {f.name: (f.default, f.metadata["why"]) for f in fields(cls)}

@@ -1,0 +1,109 @@
+"""The `gradwatch` command line, run as a user would (the console script's module)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor import rules
+from monitor.dashboards import render_dashboards
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("demo", "report", "rules", "dashboards", "targets", "doctor", "metrics-doc")
+
+
+def gradwatch(*args: str, cwd: Path | None = None, timeout: float = 120):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd or ROOT, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", ("", *COMMANDS))
+def test_help_everywhere(command):
+    result = gradwatch(*([command] if command else []), "--help")
+    assert result.returncode == 0
+    assert "usage: gradwatch" in result.stdout
+    if not command:
+        assert all(c in result.stdout for c in COMMANDS)
+
+
+def test_rules_and_dashboards_regenerate_the_committed_files(tmp_path):
+    result = gradwatch("rules", "--out", str(tmp_path / "rules.yml"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "rules.yml").read_text() == (ROOT / rules.RULES_PATH).read_text()
+    result = gradwatch("dashboards", "--out", str(tmp_path / "boards"))
+    assert result.returncode == 0, result.stderr
+    for name, text in render_dashboards().items():
+        assert (tmp_path / "boards" / name).read_text() == text
+        assert (ROOT / "dashboards" / name).read_text() == text
+
+
+def test_thresholds_file_changes_the_rules_and_bad_ones_are_named(tmp_path):
+    overrides = tmp_path / "t.yml"
+    overrides.write_text("explosion_norm: 123.0\n")
+    assert gradwatch("rules", "--thresholds", str(overrides), "--out",
+                     str(tmp_path / "r.yml")).returncode == 0
+    assert 'gradwatch_step_global_grad_norm_bucket{le="123.0"}' in (tmp_path / "r.yml").read_text()
+    overrides.write_text("explosion_nrom: 1\n")
+    result = gradwatch("rules", "--thresholds", str(overrides), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "explosion_nrom" in result.stderr
+    overrides.write_text("tanh_flat: .nan\n")
+    result = gradwatch("rules", "--thresholds", str(overrides), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "tanh_flat" in result.stderr
+
+
+def test_targets_writes_a_file_sd_entry_per_node(tmp_path):
+    result = gradwatch("targets", "--host", "node7", "--port", "9400", "--ranks", "4",
+                       "--label", "cluster=a", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "node7.json").read_text()) == [{
+        "targets": ["node7:9400", "node7:9401", "node7:9402", "node7:9403"],
+        "labels": {"cluster": "a"}}]
+    bad = gradwatch("targets", "--host", "node7", "--port", "70000", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "port" in bad.stderr
+
+
+def test_report_of_a_missing_run_is_a_clear_error(tmp_path):
+    result = gradwatch("report", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "gradwatch report:" in result.stderr
+
+
+def test_doctor_against_the_real_stack(prometheus_server, alertmanager_server, scrape_target):
+    alertmanager = alertmanager_server({"route": {"receiver": "null"},
+                                        "receivers": [{"name": "null"}]})
+    prometheus = prometheus_server([scrape_target], rule_files=[ROOT / rules.RULES_PATH],
+                                   alertmanager_url=alertmanager.url)
+    prometheus.wait_for("gradwatch_step")
+    metrics = f"http://{scrape_target}/metrics"
+    result = gradwatch("doctor", "--metrics-url", metrics, "--prometheus-url", prometheus.url,
+                       "--alertmanager-url", alertmanager.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and all(line.startswith("[pass]") for line in lines), lines
+    dead = gradwatch("doctor", "--metrics-url", "http://127.0.0.1:9/metrics", "--timeout", "1")
+    assert dead.returncode == 1
+    assert "[FAIL] metrics endpoint reachable" in dead.stdout
+    assert "[skip] Alertmanager reachable" in dead.stdout
+
+
+def test_demo_shows_the_four_verdicts(tmp_path):
+    result = gradwatch("demo", "--out", str(tmp_path / "demo"), "--port", "0", "--no-progress",
+                       cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout[result.stdout.index("what each run looked like"):]
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in table.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
+    assert rows == {"healthy": "healthy", "vanishing": "vanishing", "exploding": "exploding",
+                    "nan": "nonfinite"}
+    assert "FIRING GradientVanishing" in result.stdout
+    assert "FIRING NonFiniteValues" in result.stdout
+    for run in rows:
+        assert (tmp_path / "demo" / run / "gradwatch-report.html").is_file()
+        assert list((tmp_path / "demo" / run).glob("events.out.tfevents.*"))
+    assert "tensorboard --logdir" in result.stdout
