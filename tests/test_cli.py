@@ -107,3 +107,22 @@ def test_demo_shows_the_four_verdicts(tmp_path):
         assert (tmp_path / "demo" / run / "gradwatch-report.html").is_file()
         assert list((tmp_path / "demo" / run).glob("events.out.tfevents.*"))
     assert "tensorboard --logdir" in result.stdout
+
+
+def test_report_command_writes_a_report_per_run(tmp_path):
+    from callbacks import TrainingDiagnostics
+
+    from .lightning_models import regression_module, trainer
+
+    for _ in range(2):  # two runs: version_0 and version_1
+        trainer(callbacks=[TrainingDiagnostics(every_n_steps=2)], root=str(tmp_path),
+                max_steps=4).fit(regression_module())
+    runs = tmp_path / "lightning_logs"
+    result = gradwatch("report", str(runs))
+    assert result.returncode == 0, result.stderr
+    for version in ("version_0", "version_1"):
+        report = runs / version / "gradwatch-report.html"
+        assert f"wrote {report}" in result.stdout
+        assert "<svg" in report.read_text()
+    single = gradwatch("report", str(runs / "version_0"), "--out", str(tmp_path / "one.html"))
+    assert single.returncode == 0 and (tmp_path / "one.html").is_file()

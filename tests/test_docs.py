@@ -1,0 +1,42 @@
+"""The documentation cannot drift from the code: arguments, alerts, links."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+from callbacks import TrainingDiagnostics
+from monitor.alerts import ALERT_NAMES
+from monitor.doctor import CONTRACT_ALERTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_starts_with_the_two_set_up_commands():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```")[1]
+    commands = [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.strip()]
+    assert commands == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_documents_every_argument_of_the_callback():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)` \|", readme, flags=re.M))
+    arguments = set(inspect.signature(TrainingDiagnostics.__init__).parameters) - {"self"}
+    assert arguments <= documented, arguments - documented
+    docstring = TrainingDiagnostics.__doc__
+    assert all(f"{name}:" in docstring for name in arguments)
+
+
+def test_runbook_has_a_section_per_alert():
+    sections = set(re.findall(r"^## (\w+)", (ROOT / "docs" / "runbook.md").read_text(), re.M))
+    assert set(ALERT_NAMES) | set(CONTRACT_ALERTS) <= sections
+
+
+def test_relative_links_in_the_docs_resolve():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.name}: {target}"
