@@ -214,9 +214,13 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                                  f"{self.prometheus_addr!r} cannot be served: {exc}") from exc
         if self.tensorboard and (trainer.is_global_zero or self.tensorboard_dir):
             writer = None if self.tensorboard_dir else tensorboard_writer(trainer)
-            self.tensorboard_sink = TensorBoardSink(
-                writer, self.tensorboard_dir or f"gradwatch_logs/{run}")
-            sinks.append(self.tensorboard_sink)
+            log_dir = self.tensorboard_dir or f"gradwatch_logs/{run}"
+            try:
+                self.tensorboard_sink = TensorBoardSink(writer, log_dir)
+                sinks.append(self.tensorboard_sink)
+            except OSError as exc:  # monitoring must not stop the training
+                log.warning("gradwatch: TensorBoard export off: cannot write %s (%r)",
+                            log_dir, exc)
         if self.engine is not None:
             sinks += self._alert_sinks(trainer.world_size)
         self.monitor = Monitor(

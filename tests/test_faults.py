@@ -1,0 +1,222 @@
+"""Monitoring never hurts training: every exporter and receiver broken at once, and the
+training itself failing. Real Lightning runs, real sockets and servers."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+
+import pytest
+import torch
+
+from callbacks import TrainingDiagnostics
+
+from .helpers import read_scalars, scrape
+from .lightning_models import lightning, regression_module, trainer
+
+
+class Silent:
+    """Accepts connections and never answers (a stuck server)."""
+
+    def __init__(self):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.held.append(self.socket.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.socket.close()
+        for conn in self.held:
+            conn.close()
+
+
+class Failing(http.server.ThreadingHTTPServer):
+    """Answers every request with HTTP 500, counting them."""
+
+    def __init__(self):
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                outer.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(500)
+                self.end_headers()
+
+            do_PUT = do_DELETE = do_POST
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+def dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def train(callbacks, tmp_path, steps=40, pace=0.02, zero_init=True):
+    """Train a small model (zero-initialised: the init audit alerts at once); returns its
+    weights and the longest step's wall time."""
+    pl = lightning()
+    times = []
+
+    class Pace(pl.Callback):
+        def on_train_batch_start(self, *args):
+            times.append(time.perf_counter())
+
+        def on_train_batch_end(self, *args):
+            times[-1] = time.perf_counter() - times[-1]
+            time.sleep(pace)  # long enough for the exporters' threads to try many times
+
+    torch.manual_seed(0)
+    module = regression_module(optimizer="adam")
+    if zero_init:
+        torch.nn.init.zeros_(module.net[2].weight)
+    trainer(callbacks=[*callbacks, Pace()], root=str(tmp_path), max_steps=steps,
+            logger=False).fit(module)
+    return module.state_dict(), max(times)
+
+
+def test_every_exporter_broken_at_once(tmp_path, caplog):
+    silent, failing = Silent(), Failing()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    try:
+        bare, _ = train([], tmp_path / "bare")
+        diagnostics = TrainingDiagnostics(
+            every_n_steps=5, prometheus_port=0,          # never scraped
+            pushgateway_url=silent.url, push_interval=0.1,  # accepts, never answers
+            alertmanager_url=failing.url,                # HTTP 500 on every request
+            webhook_url=dead_url(),                      # nothing listening
+            tensorboard_dir=str(blocker / "tb"))         # cannot be created
+        with caplog.at_level(logging.WARNING, logger="gradwatch"):
+            watched, longest_step = train([diagnostics], tmp_path / "watched")
+    finally:
+        silent.close()
+        failing.close()
+    # training unaffected: bit-identical weights
+    for name in bare:
+        assert torch.equal(bare[name], watched[name]), name
+    # no network wait on the training thread: a wait would last the 5 s request timeout
+    assert longest_step < 2.5
+    assert len(silent.held) >= 1 and failing.requests >= 2  # they were really tried
+    # each failure reported once, not once per attempt
+    warnings = Counter(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert any("TensorBoard export off" in r.getMessage() for r in caplog.records)
+    repeated = {w: n for w, n in warnings.items() if n > 1}
+    assert repeated == {}, repeated
+    receivers = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(receivers) == 2  # Alertmanager (500) and the webhook (refused), once each
+    assert any("push to the Pushgateway" in r.getMessage() for r in caplog.records)
+
+
+def test_alerts_queued_while_alertmanager_is_down_arrive_when_it_is_back(tmp_path):
+    """The receiver comes up during the run: alerts raised before are delivered."""
+    received = []
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = None
+
+    def start_later():
+        nonlocal server
+        time.sleep(0.6)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+        server.serve_forever()
+
+    threading.Thread(target=start_later, daemon=True).start()
+    diagnostics = TrainingDiagnostics(every_n_steps=5, webhook_url=f"http://127.0.0.1:{port}",
+                                      tensorboard=False)
+    train([diagnostics], tmp_path, steps=60, pace=0.02)  # the init audit alerts at step 0
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if server:
+        server.shutdown()
+    assert any(b"SymmetricInitialization" in body for body in received)
+
+
+def test_a_failing_training_step_propagates_unchanged_and_everything_shuts_down(tmp_path):
+    pl = lightning()
+    failure = RuntimeError("boom at step 6")
+    seen = {}
+
+    class Explode(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 6:
+                seen["url"] = diagnostics.prometheus_url
+                seen["threads"] = {t.name for t in threading.enumerate()}
+                raise failure
+
+    diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0,
+                                      tensorboard_dir=str(tmp_path / "tb"))
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(RuntimeError) as raised:
+        trainer(callbacks=[diagnostics, Explode()], root=str(tmp_path), max_steps=20,
+                logger=False).fit(regression_module())
+    assert raised.value is failure  # the original exception, unchanged
+    assert "gradwatch-export" in seen["threads"]
+    # TensorBoard flushed: every step up to the failure is on disk
+    assert [s for s, _ in read_scalars(str(tmp_path / "tb"))["gradwatch/loss"]] == list(range(6))
+    # the HTTP server and gradwatch's threads are gone
+    with pytest.raises(OSError):
+        scrape(seen["url"])
+    time.sleep(0.2)
+    left = {t.name for t in threading.enumerate()} - before
+    assert not [name for name in left if name.startswith("gradwatch")], left
+
+
+def test_stop_on_nonfinite_stops_training_cleanly(tmp_path):
+    pl = lightning()
+
+    class Poison(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 3:
+                batch[0][0, 0] = float("nan")
+
+    diagnostics = TrainingDiagnostics(every_n_steps=1, stop_on=("NonFiniteValues",),
+                                      tensorboard=False)
+    run = trainer(callbacks=[diagnostics, Poison()], root=str(tmp_path), max_steps=50,
+                  logger=False)
+    run.fit(regression_module())
+    assert run.global_step == 4  # stopped right after the poisoned step
+    (alert,) = [a for a in diagnostics.engine.history if a.name == "NonFiniteValues"]
+    assert alert.step == 3 and alert.origin_exact
+
+
+def test_bad_stop_on_names_fail_at_construction():
+    with pytest.raises(ValueError, match="stop_on"):
+        TrainingDiagnostics(stop_on=("NaNs",))
