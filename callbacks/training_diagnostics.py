@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prometheus_client.exposition import basic_auth_handler
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from monitor.alerts import Alert, AlertEngine
 from monitor.delivery import AlertmanagerSink, CallableAlertSink, LoggingAlertSink, WebhookSink
+from monitor.endpoint import EndpointSecurity
 from monitor.export import Sink
 from monitor.forensics import ForensicsSink
 from monitor.monitor import Monitor, check_int
@@ -79,6 +81,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
             processes, port + local rank). None: no endpoint.
         prometheus_addr: the address to bind; loopback unless you open it on purpose.
+        prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
+        prometheus_tls_client_ca: also require client certificates signed by this CA.
+        prometheus_basic_auth: (username, password) required to read /metrics.
         tensorboard: write TensorBoard scalars.
         tensorboard_dir: where to write them when the Trainer has no TensorBoardLogger
             (default ``gradwatch_logs/<run_name>``).
@@ -86,6 +91,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             short to be scraped.
         push_interval: seconds between pushes.
         pushgateway_keep: keep the Pushgateway group after a clean end (default: delete it).
+        pushgateway_basic_auth: (username, password) for the Pushgateway.
         max_exported_layers: cap on ``layer`` label values; deeper models are exported as
             this many contiguous depth groups.
         update_ratio: measure update ratios (a transient copy of the updated parameters
@@ -93,7 +99,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         thresholds: numbers used to judge saturation and by the detectors.
         alerts: run the detectors (default True).
         alertmanager_url: also send alerts to this Alertmanager (API v2), e.g.
-            ``http://127.0.0.1:9093``; resolved alerts get their ``endsAt``.
+            ``http://127.0.0.1:9093``; resolved alerts get their ``endsAt``. Credentials in
+            the URL (``https://user:password@host``) become basic auth and are never logged.
         webhook_url: also POST every alert event as JSON there.
         on_alert: also call this with every Alert event (on the export thread).
         stop_on: alert names that stop training cleanly (``trainer.should_stop``), e.g.
@@ -118,11 +125,16 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         every_n_steps: int = 50,
         prometheus_port: int | None = None,
         prometheus_addr: str = "127.0.0.1",
+        prometheus_tls_cert: str | None = None,
+        prometheus_tls_key: str | None = None,
+        prometheus_tls_client_ca: str | None = None,
+        prometheus_basic_auth: tuple[str, str] | None = None,
         tensorboard: bool = True,
         tensorboard_dir: str | None = None,
         pushgateway_url: str | None = None,
         push_interval: float = 10.0,
         pushgateway_keep: bool = False,
+        pushgateway_basic_auth: tuple[str, str] | None = None,
         max_exported_layers: int = 512,
         update_ratio: bool = True,
         thresholds: Thresholds | None = None,
@@ -158,6 +170,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.every_n_steps = every_n_steps
         self.prometheus_port = prometheus_port
         self.prometheus_addr = prometheus_addr
+        self.endpoint_security = EndpointSecurity(
+            prometheus_tls_cert, prometheus_tls_key, prometheus_tls_client_ca,
+            tuple(prometheus_basic_auth) if prometheus_basic_auth else None)
+        self.pushgateway_handler = _basic_auth_handler(pushgateway_basic_auth)
         self.tensorboard = tensorboard
         self.tensorboard_dir = tensorboard_dir
         self.pushgateway_url = pushgateway_url
@@ -190,7 +206,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         """The served ``/metrics`` URL, once set up."""
         if self.bound_port is None:
             return None
-        return f"http://{self.prometheus_addr}:{self.bound_port}/metrics"
+        scheme = "https" if self.endpoint_security.certfile else "http"
+        return f"{scheme}://{self.prometheus_addr}:{self.bound_port}/metrics"
 
     # ------------------------------------------------------------------ set-up / tear-down
 
@@ -208,7 +225,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         if self.prometheus_port is not None:
             port = self.prometheus_port + (trainer.local_rank if self.prometheus_port else 0)
             try:
-                self.bound_port = self.prometheus.serve(port, self.prometheus_addr)
+                self.bound_port = self.prometheus.serve(port, self.prometheus_addr,
+                                                        self.endpoint_security)
             except OSError as exc:
                 raise ValueError(f"prometheus_port {port} on prometheus_addr "
                                  f"{self.prometheus_addr!r} cannot be served: {exc}") from exc
@@ -241,7 +259,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             key = {"run": run} | ({"rank": str(trainer.global_rank)} if multi else {})
             self.pusher = PushgatewayPusher(self.pushgateway_url, self.prometheus.registry, key,
                                             interval=self.push_interval,
-                                            keep=self.pushgateway_keep)
+                                            keep=self.pushgateway_keep,
+                                            handler=self.pushgateway_handler)
 
     def _alert_sinks(self, world_size: int) -> list[Sink]:
         sinks: list[Sink] = [LoggingAlertSink()]
@@ -320,6 +339,22 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             self.monitor.end_step()
             if self.engine is not None and self.engine.should_stop:
                 trainer.should_stop = True
+
+
+def _basic_auth_handler(credentials: tuple[str, str] | None):
+    """A prometheus_client push handler adding basic auth, or None."""
+    if credentials is None:
+        return None
+    if not isinstance(credentials, (tuple, list)) or len(credentials) != 2 or not all(
+            isinstance(x, str) and x for x in credentials):
+        raise ValueError("pushgateway_basic_auth must be a (username, password) pair of "
+                         "non-empty strings")
+    username, password = credentials
+
+    def handler(url, method, timeout, headers, data):
+        return basic_auth_handler(url, method, timeout, headers, data, username, password)
+
+    return handler
 
 
 def _default_run_name(trainer) -> str:

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,6 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .endpoint import EndpointSecurity, serve
 from .metrics import spec
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
@@ -88,12 +89,14 @@ class PrometheusSink:
 
     # ------------------------------------------------------------------ serving
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Serve /metrics on ``addr:port`` (0: any free port) from a daemon thread.
+    def serve(self, port: int, addr: str = "127.0.0.1",
+              security: EndpointSecurity | None = None) -> int:
+        """Serve /metrics on ``addr:port`` (0: any free port) from a daemon thread, with
+        optional TLS and basic auth. Returns the bound port.
 
-        Returns the bound port. Raises OSError when the port cannot be bound.
+        Raises OSError when the port cannot be bound (or a certificate cannot be read).
         """
-        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = serve(self.registry, port, addr, security)
         return self._server.server_address[1]
 
     def close(self) -> None:

@@ -23,11 +23,12 @@ def test_readme_starts_with_the_two_set_up_commands():
 
 def test_readme_documents_every_argument_of_the_callback():
     readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `(\w+)` \|", readme, flags=re.M))
+    documented = {name for row in re.findall(r"^\| (`\w+`(?:, `\w+`)*) \|", readme, flags=re.M)
+                  for name in re.findall(r"`(\w+)`", row)}
     arguments = set(inspect.signature(TrainingDiagnostics.__init__).parameters) - {"self"}
     assert arguments <= documented, arguments - documented
     docstring = TrainingDiagnostics.__doc__
-    assert all(f"{name}:" in docstring for name in arguments)
+    assert all(re.search(rf"^\s+(\w+, )*{name}[:,]", docstring, re.M) for name in arguments)
 
 
 def test_runbook_has_a_section_per_alert():

@@ -1,0 +1,93 @@
+"""The /metrics HTTP endpoint: loopback by default, optional TLS (and client certificates)
+and HTTP basic auth, served from a daemon thread."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import ssl
+import threading
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+
+@dataclass(frozen=True)
+class EndpointSecurity:
+    """How /metrics is protected. Secrets are never logged or shown in ``repr``.
+
+    Args:
+        certfile, keyfile: serve HTTPS with this certificate and key (PEM).
+        client_cafile: also require client certificates signed by this CA (mutual TLS).
+        basic_auth: (username, password) required on every request.
+    """
+
+    certfile: str | None = None
+    keyfile: str | None = None
+    client_cafile: str | None = None
+    basic_auth: tuple[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("prometheus_tls_cert and prometheus_tls_key go together")
+        if self.client_cafile and not self.certfile:
+            raise ValueError("prometheus_tls_client_ca needs prometheus_tls_cert and _key")
+        auth = self.basic_auth
+        if auth is not None and (not isinstance(auth, (tuple, list)) or len(auth) != 2
+                                 or not all(isinstance(x, str) and x for x in auth)):
+            raise ValueError("prometheus_basic_auth must be a (username, password) pair of "
+                             "non-empty strings")
+
+    def __repr__(self) -> str:
+        return (f"EndpointSecurity(tls={self.certfile is not None}, "
+                f"client_certificates={self.client_cafile is not None}, "
+                f"basic_auth={self.basic_auth is not None})")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.certfile:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.certfile, self.keyfile)
+        if self.client_cafile:
+            context.load_verify_locations(self.client_cafile)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args) -> None:  # scrapes are not worth a log line
+        pass
+
+
+def _with_basic_auth(app, username: str, password: str):
+    expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+    def guarded(environ, start_response):
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="gradwatch"'),
+                                                ("Content-Type", "text/plain")])
+            return [b"authentication required\n"]
+        return app(environ, start_response)
+
+    return guarded
+
+
+def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1",
+          security: EndpointSecurity | None = None) -> ThreadingWSGIServer:
+    """Start serving ``registry`` on ``addr:port`` (0: any free port) in a daemon thread.
+
+    Raises OSError when the port cannot be bound, ssl.SSLError for unusable certificates.
+    """
+    security = security or EndpointSecurity()
+    app = make_wsgi_app(registry)
+    if security.basic_auth:
+        app = _with_basic_auth(app, *security.basic_auth)
+    server = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    context = security.ssl_context()
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="gradwatch-metrics", daemon=True).start()
+    return server
