@@ -16,11 +16,13 @@ from monitor.delivery import AlertmanagerSink, CallableAlertSink, LoggingAlertSi
 from monitor.endpoint import EndpointSecurity
 from monitor.export import Sink
 from monitor.forensics import ForensicsSink
-from monitor.monitor import Monitor, check_int
+from monitor.monitor import Monitor
 from monitor.prometheus import PrometheusSink
 from monitor.pushgateway import PushgatewayPusher
 from monitor.tensorboard import TensorBoardSink
 from monitor.thresholds import Thresholds
+from monitor.validation import (check_bool, check_file, check_int, check_positive, check_text,
+                                check_url)
 
 from ._lightning import CALLBACK_BASES, tensorboard_writer
 
@@ -146,24 +148,27 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         forensics_dir: str | None = None,
     ) -> None:
         super().__init__()
+        check_text("run_name", run_name)
         check_int("every_n_steps", every_n_steps, low=1)
-        check_int("max_exported_layers", max_exported_layers, low=1)
         if prometheus_port is not None:
             check_int("prometheus_port", prometheus_port, low=0, high=65535)
-        if not isinstance(prometheus_addr, str) or not prometheus_addr:
-            raise ValueError(f"prometheus_addr must be a host address string, got "
-                             f"{prometheus_addr!r}")
-        if run_name is not None and (not isinstance(run_name, str) or not run_name):
-            raise ValueError(f"run_name must be a non-empty string or None, got {run_name!r}")
-        for option, url in (("pushgateway_url", pushgateway_url),
-                            ("alertmanager_url", alertmanager_url), ("webhook_url", webhook_url)):
-            if url is not None and not str(url).startswith(("http://", "https://")):
-                raise ValueError(f"{option} must start with http:// or https://, got {url!r}")
+        check_text("prometheus_addr", prometheus_addr, optional=False)
+        for name, path in (("prometheus_tls_cert", prometheus_tls_cert),
+                           ("prometheus_tls_key", prometheus_tls_key),
+                           ("prometheus_tls_client_ca", prometheus_tls_client_ca)):
+            check_file(name, path)
+        for name, flag in (("tensorboard", tensorboard), ("pushgateway_keep", pushgateway_keep),
+                           ("update_ratio", update_ratio), ("alerts", alerts)):
+            check_bool(name, flag)
+        check_text("tensorboard_dir", tensorboard_dir)
+        check_text("forensics_dir", forensics_dir)
+        for name, url in (("pushgateway_url", pushgateway_url),
+                          ("alertmanager_url", alertmanager_url), ("webhook_url", webhook_url)):
+            check_url(name, url)
+        check_positive("push_interval", push_interval)
+        check_int("max_exported_layers", max_exported_layers, low=1)
         if on_alert is not None and not callable(on_alert):
             raise ValueError(f"on_alert must be callable, got {on_alert!r}")
-        if isinstance(push_interval, bool) or not isinstance(push_interval, (int, float)) \
-                or not push_interval > 0:
-            raise ValueError(f"push_interval must be a number > 0, got {push_interval!r}")
         if thresholds is not None and not isinstance(thresholds, Thresholds):
             raise ValueError(f"thresholds must be a monitor.Thresholds, got {thresholds!r}")
         self.run_name = run_name

@@ -36,6 +36,7 @@ from .export import ExportWorker, Sink
 from .layers import ACTIVATION_MODULES, SATURATION_NONE, LayerIndex, saturation_kind
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
+from .validation import check_int, check_text
 
 log = logging.getLogger("gradwatch")
 
@@ -175,8 +176,7 @@ class Monitor:
         check_int("max_queue", max_queue, low=1)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(run_name, str) or not run_name:
-            raise ValueError(f"run_name must be a non-empty string, got {run_name!r}")
+        check_text("run_name", run_name, optional=False)
         self.model = model
         self.run_name = run_name
         self.every_n_steps = every_n_steps
@@ -734,12 +734,3 @@ def _host_float(value: object) -> float:
 def _host(tensor: torch.Tensor) -> np.ndarray:
     """Copy a device tensor to host memory (a sync on an accelerator) as float64 numpy."""
     return tensor.detach().to("cpu", copy=True).numpy().astype(np.float64)
-
-
-def check_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is an int in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bound}, got {value}")

@@ -11,6 +11,7 @@ import threading
 from prometheus_client import CollectorRegistry, delete_from_gateway, push_to_gateway
 
 from .export import WarnOnce
+from .validation import check_positive, check_url
 
 
 class PushgatewayPusher:
@@ -31,10 +32,8 @@ class PushgatewayPusher:
     def __init__(self, url: str, registry: CollectorRegistry, grouping_key: dict[str, str],
                  job: str = "gradwatch", interval: float = 10.0, keep: bool = False,
                  timeout: float = 5.0, handler=None) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"pushgateway_url must start with http:// or https://, got {url!r}")
-        if not interval > 0:
-            raise ValueError(f"push_interval must be > 0, got {interval!r}")
+        check_url("pushgateway_url", url)
+        check_positive("push_interval", interval)
         self.url, self.registry, self.grouping_key = url, registry, dict(grouping_key)
         self.job, self.interval, self.keep, self.timeout = job, interval, keep, timeout
         self._handler_kwargs = {"handler": handler} if handler is not None else {}
