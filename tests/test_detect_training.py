@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from .detect_fixtures import Recorder, mlp, one_torch_thread, train  # noqa: F401
+from .detect_fixtures import Recorder, mlp, train
 from monitor.alerts import AlertEngine
 from monitor.monitor import Monitor
 
