@@ -220,3 +220,27 @@ def test_stop_on_nonfinite_stops_training_cleanly(tmp_path):
 def test_bad_stop_on_names_fail_at_construction():
     with pytest.raises(ValueError, match="stop_on"):
         TrainingDiagnostics(stop_on=("NaNs",))
+
+
+def test_keyboard_interrupt_ends_as_without_gradwatch_and_shuts_down(tmp_path):
+    """Lightning turns Ctrl-C into a graceful shutdown and SystemExit(1); with gradwatch the
+    user sees exactly the same, and gradwatch's endpoint and threads are gone."""
+    pl = lightning()
+
+    class CtrlC(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.global_step == 3:
+                raise KeyboardInterrupt
+
+    def outcome(callbacks):
+        with pytest.raises(BaseException) as raised:
+            trainer(callbacks=[*callbacks, CtrlC()], root=str(tmp_path), max_steps=10,
+                    logger=False).fit(regression_module())
+        return type(raised.value), raised.value.args
+
+    diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0,
+                                      tensorboard_dir=str(tmp_path / "tb"))
+    assert outcome([diagnostics]) == outcome([]) == (SystemExit, (1,))
+    assert diagnostics.monitor is None  # shut down
+    assert not [t for t in threading.enumerate() if t.name.startswith("gradwatch")]
+    assert [s for s, _ in read_scalars(str(tmp_path / "tb"))["gradwatch/loss"]] == [0, 1, 2]
