@@ -316,7 +316,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     def _shutdown(self, clean: bool) -> None:
         if self.monitor is None:
             return
-        self.monitor.close()
+        self.monitor.close(finish_step=clean)
         self._final_snapshot = self.monitor.last_snapshot
         if self.pusher is not None:
             self.pusher.close(clean=clean)

@@ -330,11 +330,14 @@ class Monitor:
         if self._current is not None:
             self._end_step()
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Finish the step in progress, deliver what is queued (bounded wait), stop threads."""
+    def close(self, timeout: float = 10.0, finish_step: bool = True) -> None:
+        """Finish the step in progress (or, after a failure, drop it: it never ran to its
+        end), deliver what is queued (bounded wait), stop threads."""
         if self._closed:
             return
-        self.end_step()
+        if finish_step:
+            self.end_step()
+        self._current = None
         self._drain_rows()
         self._closed = True
         for handle in self._handles + self._step_handles:
