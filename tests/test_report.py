@@ -8,15 +8,16 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 import pytest
 
 from callbacks import TrainingDiagnostics
-from monitor.demo import SCENARIOS, build_mlp
+from monitor.demo import he, mlp
 from monitor.prometheus import LAYER_GAUGES
 from monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
                             find_runs, load_run, render_report, spike_level, thin, write_report,
@@ -36,57 +37,33 @@ CELL = re.compile(r'<rect class="cell" data-layer="([^"]*)" data-step="(\d+)" '
                   r'data-value="([^"]*)"[^>]*fill="([^"]*)"')
 
 
-@dataclass(frozen=True)
-class AlertEvent:
-    """The fields of an alert event as the detection module writes them."""
-
-    name: str
-    severity: str
-    status: str
-    step: int
-    regime: str
-    layers: tuple[str, ...] = ()
-    value: float = 0.0
-    threshold: float = 0.0
-    summary: str = ""
-    description: str = ""
-    remedy: str = ""
-    run: str = "test"
-    rank: int = 0
-    origin_exact: bool = False
-    starts_at: float = field(default=0.0)
-    ends_at: float | None = None
+NETS = {  # the demo's vanishing and healthy models, sized for the 8-feature test data
+    "vanishing": (lambda: mlp([8] + [16] * 8 + [1], nn.Sigmoid), 0.1, "sgd"),
+    "healthy": (lambda: mlp([8, 16, 16, 16, 1], nn.ReLU, he), 1e-3, "adam"),
+}
 
 
-VANISHING_FIRING = AlertEvent(
-    "VanishingGradients", "warning", "firing", 6, "vanishing", ("net.0", "net.2"), 2e-9, 1e-3,
-    summary="Input-side gradients are 1e-9 of the output side's",
-    description="The gradient norm collapses with depth.",
-    remedy="Use ReLU/GELU instead of sigmoid, He initialisation, or residual connections.")
+#: the alert events each run's detectors published, by run directory
+PUBLISHED: dict[Path, list] = {}
 
 
 def train(root: Path, scenario_name: str) -> Path:
     """One real training run with TrainingDiagnostics; returns its TensorBoard run dir."""
-    scenario = next(s for s in SCENARIOS if s.name == scenario_name)
-    module = regression_module(net=build_mlp(scenario, features=8, width=16), lr=scenario.lr,
-                               optimizer="adam" if scenario.init == "he" else "sgd")
-    run = trainer(callbacks=[TrainingDiagnostics(every_n_steps=EVERY_N_STEPS)], root=root,
-                  max_steps=MAX_STEPS)
+    build, lr, optimizer = NETS[scenario_name]
+    module = regression_module(net=build(), lr=lr, optimizer=optimizer)
+    events: list = []
+    run = trainer(callbacks=[TrainingDiagnostics(every_n_steps=EVERY_N_STEPS,
+                                                 on_alert=events.append)],
+                  root=root, max_steps=MAX_STEPS)
     run.fit(module)
+    PUBLISHED[Path(run.logger.log_dir)] = events
     return Path(run.logger.log_dir)
 
 
 @pytest.fixture(scope="module")
 def vanishing_run(tmp_path_factory) -> Path:
-    """A deep sigmoid MLP (vanishing gradients), with alert events written afterwards the
-    way the detection module will write them."""
-    run_dir = train(tmp_path_factory.mktemp("vanishing"), "vanishing")
-    sink = TensorBoardSink(log_dir=str(run_dir))
-    sink.on_alert(VANISHING_FIRING)
-    sink.on_alert(AlertEvent("VanishingGradients", "warning", "resolved", 20, "healthy",
-                             ("net.0", "net.2"), summary="Gradients recovered"))
-    sink.close()
-    return run_dir
+    """A deep sigmoid MLP: its gradients vanish, and the detectors say so."""
+    return train(tmp_path_factory.mktemp("vanishing"), "vanishing")
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +86,7 @@ def cells(html: str) -> list[tuple[str, int, float, str]]:
 def test_load_run_equals_the_tensorboard_scalars(vanishing_run):
     record = load_run(vanishing_run)
     scalars = read_scalars(str(vanishing_run))
-    assert record.layers == tuple(f"net.{i}" for i in range(0, 26, 2))   # depth order
+    assert record.layers == tuple(f"net.{i}" for i in range(0, 18, 2))   # depth order
     assert record.sampled_steps.tolist() == list(range(0, MAX_STEPS, EVERY_N_STEPS))
     for statistic in LAYER_GAUGES:
         matrix = record.statistics[statistic]
@@ -132,9 +109,12 @@ def test_load_run_equals_the_tensorboard_scalars(vanishing_run):
 
 def test_alerts_and_verdict(vanishing_run, healthy_run):
     record = load_run(vanishing_run)
+    published = PUBLISHED[vanishing_run]
     assert [(a["name"], a["status"], a["step"]) for a in record.alerts] == [
-        ("VanishingGradients", "firing", 6), ("VanishingGradients", "resolved", 20)]
-    assert record.alerts[0]["remedy"] == VANISHING_FIRING.remedy
+        (a.name, a.status, a.step) for a in published]
+    (vanishing,) = [a for a in record.alerts if a["name"] == "GradientVanishing"]
+    assert vanishing["status"] == "firing" and vanishing["regime"] == "vanishing"
+    assert vanishing["remedy"] == next(a.remedy for a in published if a.name == "GradientVanishing")
     assert record.verdict == "vanishing"
     healthy = load_run(healthy_run)
     assert healthy.alerts == () and healthy.verdict == "healthy"
@@ -152,10 +132,12 @@ def test_heatmap_has_one_cell_per_layer_and_sampled_step(vanishing_run, vanishin
         assert value == record.statistics["grad_norm"][row[layer], column[step]]
 
 
-def test_report_shows_alerts_remedies_and_verdict(vanishing_html, healthy_run):
+def test_report_shows_alerts_remedies_and_verdict(vanishing_run, vanishing_html, healthy_run):
     assert 'data-regime="vanishing">vanishing<' in vanishing_html
-    assert vanishing_html.count('class="alert-row') == 2
-    assert unescape(vanishing_html).count(VANISHING_FIRING.remedy) == 1
+    published = PUBLISHED[vanishing_run]
+    assert vanishing_html.count('class="alert-row') == len(published)
+    remedy = next(a.remedy for a in published if a.name == "GradientVanishing")
+    assert unescape(vanishing_html).count(remedy) == 1
     assert 'class="marker"' in vanishing_html   # the firing alert on the per-step charts
     healthy_html = write_report(healthy_run).read_text(encoding="utf-8")
     assert 'id="no-alerts"' in healthy_html and 'data-regime="healthy">healthy<' in healthy_html
