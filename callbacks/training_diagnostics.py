@@ -177,7 +177,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.prometheus_addr = prometheus_addr
         self.endpoint_security = EndpointSecurity(
             prometheus_tls_cert, prometheus_tls_key, prometheus_tls_client_ca,
-            tuple(prometheus_basic_auth) if prometheus_basic_auth else None)
+            prometheus_basic_auth)
         self.pushgateway_handler = _basic_auth_handler(pushgateway_basic_auth)
         self.tensorboard = tensorboard
         self.tensorboard_dir = tensorboard_dir

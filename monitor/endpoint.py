@@ -39,6 +39,8 @@ class EndpointSecurity:
                                  or not all(isinstance(x, str) and x for x in auth)):
             raise ValueError("prometheus_basic_auth must be a (username, password) pair of "
                              "non-empty strings")
+        if auth is not None:
+            object.__setattr__(self, "basic_auth", tuple(auth))
 
     def __repr__(self) -> str:
         return (f"EndpointSecurity(tls={self.certfile is not None}, "
