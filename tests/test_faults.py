@@ -77,15 +77,18 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def train(callbacks, tmp_path, steps=40, pace=0.02, zero_init=True):
-    """Train a small model (zero-initialised: the init audit alerts at once); returns its
-    weights and the longest step's wall time."""
+def train(callbacks, tmp_path, steps=40, pace=0.02, zero_init=True, spike_at=None):
+    """Train a small model (zero-initialised: the init audit alerts at once; a batch scaled
+    up at ``spike_at``: explosion alerts then); returns its weights and the longest step's
+    wall time."""
     pl = lightning()
     times = []
 
     class Pace(pl.Callback):
-        def on_train_batch_start(self, *args):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
             times.append(time.perf_counter())
+            if trainer.global_step == spike_at:
+                batch[1].mul_(1e4)  # wild targets: a loss and gradient spike
 
         def on_train_batch_end(self, *args):
             times[-1] = time.perf_counter() - times[-1]
@@ -100,37 +103,73 @@ def train(callbacks, tmp_path, steps=40, pace=0.02, zero_init=True):
     return module.state_dict(), max(times)
 
 
-def test_every_exporter_broken_at_once(tmp_path, caplog):
-    silent, failing = Silent(), Failing()
+class Dying(Failing):
+    """Answers 200 until ``kill()``, then is gone (a receiver that dies mid-run)."""
+
+    def __init__(self):
+        super().__init__()
+        self.RequestHandlerClass.do_POST = _ok
+
+    def kill(self):
+        self.close()
+
+
+def _ok(handler):
+    handler.server.requests += 1
+    handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+    handler.send_response(200)
+    handler.end_headers()
+
+
+@pytest.mark.parametrize("setup", ["stuck-push/500-alertmanager/refused-webhook/no-tensorboard",
+                                   "500-push/stuck-alertmanager/webhook-dies-mid-run"])
+def test_every_exporter_broken_at_once(setup, tmp_path, caplog):
+    silent, failing, dying = Silent(), Failing(), Dying()
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
+    first = setup.startswith("stuck-push")
+    options = dict(every_n_steps=5, prometheus_port=0, push_interval=0.1)  # never scraped
+    if first:
+        options.update(pushgateway_url=silent.url, alertmanager_url=failing.url,
+                       webhook_url=dead_url(), tensorboard_dir=str(blocker / "tb"))
+    else:
+        options.update(pushgateway_url=failing.url, alertmanager_url=silent.url,
+                       webhook_url=dying.url, tensorboard=False)
+    pl = lightning()
+
+    class KillWebhook(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 10:
+                dying.kill()
+
     try:
-        bare, _ = train([], tmp_path / "bare")
-        diagnostics = TrainingDiagnostics(
-            every_n_steps=5, prometheus_port=0,          # never scraped
-            pushgateway_url=silent.url, push_interval=0.1,  # accepts, never answers
-            alertmanager_url=failing.url,                # HTTP 500 on every request
-            webhook_url=dead_url(),                      # nothing listening
-            tensorboard_dir=str(blocker / "tb"))         # cannot be created
+        bare, _ = train([], tmp_path / "bare", spike_at=20)
+        diagnostics = TrainingDiagnostics(**options)
         with caplog.at_level(logging.WARNING, logger="gradwatch"):
-            watched, longest_step = train([diagnostics], tmp_path / "watched")
+            watched, longest_step = train([diagnostics, KillWebhook()], tmp_path / "watched",
+                                          spike_at=20)
     finally:
-        silent.close()
-        failing.close()
+        for server in (silent, failing, dying):
+            server.close()
     # training unaffected: bit-identical weights
     for name in bare:
         assert torch.equal(bare[name], watched[name]), name
     # no network wait on the training thread: a wait would last the 5 s request timeout
     assert longest_step < 2.5
     assert len(silent.held) >= 1 and failing.requests >= 2  # they were really tried
+    alerts = {a.name for a in diagnostics.engine.history}
+    assert {"SymmetricInitialization", "GradientExplosion"} <= alerts  # there was traffic
     # each failure reported once, not once per attempt
-    warnings = Counter(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert any("TensorBoard export off" in r.getMessage() for r in caplog.records)
-    repeated = {w: n for w, n in warnings.items() if n > 1}
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    repeated = {m: n for m, n in Counter(messages).items() if n > 1}
     assert repeated == {}, repeated
-    receivers = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
-    assert len(receivers) == 2  # Alertmanager (500) and the webhook (refused), once each
-    assert any("push to the Pushgateway" in r.getMessage() for r in caplog.records)
+    unreachable = [m for m in messages if "unreachable" in m]
+    assert len(unreachable) == 2, unreachable  # Alertmanager and the webhook, once each
+    assert any("Pushgateway" in m for m in messages)
+    if first:
+        assert any("TensorBoard export off" in m for m in messages)
+    else:
+        assert dying.requests >= 1  # it worked before it died
 
 
 def test_alerts_queued_while_alertmanager_is_down_arrive_when_it_is_back(tmp_path):
