@@ -1,0 +1,142 @@
+"""The markdown report of the overhead benchmark: header, per-model tables, budget, scale."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .scale import ScaleFigures
+
+#: Targets of issue 6, by configuration: the median ratio to the bare step time.
+RATIO_TARGETS = {"gradwatch-defaults": 1.02, "gradwatch-every-step": 1.15}
+RENDER_TARGET_SECONDS = 0.100
+
+
+@dataclass
+class Row:
+    """One configuration on one model."""
+
+    model: str
+    config: str
+    step_ms: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    monitor_share: float | None
+    syncs_sampled: float | None  # added to the bare run, per gradwatch-sampled step
+    syncs_other: float | None  # added to the bare run, per other step
+    ops_added: float
+    short_window: bool
+
+
+def markdown(env: dict[str, str], plan, configs, skipped: list[str], rows: list[Row],
+             figures: ScaleFigures, seconds: float) -> str:
+    lines = [
+        "# gradwatch overhead benchmark",
+        "",
+        f"- machine: {env['machine']}",
+        f"- versions: {env['versions']}",
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}; the whole run took {seconds / 60:.1f} min",
+        f"- device: {plan.device}; {plan.rounds} interleaved rounds (random order per round); "
+        f"per run a fresh model with the same seed; timed: {plan.steps} steady-state steps "
+        f"after {plan.warmup} warm-up steps ({plan.short_steps} after {plan.short_warmup} "
+        f"for the configurations marked *, whose cost dwarfs the noise)",
+        "",
+        "Configurations:",
+        "",
+        *[f"- `{c.name}`{' *' if c.short_window else ''}: {c.description}" for c in configs],
+        *[f"- `{name}`: skipped (not installed)" for name in skipped],
+        "",
+        "Columns: **ratio** = step time / bare step time of the same round, median "
+        "[min-max] over rounds; **self time** = gradwatch's own time on the training "
+        "thread (`monitor.overhead_seconds`) / step time, median over rounds (far less "
+        "noisy than the ratio); **syncs** = host syncs (scalar reads `aten::_local_scalar_dense`"
+        " + copies to the host) added to the bare run, per gradwatch-sampled step / per other "
+        "step (for non-gradwatch configurations every step is an \"other\" step); "
+        "**ops** = aten ops (torch.profiler) added to the bare run, per step.",
+        "",
+    ]
+    for model in plan.models:
+        lines += [f"## {model.name}: {model.description}", "",
+                  "| config | ms/step | ratio | self time | syncs sampled / other | ops |",
+                  "| --- | ---: | --- | ---: | ---: | ---: |"]
+        for row in rows:
+            if row.model == model.name:
+                lines.append(
+                    f"| {row.config}{' *' if row.short_window else ''} | {row.step_ms:.1f} | "
+                    f"x{row.ratio:.3f} [{row.ratio_low:.3f}-{row.ratio_high:.3f}] | "
+                    f"{_percent(row.monitor_share)} | {_count(row.syncs_sampled)} / "
+                    f"{_count(row.syncs_other)} | {row.ops_added:+.0f} |")
+        lines.append("")
+    lines += budget(rows, figures) + scale_section(figures)
+    return "\n".join(lines) + "\n"
+
+
+def budget(rows: list[Row], figures: ScaleFigures) -> list[str]:
+    """Each target of issue 6 next to what was measured."""
+    lines = ["## Budget", "", "| target | model | measured | met |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        target = RATIO_TARGETS.get(row.config)
+        if target is not None:
+            lines.append(f"| {row.config} <= x{target} | {row.model} | x{row.ratio:.3f} "
+                         f"(self time {_percent(row.monitor_share)}) | "
+                         f"{_met(row.ratio <= target)} |")
+        if row.config.startswith("gradwatch"):
+            ok = (row.syncs_sampled is None or row.syncs_sampled <= 1) and \
+                (row.syncs_other or 0) == 0
+            lines.append(f"| {row.config}: <= 1 sync per sampled step, 0 otherwise | "
+                         f"{row.model} | {_count(row.syncs_sampled)} / "
+                         f"{_count(row.syncs_other)} | {_met(ok)} |")
+    render = figures.render_seconds[figures.layers]
+    lines.append(f"| /metrics for {figures.layers} layers < 100 ms | synthetic | "
+                 f"{render * 1e3:.1f} ms | {_met(render < RENDER_TARGET_SECONDS)} |")
+    growth = memory_growth(figures)
+    lines += [f"| monitor memory flat over {figures.memory_steps} steps | small MLP | "
+              f"{growth:+.0f} bytes from the 2nd to the last sample | "
+              f"{_met(abs(growth) < 4096)} |", ""]
+    return lines
+
+
+def memory_growth(figures: ScaleFigures) -> float:
+    """Monitor-held bytes at the last sample minus at the 2nd (the 1st still warms up)."""
+    held = [m[1] for m in figures.memory]
+    return held[-1] - held[min(1, len(held) - 1)]
+
+
+def scale_section(figures: ScaleFigures) -> list[str]:
+    lines = [
+        f"## Scale: {figures.layers} layers (Linear(16)+Tanh each), plain `monitor.Monitor`",
+        "",
+        f"- monitor self time of one sampled step: {figures.sampled_step_seconds * 1e3:.1f} ms "
+        f"(median; other steps {figures.unsampled_step_seconds * 1e3:.2f} ms; the bare "
+        f"training step {figures.bare_step_seconds * 1e3:.1f} ms)",
+    ]
+    for cap, seconds in figures.render_seconds.items():
+        lines.append(f"- `generate_latest(sink.registry)` after a snapshot, max_layers={cap}: "
+                     f"{seconds * 1e3:.1f} ms, {figures.render_bytes[cap] / 1024:.0f} KiB")
+    lines += [
+        "",
+        f"Memory over {figures.memory_steps} steps (small MLP, every_n_steps=50, a "
+        "PrometheusSink; monitor-held = bytes tracemalloc traces to allocations with the "
+        "monitor package on the stack; RSS includes tensors, which tracemalloc does not see):",
+        "",
+        "| step | monitor-held KiB | all traced KiB | RSS MiB |",
+        "| ---: | ---: | ---: | ---: |",
+        *[f"| {step} | {mine / 1024:.1f} | {traced / 1024:.1f} | {rss / 2 ** 20:.1f} |"
+          for step, mine, traced, rss in figures.memory],
+        "",
+    ]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
