@@ -19,6 +19,10 @@ ACTIVATION_FIELDS = (
 _COUNT, _MEAN, _M2, _MIN, _MAX = range(5)
 _SUMMED = slice(5, len(ACTIVATION_FIELDS))
 
+#: Up to this many elements, the per-op overhead (~5-10 us on a CPU), not the per-element
+#: work, is a tensor's cost: the fewest ops win, and parameters are counted together.
+SMALL_NUMEL = 1 << 12
+
 
 def floating_tensors(output: object) -> list[torch.Tensor]:
     """The floating-point tensors inside a module output (tensor, tuple, list, dict, None)."""
@@ -54,22 +58,30 @@ def activation_record(
 def _one_record(y: torch.Tensor, saturation: int, sigmoid_flat: float, tanh_flat: float):
     if y.dtype != torch.float32:
         y = y.float()  # half-precision sums overflow
-    var, mean = torch.var_mean(y, correction=0)
+    y = y.reshape(-1)
+    count = y.new_full((), float(y.numel()))
+    if y.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
+        var, mean = torch.var_mean(y, correction=0)
+        m2 = var * count
+    else:
+        # mean, then the norm of the centred values: two vectorised passes, several times
+        # cheaper on a CPU than var_mean's Welford loop, and as exact (no cancellation)
+        mean = y.sum() / count
+        m2 = torch.linalg.vector_norm(y - mean).square()
     low, high = torch.aminmax(y)
     if saturation == SATURATION_SIGMOID:
         saturated = ((y < sigmoid_flat) | (y > 1.0 - sigmoid_flat)).sum(dtype=torch.float32)
     elif saturation == SATURATION_TANH:
         saturated = (y.abs() > tanh_flat).sum(dtype=torch.float32)
     else:
-        saturated = var.new_zeros(())
-    count = var.new_full((), float(y.numel()))
+        saturated = count.new_zeros(())
     return torch.stack([
         count,
         mean,
-        var * count,
+        m2,
         low,
         high,
-        (y == 0).sum(dtype=torch.float32),
+        count - torch.count_nonzero(y),  # zeros; cheaper than summing a (y == 0) mask
         saturated,
         *_nonfinite(y),
     ])
@@ -117,14 +129,58 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def nonfinite_counts(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """[N, 3] float32 counts of NaN, +Inf and -Inf in each tensor."""
-    rows = [torch.stack(_nonfinite(t.detach())) for t in tensors]
-    return torch.stack(rows) if rows else torch.zeros(0, 3)
+    tensors = [t.detach() for t in tensors]
+    if not tensors:
+        return torch.zeros(0, 3)
+    home = tensors[0].device
+    small, large = [], []
+    for i, t in enumerate(tensors):
+        (small if t.numel() <= SMALL_NUMEL and t.device == home else large).append(i)
+    out = torch.empty(len(tensors), 3, device=home)
+    if small:
+        sizes = [tensors[i].numel() for i in small]
+        flat = torch.cat([tensors[i].reshape(-1) for i in small])
+        # output_size given: otherwise repeat_interleave reads the total back (a host sync)
+        segment = torch.repeat_interleave(torch.arange(len(small), device=home),
+                                          torch.tensor(sizes, device=home),
+                                          output_size=sum(sizes))
+        flags = torch.stack(_nonfinite_flags(flat), dim=1).float()
+        per_tensor = torch.zeros(len(small), 3, device=home).index_add_(0, segment, flags)
+        out[torch.tensor(small, device=home)] = torch.stack(_kinds(*per_tensor.unbind(1)), 1)
+    if large:
+        rows = [torch.stack(_nonfinite(tensors[i])).to(home) for i in large]
+        out[torch.tensor(large, device=home)] = torch.stack(rows)
+    return out
 
 
 def _nonfinite(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(NaN, +Inf, -Inf) counts of ``t`` as float32 scalars."""
     f32 = torch.float32
-    return (torch.isnan(t).sum(dtype=f32), torch.isposinf(t).sum(dtype=f32),
-            torch.isneginf(t).sum(dtype=f32))
+    if t.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
+        return (torch.isnan(t).sum(dtype=f32), torch.isposinf(t).sum(dtype=f32),
+                torch.isneginf(t).sum(dtype=f32))
+    return _kinds(*(flag.sum(dtype=f32) for flag in _nonfinite_flags(t)))
+
+
+def _nonfinite_flags(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """0/1 float tensors flagging the non-finite, +Inf and -Inf values of ``t``.
+
+    Float arithmetic only: on a CPU, isnan/isposinf/isneginf and the sum of their bool
+    masks cost several times a vectorised float op per element. ``x * 0`` is NaN exactly for
+    the non-finite x; ``x - max`` is positive only for +Inf and ``x + max`` negative only
+    for -Inf (max: the largest finite value of the dtype); NaN stays NaN through the clamps
+    and is then zeroed.
+    """
+    big = torch.finfo(t.dtype).max
+    nonfinite = (t * 0).nan_to_num_(nan=1.0)
+    posinf = (t - big).clamp_(0, 1).nan_to_num_(nan=0.0)
+    neginf = (t + big).clamp_(-1, 0).nan_to_num_(nan=0.0).neg_()
+    return nonfinite, posinf, neginf
+
+
+def _kinds(nonfinite: torch.Tensor, posinf: torch.Tensor, neginf: torch.Tensor):
+    """(NaN, +Inf, -Inf) from the counts of all non-finite values, +Inf and -Inf."""
+    return nonfinite - posinf - neginf, posinf, neginf
 
 
 def per_layer_sum(values: torch.Tensor, pair_param: torch.Tensor, pair_layer: torch.Tensor,
