@@ -192,6 +192,8 @@ class Monitor:
         self._step_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._present_index: dict[tuple[int, ...], torch.Tensor] = {}
         self._ring: torch.Tensor | None = None
+        self._ring_rows: tuple[torch.Tensor, ...] = ()
+        self._ring_cells: list[tuple[torch.Tensor, ...]] = []
         self._rows: list[_Row] = []
         self._rows_read = 0
         self._pulses: list[Pulse] = []
@@ -250,7 +252,7 @@ class Monitor:
         ring = self._ensure_ring()
         row = len(self._rows)
         sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
-        ring[row].zero_()
+        self._ring_rows[row].zero_()
         self._current = _Step(step=step, row=row, sampled=sampled)
         if sampled:
             self._prepare_sample()
@@ -261,8 +263,11 @@ class Monitor:
         state = self._current
         if state is None or not isinstance(loss, torch.Tensor):
             return
-        value = self._ring[state.row, _LOSS]
-        loss = loss.detach().reshape(-1)[0].to(value.dtype)
+        value = self._ring_cells[state.row][_LOSS]
+        loss = loss.detach()
+        if loss.dim():
+            loss = loss.reshape(-1)[0]
+        # copy_ and add_ cast the dtype themselves: no extra op on the every-step path
         if state.loss_seen:
             value.add_(loss)
         else:
@@ -281,11 +286,13 @@ class Monitor:
         if not grads:
             return
         grad_norms = probes.norms(grads)
-        squares = grad_norms.square()
-        self._ring[state.row, _GRAD_SQ].add_(squares.sum().to(self._ring.device))
+        # the sum of squares as one dot product: fewest ops on the every-step path
+        self._ring_cells[state.row][_GRAD_SQ].add_(
+            grad_norms.dot(grad_norms).to(self._ring.device))
         state.grads_seen = True
         if not state.sampled:
             return
+        squares = grad_norms.square()
         index = self._index_of(positions)
         state.grad_sq.index_copy_(0, index, squares)
         state.grad_nonfinite.index_copy_(0, index, probes.nonfinite_counts(grads))
@@ -322,11 +329,12 @@ class Monitor:
         state = self._current
         assert state is not None
         ring = self._ring
-        ring[state.row, _GRAD_SQ].sqrt_()
+        cells = self._ring_cells[state.row]
+        cells[_GRAD_SQ].sqrt_()
         scale = getattr(self.grad_scaler, "_scale", None)  # a tensor: reading it needs no sync
         has_scale = isinstance(scale, torch.Tensor)
         if has_scale:
-            ring[state.row, _SCALE].copy_(scale.reshape(-1)[0], non_blocking=True)
+            cells[_SCALE].copy_(scale.reshape(-1)[0], non_blocking=True)
         self._rows.append(_Row(
             step=state.step,
             time=time.time(),
@@ -346,6 +354,9 @@ class Monitor:
             if self._ring is not None:
                 self._drain_rows()
             self._ring = torch.zeros(self.every_n_steps + 1, _RING_COLUMNS, device=device)
+            # views made once: indexing the ring costs an op per access, every step
+            self._ring_rows = self._ring.unbind(0)
+            self._ring_cells = [row.unbind(0) for row in self._ring_rows]
             self._rows, self._rows_read = [], 0
         elif len(self._rows) >= self._ring.shape[0]:  # only after an unusual step pattern
             self._drain_rows()
