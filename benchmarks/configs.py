@@ -81,7 +81,7 @@ CONFIGS: tuple[Config, ...] = (
            "every step", lambda directory: [TrainingDiagnostics(every_n_steps=1)]),
     Config("lightning-grad-norm", "self.log_dict(grad_norm(module, 2)) in "
            "on_before_optimizer_step, logged every step",
-           lambda directory: [LightningGradNorm()]),
+           lambda directory: [LightningGradNorm()], short_window=True),
     Config("tb-grad-histograms", "TensorBoard add_histogram of every gradient, every step",
            lambda directory: [GradientHistograms()], short_window=True),
     Config("anomaly-mode", "Trainer(detect_anomaly=True)",
