@@ -144,9 +144,11 @@ def nonfinite_counts(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
         segment = torch.repeat_interleave(torch.arange(len(small), device=home),
                                           torch.tensor(sizes, device=home),
                                           output_size=sum(sizes))
-        flags = torch.stack(_nonfinite_flags(flat), dim=1).float()
-        per_tensor = torch.zeros(len(small), 3, device=home).index_add_(0, segment, flags)
-        out[torch.tensor(small, device=home)] = torch.stack(_kinds(*per_tensor.unbind(1)), 1)
+        nonfinite, signed_inf = _nonfinite_flags(flat)
+        flags = torch.stack([nonfinite, signed_inf, signed_inf.square()], dim=1)
+        per_tensor = flags.new_zeros(len(small), 3).index_add_(0, segment, flags)
+        out[torch.tensor(small, device=home)] = torch.stack(
+            _kinds(*per_tensor.unbind(1)), 1).to(out.dtype)
     if large:
         rows = [torch.stack(_nonfinite(tensors[i])).to(home) for i in large]
         out[torch.tensor(large, device=home)] = torch.stack(rows)
@@ -159,28 +161,32 @@ def _nonfinite(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     if t.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
         return (torch.isnan(t).sum(dtype=f32), torch.isposinf(t).sum(dtype=f32),
                 torch.isneginf(t).sum(dtype=f32))
-    return _kinds(*(flag.sum(dtype=f32) for flag in _nonfinite_flags(t)))
+    nonfinite, signed_inf = _nonfinite_flags(t)
+    counts = _kinds(nonfinite.sum(), signed_inf.sum(), signed_inf.dot(signed_inf))
+    return tuple(c.to(f32) for c in counts)
 
 
-def _nonfinite_flags(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """0/1 float tensors flagging the non-finite, +Inf and -Inf values of ``t``.
+def _nonfinite_flags(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat flags of ``t``: 1 where non-finite, else 0; and +1 at +Inf, -1 at -Inf, else 0.
 
-    Float arithmetic only: on a CPU, isnan/isposinf/isneginf and the sum of their bool
-    masks cost several times a vectorised float op per element. ``x * 0`` is NaN exactly for
-    the non-finite x; ``x - max`` is positive only for +Inf and ``x + max`` negative only
-    for -Inf (max: the largest finite value of the dtype); NaN stays NaN through the clamps
-    and is then zeroed.
+    Float arithmetic only: on a CPU, isnan/isposinf/isneginf and the sums of their bool
+    masks cost several times a vectorised float op per element. ``x * 0`` is NaN exactly
+    for the non-finite x. Half-precision values are flagged in float32, so that the sums
+    of the flags stay exact (below 2**24 non-finite values).
     """
-    big = torch.finfo(t.dtype).max
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    t = t.reshape(-1)
     nonfinite = (t * 0).nan_to_num_(nan=1.0)
-    posinf = (t - big).clamp_(0, 1).nan_to_num_(nan=0.0)
-    neginf = (t + big).clamp_(-1, 0).nan_to_num_(nan=0.0).neg_()
-    return nonfinite, posinf, neginf
+    signed_inf = t.nan_to_num(nan=0.0, posinf=1.0, neginf=-1.0).mul_(nonfinite)
+    return nonfinite, signed_inf
 
 
-def _kinds(nonfinite: torch.Tensor, posinf: torch.Tensor, neginf: torch.Tensor):
-    """(NaN, +Inf, -Inf) from the counts of all non-finite values, +Inf and -Inf."""
-    return nonfinite - posinf - neginf, posinf, neginf
+def _kinds(nonfinite: torch.Tensor, inf_difference: torch.Tensor, infinite: torch.Tensor):
+    """(NaN, +Inf, -Inf) counts from the counts of the non-finite values, of +Inf minus
+    -Inf, and of the infinite values."""
+    return (nonfinite - infinite, (infinite + inf_difference) / 2,
+            (infinite - inf_difference) / 2)
 
 
 def per_layer_sum(values: torch.Tensor, pair_param: torch.Tensor, pair_layer: torch.Tensor,
