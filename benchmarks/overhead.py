@@ -7,7 +7,8 @@ divided by the bare step time of the same round (rounds drift together on a nois
 their ratio drifts far less). Also per step, from one extra profiled run per configuration:
 host syncs (scalar reads and copies to the host) on gradwatch's sampled and other steps,
 and aten ops added to the bare run; and gradwatch's self-timed share of the step time.
-Then the scale figures (benchmarks/scale.py). Writes a markdown report.
+Then, on a CPU, the floor under "every probe on every step" (benchmarks/floor.py), and the
+scale figures (benchmarks/scale.py). Writes a markdown report.
 
     PYTHONPATH=. python benchmarks/overhead.py                 # CPU, ~15 min -> docs/benchmarks.md
     PYTHONPATH=. python benchmarks/overhead.py --smoke         # seconds, tiny, -> a temp file
@@ -31,7 +32,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import report, scale
+from benchmarks import floor, report, scale
 from benchmarks.configs import BARE, CONFIGS, Config
 from benchmarks.models import ModelSpec, cpu_models, gpu_models
 from benchmarks.runner import Measured, run
@@ -60,7 +61,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         return Plan(cpu_models(smoke=True)[:1], "cpu", args.rounds or 1, warmup=1, steps=3,
                     short_warmup=1, short_steps=2, scale_layers=20, memory_steps=200)
     models = gpu_models() if args.device == "cuda" else cpu_models()
-    return Plan(models, args.device, args.rounds or 7, warmup=5, steps=50, short_warmup=2,
+    return Plan(models, args.device, args.rounds or 7, warmup=3, steps=50, short_warmup=2,
                 short_steps=5, scale_layers=1000, memory_steps=20_000)
 
 
@@ -79,10 +80,12 @@ def timed_rounds(plan: Plan, configs: list[Config], seed: int) -> dict[tuple[str
             order = list(configs)
             shuffle.shuffle(order)
             for config in order:
+                started = time.perf_counter()
                 measured = run(spec, config, device=plan.device, **window(plan, config))
                 results.setdefault((spec.name, config.name), []).append(measured)
                 log(f"round {round_number + 1}/{plan.rounds} {spec.name:12s} "
-                    f"{config.name:22s} {measured.step_seconds * 1e3:9.2f} ms/step")
+                    f"{config.name:22s} {measured.step_seconds * 1e3:9.2f} ms/step "
+                    f"(run {time.perf_counter() - started:.1f} s)")
     return results
 
 
@@ -178,6 +181,8 @@ def main(argv: list[str] | None = None) -> Path:
     timed = timed_rounds(plan, configs, args.seed)
     log("profiling one run per configuration")
     counted = profiled(plan, configs)
+    log("floor: one read of what the statistics cover")
+    floors = [floor.measure(spec) for spec in plan.models] if plan.device == "cpu" else []
     log("scale figures")
     figures = scale.measure(plan.scale_layers, plan.memory_steps, plan.device)
     rows = summarize(plan, configs, timed, counted)
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> Path:
     command = "PYTHONPATH=. python benchmarks/overhead.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     text = report.markdown(environment(command.strip(), plan), plan, configs, skipped, rows,
-                           figures, time.perf_counter() - started)
+                           floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     log(f"wrote {output}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .floor import Floor
 from .scale import ScaleFigures
 
 #: Targets of issue 6, by configuration: the median ratio to the bare step time.
@@ -30,7 +31,7 @@ class Row:
 
 
 def markdown(env: dict[str, str], plan, configs, skipped: list[str], rows: list[Row],
-             figures: ScaleFigures, seconds: float) -> str:
+             floors: list[Floor], figures: ScaleFigures, seconds: float) -> str:
     lines = [
         "# gradwatch overhead benchmark",
         "",
@@ -69,7 +70,7 @@ def markdown(env: dict[str, str], plan, configs, skipped: list[str], rows: list[
                     f"{_percent(row.monitor_share)} | {_count(row.syncs_sampled)} / "
                     f"{_count(row.syncs_other)} | {row.ops_added:+.0f} |")
         lines.append("")
-    lines += budget(rows, figures) + scale_section(figures)
+    lines += budget(rows, figures) + floor_section(floors) + scale_section(figures)
     return "\n".join(lines) + "\n"
 
 
@@ -102,6 +103,30 @@ def memory_growth(figures: ScaleFigures) -> float:
     """Monitor-held bytes at the last sample minus at the 2nd (the 1st still warms up)."""
     held = [m[1] for m in figures.memory]
     return held[-1] - held[min(1, len(held) - 1)]
+
+
+def floor_section(floors: list[Floor]) -> list[str]:
+    """How far the sampled step is from one read of what its statistics cover."""
+    if not floors:
+        return []
+    lines = [
+        "## Floor of a sampled step (plain `monitor.Monitor`, every_n_steps=1)",
+        "",
+        "One read pass = one fused `torch._foreach_norm` over every traced activation, "
+        "gradient and weight: what any per-layer statistic must at least read. The "
+        "statistics need several such passes; the gap to the monitor's self time is "
+        "per-op cost (one eager op, allocation and pass per statistic and tensor).",
+        "",
+        "| model | values read | bare step ms | one read pass ms (share) | "
+        "monitor self time per sampled step ms (share) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for f in floors:
+        lines.append(
+            f"| {f.model} | {f.elements:,} | {f.step_seconds * 1e3:.1f} | "
+            f"{f.read_seconds * 1e3:.2f} ({f.read_seconds / f.step_seconds:.1%}) | "
+            f"{f.sampled_seconds * 1e3:.1f} ({f.sampled_seconds / f.step_seconds:.1%}) |")
+    return lines + [""]
 
 
 def scale_section(figures: ScaleFigures) -> list[str]:

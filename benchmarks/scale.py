@@ -11,6 +11,7 @@ import os
 import statistics
 import time
 import tracemalloc
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,9 +44,11 @@ def deep_model(layers: int, width: int = 16) -> nn.Sequential:
 
 
 def train_steps(model: nn.Module, optimizer, monitor: Monitor | None, steps: range,
-                x: torch.Tensor, on_step=None) -> list[float]:
-    """Plain training steps; returns the monitor's self time (or the step time) per step."""
-    spent = []
+                x: torch.Tensor) -> Iterator[float]:
+    """Plain training steps; yields the monitor's self time (or the step time) of each.
+
+    A generator, so that the long memory run keeps no per-step list of its own.
+    """
     for step in steps:
         before = monitor.overhead_seconds if monitor else time.perf_counter()
         if monitor:
@@ -60,10 +63,7 @@ def train_steps(model: nn.Module, optimizer, monitor: Monitor | None, steps: ran
         optimizer.zero_grad()
         if monitor:
             monitor.end_step()
-        spent.append(monitor.overhead_seconds - before if monitor else time.perf_counter() - before)
-        if on_step:
-            on_step(step)
-    return spent
+        yield monitor.overhead_seconds - before if monitor else time.perf_counter() - before
 
 
 def wide_model_figures(layers: int, device: str, every_n_steps: int = 4):
@@ -72,10 +72,10 @@ def wide_model_figures(layers: int, device: str, every_n_steps: int = 4):
     model = deep_model(layers).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(32, 16, device=device)
-    bare = train_steps(model, optimizer, None, range(3 + SAMPLED_STEPS_TIMED), x)[3:]
+    bare = list(train_steps(model, optimizer, None, range(3 + SAMPLED_STEPS_TIMED), x))[3:]
     monitor = Monitor(model, every_n_steps=every_n_steps, optimizers=[optimizer])
     steps = range(every_n_steps * (SAMPLED_STEPS_TIMED + 1))
-    spent = train_steps(model, optimizer, monitor, steps, x)
+    spent = list(train_steps(model, optimizer, monitor, steps, x))
     sampled = [s for step, s in zip(steps, spent) if step % every_n_steps == 0][1:]
     other = [s for step, s in zip(steps, spent) if step % every_n_steps]
     snapshot = monitor.last_snapshot
@@ -125,20 +125,20 @@ def memory_over_steps(steps: int, checkpoints: int, device: str):
     # whole sampling periods apart: Pulses are kept from one snapshot to the next
     interval = max(1, steps // checkpoints // every_n_steps) * every_n_steps
 
-    def sample(step: int) -> None:
-        if (step + 1) % interval:
-            return
+    def record(steps_done: int) -> None:
         monitor.exporter.flush()
         gc.collect()
         traced = tracemalloc.take_snapshot()
         mine = sum(s.size for s in traced.filter_traces(held).statistics("filename"))
-        samples.append((step + 1, mine, tracemalloc.get_traced_memory()[0], rss_bytes()))
+        samples.append((steps_done, mine, tracemalloc.get_traced_memory()[0], rss_bytes()))
 
-    tracemalloc.start(10)
+    tracemalloc.start(6)  # deep enough to see the monitor package on the stack
     try:
         monitor = Monitor(model, every_n_steps=every_n_steps, optimizers=[optimizer],
                           sinks=[sink])
-        train_steps(model, optimizer, monitor, range(steps), x, on_step=sample)
+        for step, _ in enumerate(train_steps(model, optimizer, monitor, range(steps), x)):
+            if (step + 1) % interval == 0:
+                record(step + 1)
         monitor.close()
     finally:
         tracemalloc.stop()
