@@ -11,6 +11,9 @@ from .scale import ScaleFigures
 #: Targets of issue 6, by configuration: the median ratio to the bare step time.
 RATIO_TARGETS = {"gradwatch-defaults": 1.02, "gradwatch-every-step": 1.15}
 RENDER_TARGET_SECONDS = 0.100
+#: Traced-memory growth still called flat: allocator and interpreter noise, far below one
+#: byte per step over the run.
+MEMORY_SLACK_BYTES = 4096
 
 
 @dataclass
@@ -92,17 +95,20 @@ def budget(rows: list[Row], figures: ScaleFigures) -> list[str]:
     render = figures.render_seconds[figures.layers]
     lines.append(f"| /metrics for {figures.layers} layers < 100 ms | synthetic | "
                  f"{render * 1e3:.1f} ms | {_met(render < RENDER_TARGET_SECONDS)} |")
-    growth = memory_growth(figures)
-    lines += [f"| monitor memory flat over {figures.memory_steps} steps | small MLP | "
-              f"{growth:+.0f} bytes from the 2nd to the last sample | "
-              f"{_met(abs(growth) < 4096)} |", ""]
+    traced, rss = memory_growth(figures)
+    lines += [f"| memory flat over {figures.memory_steps} steps | small MLP | "
+              f"{traced / 1024:+.1f} KiB traced, {rss / 2 ** 20:+.1f} MiB RSS from the 2nd "
+              f"to the last sample | {_met(traced < MEMORY_SLACK_BYTES and rss < 2 ** 20)} |",
+              ""]
     return lines
 
 
-def memory_growth(figures: ScaleFigures) -> float:
-    """Monitor-held bytes at the last sample minus at the 2nd (the 1st still warms up)."""
-    held = [m[1] for m in figures.memory]
-    return held[-1] - held[min(1, len(held) - 1)]
+def memory_growth(figures: ScaleFigures) -> tuple[int, int]:
+    """Growth of all traced bytes and of RSS from the 2nd sample (the 1st still warms up)
+    to the last. All traced, not only monitor-held: an object made by the monitor may be
+    kept by any code, and the monitor-held share moves as library caches are refilled."""
+    first, last = figures.memory[min(1, len(figures.memory) - 1)], figures.memory[-1]
+    return last[2] - first[2], last[3] - first[3]
 
 
 def floor_section(floors: list[Floor]) -> list[str]:
