@@ -1,4 +1,4 @@
-.PHONY: demo test setup setup-test
+.PHONY: demo test bench setup setup-test
 
 # The two commands of the README: each installs what it needs, then runs.
 demo: setup
@@ -6,6 +6,10 @@ demo: setup
 
 test: setup-test
 	.venv/bin/python -m pytest -q
+
+# The overhead benchmark (issue 6): ~15 min on CPU, writes docs/benchmarks.md
+bench: setup-test
+	PYTHONPATH=. .venv/bin/python benchmarks/overhead.py
 
 setup:
 	scripts/setup.sh

@@ -207,6 +207,8 @@ class Monitor:
         self._step_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._present_index: dict[tuple[int, ...], torch.Tensor] = {}
         self._ring: torch.Tensor | None = None
+        self._ring_rows: tuple[torch.Tensor, ...] = ()
+        self._ring_cells: list[tuple[torch.Tensor, ...]] = []
         self._rows: list[_Row] = []
         self._rows_read = 0
         self._pulses: list[Pulse] = []
@@ -271,7 +273,7 @@ class Monitor:
         ring = self._ensure_ring()
         row = len(self._rows)
         sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
-        ring[row].zero_()
+        self._ring_rows[row].zero_()
         self._current = _Step(step=step, row=row, sampled=sampled, regular=self._is_regular(step))
         if sampled:
             self._prepare_sample()
@@ -282,8 +284,11 @@ class Monitor:
         state = self._current
         if state is None or not isinstance(loss, torch.Tensor):
             return
-        value = self._ring[state.row, _LOSS]
-        loss = loss.detach().reshape(-1)[0].to(value.dtype)
+        value = self._ring_cells[state.row][_LOSS]
+        loss = loss.detach()
+        if loss.dim():
+            loss = loss.reshape(-1)[0]
+        # copy_ and add_ cast the dtype themselves: no extra op on the every-step path
         if state.loss_seen:
             value.add_(loss)
         else:
@@ -301,16 +306,19 @@ class Monitor:
         positions, grads = self._unseen_gradients(optimizer, state)
         if not grads:
             return
-        squares = probes.norms(grads).square()
+        grad_norms = probes.norms(grads)
+        cells = self._ring_cells[state.row]
         sharded = self._sharded_index(positions)
-        if sharded is None:
-            self._ring[state.row, _GRAD_SQ].add_(squares.sum())
+        if sharded is None:  # the sum of squares as one dot product: fewest ops every step
+            cells[_GRAD_SQ].add_(grad_norms.dot(grad_norms))
         else:  # shards: their squares are summed across ranks at the next regular sample
-            self._ring[state.row, _SHARDED_SQ].add_((squares * sharded).sum())
-            self._ring[state.row, _GRAD_SQ].add_((squares * ~sharded).sum())
+            squares = grad_norms.square()
+            cells[_SHARDED_SQ].add_((squares * sharded).sum())
+            cells[_GRAD_SQ].add_((squares * ~sharded).sum())
         state.grads_seen = True
         if not state.sampled:
             return
+        squares = grad_norms.square()
         index = self._index_of(positions)
         state.per_param[_P_GRAD].index_copy_(0, index, squares)
         state.per_param[_P_GRAD_NF].index_copy_(1, index, probes.nonfinite_counts(grads).T)
@@ -350,10 +358,11 @@ class Monitor:
         state = self._current
         assert state is not None
         ring = self._ring
+        cells = self._ring_cells[state.row]
         scale = getattr(self.grad_scaler, "_scale", None)  # a tensor: reading it needs no sync
         has_scale = isinstance(scale, torch.Tensor)
         if has_scale:
-            ring[state.row, _SCALE].copy_(scale.reshape(-1)[0], non_blocking=True)
+            cells[_SCALE].copy_(scale.reshape(-1)[0], non_blocking=True)
         self._rows.append(_Row(
             step=state.step,
             time=time.time(),
@@ -375,6 +384,9 @@ class Monitor:
             if self._ring is not None:
                 self._drain_rows()
             self._ring = torch.zeros(self.every_n_steps + 1, _RING_COLUMNS, device=device)
+            # views made once: indexing the ring costs an op per access, every step
+            self._ring_rows = self._ring.unbind(0)
+            self._ring_cells = [row.unbind(0) for row in self._ring_rows]
             self._rows, self._rows_read = [], 0
         elif len(self._rows) >= self._ring.shape[0]:  # only after an unusual step pattern
             self._drain_rows()
@@ -484,7 +496,7 @@ class Monitor:
                 grads = [p.grad for g in optimizer.param_groups for p in g["params"]
                          if p.grad is not None]
                 if grads:
-                    self._ring[state.row, _CLIP_SQ].add_(
+                    self._ring_cells[state.row][_CLIP_SQ].add_(
                         probes.norms(grads).square().sum().to(self._ring.device))
             saved = state.before.pop(id(optimizer), None)
             if saved is not None:
@@ -714,7 +726,7 @@ class Monitor:
 
         def current_flag() -> torch.Tensor | None:
             state = self._current
-            return None if state is None else self._ring[state.row, _LOCAL_NONFINITE]
+            return None if state is None else self._ring_cells[state.row][_LOCAL_NONFINITE]
 
         return distributed.nonfinite_check_hook(current_flag)
 

@@ -20,6 +20,10 @@ ACTIVATION_FIELDS = (
 _COUNT, _MEAN, _M2, _MIN, _MAX = range(5)
 _SUMMED = slice(5, len(ACTIVATION_FIELDS))
 
+#: Up to this many elements, the per-op overhead (~5-10 us on a CPU), not the per-element
+#: work, is a tensor's cost: the fewest ops win, and parameters are counted together.
+SMALL_NUMEL = 1 << 12
+
 
 def floating_tensors(output: object) -> list[torch.Tensor]:
     """The floating-point tensors inside a module output (tensor, tuple, list, dict, None)."""
@@ -55,22 +59,30 @@ def activation_record(
 def _one_record(y: torch.Tensor, saturation: int, sigmoid_flat: float, tanh_flat: float):
     if y.dtype != torch.float32:
         y = y.float()  # half-precision sums overflow
-    var, mean = torch.var_mean(y, correction=0)
+    y = y.reshape(-1)
+    count = y.new_full((), float(y.numel()))
+    if y.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
+        var, mean = torch.var_mean(y, correction=0)
+        m2 = var * count
+    else:
+        # mean, then the norm of the centred values: two vectorised passes, several times
+        # cheaper on a CPU than var_mean's Welford loop, and as exact (no cancellation)
+        mean = y.sum() / count
+        m2 = torch.linalg.vector_norm(y - mean).square()
     low, high = torch.aminmax(y)
     if saturation == SATURATION_SIGMOID:
         saturated = ((y < sigmoid_flat) | (y > 1.0 - sigmoid_flat)).sum(dtype=torch.float32)
     elif saturation == SATURATION_TANH:
         saturated = (y.abs() > tanh_flat).sum(dtype=torch.float32)
     else:
-        saturated = var.new_zeros(())
-    count = var.new_full((), float(y.numel()))
+        saturated = count.new_zeros(())
     return torch.stack([
         count,
         mean,
-        var * count,
+        m2,
         low,
         high,
-        (y == 0).sum(dtype=torch.float32),
+        count - torch.count_nonzero(y),  # zeros; cheaper than summing a (y == 0) mask
         saturated,
         *_nonfinite(y),
     ])
@@ -120,14 +132,64 @@ def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def nonfinite_counts(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """[N, 3] float32 counts of NaN, +Inf and -Inf in each tensor."""
-    rows = [torch.stack(_nonfinite(local_shard(t.detach()))) for t in tensors]
-    return torch.stack(rows) if rows else torch.zeros(0, 3)
+    tensors = [local_shard(t.detach()) for t in tensors]
+    if not tensors:
+        return torch.zeros(0, 3)
+    home = tensors[0].device
+    small, large = [], []
+    for i, t in enumerate(tensors):
+        (small if t.numel() <= SMALL_NUMEL and t.device == home else large).append(i)
+    out = torch.empty(len(tensors), 3, device=home)
+    if small:
+        sizes = [tensors[i].numel() for i in small]
+        flat = torch.cat([tensors[i].reshape(-1) for i in small])
+        # output_size given: otherwise repeat_interleave reads the total back (a host sync)
+        segment = torch.repeat_interleave(torch.arange(len(small), device=home),
+                                          torch.tensor(sizes, device=home),
+                                          output_size=sum(sizes))
+        nonfinite, signed_inf = _nonfinite_flags(flat)
+        flags = torch.stack([nonfinite, signed_inf, signed_inf.square()], dim=1)
+        per_tensor = flags.new_zeros(len(small), 3).index_add_(0, segment, flags)
+        out[torch.tensor(small, device=home)] = torch.stack(
+            _kinds(*per_tensor.unbind(1)), 1).to(out.dtype)
+    if large:
+        rows = [torch.stack(_nonfinite(tensors[i])).to(home) for i in large]
+        out[torch.tensor(large, device=home)] = torch.stack(rows)
+    return out
 
 
 def _nonfinite(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(NaN, +Inf, -Inf) counts of ``t`` as float32 scalars."""
     f32 = torch.float32
-    return (torch.isnan(t).sum(dtype=f32), torch.isposinf(t).sum(dtype=f32),
-            torch.isneginf(t).sum(dtype=f32))
+    if t.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
+        return (torch.isnan(t).sum(dtype=f32), torch.isposinf(t).sum(dtype=f32),
+                torch.isneginf(t).sum(dtype=f32))
+    nonfinite, signed_inf = _nonfinite_flags(t)
+    counts = _kinds(nonfinite.sum(), signed_inf.sum(), signed_inf.dot(signed_inf))
+    return tuple(c.to(f32) for c in counts)
+
+
+def _nonfinite_flags(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat flags of ``t``: 1 where non-finite, else 0; and +1 at +Inf, -1 at -Inf, else 0.
+
+    Float arithmetic only: on a CPU, isnan/isposinf/isneginf and the sums of their bool
+    masks cost several times a vectorised float op per element. ``x * 0`` is NaN exactly
+    for the non-finite x. Half-precision values are flagged in float32, so that the sums
+    of the flags stay exact (below 2**24 non-finite values).
+    """
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    t = t.reshape(-1)
+    nonfinite = (t * 0).nan_to_num_(nan=1.0)
+    signed_inf = t.nan_to_num(nan=0.0, posinf=1.0, neginf=-1.0).mul_(nonfinite)
+    return nonfinite, signed_inf
+
+
+def _kinds(nonfinite: torch.Tensor, inf_difference: torch.Tensor, infinite: torch.Tensor):
+    """(NaN, +Inf, -Inf) counts from the counts of the non-finite values, of +Inf minus
+    -Inf, and of the infinite values."""
+    return (nonfinite - infinite, (infinite + inf_difference) / 2,
+            (infinite - inf_difference) / 2)
 
 
 def per_layer_sum(values: torch.Tensor, pair_param: torch.Tensor, pair_layer: torch.Tensor,

@@ -1,0 +1,173 @@
+"""The markdown report of the overhead benchmark: header, per-model tables, budget, scale."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .floor import Floor
+from .scale import ScaleFigures
+
+#: Targets of issue 6, by configuration: the median ratio to the bare step time.
+RATIO_TARGETS = {"gradwatch-defaults": 1.02, "gradwatch-every-step": 1.15}
+RENDER_TARGET_SECONDS = 0.100
+#: Traced-memory growth still called flat: allocator and interpreter noise, far below one
+#: byte per step over the run.
+MEMORY_SLACK_BYTES = 4096
+
+
+@dataclass
+class Row:
+    """One configuration on one model."""
+
+    model: str
+    config: str
+    step_ms: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    monitor_share: float | None
+    syncs_sampled: float | None  # added to the bare run, per gradwatch-sampled step
+    syncs_other: float | None  # added to the bare run, per other step
+    ops_added: float
+    short_window: bool
+
+
+def markdown(env: dict[str, str], plan, configs, skipped: list[str], rows: list[Row],
+             floors: list[Floor], figures: ScaleFigures, seconds: float) -> str:
+    lines = [
+        "# gradwatch overhead benchmark",
+        "",
+        f"- machine: {env['machine']}",
+        f"- versions: {env['versions']}",
+        f"- command: `{env['command']}`",
+        f"- date: {env['date']}; the whole run took {seconds / 60:.1f} min",
+        f"- device: {plan.device}; {plan.rounds} interleaved rounds (random order per round); "
+        f"per run a fresh model with the same seed; timed: {plan.steps} steady-state steps "
+        f"after {plan.warmup} warm-up steps ({plan.short_steps} after {plan.short_warmup} "
+        f"for the configurations marked *, whose cost dwarfs the noise)",
+        "",
+        "Configurations:",
+        "",
+        *[f"- `{c.name}`{' *' if c.short_window else ''}: {c.description}" for c in configs],
+        *[f"- `{name}`: skipped (not installed)" for name in skipped],
+        "",
+        "Columns: **ratio** = step time / bare step time of the same round, median "
+        "[min-max] over rounds; **self time** = gradwatch's own time on the training "
+        "thread (`monitor.overhead_seconds`) / step time, median over rounds (far less "
+        "noisy than the ratio); **syncs** = host syncs (scalar reads `aten::_local_scalar_dense`"
+        " + copies to the host) added to the bare run, per gradwatch-sampled step / per other "
+        "step (for non-gradwatch configurations every step is an \"other\" step); "
+        "**ops** = aten ops (torch.profiler) added to the bare run, per step.",
+        "",
+    ]
+    for model in plan.models:
+        lines += [f"## {model.name}: {model.description}", "",
+                  "| config | ms/step | ratio | self time | syncs sampled / other | ops |",
+                  "| --- | ---: | --- | ---: | ---: | ---: |"]
+        for row in rows:
+            if row.model == model.name:
+                lines.append(
+                    f"| {row.config}{' *' if row.short_window else ''} | {row.step_ms:.1f} | "
+                    f"x{row.ratio:.3f} [{row.ratio_low:.3f}-{row.ratio_high:.3f}] | "
+                    f"{_percent(row.monitor_share)} | {_count(row.syncs_sampled)} / "
+                    f"{_count(row.syncs_other)} | {row.ops_added:+.0f} |")
+        lines.append("")
+    lines += budget(rows, figures) + floor_section(floors) + scale_section(figures)
+    return "\n".join(lines) + "\n"
+
+
+def budget(rows: list[Row], figures: ScaleFigures) -> list[str]:
+    """Each target of issue 6 next to what was measured."""
+    lines = ["## Budget", "", "| target | model | measured | met |", "| --- | --- | --- | --- |"]
+    for row in rows:
+        target = RATIO_TARGETS.get(row.config)
+        if target is not None:
+            lines.append(f"| {row.config} <= x{target} | {row.model} | x{row.ratio:.3f} "
+                         f"(self time {_percent(row.monitor_share)}) | "
+                         f"{_met(row.ratio <= target)} |")
+        if row.config.startswith("gradwatch"):
+            ok = (row.syncs_sampled is None or row.syncs_sampled <= 1) and \
+                (row.syncs_other or 0) == 0
+            lines.append(f"| {row.config}: <= 1 sync per sampled step, 0 otherwise | "
+                         f"{row.model} | {_count(row.syncs_sampled)} / "
+                         f"{_count(row.syncs_other)} | {_met(ok)} |")
+    render = figures.render_seconds[figures.layers]
+    lines.append(f"| /metrics for {figures.layers} layers < 100 ms | synthetic | "
+                 f"{render * 1e3:.1f} ms | {_met(render < RENDER_TARGET_SECONDS)} |")
+    traced, rss = memory_growth(figures)
+    lines += [f"| memory flat over {figures.memory_steps} steps | small MLP | "
+              f"{traced / 1024:+.1f} KiB traced, {rss / 2 ** 20:+.1f} MiB RSS from the 2nd "
+              f"to the last sample | {_met(traced < MEMORY_SLACK_BYTES and rss < 2 ** 20)} |",
+              ""]
+    return lines
+
+
+def memory_growth(figures: ScaleFigures) -> tuple[int, int]:
+    """Growth of all traced bytes and of RSS from the 2nd sample (the 1st still warms up)
+    to the last. All traced, not only monitor-held: an object made by the monitor may be
+    kept by any code, and the monitor-held share moves as library caches are refilled."""
+    first, last = figures.memory[min(1, len(figures.memory) - 1)], figures.memory[-1]
+    return last[2] - first[2], last[3] - first[3]
+
+
+def floor_section(floors: list[Floor]) -> list[str]:
+    """How far the sampled step is from one read of what its statistics cover."""
+    if not floors:
+        return []
+    lines = [
+        "## Floor of a sampled step (plain `monitor.Monitor`, every_n_steps=1)",
+        "",
+        "One read pass = one fused `torch._foreach_norm` over every traced activation, "
+        "gradient and weight: what any per-layer statistic must at least read. The "
+        "statistics need several such passes; the gap to the monitor's self time is "
+        "per-op cost (one eager op, allocation and pass per statistic and tensor).",
+        "",
+        "| model | values read | bare step ms | one read pass ms (share) | "
+        "monitor self time per sampled step ms (share) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for f in floors:
+        lines.append(
+            f"| {f.model} | {f.elements:,} | {f.step_seconds * 1e3:.1f} | "
+            f"{f.read_seconds * 1e3:.2f} ({f.read_seconds / f.step_seconds:.1%}) | "
+            f"{f.sampled_seconds * 1e3:.1f} ({f.sampled_seconds / f.step_seconds:.1%}) |")
+    return lines + [""]
+
+
+def scale_section(figures: ScaleFigures) -> list[str]:
+    lines = [
+        f"## Scale: {figures.layers} layers (Linear(16)+Tanh each), plain `monitor.Monitor`",
+        "",
+        f"- monitor self time of one sampled step: {figures.sampled_step_seconds * 1e3:.1f} ms "
+        f"(median; other steps {figures.unsampled_step_seconds * 1e3:.2f} ms; the bare "
+        f"training step {figures.bare_step_seconds * 1e3:.1f} ms)",
+    ]
+    for cap, seconds in figures.render_seconds.items():
+        lines.append(f"- `generate_latest(sink.registry)` after a snapshot, max_layers={cap}: "
+                     f"{seconds * 1e3:.1f} ms, {figures.render_bytes[cap] / 1024:.0f} KiB")
+    lines += [
+        "",
+        f"Memory over {figures.memory_steps} steps (small MLP, every_n_steps=50, a "
+        "PrometheusSink; monitor-held = bytes tracemalloc traces to allocations with the "
+        "monitor package on the stack; RSS includes tensors, which tracemalloc does not see):",
+        "",
+        "| step | monitor-held KiB | all traced KiB | RSS MiB |",
+        "| ---: | ---: | ---: | ---: |",
+        *[f"| {step} | {mine / 1024:.1f} | {traced / 1024:.1f} | {rss / 2 ** 20:.1f} |"
+          for step, mine, traced, rss in figures.memory],
+        "",
+    ]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
