@@ -86,6 +86,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
         prometheus_tls_client_ca: also require client certificates signed by this CA.
         prometheus_basic_auth: (username, password) required to read /metrics.
+        port_in_use: when ``prometheus_port`` cannot be bound at setup: ``"error"`` (default:
+            a ValueError before the first step, nothing lost) or ``"warn"`` (one warning,
+            training goes on without the endpoint; the other exports still work).
         tensorboard: write TensorBoard scalars.
         tensorboard_dir: where to write them when the Trainer has no TensorBoardLogger
             (default ``gradwatch_logs/<run_name>``).
@@ -131,6 +134,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         prometheus_tls_key: str | None = None,
         prometheus_tls_client_ca: str | None = None,
         prometheus_basic_auth: tuple[str, str] | None = None,
+        port_in_use: str = "error",
         tensorboard: bool = True,
         tensorboard_dir: str | None = None,
         pushgateway_url: str | None = None,
@@ -153,6 +157,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         if prometheus_port is not None:
             check_int("prometheus_port", prometheus_port, low=0, high=65535)
         check_text("prometheus_addr", prometheus_addr, optional=False)
+        if port_in_use not in ("error", "warn"):
+            raise ValueError(f'port_in_use must be "error" or "warn", got {port_in_use!r}')
         for name, path in (("prometheus_tls_cert", prometheus_tls_cert),
                            ("prometheus_tls_key", prometheus_tls_key),
                            ("prometheus_tls_client_ca", prometheus_tls_client_ca)):
@@ -175,6 +181,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.every_n_steps = every_n_steps
         self.prometheus_port = prometheus_port
         self.prometheus_addr = prometheus_addr
+        self.port_in_use = port_in_use
         self.endpoint_security = EndpointSecurity(
             prometheus_tls_cert, prometheus_tls_key, prometheus_tls_client_ca,
             prometheus_basic_auth)
@@ -233,8 +240,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                 self.bound_port = self.prometheus.serve(port, self.prometheus_addr,
                                                         self.endpoint_security)
             except OSError as exc:
-                raise ValueError(f"prometheus_port {port} on prometheus_addr "
-                                 f"{self.prometheus_addr!r} cannot be served: {exc}") from exc
+                problem = (f"prometheus_port {port} on prometheus_addr "
+                           f"{self.prometheus_addr!r} cannot be served: {exc}")
+                if self.port_in_use == "error":
+                    raise ValueError(problem) from exc
+                log.warning("gradwatch: %s; training goes on without /metrics", problem)
         if self.tensorboard and (trainer.is_global_zero or self.tensorboard_dir):
             writer = None if self.tensorboard_dir else tensorboard_writer(trainer)
             log_dir = self.tensorboard_dir or f"gradwatch_logs/{run}"

@@ -67,12 +67,19 @@ def following_activations(model: nn.Module) -> dict[str, nn.Module | None]:
     return following
 
 
+#: Modules whose matrix parameters are layers of units (rows = output units, a fan in/out).
+#: A raw parameter of some other module (a positional embedding, a learned query) has no
+#: such meaning: a zero start is no broken symmetry there, so it is not judged.
+UNIT_LAYERS = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
+               nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention, nn.RNNBase)
+
+
 def audit_weights(model: nn.Module) -> list[WeightAudit]:
-    """Audit every weight of ``model`` (registration order)."""
+    """Audit every weight of ``model``'s unit layers (registration order)."""
     following = following_activations(model)
     audits = []
     for module_name, module in model.named_modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        if not isinstance(module, UNIT_LAYERS):
             continue
         for param_name, param in module._parameters.items():
             if param is None or param.dim() < 2 or param.numel() == 0:

@@ -27,6 +27,8 @@ WRONG = {
     "prometheus_tls_cert": st.one_of(st.just("/nonexistent/cert.pem"), st.integers()),
     "prometheus_tls_key": st.one_of(st.just("/nonexistent/key.pem"), st.integers()),
     "prometheus_tls_client_ca": st.one_of(st.just("/nonexistent/ca.pem"), st.integers()),
+    "port_in_use": st.one_of(st.text(max_size=6).filter(lambda s: s not in ("error", "warn")),
+                             st.integers(), st.none()),
     "prometheus_basic_auth": st.one_of(st.text(max_size=5), st.tuples(st.text(), st.just("")),
                                        st.tuples(st.integers(), st.text(min_size=1))),
     "tensorboard": not_bool,

@@ -272,3 +272,25 @@ def test_fp16_healthy_run_raises_nothing():
     engine, recorder = train_fp16(60, outlier_from=None)
     assert not recorder.pulses[0].optimizer_stepped  # the scaler calibrated its scale...
     assert [a.name for a in engine.history] == []  # ...which is no storm
+
+
+def test_zero_started_parameters_that_are_no_unit_layers_are_not_judged():
+    """A positional embedding or a learned query starting at zero breaks no symmetry (each
+    position gets its own gradient): only unit layers (Linear, Conv, attention, RNN) count."""
+
+    class WithPositions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.position = nn.Parameter(torch.zeros(16, 32))
+            self.body = mlp([32, 64, 1], nn.ReLU)
+
+        def forward(self, x):
+            return self.body(x + self.position[: x.shape[0]].mean(0))
+
+    torch.manual_seed(0)
+    run = train(WithPositions(), regression, 5, lr=0.01)
+    assert run.fired("SymmetricInitialization") == []
+    model = WithPositions()
+    nn.init.zeros_(model.body[0].weight)  # a zeroed unit layer still is
+    (alert,) = train(model, regression, 5, lr=0.01).fired("SymmetricInitialization")
+    assert alert.layers == ("body.0",)

@@ -283,3 +283,26 @@ def test_keyboard_interrupt_ends_as_without_gradwatch_and_shuts_down(tmp_path):
     assert diagnostics.monitor is None  # shut down
     assert not [t for t in threading.enumerate() if t.name.startswith("gradwatch")]
     assert [s for s, _ in read_scalars(str(tmp_path / "tb"))["gradwatch/loss"]] == [0, 1, 2]
+
+
+def test_port_taken_with_warn_trains_unchanged_without_the_endpoint(tmp_path, caplog):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        bare, _ = train([], tmp_path / "bare", steps=10, pace=0, zero_init=False)
+        diagnostics = TrainingDiagnostics(prometheus_port=port, port_in_use="warn",
+                                          tensorboard_dir=str(tmp_path / "tb"))
+        with caplog.at_level(logging.WARNING, logger="gradwatch"):
+            watched, _ = train([diagnostics], tmp_path / "watched", steps=10, pace=0,
+                               zero_init=False)
+    finally:
+        taken.close()
+    for name in bare:
+        assert torch.equal(bare[name], watched[name]), name
+    assert diagnostics.prometheus_url is None
+    assert [r.getMessage() for r in caplog.records if "without /metrics" in r.getMessage()] == [
+        f"gradwatch: prometheus_port {port} on prometheus_addr '127.0.0.1' cannot be served: "
+        "[Errno 98] Address already in use; training goes on without /metrics"]
+    assert len(read_scalars(str(tmp_path / "tb"))["gradwatch/loss"]) == 10  # other exports work
