@@ -29,6 +29,16 @@ TENSORBOARD_LOGGERS: tuple[type, ...] = tuple(
 )
 
 
+def lightning_package():
+    """``lightning.pytorch`` when installed, else ``pytorch_lightning`` (same API)."""
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("gradwatch needs `lightning` or `pytorch-lightning` installed")
+
+
 def tensorboard_writer(trainer):
     """The SummaryWriter of the Trainer's TensorBoardLogger, or None."""
     for logger in trainer.loggers:

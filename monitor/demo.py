@@ -79,7 +79,9 @@ def regression_data(steps: int, batch: int = 64, features: int = 32):
 
 
 def make_module(scenario: Scenario):
-    import lightning.pytorch as pl
+    from callbacks._lightning import lightning_package
+
+    pl = lightning_package()
 
     class DemoModel(pl.LightningModule):
         def __init__(self):
@@ -132,16 +134,15 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
         scenarios: tuple[Scenario, ...] = SCENARIOS, progress: bool = True,
         alertmanager_url: str | None = None, pushgateway_url: str | None = None) -> list[dict]:
     """Train every scenario; return one summary per run."""
-    import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import RichProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
     from rich.console import Console
     from rich.table import Table
 
     from callbacks import TrainingDiagnostics
+    from callbacks._lightning import lightning_package
 
     from .report import write_report
 
+    pl = lightning_package()
     console = Console()
     alertmanager_url = alertmanager_url or (ALERTMANAGER_URL if reachable(ALERTMANAGER_URL)
                                             else None)
@@ -166,10 +167,10 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
             run_name=f"demo/{scenario.name}", every_n_steps=every_n_steps,
             prometheus_port=port, on_alert=print_alert, alertmanager_url=alertmanager_url,
             pushgateway_url=pushgateway_url, pushgateway_keep=True)
-        logger = TensorBoardLogger(out_dir, name=scenario.name, version="")
+        logger = pl.loggers.TensorBoardLogger(out_dir, name=scenario.name, version="")
         callbacks = [diagnostics, _Announce(console, diagnostics)]
         if progress:
-            callbacks.append(RichProgressBar())
+            callbacks.append(pl.callbacks.RichProgressBar())
         trainer = pl.Trainer(max_steps=scenario.steps, callbacks=callbacks, logger=logger,
                              gradient_clip_val=scenario.clip,
                              enable_checkpointing=False, enable_model_summary=False,
@@ -197,7 +198,9 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
 
 def _Announce(console, diagnostics):
     """A callback that prints the /metrics address once the endpoint is up."""
-    import lightning.pytorch as pl
+    from callbacks._lightning import lightning_package
+
+    pl = lightning_package()
 
     class Announce(pl.Callback):
         def on_train_start(self, trainer, pl_module):
