@@ -165,7 +165,8 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
         torch.manual_seed(0)
         diagnostics = TrainingDiagnostics(
             run_name=f"demo/{scenario.name}", every_n_steps=every_n_steps,
-            prometheus_port=port, on_alert=print_alert, alertmanager_url=alertmanager_url,
+            prometheus_port=port, port_in_use="warn", on_alert=print_alert,
+            alertmanager_url=alertmanager_url,
             pushgateway_url=pushgateway_url, pushgateway_keep=True)
         logger = pl.loggers.TensorBoardLogger(out_dir, name=scenario.name, version="")
         callbacks = [diagnostics, _Announce(console, diagnostics)]
