@@ -90,8 +90,9 @@ class ExportWorker:
             try:
                 sink.close()
             except Exception as exc:  # a failing sink must not break shutdown
-                self._warn(f"close:{type(sink).__name__}", "gradwatch: closing %s failed: %r",
-                           type(sink).__name__, exc)
+                # the same failure as during the run (a full disk, say) is not news
+                self._warn(f"{type(sink).__name__}:{type(exc).__name__}",
+                           "gradwatch: closing %s failed: %r", type(sink).__name__, exc)
 
     def _run(self) -> None:
         while True:

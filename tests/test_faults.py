@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.server
 import logging
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -306,3 +308,29 @@ def test_port_taken_with_warn_trains_unchanged_without_the_endpoint(tmp_path, ca
         f"gradwatch: prometheus_port {port} on prometheus_addr '127.0.0.1' cannot be served: "
         "[Errno 98] Address already in use; training goes on without /metrics"]
     assert len(read_scalars(str(tmp_path / "tb"))["gradwatch/loss"]) == 10  # other exports work
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 32 KiB tmpfs: TensorBoard fills it within a few steps."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_does_not_hurt_training(tmp_path, full_disk, caplog):
+    bare, _ = train([], tmp_path / "bare", steps=60, pace=0, zero_init=False)
+    diagnostics = TrainingDiagnostics(every_n_steps=1, tensorboard_dir=str(full_disk / "tb"))
+    with caplog.at_level(logging.WARNING, logger="gradwatch"):
+        watched, _ = train([diagnostics], tmp_path / "watched", steps=60, pace=0,
+                           zero_init=False)
+    for name in bare:
+        assert torch.equal(bare[name], watched[name]), name
+    assert shutil.disk_usage(full_disk).free == 0  # the disk really filled up
+    messages = [r.getMessage() for r in caplog.records if r.name == "gradwatch"]
+    assert len([m for m in messages if "No space left" in m]) == 1, messages
