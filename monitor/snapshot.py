@@ -5,7 +5,6 @@ No torch here: detectors and sinks see plain floats and numpy arrays only.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
