@@ -43,12 +43,16 @@ class WarnOnce:
 
 
 class ExportWorker:
-    """Delivers items to sinks on a daemon thread, through a bounded drop-oldest queue."""
+    """Delivers items to sinks on a daemon thread, through a bounded drop-oldest queue.
+
+    Batches (``submit_each``) cross the thread boundary as one entry: waking the export
+    thread costs more than the work of one per-step item, so per-step items travel together.
+    """
 
     def __init__(self, sinks: list[Sink], max_queue: int = 10_000) -> None:
         self.sinks = list(sinks)
         self.dropped = 0
-        self._queue: deque[tuple[str, object]] = deque()
+        self._queue: deque[tuple[str, list]] = deque()
         self._max_queue = max_queue
         self._cond = threading.Condition()
         self._busy = False
@@ -59,13 +63,17 @@ class ExportWorker:
 
     def submit(self, method: str, item: object) -> None:
         """Queue ``sink.<method>(item)`` for every sink that has it; never blocks."""
+        self.submit_each(method, [item])
+
+    def submit_each(self, method: str, items: list) -> None:
+        """Queue ``sink.<method>(item)`` for each of ``items``, in order, as ONE queue entry
+        (one wake-up of the export thread); never blocks."""
         with self._cond:
-            if self._closed:
+            if self._closed or not items:
                 return
             if len(self._queue) >= self._max_queue:
-                self._queue.popleft()
-                self.dropped += 1
-            self._queue.append((method, item))
+                self.dropped += len(self._queue.popleft()[1])
+            self._queue.append((method, items))
             self._cond.notify()
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -101,18 +109,19 @@ class ExportWorker:
                     self._cond.wait()
                 if not self._queue:
                     return
-                method, item = self._queue.popleft()
+                method, items = self._queue.popleft()
                 self._busy = True
             for sink in self.sinks:
                 handler = getattr(sink, method, None)
                 if handler is None:
                     continue
-                try:
-                    handler(item)
-                except Exception as exc:
-                    self._warn(f"{type(sink).__name__}:{type(exc).__name__}",
-                               "gradwatch: %s.%s failed (reported once): %r",
-                               type(sink).__name__, method, exc)
+                for item in items:
+                    try:
+                        handler(item)
+                    except Exception as exc:
+                        self._warn(f"{type(sink).__name__}:{type(exc).__name__}",
+                                   "gradwatch: %s.%s failed (reported once): %r",
+                                   type(sink).__name__, method, exc)
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
