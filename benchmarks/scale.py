@@ -126,7 +126,7 @@ def memory_over_steps(steps: int, checkpoints: int, device: str):
     interval = max(1, steps // checkpoints // every_n_steps) * every_n_steps
 
     def record(steps_done: int) -> None:
-        monitor.exporter.flush()
+        monitor.flush()
         gc.collect()
         traced = tracemalloc.take_snapshot()
         mine = sum(s.size for s in traced.filter_traces(held).statistics("filename"))

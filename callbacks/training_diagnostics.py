@@ -309,7 +309,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.monitor.end_step()
         if self.engine is not None:
             self.engine.flush(self.monitor)  # a NaN on the very last steps is still reported
-        self.monitor.exporter.flush()
+        self.monitor.flush()
 
     @override
     def teardown(self, trainer, pl_module, stage: str) -> None:

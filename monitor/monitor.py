@@ -1,16 +1,20 @@
 """Monitor: the framework-agnostic core that turns a training loop into Pulses and Snapshots.
 
 Cost discipline (the product's edge):
-- every step (always on): the global gradient norm (one fused ``torch._foreach_norm``) and the
-  loss are written into a small device ring buffer; no host sync;
+- every step (always on): the global gradient norm (one read of the gradients) and the loss
+  are written into a small device ring buffer; no host sync;
 - sampled steps (every ``every_n_steps``, plus escalations): forward hooks are attached for
   that step only, per-layer statistics are computed on the device, concatenated into ONE
   tensor with the ring buffer, and copied to the host ONCE;
-- on a CPU device the ring buffer is host memory already, so each step's Pulse is read at
-  the end of that step at no cost; on an accelerator the Pulses reach the host with the next
-  sampled step's single transfer, so nothing is ever missed and nothing waits.
+- on a CPU device the ring buffer is host memory already: each step's loss and norm are
+  looked at when the step ends, at no cost; a non-finite value or a norm above
+  ``Thresholds.explosion_norm`` is turned into its Pulse (and judged by the observers) at
+  once, quiet steps in batches of up to ``PULSE_BATCH`` (per-step Python work costs more
+  than the monitoring ops of a small model's step). On an accelerator the Pulses reach the
+  host with the next sampled step's single transfer, so nothing is ever missed and nothing
+  waits.
 
-Memory: the ring buffer (``every_n_steps + 1`` rows of 4 floats); on sampled steps only, a
+Memory: the ring buffer (``every_n_steps + 1`` rows of 6 floats); on sampled steps only, a
 transient copy of the parameters the optimizers update (to measure ||delta W||), freed right
 after the optimizer step, plus per-parameter scalars. Nothing proportional to the model is
 kept between steps.
@@ -45,11 +49,20 @@ log = logging.getLogger("gradwatch")
 # of local gradient buckets that were non-finite before the DDP all-reduce.
 _LOSS, _GRAD_SQ, _SHARDED_SQ, _CLIP_SQ, _SCALE, _LOCAL_NONFINITE = range(6)
 _RING_COLUMNS = 6
-# Rows of the per-parameter device table of a sampled step.
+# Rows of the per-parameter device table of a sampled step: squared norms of the gradient,
+# the weight (before the optimizer step), the update and the weight of the updated
+# parameters only, then non-finite counts.
 _P_GRAD, _P_WEIGHT, _P_DELTA, _P_BEFORE = range(4)
+_P_NORMS = slice(0, 4)
 _P_GRAD_NF, _P_WEIGHT_NF = slice(4, 7), slice(7, 10)
 _P_ROWS = 10
 _F = len(probes.ACTIVATION_FIELDS)
+#: Pulses go to the sinks in batches at most this many seconds apart (and with every
+#: Snapshot): one wake-up of the export thread per step would cost more than the step's
+#: own monitoring on a small model.
+PULSE_EXPORT_SECONDS = 0.5
+#: On a CPU, quiet steps' Pulses are read and judged in batches of this many steps.
+PULSE_BATCH = 8
 
 
 def _timed(method: Callable) -> Callable:
@@ -104,7 +117,8 @@ class _Step:
     observed: set[int] = field(default_factory=set)
     # sampled steps only
     trace: list[_Traced] = field(default_factory=list)
-    records: list[torch.Tensor] = field(default_factory=list)
+    records: list[torch.Tensor] = field(default_factory=list)  # raw, one per output tensor
+    record_counts: list[int] = field(default_factory=list)
     record_meta: list[tuple[int, int]] = field(default_factory=list)  # (traced slot, layer)
     layers_called: list[int] = field(default_factory=list)
     last_layer: int = -1
@@ -207,11 +221,17 @@ class Monitor:
         self._step_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._present_index: dict[tuple[int, ...], torch.Tensor] = {}
         self._ring: torch.Tensor | None = None
+        self._norm_options: dict[str, bool] = {}
+        self._norm_key: tuple | None = None
+        self._alarm_squared_norm = self.thresholds.explosion_norm ** 2  # NaN compares False
+        self._optimizer_params: dict[int, tuple[tuple[int, ...], list[int], list]] = {}
         self._ring_rows: tuple[torch.Tensor, ...] = ()
         self._ring_cells: list[tuple[torch.Tensor, ...]] = []
         self._rows: list[_Row] = []
         self._rows_read = 0
         self._pulses: list[Pulse] = []
+        self._unexported: list[Pulse] = []
+        self._exported_at = time.monotonic()
         self._last_window: int | None = None
         self._escalated_steps = 0
         self._trace_all_next = False
@@ -242,6 +262,12 @@ class Monitor:
             return
         self._escalated_steps = max(self._escalated_steps, steps)
         self._trace_all_next = self._trace_all_next or trace_all_modules
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Hand every Pulse read so far to the sinks and wait (bounded) until they have it;
+        False on timeout."""
+        self._export_pulses()
+        return self.exporter.flush(timeout)
 
     def publish(self, method: str, item: object) -> None:
         """Hand ``item`` to every sink that has ``method`` (e.g. "on_alert"), off-thread."""
@@ -306,30 +332,31 @@ class Monitor:
         positions, grads = self._unseen_gradients(optimizer, state)
         if not grads:
             return
-        grad_norms = probes.norms(grads)
+        squares = probes.squared_norms(grads, **self._norm_options)
         cells = self._ring_cells[state.row]
         sharded = self._sharded_index(positions)
-        if sharded is None:  # the sum of squares as one dot product: fewest ops every step
-            cells[_GRAD_SQ].add_(grad_norms.dot(grad_norms))
+        if sharded is None:
+            cells[_GRAD_SQ].add_(squares.sum())
         else:  # shards: their squares are summed across ranks at the next regular sample
-            squares = grad_norms.square()
             cells[_SHARDED_SQ].add_((squares * sharded).sum())
             cells[_GRAD_SQ].add_((squares * ~sharded).sum())
         state.grads_seen = True
         if not state.sampled:
             return
-        squares = grad_norms.square()
         index = self._index_of(positions)
         state.per_param[_P_GRAD].index_copy_(0, index, squares)
-        state.per_param[_P_GRAD_NF].index_copy_(1, index, probes.nonfinite_counts(grads).T)
+        if not probes.all_finite(squares):
+            state.per_param[_P_GRAD_NF].index_copy_(1, index, probes.nonfinite_counts(grads).T)
         state.has_grad.update(positions)
 
     def _measure_weights(self, state: _Step) -> None:
         """Norms and non-finite counts of every parameter, once per sampled step."""
         params = [p.detach() for p in self.layers.params]
         if params:
-            state.per_param[_P_WEIGHT] = probes.norms(params).square()
-            state.per_param[_P_WEIGHT_NF] = probes.nonfinite_counts(params).T
+            squares = probes.squared_norms(params, **self._norm_options)
+            state.per_param[_P_WEIGHT] = squares
+            if not probes.all_finite(squares):
+                state.per_param[_P_WEIGHT_NF] = probes.nonfinite_counts(params).T
         state.weights_seen = True
 
     @_timed
@@ -347,6 +374,7 @@ class Monitor:
             self.end_step()
         self._current = None
         self._drain_rows()
+        self._export_pulses()
         self._closed = True
         for handle in self._handles + self._step_handles:
             handle.remove()
@@ -374,9 +402,15 @@ class Monitor:
         ))
         if state.sampled:
             self._finish_sample(state)
-        elif ring.device.type == "cpu" and not self._sharded_world():
+        elif ring.device.type == "cpu" and not self._sharded_world() and (
+                len(self._rows) - self._rows_read >= PULSE_BATCH or self._alarming(cells)):
             self._drain_rows()  # sharded norms are only whole after the next gather
         self._current = None
+
+    def _alarming(self, cells: tuple[torch.Tensor, ...]) -> bool:
+        """A ring row (on a CPU: host memory, free to read) that must be judged at once."""
+        loss, squared_norm = cells[_LOSS].numpy(), cells[_GRAD_SQ].numpy()
+        return not (math.isfinite(loss) and squared_norm <= self._alarm_squared_norm)
 
     def _ensure_ring(self) -> torch.Tensor:
         device = self._device()
@@ -390,6 +424,13 @@ class Monitor:
             self._rows, self._rows_read = [], 0
         elif len(self._rows) >= self._ring.shape[0]:  # only after an unusual step pattern
             self._drain_rows()
+        params = self.layers.params
+        dtype = params[0].dtype if params else None
+        if self._norm_key != (device, dtype):  # first step, or model moved
+            # gradients and update copies have their parameters' dtype and device
+            self._norm_options = {"shards": self._any_sharded, "cpu_float32": all(
+                p.device.type == "cpu" and p.dtype == torch.float32 for p in params)}
+            self._norm_key = (device, dtype)
         return self._ring
 
     def _device(self) -> torch.device:
@@ -421,12 +462,20 @@ class Monitor:
                 local_gradients_finite=bool(values[_LOCAL_NONFINITE] == 0) if local_seen else None,
             )
             self._pulses.append(pulse)
-            self.exporter.submit("on_pulse", pulse)
+            self._unexported.append(pulse)
             for observer in self.observers:
                 observer.on_pulse(pulse, self)
         self._rows_read += len(host_rows)
         if self._current is None or self._current.row < self._rows_read:
             self._rows, self._rows_read = [], 0
+        if time.monotonic() - self._exported_at >= PULSE_EXPORT_SECONDS:
+            self._export_pulses()
+
+    def _export_pulses(self) -> None:
+        if self._unexported:
+            self.exporter.submit_each("on_pulse", self._unexported)
+            self._unexported = []
+        self._exported_at = time.monotonic()
 
     def _learning_rates(self) -> tuple[tuple[float, ...], ...]:
         return tuple(tuple(_host_float(g.get("lr", math.nan)) for g in o.param_groups)
@@ -469,11 +518,11 @@ class Monitor:
             state.last_layer = traced.layer
         else:
             target = state.last_layer if traced.is_activation else -1
-        tensors = probes.floating_tensors(output)
-        if tensors:
-            state.records.append(probes.activation_record(
-                tensors, traced.saturation, self.thresholds.sigmoid_flat,
+        for tensor in probes.floating_tensors(output):
+            state.records.append(probes.raw_activation_record(
+                tensor, traced.saturation, self.thresholds.sigmoid_flat,
                 self.thresholds.tanh_flat))
+            state.record_counts.append(tensor.numel())
             state.record_meta.append((slot, target))
         self.overhead_seconds += time.perf_counter() - start
 
@@ -481,8 +530,12 @@ class Monitor:
         start = time.perf_counter()
         state = self._current
         if state is not None and state.sampled and self.update_ratio:
-            positions = self._optimizer_positions(optimizer)
-            params = [self.layers.params[i].detach() for i in positions]
+            if not state.weights_seen:  # the update ratio's denominator: W before the step
+                self._measure_weights(state)
+            positions, watched = self._watched_params(optimizer)
+            kept = [k for k, p in enumerate(watched) if p.requires_grad]
+            positions = [positions[k] for k in kept]
+            params = [watched[k].detach() for k in kept]
             if params:
                 state.before[id(optimizer)] = (positions, torch._foreach_mul(params, 1.0))
         self.overhead_seconds += time.perf_counter() - start
@@ -497,14 +550,17 @@ class Monitor:
                          if p.grad is not None]
                 if grads:
                     self._ring_cells[state.row][_CLIP_SQ].add_(
-                        probes.norms(grads).square().sum().to(self._ring.device))
+                        probes.squared_norms(grads, **self._norm_options).sum()
+                        .to(self._ring.device))
             saved = state.before.pop(id(optimizer), None)
             if saved is not None:
                 positions, before = saved
                 index = self._index_of(positions)
-                state.per_param[_P_BEFORE].index_copy_(0, index, probes.norms(before).square())
+                per_param = state.per_param
+                per_param[_P_BEFORE].index_copy_(0, index, per_param[_P_WEIGHT][index])
                 torch._foreach_sub_(before, [self.layers.params[i].detach() for i in positions])
-                state.per_param[_P_DELTA].index_copy_(0, index, probes.norms(before).square())
+                per_param[_P_DELTA].index_copy_(
+                    0, index, probes.squared_norms(before, **self._norm_options))
                 state.updated.update(positions)
         self.overhead_seconds += time.perf_counter() - start
 
@@ -527,13 +583,13 @@ class Monitor:
         def by_layer(values: torch.Tensor) -> torch.Tensor:
             return probes.per_layer_sum(values, pair_p, pair_l, n_layers)
 
-        records = (torch.stack(state.records) if state.records
-                   else torch.zeros(0, _F, device=device))
+        records = (probes.complete_records(torch.stack(state.records),
+                                           torch.tensor(state.record_counts, device=device))
+                   if state.records else torch.zeros(0, _F, device=device))
         own = [i for i, (slot, _) in enumerate(state.record_meta) if trace[slot].layer >= 0]
         act = [i for i, (slot, target) in enumerate(state.record_meta)
                if trace[slot].is_activation and target >= 0]
-        own_stats = self._combine(records, state.record_meta, own, n_layers)
-        act_stats = self._combine(records, state.record_meta, act, n_layers)
+        own_stats, act_stats = self._combine(records, state.record_meta, own, act, n_layers)
         record_nonfinite = records[:, 7:].sum(dim=1)
         rows = self._ring[self._rows_read:len(self._rows)]
         per_param = state.per_param
@@ -542,7 +598,7 @@ class Monitor:
             rows, per_param, world = self._gather(rows, per_param, own_stats, act_stats)
         pieces = [
             rows.reshape(-1),
-            by_layer(per_param[:_P_GRAD_NF.start].T).sqrt().T.reshape(-1),
+            by_layer(per_param[_P_NORMS].T).sqrt().T.reshape(-1),
             by_layer(per_param[_P_GRAD_NF].T).reshape(-1),
             by_layer(per_param[_P_WEIGHT_NF].T).reshape(-1),
             own_stats.reshape(-1),
@@ -565,18 +621,26 @@ class Monitor:
         if state.regular:
             self._last_window = state.step // self.every_n_steps
         self.last_snapshot = snapshot
+        self._export_pulses()  # the step's Pulses reach the sinks before its Snapshot
         self.exporter.submit("on_snapshot", snapshot)
         for observer in self.observers:
             observer.on_snapshot(snapshot, self)
 
     @staticmethod
-    def _combine(records: torch.Tensor, meta: list[tuple[int, int]], chosen: list[int],
-                 n_layers: int) -> torch.Tensor:
+    def _combine(records: torch.Tensor, meta: list[tuple[int, int]], own: list[int],
+                 act: list[int], n_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-layer records [n_layers, F] of the layers' own outputs (records ``own``) and
+        of the activations after them (records ``act``), combined in ONE pass."""
+        chosen = own + act
+        groups = [meta[i][1] for i in own] + [n_layers + meta[i][1] for i in act]
+        device = records.device
         if not chosen:
-            return torch.full((n_layers, _F), math.nan, device=records.device)
-        index = torch.tensor(chosen, device=records.device)
-        groups = torch.tensor([meta[i][1] for i in chosen], device=records.device)
-        return probes.combine_records(records.index_select(0, index), groups, n_layers)
+            empty = torch.full((n_layers, _F), math.nan, device=device)
+            return empty, empty
+        combined = probes.combine_records(
+            records.index_select(0, torch.tensor(chosen, device=device)),
+            torch.tensor(groups, device=device), 2 * n_layers)
+        return combined[:n_layers], combined[n_layers:]
 
     def _build_snapshot(self, state: _Step, parts: list[np.ndarray], trace: list[_Traced]):
         n = len(self.layers)
@@ -667,22 +731,31 @@ class Monitor:
                                       saturation_kind(module), is_activation))
         return traced
 
-    def _optimizer_positions(self, optimizer: torch.optim.Optimizer) -> list[int]:
-        position = self.layers.param_position
-        return [position[id(p)] for g in optimizer.param_groups for p in g["params"]
-                if id(p) in position and p.requires_grad]
+    def _watched_params(self, optimizer: torch.optim.Optimizer | None) -> tuple[list[int], list]:
+        """Positions and parameters watched through ``optimizer`` (all for None), cached:
+        this runs every step; a change of the param groups' sizes renews it."""
+        groups = () if optimizer is None else tuple(len(g["params"]) for g in
+                                                    optimizer.param_groups)
+        cached = self._optimizer_params.get(id(optimizer))
+        if cached is None or cached[0] != groups:
+            params = self.layers.params
+            if optimizer is None:
+                positions = list(range(len(params)))
+            else:
+                position = self.layers.param_position
+                positions = [position[id(p)] for g in optimizer.param_groups for p in g["params"]
+                             if id(p) in position]
+            cached = (groups, positions, [params[i] for i in positions])
+            self._optimizer_params[id(optimizer)] = cached
+        return cached[1], cached[2]
 
     def _unseen_gradients(self, optimizer, state: _Step) -> tuple[list[int], list[torch.Tensor]]:
-        if optimizer is None:
-            candidates = range(len(self.layers.params))
-        else:
-            candidates = self._optimizer_positions(optimizer)
-        positions, grads = [], []
-        for i in candidates:
-            grad = self.layers.params[i].grad
-            if grad is not None and i not in state.observed:
-                positions.append(i)
-                grads.append(grad)
+        positions, params = self._watched_params(optimizer)
+        grads = [p.grad if p.requires_grad else None for p in params]  # frozen: stale grad
+        if state.observed or any(g is None for g in grads):
+            kept = [k for k, (i, g) in enumerate(zip(positions, grads))
+                    if g is not None and i not in state.observed]
+            positions, grads = [positions[k] for k in kept], [grads[k] for k in kept]
         state.observed.update(positions)
         return positions, grads
 

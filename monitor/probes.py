@@ -6,8 +6,10 @@ host once per sampled step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .distributed import local_shard
@@ -17,8 +19,11 @@ from .layers import SATURATION_SIGMOID, SATURATION_TANH
 ACTIVATION_FIELDS = (
     "count", "mean", "m2", "min", "max", "zeros", "saturated", "nan", "posinf", "neginf",
 )
-_COUNT, _MEAN, _M2, _MIN, _MAX = range(5)
+_COUNT, _MEAN, _M2, _MIN, _MAX, _ZEROS = range(6)
 _SUMMED = slice(5, len(ACTIVATION_FIELDS))
+
+#: A shared constant for the counts a CPU record knows to be 0 (stacked, never written).
+_CPU_ZERO = torch.zeros(())
 
 #: Up to this many elements, the per-op overhead (~5-10 us on a CPU), not the per-element
 #: work, is a tensor's cost: the fewest ops win, and parameters are counted together.
@@ -37,55 +42,68 @@ def floating_tensors(output: object) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def activation_record(
-    tensors: Sequence[torch.Tensor],
+def raw_activation_record(
+    y: torch.Tensor,
     saturation: int,
     sigmoid_flat: float,
     tanh_flat: float,
 ) -> torch.Tensor:
-    """One float32 record (ACTIVATION_FIELDS) over all values of ``tensors``.
+    """The record (ACTIVATION_FIELDS) of one output tensor, without its count, and with the
+    count of NON-zero values in the "zeros" field: ``complete_records`` adds the count and
+    turns it into zeros for all records of a step at once (an op per step, not per output).
 
     ``saturation`` selects the flat-region test: a sigmoid output below ``sigmoid_flat`` or
     above ``1 - sigmoid_flat``, a tanh-like output with |y| above ``tanh_flat``.
     """
-    records = [_one_record(t.detach(), saturation, sigmoid_flat, tanh_flat) for t in tensors]
-    if len(records) == 1:
-        return records[0]
-    stacked = torch.stack(records)
-    zeros = torch.zeros(len(records), dtype=torch.long, device=stacked.device)
-    return combine_records(stacked, zeros, 1)[0]
-
-
-def _one_record(y: torch.Tensor, saturation: int, sigmoid_flat: float, tanh_flat: float):
+    y = y.detach()
     if y.dtype != torch.float32:
         y = y.float()  # half-precision sums overflow
     y = y.reshape(-1)
-    count = y.new_full((), float(y.numel()))
     if y.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
         var, mean = torch.var_mean(y, correction=0)
-        m2 = var * count
+        m2 = var * y.numel()
     else:
-        # mean, then the norm of the centred values: two vectorised passes, several times
+        # mean, then the sum of squares of the centred values (one BLAS dot): several times
         # cheaper on a CPU than var_mean's Welford loop, and as exact (no cancellation)
-        mean = y.sum() / count
-        m2 = torch.linalg.vector_norm(y - mean).square()
+        mean = y.mean()
+        centred = y - mean
+        m2 = centred.dot(centred)
     low, high = torch.aminmax(y)
-    if saturation == SATURATION_SIGMOID:
-        saturated = ((y < sigmoid_flat) | (y > 1.0 - sigmoid_flat)).sum(dtype=torch.float32)
-    elif saturation == SATURATION_TANH:
-        saturated = (y.abs() > tanh_flat).sum(dtype=torch.float32)
-    else:
-        saturated = count.new_zeros(())
-    return torch.stack([
-        count,
-        mean,
-        m2,
-        low,
-        high,
-        count - torch.count_nonzero(y),  # zeros; cheaper than summing a (y == 0) mask
-        saturated,
-        *_nonfinite(y),
-    ])
+    if y.device.type == "cpu" and math.isfinite(low.numpy()) and math.isfinite(high.numpy()):
+        # every value finite (NaN would make the extremes NaN; on a CPU they are host memory
+        # already, so reading them is free): counts by float arithmetic, which a CPU does up
+        # to 10x faster than reductions of bool masks
+        nonzero = y.sign().abs_().sum()
+        if saturation == SATURATION_SIGMOID:
+            saturated = (_count_positive(sigmoid_flat - y)
+                         + _count_positive(y - (1.0 - sigmoid_flat)))
+        elif saturation == SATURATION_TANH:
+            saturated = _count_positive(y.abs().sub_(tanh_flat))
+        else:
+            saturated = _CPU_ZERO
+        nonfinite = (_CPU_ZERO,) * 3
+    else:  # exact counts whatever the values (an accelerator is never asked: a sync)
+        nonzero = torch.count_nonzero(y)
+        if saturation == SATURATION_SIGMOID:
+            saturated = ((y < sigmoid_flat) | (y > 1.0 - sigmoid_flat)).sum(dtype=torch.float32)
+        elif saturation == SATURATION_TANH:
+            saturated = (y.abs() > tanh_flat).sum(dtype=torch.float32)
+        else:
+            saturated = mean.new_zeros(())
+        nonfinite = _nonfinite(y)
+    return torch.stack([mean, m2, low, high, nonzero, saturated, *nonfinite])
+
+
+def _count_positive(values: torch.Tensor) -> torch.Tensor:
+    """How many of the finite ``values`` are > 0 (x - t > 0 exactly when x > t)."""
+    return values.sign_().relu_().sum()
+
+
+def complete_records(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Records [R, F] from ``raw_activation_record`` rows [R, F - 1] and their counts [R]."""
+    records = torch.cat([counts.to(raw.dtype)[:, None], raw], dim=1)
+    records[:, _ZEROS] = records[:, _COUNT] - records[:, _ZEROS]
+    return records
 
 
 def combine_records(records: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -109,24 +127,41 @@ def combine_records(records: torch.Tensor, group: torch.Tensor, n_groups: int) -
     return out
 
 
-def norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """float32 L2 norm of each tensor (of its local shard for a DTensor), as one 1-D tensor
-    (fused, grouped by device)."""
+def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
+                  cpu_float32: bool = False) -> torch.Tensor:
+    """float32 squared L2 norm of each tensor as one 1-D tensor; with ``shards``, of each
+    DTensor's local shard.
+
+    ``cpu_float32`` (the caller knows that every tensor is a float32 CPU tensor): a BLAS
+    dot product each, faster there than ``_foreach_norm``; otherwise one fused
+    ``torch._foreach_norm`` per device.
+    """
     if not tensors:
         return torch.zeros(0)
-    tensors = [local_shard(t) for t in tensors]
+    if shards:
+        tensors = [local_shard(t) for t in tensors]
+    if cpu_float32:
+        flat = [t.reshape(-1) for t in tensors]
+        return torch.stack([f.dot(f) for f in flat])
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
     if len(by_device) == 1:
-        return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32))
+        return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32)).square()
     home = tensors[0].device
     out = torch.empty(len(tensors), device=home)
     for positions in by_device.values():
         parts = torch._foreach_norm([tensors[i] for i in positions], 2, dtype=torch.float32)
         index = torch.tensor(positions, device=home)
         out.index_copy_(0, index, torch.stack(parts).to(home, non_blocking=True))
-    return out
+    return out.square()
+
+
+def all_finite(squared_norms: torch.Tensor) -> bool:
+    """True when these squared norms show their tensors free of NaN/Inf (a finite sum of
+    squares has only finite terms). Only ever True on a CPU, where reading them is free: an
+    accelerator is never asked (a sync), its tensors are always counted."""
+    return squared_norms.device.type == "cpu" and bool(np.isfinite(squared_norms.numpy()).all())
 
 
 @torch.no_grad()

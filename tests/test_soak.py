@@ -57,7 +57,7 @@ def test_resources_stay_flat_over_a_thousand_fully_sampled_steps(tmp_path, one_t
                 optimizer.step()
                 optimizer.zero_grad()
             if step in (WARM - 1, STEPS - 1):
-                monitor.exporter.flush()
+                monitor.flush()
                 checkpoints[step] = resources(prometheus)
     finally:
         monitor.close()
