@@ -9,14 +9,32 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import grad_norm
 
 from callbacks import TrainingDiagnostics
+
+
+class GradNormFloor(pl.Callback):
+    """The least any per-step gradient monitor does: ONE fused ``torch._foreach_norm`` of the
+    gradients, summed into a preallocated buffer that is never read (no logging, no
+    detection, no host sync). Times itself, like gradwatch, as ``overhead_seconds``."""
+
+    def __init__(self) -> None:
+        self.overhead_seconds = 0.0
+        self.total = torch.zeros(())
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        started = time.perf_counter()
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.total.copy_(torch.stack(torch._foreach_norm(grads, 2)).square().sum())
+        self.overhead_seconds += time.perf_counter() - started
 
 
 class LightningGradNorm(pl.Callback):
@@ -79,6 +97,9 @@ CONFIGS: tuple[Config, ...] = (
            lambda directory: [TrainingDiagnostics()]),
     Config("gradwatch-every-step", "TrainingDiagnostics(every_n_steps=1): every probe, "
            "every step", lambda directory: [TrainingDiagnostics(every_n_steps=1)]),
+    Config("floor-grad-norm", "the floor of per-step gradient monitoring: one fused "
+           "torch._foreach_norm of the gradients per step into a buffer, never read",
+           lambda directory: [GradNormFloor()]),
     Config("lightning-grad-norm", "self.log_dict(grad_norm(module, 2)) in "
            "on_before_optimizer_step, logged every step",
            lambda directory: [LightningGradNorm()], short_window=True),
@@ -95,3 +116,12 @@ CONFIGS: tuple[Config, ...] = (
 def diagnostics_of(callbacks: list[pl.Callback]) -> TrainingDiagnostics | None:
     """The TrainingDiagnostics among ``callbacks``, if any."""
     return next((c for c in callbacks if isinstance(c, TrainingDiagnostics)), None)
+
+
+def self_timed_seconds(callbacks: list[pl.Callback]) -> float | None:
+    """The training-thread time the timed callback among ``callbacks`` spent (gradwatch's
+    monitor, or a callback with its own ``overhead_seconds``), or None if none is timed."""
+    diagnostics = diagnostics_of(callbacks)
+    if diagnostics is not None:
+        return diagnostics.monitor.overhead_seconds
+    return next((c.overhead_seconds for c in callbacks if hasattr(c, "overhead_seconds")), None)

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .configs import Config, diagnostics_of
+from .configs import Config, diagnostics_of, self_timed_seconds
 from .models import ModelSpec, ReferenceModule
 
 #: Every scalar read (``.item()``, ``float(t)``, ``bool(t)`` via ``aten::is_nonzero``) ends in
@@ -117,8 +117,7 @@ class SteadyStateWindow(pl.Callback):
 
     @staticmethod
     def _monitor_seconds(trainer) -> float | None:
-        diagnostics = diagnostics_of(trainer.callbacks)
-        return diagnostics.monitor.overhead_seconds if diagnostics is not None else None
+        return self_timed_seconds(trainer.callbacks)
 
     def measured(self) -> Measured:
         if self.elapsed is None:
