@@ -16,6 +16,7 @@ import math
 import re
 
 from tensorboard.compat.proto.summary_pb2 import Summary
+
 from .prometheus import LAYER_GAUGES
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 
@@ -36,7 +37,8 @@ class TensorBoardSink:
     def __init__(self, writer=None, log_dir: str | None = None) -> None:
         if writer is None and log_dir is None:
             raise ValueError("TensorBoardSink needs a writer or a log_dir")
-        from torch.utils.tensorboard import SummaryWriter  # here: `gradwatch report` needs no torch
+        # imported here: `gradwatch report` reads runs without torch
+        from torch.utils.tensorboard import SummaryWriter
 
         self._owned = writer is None
         if writer is None:

@@ -94,7 +94,10 @@ def test_per_layer_statistics_match_independent_values():
         assert not snapshot.nonfinite.any()
 
 
-def test_activation_statistics_match_recorded_outputs():
+# 16 rows: outputs of a few hundred values; 1024 rows: 16,384 values per hidden output, which
+# take the large-tensor path (centred dot product, counts by float arithmetic on a CPU)
+@pytest.mark.parametrize("rows", [16, 1024])
+def test_activation_statistics_match_recorded_outputs(rows):
     torch.manual_seed(2)
     model = tanh_mlp()
     recorder = OutputRecorder({"tanh": model[1], "relu": model[3], "out": model[4]})
@@ -102,7 +105,7 @@ def test_activation_statistics_match_recorded_outputs():
     monitor = Monitor(model, sinks=[sink], every_n_steps=100)
     with monitor.step(0):
         for _ in range(2):  # two micro-batches: statistics over both
-            x = torch.randn(16, 8) * 4
+            x = torch.randn(rows, 8) * 4
             loss = model(x).square().mean()
             monitor.observe_loss(loss)
             loss.backward()
@@ -297,6 +300,40 @@ def test_nonfinite_counts_by_source_and_kind():
     assert snapshot.nonfinite[1, 0].tolist() == counts(out_of_first)
     assert math.isnan(snapshot.pulse.loss)
     assert not math.isfinite(snapshot.pulse.global_grad_norm)
+
+
+def test_nonfinite_counts_of_large_tensors_are_exact():
+    """Tensors above probes.SMALL_NUMEL: on a CPU their NaN/Inf are counted only where an
+    extreme or a norm shows one, so a count missed there would be a silent zero."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1))
+    recorder = OutputRecorder({"first": model[0]})
+    sink = Collect()
+    monitor = Monitor(model, sinks=[sink])
+    x = torch.randn(256, 128)
+    x[0, 0], x[1, 1], x[2, 2] = float("nan"), float("inf"), float("-inf")
+    with monitor.step(0):
+        loss = model(x).sum()
+        monitor.observe_loss(loss)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        monitor.observe_gradients()
+    monitor.close()
+    recorder.remove()
+    snapshot = sink.snapshots[0]
+
+    def counts(tensors):
+        t = torch.cat([x.flatten() for x in tensors])
+        return [int(torch.isnan(t).sum()), int(torch.isposinf(t).sum()),
+                int(torch.isneginf(t).sum())]
+
+    first_output = counts(recorder.outputs["first"])
+    assert first_output[0] >= 64 and first_output[1] > 0 and first_output[2] > 0
+    assert snapshot.nonfinite[1, 0].tolist() == first_output
+    assert snapshot.nonfinite[0, 0].tolist() == counts(grads[:2])
+    assert grads[0].numel() > 4096 and sum(counts(grads[:2])) > 0  # large, and hit
+    assert snapshot.nonfinite[2].sum() == 0  # the weights themselves are finite
+    assert snapshot.nonfinite_origin == "0"
 
 
 def test_bad_arguments_name_the_option():
