@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -90,8 +92,7 @@ class _Traced:
     is_activation: bool
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):
     """Host-side facts of one ring row (the device holds its values)."""
 
     step: int
@@ -114,6 +115,7 @@ class _Step:
     grads_seen: bool = False
     weights_seen: bool = False
     stepped: bool = False
+    optimizers_hooked: bool = False  # else ``stepped`` is not observed
     observed: set[int] = field(default_factory=set)
     # sampled steps only
     trace: list[_Traced] = field(default_factory=list)
@@ -217,15 +219,16 @@ class Monitor:
         self._traced = self._traceable_modules(all_modules=False)
         self._traced_all: list[_Traced] | None = None
         self._optimizers: list[torch.optim.Optimizer] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._optimizer_handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._optimizers_hooked = False
         self._step_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._present_index: dict[tuple[int, ...], torch.Tensor] = {}
         self._ring: torch.Tensor | None = None
+        self._ring_host: np.ndarray | None = None
         self._norm_options: dict[str, bool] = {}
         self._norm_key: tuple | None = None
         self._alarm_squared_norm = self.thresholds.explosion_norm ** 2  # NaN compares False
         self._optimizer_params: dict[int, tuple[tuple[int, ...], list[int], list]] = {}
-        self._ring_rows: tuple[torch.Tensor, ...] = ()
         self._ring_cells: list[tuple[torch.Tensor, ...]] = []
         self._rows: list[_Row] = []
         self._rows_read = 0
@@ -248,8 +251,28 @@ class Monitor:
         if any(optimizer is o for o in self._optimizers):
             return
         self._optimizers.append(optimizer)
-        self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
-        self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+        if self._optimizers_hooked:
+            self._hook_optimizer(optimizer)
+
+    def _hook_optimizers(self, on: bool) -> None:
+        """Attach the optimizers' step hooks for a step that needs them (sampled: update
+        ratios; AMP: skipped steps; clipping: the post-clip norm), detach them otherwise:
+        two Python calls per optimizer step saved on the other steps."""
+        if on == self._optimizers_hooked:
+            return
+        self._optimizers_hooked = on
+        if on:
+            for optimizer in self._optimizers:
+                self._hook_optimizer(optimizer)
+        else:
+            for handle in self._optimizer_handles:
+                handle.remove()
+            self._optimizer_handles = []
+
+    def _hook_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self._optimizer_handles += [
+            optimizer.register_step_pre_hook(self._before_optimizer_step),
+            optimizer.register_step_post_hook(self._after_optimizer_step)]
 
     def escalate(self, steps: int, trace_all_modules: bool = True) -> None:
         """Sample the next ``steps`` steps fully (e.g. after a NaN on an unsampled step).
@@ -299,8 +322,10 @@ class Monitor:
         ring = self._ensure_ring()
         row = len(self._rows)
         sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
-        self._ring_rows[row].zero_()
-        self._current = _Step(step=step, row=row, sampled=sampled, regular=self._is_regular(step))
+        hooked = sampled or self.grad_scaler is not None or self.track_clipping
+        self._hook_optimizers(hooked)
+        self._current = _Step(step=step, row=row, sampled=sampled, regular=self._is_regular(step),
+                              optimizers_hooked=hooked)
         if sampled:
             self._prepare_sample()
 
@@ -376,7 +401,7 @@ class Monitor:
         self._drain_rows()
         self._export_pulses()
         self._closed = True
-        for handle in self._handles + self._step_handles:
+        for handle in self._optimizer_handles + self._step_handles:
             handle.remove()
         self.exporter.close(timeout)
 
@@ -385,7 +410,6 @@ class Monitor:
     def _end_step(self) -> None:
         state = self._current
         assert state is not None
-        ring = self._ring
         cells = self._ring_cells[state.row]
         scale = getattr(self.grad_scaler, "_scale", None)  # a tensor: reading it needs no sync
         has_scale = isinstance(scale, torch.Tensor)
@@ -394,7 +418,8 @@ class Monitor:
         self._rows.append(_Row(
             step=state.step,
             time=time.time(),
-            stepped=state.stepped or (not self._optimizers and state.grads_seen),
+            # unhooked (no AMP scaler): a step that saw gradients is taken to have stepped
+            stepped=state.stepped if state.optimizers_hooked else state.grads_seen,
             learning_rates=self._learning_rates(),
             measured=(state.loss_seen, state.grads_seen,
                       self.track_clipping and not self._any_sharded, has_scale,
@@ -402,15 +427,16 @@ class Monitor:
         ))
         if state.sampled:
             self._finish_sample(state)
-        elif ring.device.type == "cpu" and not self._sharded_world() and (
-                len(self._rows) - self._rows_read >= PULSE_BATCH or self._alarming(cells)):
+        elif self._ring_host is not None and not self._sharded_world() and (
+                len(self._rows) - self._rows_read >= PULSE_BATCH or self._alarming(state.row)):
             self._drain_rows()  # sharded norms are only whole after the next gather
         self._current = None
 
-    def _alarming(self, cells: tuple[torch.Tensor, ...]) -> bool:
+    def _alarming(self, row: int) -> bool:
         """A ring row (on a CPU: host memory, free to read) that must be judged at once."""
-        loss, squared_norm = cells[_LOSS].numpy(), cells[_GRAD_SQ].numpy()
-        return not (math.isfinite(loss) and squared_norm <= self._alarm_squared_norm)
+        values = self._ring_host[row]
+        return not (math.isfinite(values[_LOSS]) and
+                    values[_GRAD_SQ] <= self._alarm_squared_norm)
 
     def _ensure_ring(self) -> torch.Tensor:
         device = self._device()
@@ -418,9 +444,10 @@ class Monitor:
             if self._ring is not None:
                 self._drain_rows()
             self._ring = torch.zeros(self.every_n_steps + 1, _RING_COLUMNS, device=device)
+            # on a CPU, the ring as host memory: looked at each step's end, at no cost
+            self._ring_host = self._ring.numpy() if device.type == "cpu" else None
             # views made once: indexing the ring costs an op per access, every step
-            self._ring_rows = self._ring.unbind(0)
-            self._ring_cells = [row.unbind(0) for row in self._ring_rows]
+            self._ring_cells = [row.unbind(0) for row in self._ring.unbind(0)]
             self._rows, self._rows_read = [], 0
         elif len(self._rows) >= self._ring.shape[0]:  # only after an unusual step pattern
             self._drain_rows()
@@ -467,6 +494,7 @@ class Monitor:
                 observer.on_pulse(pulse, self)
         self._rows_read += len(host_rows)
         if self._current is None or self._current.row < self._rows_read:
+            self._ring[:len(self._rows)].zero_()  # ONE op for all rows read; add_ needs 0s
             self._rows, self._rows_read = [], 0
         if time.monotonic() - self._exported_at >= PULSE_EXPORT_SECONDS:
             self._export_pulses()
@@ -608,7 +636,8 @@ class Monitor:
         ]
         sizes = [p.numel() for p in pieces]
         host = _host(torch.cat(pieces))  # the ONE device-to-host transfer of the step
-        parts = np.split(host, np.cumsum(sizes)[:-1])
+        ends = list(itertools.accumulate(sizes))
+        parts = [host[end - size:end] for size, end in zip(sizes, ends)]
         self._drain_rows(parts[0].reshape(-1, _RING_COLUMNS))
         snapshot = self._build_snapshot(state, parts[1:7], trace)
         if world:
