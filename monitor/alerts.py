@@ -152,6 +152,7 @@ class AlertEngine:
                              f"known: {sorted(known)}")
         self.thresholds = thresholds
         self._detectors = list(detectors) if detectors is not None else None
+        self._pulse_detectors: list[object] | None = None  # those judging Pulses, every step
         self.active: dict[str, Alert] = {}
         self.history: deque[Alert] = deque(maxlen=history_size)
         self.should_stop = False
@@ -161,10 +162,12 @@ class AlertEngine:
 
     def on_pulse(self, pulse: Pulse, monitor) -> None:
         """Every step's Pulse (training thread)."""
-        for detector in self._ready(monitor):
-            if hasattr(detector, "on_pulse"):
-                self._apply(detector, self._run(detector, "on_pulse", pulse), pulse.step,
-                            pulse.time, monitor)
+        if self._pulse_detectors is None:
+            self._pulse_detectors = [d for d in self._ready(monitor) if hasattr(d, "on_pulse")]
+        for detector in self._pulse_detectors:
+            result = self._run(detector, "on_pulse", pulse)
+            if result is not None and (result is not Verdict.CLEAR or self.active):
+                self._apply(detector, result, pulse.step, pulse.time, monitor)
 
     def on_snapshot(self, snapshot: Snapshot, monitor) -> None:
         """Every sampled step's Snapshot (training thread)."""

@@ -153,10 +153,11 @@ class GradientExplosion:
             reasons.append((f"above the absolute limit {t.explosion_norm:g}", t.explosion_norm))
         baseline = self.history.baseline
         if len(baseline) >= t.history_min_steps:
-            bar = t.explosion_spike_factor * max(baseline)
+            peak = max(baseline)
+            bar = t.explosion_spike_factor * peak
             if norm > bar:
-                reasons.append((f"{norm / max(max(baseline), 1e-300):.3g}x the max of the last "
-                                f"{len(baseline)} normal steps ({max(baseline):.3g})", bar))
+                reasons.append((f"{norm / max(peak, 1e-300):.3g}x the max of the last "
+                                f"{len(baseline)} normal steps ({peak:.3g})", bar))
         growth = self._growth(norm)
         if growth is not None:
             reasons.append((f"growing {growth:.3g}x per step over the last "
@@ -167,8 +168,11 @@ class GradientExplosion:
     def _growth(self, norm: float) -> float | None:
         """Geometric mean growth per step when every one of the last steps grew enough."""
         steps = int(self.t.explosion_growth_steps)
-        recent = list(self.history.raw)[-steps:] + [norm]
-        if len(recent) <= steps or min(recent) <= 0:
+        raw = self.history.raw
+        if len(raw) < steps:
+            return None
+        recent = [raw[i] for i in range(-steps, 0)] + [norm]  # deque ends: O(1) each
+        if min(recent) <= 0:
             return None
         ratios = [b / a for a, b in zip(recent, recent[1:])]
         if min(ratios) < self.t.explosion_growth_factor:
@@ -223,10 +227,11 @@ class LossDivergence:
         reasons: list[tuple[str, float]] = []
         baseline, raw = self.history.baseline, self.history.raw
         if len(baseline) >= t.history_min_steps and min(baseline) > 0:
-            bar = t.loss_spike_factor * max(baseline)
+            peak = max(baseline)
+            bar = t.loss_spike_factor * peak
             if loss > bar:
-                reasons.append((f"{loss / max(baseline):.3g}x the max of the last "
-                                f"{len(baseline)} normal steps ({max(baseline):.4g})", bar))
+                reasons.append((f"{loss / peak:.3g}x the max of the last "
+                                f"{len(baseline)} normal steps ({peak:.4g})", bar))
         growth = self._growth([*raw, loss])
         if growth is not None:
             reasons.append(growth)
