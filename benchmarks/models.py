@@ -30,6 +30,9 @@ class ModelSpec:
     batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+    #: timed windows (of the plan's steps each) per run: more for a fast model, so that its
+    #: timed window lasts long enough (about a second) to rise above the machine's jitter
+    windows: int = 1
 
 
 class CycledBatches(torch.utils.data.Dataset):
@@ -145,7 +148,7 @@ def cpu_models(smoke: bool = False) -> list[ModelSpec]:
     return [
         ModelSpec("mlp", f"{depth} x Linear({width})+Tanh, batch {batch}, Adam",
                   lambda: deep_mlp(width, depth), classification_batch(batch, (width,)),
-                  F.cross_entropy, lambda p: torch.optim.Adam(p, lr=1e-3)),
+                  F.cross_entropy, lambda p: torch.optim.Adam(p, lr=1e-3), windows=2),
         ModelSpec("transformer", f"4-layer encoder, d_model {d_model}, seq {seq}, "
                   f"batch {tokens_batch}, vocabulary {vocab}, AdamW",
                   lambda: TokenModel(vocab, seq, d_model, 4, 4),
@@ -154,7 +157,8 @@ def cpu_models(smoke: bool = False) -> list[ModelSpec]:
         ModelSpec("cnn", f"3 x Conv+BatchNorm+ReLU, {image}x{image} images, batch "
                   f"{images_batch}, SGD momentum",
                   small_cnn, classification_batch(images_batch, (3, image, image)),
-                  F.cross_entropy, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+                  F.cross_entropy, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+                  windows=4),
     ]
 
 

@@ -65,10 +65,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 short_steps=5, scale_layers=1000, memory_steps=20_000)
 
 
-def window(plan: Plan, config: Config) -> dict:
+def window(plan: Plan, config: Config, spec: ModelSpec) -> dict:
     if config.short_window:
         return {"warmup": plan.short_warmup, "steps": plan.short_steps}
-    return {"warmup": plan.warmup, "steps": plan.steps}
+    return {"warmup": plan.warmup, "steps": plan.steps * spec.windows}
 
 
 def timed_rounds(plan: Plan, configs: list[Config], seed: int) -> dict[tuple[str, str], list]:
@@ -81,7 +81,7 @@ def timed_rounds(plan: Plan, configs: list[Config], seed: int) -> dict[tuple[str
             shuffle.shuffle(order)
             for config in order:
                 started = time.perf_counter()
-                measured = run(spec, config, device=plan.device, **window(plan, config))
+                measured = run(spec, config, device=plan.device, **window(plan, config, spec))
                 results.setdefault((spec.name, config.name), []).append(measured)
                 log(f"round {round_number + 1}/{plan.rounds} {spec.name:12s} "
                     f"{config.name:22s} {measured.step_seconds * 1e3:9.2f} ms/step "
@@ -92,7 +92,7 @@ def timed_rounds(plan: Plan, configs: list[Config], seed: int) -> dict[tuple[str
 def profiled(plan: Plan, configs: list[Config]) -> dict[tuple[str, str], Measured]:
     """One profiled run per (model, config): host syncs and aten ops per step."""
     return {(spec.name, config.name): run(spec, config, device=plan.device, profiled=True,
-                                          **window(plan, config))
+                                          **window(plan, config, spec))
             for spec in plan.models for config in configs}
 
 

@@ -46,6 +46,7 @@ def markdown(env: dict[str, str], plan, configs, skipped: list[str], rows: list[
         f"- date: {env['date']}; the whole run took {seconds / 60:.1f} min",
         f"- device: {plan.device}; {plan.rounds} interleaved rounds (random order per round); "
         f"per run a fresh model with the same seed; timed: {plan.steps} steady-state steps "
+        f"per window ({', '.join(f'{m.name} {m.windows}' for m in plan.models)} windows) "
         f"after {plan.warmup} warm-up steps ({plan.short_steps} after {plan.short_warmup} "
         f"for the configurations marked *, whose cost dwarfs the noise)",
         "",
@@ -81,7 +82,11 @@ def markdown(env: dict[str, str], plan, configs, skipped: list[str], rows: list[
 
 def budget(rows: list[Row], figures: ScaleFigures) -> list[str]:
     """Each target of issue 6 next to what was measured."""
-    lines = ["## Budget", "", "| target | model | measured | met |", "| --- | --- | --- | --- |"]
+    lines = ["## Budget", "",
+             "A ratio target is met when the median ratio AND 1 + the self time are within "
+             "it: the self time is spent on the training thread, so it is a lower bound of "
+             "the overhead that the noise of the ratio cannot hide.", "",
+             "| target | model | measured | met |", "| --- | --- | --- | --- |"]
     floor_share = {row.model: row.monitor_share for row in rows
                    if row.config == GRAD_NORM_FLOOR}
     for row in rows:
@@ -91,7 +96,7 @@ def budget(rows: list[Row], figures: ScaleFigures) -> list[str]:
             lines.append(f"| {row.config} <= x{target} | {row.model} | x{row.ratio:.3f} "
                          f"(self time {_percent(row.monitor_share)}"
                          + (f"; {GRAD_NORM_FLOOR}: {_percent(floor)}" if floor else "")
-                         + f") | {_met(row.ratio <= target)} |")
+                         + f") | {_met(within(row, target))} |")
         if row.config.startswith("gradwatch"):
             ok = (row.syncs_sampled is None or row.syncs_sampled <= 1) and \
                 (row.syncs_other or 0) == 0
@@ -107,6 +112,14 @@ def budget(rows: list[Row], figures: ScaleFigures) -> list[str]:
               f"{middle} to the last | {_met(traced < MEMORY_SLACK_BYTES and rss < 2 ** 20)} |",
               ""]
     return lines
+
+
+def within(row: Row, target: float) -> bool:
+    """Met only when both the median ratio AND the self time are within the target: time
+    spent on the training thread is added to the step whatever the noise says, so the self
+    share is a lower bound of the true overhead, and a ratio below it is noise."""
+    share = row.monitor_share or 0.0
+    return row.ratio <= target and 1.0 + share <= target
 
 
 def memory_growth(figures: ScaleFigures) -> tuple[int, int, int]:
