@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -198,14 +199,16 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.webhook_url = webhook_url
         self.on_alert = on_alert
         self.forensics_dir = forensics_dir
-        # built now so that a wrong stop_on fails at construction
-        self.engine = AlertEngine(self.thresholds, stop_on=stop_on) if alerts else None
+        self.stop_on = tuple(stop_on)
+        # built now so that a wrong stop_on fails at construction; anew for every fit
+        self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on) if alerts else None
         self.monitor: Monitor | None = None
         self.prometheus: PrometheusSink | None = None
         self.tensorboard_sink: TensorBoardSink | None = None
         self.pusher: PushgatewayPusher | None = None
         self.bound_port: int | None = None
         self._step_started_at: int | None = None
+        self._final_step: int | None = None
         self._final_snapshot = None
 
     @property
@@ -229,6 +232,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             return
         run = self.run_name or _default_run_name(trainer)
         multi = trainer.world_size > 1
+        # every fit starts fresh: no detector history, no stop request, no figures of the last
+        if self.engine is not None:
+            self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on)
+        self.prometheus = self.tensorboard_sink = self.pusher = None
+        self.bound_port = self._step_started_at = self._final_snapshot = None
         sinks: list[Sink] = []
         if self.prometheus_port is not None or self.pushgateway_url:
             self.prometheus = PrometheusSink(run, trainer.global_rank if multi else None,
@@ -303,13 +311,24 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             ddp_model.register_comm_hook(None, monitor.ddp_comm_hook())
         if self.engine is not None:
             self.engine.audit(pl_module, monitor, step=trainer.global_step)
+        self._final_step = _final_step(trainer)
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
         self.monitor.end_step()
         if self.engine is not None:
             self.engine.flush(self.monitor)  # a NaN on the very last steps is still reported
-        self.monitor.flush()
+        self.monitor.flush()  # the last steps reach the sinks while /metrics is still served
+
+    @override
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if self.monitor is not None:  # a validation inside an accumulation window
+            self.monitor.pause_tracing(True)
+
+    @override
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.monitor is not None:
+            self.monitor.pause_tracing(False)
 
     @override
     def teardown(self, trainer, pl_module, stage: str) -> None:
@@ -336,8 +355,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     @override
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
-        self._step_started_at = trainer.global_step
-        self.monitor.begin_step(trainer.global_step)
+        step = trainer.global_step
+        if step == self._final_step and step != self._step_started_at:
+            self.monitor.escalate(1, trace_all_modules=False)  # the run ends on full figures
+        self._step_started_at = step
+        self.monitor.begin_step(step)
 
     @override
     def on_before_backward(self, trainer, pl_module, loss) -> None:
@@ -370,6 +392,15 @@ def _basic_auth_handler(credentials: tuple[str, str] | None):
         return basic_auth_handler(url, method, timeout, headers, data, username, password)
 
     return handler
+
+
+def _final_step(trainer) -> int | None:
+    """The last optimizer step this fit will run, when the Trainer knows it."""
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # e.g. accumulation that changes by epoch: the last step is unknown
+        return None
+    return int(total) - 1 if 0 < total < math.inf else None
 
 
 def _default_run_name(trainer) -> str:

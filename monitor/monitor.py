@@ -111,6 +111,7 @@ class _Step:
     row: int
     sampled: bool
     regular: bool
+    learning_rates: tuple[tuple[float, ...], ...]  # read when the step starts: those it runs with
     loss_seen: bool = False
     grads_seen: bool = False
     weights_seen: bool = False
@@ -239,6 +240,7 @@ class Monitor:
         self._escalated_steps = 0
         self._trace_all_next = False
         self._forward_order_known = False
+        self._tracing_paused = False
         self._current: _Step | None = None
         self._closed = False
         for optimizer in optimizers:
@@ -287,10 +289,17 @@ class Monitor:
         self._trace_all_next = self._trace_all_next or trace_all_modules
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Hand every Pulse read so far to the sinks and wait (bounded) until they have it;
-        False on timeout."""
+        """Hand every finished step's Pulse to the sinks and wait (bounded) until they have
+        it; False on timeout. Between steps this reads the ring (a sync on an accelerator)."""
+        if self._current is None:
+            self._drain_rows()
         self._export_pulses()
         return self.exporter.flush(timeout)
+
+    def pause_tracing(self, paused: bool) -> None:
+        """Ignore (True) or count again (False) the forward passes of a sampled step: those
+        in between are not the training's (e.g. a validation inside an accumulation window)."""
+        self._tracing_paused = paused
 
     def publish(self, method: str, item: object) -> None:
         """Hand ``item`` to every sink that has ``method`` (e.g. "on_alert"), off-thread."""
@@ -325,7 +334,7 @@ class Monitor:
         hooked = sampled or self.grad_scaler is not None or self.track_clipping
         self._hook_optimizers(hooked)
         self._current = _Step(step=step, row=row, sampled=sampled, regular=self._is_regular(step),
-                              optimizers_hooked=hooked)
+                              learning_rates=self._learning_rates(), optimizers_hooked=hooked)
         if sampled:
             self._prepare_sample()
 
@@ -420,7 +429,7 @@ class Monitor:
             time=time.time(),
             # unhooked (no AMP scaler): a step that saw gradients is taken to have stepped
             stepped=state.stepped if state.optimizers_hooked else state.grads_seen,
-            learning_rates=self._learning_rates(),
+            learning_rates=state.learning_rates,
             measured=(state.loss_seen, state.grads_seen,
                       self.track_clipping and not self._any_sharded, has_scale,
                       self._local_check_installed),
@@ -531,13 +540,13 @@ class Monitor:
                 self._trace_all_next = False
 
     def _on_model_forward(self, module: nn.Module, args: object) -> None:
-        if self._current is not None:
+        if self._current is not None and not self._tracing_paused:
             self._current.last_layer = -1
 
     def _on_forward(self, slot: int, module: nn.Module, args: object, output: object) -> None:
         start = time.perf_counter()
         state = self._current
-        if state is None or not state.sampled:
+        if state is None or not state.sampled or self._tracing_paused:
             return
         traced = state.trace[slot]
         if traced.layer >= 0:

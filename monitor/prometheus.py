@@ -73,6 +73,7 @@ class PrometheusSink:
         self._bucket_counts = [0] * (len(self._bounds) + 1)
         self._norm_sum = 0.0
         self._pulse: Pulse | None = None
+        self._latest: dict[str, float] = {}
         self._snapshot: Snapshot | None = None
         self._layers: tuple[str, ...] = ()
         self._layer_values: dict[str, np.ndarray] = {}
@@ -111,6 +112,9 @@ class PrometheusSink:
         norm, loss = pulse.global_grad_norm, pulse.loss
         with self._lock:
             self._pulse = pulse
+            # a step without a loss or gradients (no backward) keeps the last values shown
+            self._latest.update({name: value for name, value in _pulse_gauges(pulse)
+                                 if value is not None})
             if norm is not None and math.isfinite(norm):
                 self._bucket_counts[int(np.searchsorted(self._bounds, norm))] += 1
                 self._norm_sum += norm
@@ -168,17 +172,10 @@ class PrometheusSink:
         base = list(self._base.values())
         pulse = self._pulse
         if pulse is not None:
-            for name, value in (
-                ("step", pulse.step),
-                ("last_step_timestamp_seconds", pulse.time),
-                ("loss", pulse.loss),
-                ("global_grad_norm", pulse.global_grad_norm),
-                ("clipped_grad_norm", pulse.clipped_grad_norm),
-                ("amp_loss_scale", pulse.loss_scale),
-            ):
+            for name, _ in _pulse_gauges(pulse):
                 family = self._family(name)
-                if value is not None:
-                    family.add_metric(base, value)
+                if name in self._latest:
+                    family.add_metric(base, self._latest[name])
                 yield family
             lr = self._family("learning_rate")
             for optimizer, groups in enumerate(pulse.learning_rates):
@@ -278,6 +275,18 @@ class PrometheusSink:
             grouped["update_ratio"] = root_sum_sq(delta) / grouped["weight_norm"]
         grouped["activation_max_abs"] = np.fmax.reduceat(values["activation_max_abs"], starts)
         return names, grouped
+
+
+def _pulse_gauges(pulse: Pulse) -> tuple[tuple[str, float | None], ...]:
+    """The gauges a Pulse sets, by metric name (None: not measured on that step)."""
+    return (
+        ("step", pulse.step),
+        ("last_step_timestamp_seconds", pulse.time),
+        ("loss", pulse.loss),
+        ("global_grad_norm", pulse.global_grad_norm),
+        ("clipped_grad_norm", pulse.clipped_grad_norm),
+        ("amp_loss_scale", pulse.loss_scale),
+    )
 
 
 def _kind(value: float) -> str:

@@ -78,14 +78,15 @@ def added_syncs(tmp_path, steps: int, every_n_steps: int) -> Counter:
 
 
 def test_one_transfer_per_sampled_step_and_none_otherwise(tmp_path):
-    # 12 steps, every 4: steps 0, 4 and 8 are sampled
+    # 12 steps, every 4: steps 0, 4 and 8 are sampled, and the last (the run ends on full
+    # figures)
     added = added_syncs(tmp_path / "a", steps=12, every_n_steps=4)
-    assert added == Counter({HOST_COPY: 3, "aten::item": 0, "aten::_local_scalar_dense": 0,
+    assert added == Counter({HOST_COPY: 4, "aten::item": 0, "aten::_local_scalar_dense": 0,
                              "aten::is_nonzero": 0})
 
 
 def test_unsampled_steps_add_no_sync(tmp_path):
-    # only step 0 is sampled: the 11 other steps must add nothing
+    # only steps 0 and 11 (the last) are sampled: the 10 other steps must add nothing
     added = added_syncs(tmp_path / "b", steps=12, every_n_steps=1000)
-    assert added[HOST_COPY] == 1
-    assert sum(added.values()) == 1
+    assert added[HOST_COPY] == 2
+    assert sum(added.values()) == 2
