@@ -35,8 +35,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     Works with a ``Trainer`` from ``lightning.pytorch`` and from ``pytorch_lightning``.
     Every step (always on, no host sync): the loss and the global gradient norm.
-    Every ``every_n_steps`` steps (sampled): the full per-layer statistics below, copied to
-    the host in one transfer. A "layer" is a module that directly owns parameters, named by
+    Every ``every_n_steps`` steps and on the fit's last step (sampled): the full per-layer
+    statistics below, copied to the host in one transfer; forward passes of a validation
+    that runs inside an accumulation window are not counted. Each ``fit`` starts fresh (a
+    reused callback keeps no detector history nor stop request). A "layer" is a module that directly owns parameters, named by
     its qualified name and ordered by depth (forward order).
 
     Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1):
