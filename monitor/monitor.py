@@ -647,8 +647,7 @@ class Monitor:
             if not state.weights_seen:  # the update ratio's denominator: W before the step
                 self._measure_weights(state)
             positions, watched = self._watched_params(optimizer)
-            # a parameter without a gradient is not stepped: its update is not measured
-            kept = [k for k, p in enumerate(watched) if p.requires_grad and p.grad is not None]
+            kept = [k for k, p in enumerate(watched) if p.requires_grad]
             positions = [positions[k] for k in kept]
             params = [watched[k].detach() for k in kept]
             if params:
@@ -677,7 +676,10 @@ class Monitor:
                 torch._foreach_sub_(before, [self.layers.params[i].detach() for i in positions])
                 per_param[_P_DELTA].index_copy_(
                     0, index, probes.squared_norms(before, **self._norm_options))
-                state.updated.update(positions)
+                # a parameter without a gradient (unused in forward) is not stepped: its
+                # update is "not measured", not 0 (read now: a closure makes the gradients)
+                params = self.layers.params
+                state.updated.update(i for i in positions if params[i].grad is not None)
         self.overhead_seconds += time.perf_counter() - start
 
     def _finish_sample(self, state: _Step) -> None:
