@@ -172,7 +172,8 @@ class Monitor:
         monitor.close()
 
     Args:
-        model: the module to watch.
+        model: the module to watch; its layers are indexed when the first step begins
+            (layers added before that are watched) and again once lazy modules have run.
         run_name: the ``run`` label of everything exported.
         every_n_steps: full per-layer statistics every this many steps (step 0 included).
         sinks: where Pulses and Snapshots go (run on the export thread).
@@ -266,10 +267,6 @@ class Monitor:
         """
         self.layers = LayerIndex.from_model(self.model)
         self._layer_params = self._params_per_layer()
-        if any(type(p).__name__ == "FlatParameter" for p in self.layers.params):
-            log.warning("gradwatch: FSDP1 flat parameters found: per-layer figures would be "
-                        "those of flattened local shards. Use FSDP2 (fully_shard) for exact "
-                        "per-layer norms.")
         sharded = [distributed.is_sharded(p) for p in self.layers.params]
         self._sharded = torch.tensor(sharded, dtype=torch.bool)
         self._any_sharded = any(sharded)  # a host bool: testing the tensor would sync
@@ -288,13 +285,19 @@ class Monitor:
         self._compiled = has_compiled_code(self.model)
 
     def _index_if_changed(self) -> None:
-        if not self._indexed_for_training or self.layers.materialised():
-            self._index_model()
-            if not self._indexed_for_training and not self.layers.params \
-                    and not self.layers.lazy:
+        if self._indexed_for_training and not self.layers.materialised():
+            return
+        self._index_model()
+        if not self._indexed_for_training:
+            self._indexed_for_training = True
+            params = self.layers.params
+            if not params and not self.layers.lazy:
                 log.warning("gradwatch: %s has no parameters: there is nothing to watch "
                             "but the loss", type(self.model).__name__)
-            self._indexed_for_training = True
+            if any(type(p).__name__ == "FlatParameter" for p in params):
+                log.warning("gradwatch: FSDP1 flat parameters found: per-layer figures would "
+                            "be those of flattened local shards. Use FSDP2 (fully_shard) for "
+                            "exact per-layer norms.")
 
     # ------------------------------------------------------------------ public API
 

@@ -429,3 +429,37 @@ def test_a_layer_unused_in_forward_has_no_update_ratio(tmp_path):
                     and ("layer", "unused") in k[1]]
         assert sample(parsed, "gradwatch_update_ratio", layer="net.0") > 0
     assert_figures_match(reference)
+
+
+# ---------------------------------------------------------------------------- keep working
+
+class TinyGPT2(pl.LightningModule):
+    """A 2-block GPT-2 built from a config (no weights downloaded), lm_head tied to wte."""
+
+    def __init__(self):
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=2,
+                                         n_head=2)
+        self.model = transformers.GPT2LMHeadModel(config)
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        tokens = (x.abs() * 10).long().clamp(max=39)
+        return self.model(input_ids=tokens, labels=tokens).loss  # a ModelOutput
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    def train_dataloader(self):
+        return loader()
+
+
+def test_hugging_face_gpt2_with_tied_embeddings(tmp_path):
+    # issue 12, "keep working": GPT-2 from a config, the tied lm_head counted once globally
+    reference = fit(TinyGPT2(), max_steps=4, tmp_path=tmp_path)
+    model = reference.snapshots[0]
+    assert model.layers[0] == "model.transformer.wte" and "model.lm_head" in model.layers
+    lm_head, wte = (model.layers.index(n) for n in ("model.lm_head", "model.transformer.wte"))
+    assert model.grad_norm[lm_head] == model.grad_norm[wte]  # one matrix, two layers
+    assert_figures_match(reference)
