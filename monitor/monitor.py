@@ -281,7 +281,12 @@ class Monitor:
         self._norm_options: dict[str, bool] = {}
         self._norm_key: tuple | None = None
         self._forward_order_known = False
-        self._sparse_grads: set[int] = set()  # positions of parameters with sparse gradients
+        # positions of parameters with sparse gradients: of modules built for them, and
+        # those seen on sampled steps
+        position = self.layers.param_position
+        self._sparse_grads = {position[id(p)] for m in self.layers.modules
+                              if getattr(m, "sparse", False) is True
+                              for p in m._parameters.values() if id(p) in position}
         self._compiled = has_compiled_code(self.model)
 
     def _index_if_changed(self) -> None:
