@@ -59,11 +59,7 @@ class Reference(pl.Callback):
         self.metrics: dict[int, dict] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.current = self.steps.setdefault(trainer.global_step, {"loss": 0.0})
-        self.current["batch"] = batch
-
-    def on_before_backward(self, trainer, pl_module, loss):
-        self.current["loss"] += float(loss.detach().double())
+        self.current = self.steps.setdefault(trainer.global_step, {})
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         layers = self.layers(pl_module)
@@ -82,6 +78,10 @@ class Reference(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step - 1
         reference = self.steps[step]
+        # what training_step returned (Lightning may hand hooks a loss scaled for AMP)
+        reference["loss"] = float(outputs["loss"].double())
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        reference["scale"] = None if scaler is None else scaler.get_scale()
         layers = self.layers(pl_module)
         reference["ratio"] = {}
         for name, module in layers.items():
@@ -128,6 +128,7 @@ def assert_figures_match(reference: Reference, rel: float = 1e-4) -> None:
                     (step, name, field, got, want)
         assert np.isclose(snapshot.pulse.global_grad_norm, expected["global_norm"], rtol=rel)
         assert np.isclose(snapshot.pulse.loss, expected["loss"], rtol=rel)
+        assert snapshot.pulse.loss_scale == expected["scale"]
 
 
 class Regression(pl.LightningModule):
