@@ -19,7 +19,7 @@ from torch import nn
 
 from callbacks import TrainingDiagnostics
 
-from .helpers import loader, sample, samples, scrape, tanh_mlp
+from .helpers import OutputRecorder, loader, sample, samples, scrape, tanh_mlp
 from .lightning_models import lightning, trainer
 
 pl = lightning()
@@ -46,20 +46,34 @@ class Reference(pl.Callback):
     of that step (the callback runs after TrainingDiagnostics in the callback list).
 
     ``layers(pl_module)`` names the modules to check; by default every module that owns
-    parameters, by qualified name (the root by its class name).
+    parameters, by qualified name (the root by its class name). ``activations(pl_module)``
+    names, per layer, the module whose output is its activation (recorded with hooks).
     """
 
-    def __init__(self, diagnostics: TrainingDiagnostics, layers=None, scrape_metrics=False):
+    def __init__(self, diagnostics: TrainingDiagnostics, layers=None, scrape_metrics=False,
+                 activations=None):
         self.diagnostics = diagnostics
         self.layers = layers or (lambda m: {n or type(x).__name__: x
                                             for n, x in m.named_modules() if own_params(x)})
         self.scrape_metrics = scrape_metrics
+        self.activations = activations
+        self.recorder: OutputRecorder | None = None
         self.steps: dict[int, dict] = {}
         self.snapshots: dict[int, object] = {}
         self.metrics: dict[int, dict] = {}
 
+    def on_train_start(self, trainer, pl_module):
+        if self.activations is not None:
+            self.recorder = OutputRecorder(self.activations(pl_module))
+
+    def on_train_end(self, trainer, pl_module):
+        if self.recorder is not None:
+            self.recorder.remove()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.current = self.steps.setdefault(trainer.global_step, {})
+        if self.recorder is not None:
+            self.recorder.clear()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         layers = self.layers(pl_module)
@@ -90,6 +104,9 @@ class Reference(pl.Callback):
             delta = norm([p.detach().double() - b.double() for p, b in kept])
             reference["ratio"][name] = (delta / reference["weight"][name]
                                         if kept and reference["finite"] else math.nan)
+        if self.recorder is not None:
+            reference["moments"] = {name: self.recorder.moments(name)
+                                    for name in self.recorder.outputs}
         snapshot = self.diagnostics.last_snapshot
         if snapshot is not None and snapshot.step == step:
             self.snapshots[step] = snapshot
@@ -99,7 +116,7 @@ class Reference(pl.Callback):
 
 
 def fit(model, every_n_steps=2, max_steps=6, layers=None, scrape_metrics=False, tmp_path=None,
-        diagnostics_options=None, **trainer_options) -> Reference:
+        diagnostics_options=None, activations=None, **trainer_options) -> Reference:
     """Train ``model`` with TrainingDiagnostics and a Reference; return the Reference."""
     torch.manual_seed(0)
     options = dict(every_n_steps=every_n_steps, tensorboard=False, alerts=False)
@@ -107,7 +124,7 @@ def fit(model, every_n_steps=2, max_steps=6, layers=None, scrape_metrics=False, 
         options["prometheus_port"] = 0
     options.update(diagnostics_options or {})
     diagnostics = TrainingDiagnostics(**options)
-    reference = Reference(diagnostics, layers, scrape_metrics)
+    reference = Reference(diagnostics, layers, scrape_metrics, activations)
     trainer(callbacks=[diagnostics, reference], max_steps=max_steps, root=tmp_path,
             logger=False, **trainer_options).fit(model)
     assert reference.snapshots, "no Snapshot was taken"
@@ -129,6 +146,10 @@ def assert_figures_match(reference: Reference, rel: float = 1e-4) -> None:
         assert np.isclose(snapshot.pulse.global_grad_norm, expected["global_norm"], rtol=rel)
         assert np.isclose(snapshot.pulse.loss, expected["loss"], rtol=rel)
         assert snapshot.pulse.loss_scale == expected["scale"]
+        for name, (mean, variance) in expected.get("moments", {}).items():
+            i = snapshot.layers.index(name)
+            assert np.isclose(snapshot.activation_mean[i], mean, rtol=rel, atol=1e-6), name
+            assert np.isclose(snapshot.activation_variance[i], variance, rtol=rel), name
 
 
 class Regression(pl.LightningModule):
@@ -173,12 +194,19 @@ PRECISIONS = {
 }
 
 
+def tanh_mlp_activations(pl_module):
+    net = pl_module.net
+    return {"net.0": net[1], "net.2": net[3], "net.4": net[4]}
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_every_cpu_precision_trains_with_correct_figures(precision, tmp_path):
     # issue 12, item 3 (64-true crashed in _foreach_norm(..., dtype=float32))
     low = precision in ("bf16-true", "16-true")
+    # the activation of a Linear is the output of the activation module right after it
     reference = fit(Regression(tanh_mlp()), scrape_metrics=precision == "64-true",
-                    tmp_path=tmp_path, **PRECISIONS[precision]())
+                    tmp_path=tmp_path, activations=tanh_mlp_activations,
+                    **PRECISIONS[precision]())
     assert sorted(reference.snapshots) == [0, 2, 4]
     assert_figures_match(reference, rel=1e-3 if low else 1e-4)
     for step, parsed in reference.metrics.items():  # /metrics shows the same figures
@@ -203,7 +231,8 @@ class BuiltInConfigureModel(Regression):
 def test_layers_created_in_configure_model_are_monitored(tmp_path, caplog):
     # issue 12, item 5
     with caplog.at_level(logging.WARNING, logger="gradwatch"):
-        reference = fit(BuiltInConfigureModel(), tmp_path=tmp_path)
+        reference = fit(BuiltInConfigureModel(), tmp_path=tmp_path,
+                        activations=tanh_mlp_activations)
     assert all(s.layers == ("net.0", "net.2", "net.4") for s in reference.snapshots.values())
     assert_figures_match(reference)
     assert "nothing to watch" not in caplog.text
@@ -239,7 +268,8 @@ def test_a_training_with_nothing_to_watch_warns_once(tmp_path, caplog):
 def test_lazy_modules_are_measured_after_their_first_forward(tmp_path):
     # issue 12, item 6 (the weight measurement crashed on the uninitialized parameter)
     net = nn.Sequential(nn.LazyLinear(16), nn.Tanh(), nn.Linear(16, 1))
-    reference = fit(Regression(net), tmp_path=tmp_path)
+    reference = fit(Regression(net), tmp_path=tmp_path,
+                    activations=lambda m: {"net.0": m.net[1], "net.2": m.net[2]})
     first = reference.snapshots.pop(0)
     assert first.layers == ("net.2",)  # net.0 had no weights when step 0 began
     assert np.isclose(first.grad_norm[0], reference.steps[0]["grad"]["net.2"], rtol=1e-4)
