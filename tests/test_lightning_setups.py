@@ -477,26 +477,48 @@ def test_a_layer_unused_in_forward_has_no_update_ratio(tmp_path):
 
 # ---------------------------------------------------------------------------- keep working
 
-class TinyGPT2(pl.LightningModule):
-    """A 2-block GPT-2 built from a config (no weights downloaded), lm_head tied to wte."""
+class HuggingFace(pl.LightningModule):
+    """A tiny Hugging Face model built from a config (no weights downloaded), fed token ids
+    made from the regression data; its outputs are ModelOutputs."""
 
-    def __init__(self):
+    def __init__(self, build):
         super().__init__()
-        transformers = pytest.importorskip("transformers")
-        config = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=2,
-                                         n_head=2)
-        self.model = transformers.GPT2LMHeadModel(config)
+        self.model = build(pytest.importorskip("transformers"))
 
-    def training_step(self, batch, batch_idx):
-        x, _ = batch
-        tokens = (x.abs() * 10).long().clamp(max=39)
-        return self.model(input_ids=tokens, labels=tokens).loss  # a ModelOutput
+    @staticmethod
+    def tokens(x):
+        return (x.abs() * 10).long().clamp(max=39)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3)
 
     def train_dataloader(self):
         return loader()
+
+
+class TinyGPT2(HuggingFace):
+    """2 blocks, lm_head tied to wte."""
+
+    def __init__(self):
+        super().__init__(lambda t: t.GPT2LMHeadModel(t.GPT2Config(
+            vocab_size=40, n_positions=16, n_embd=16, n_layer=2, n_head=2)))
+
+    def training_step(self, batch, batch_idx):
+        tokens = self.tokens(batch[0])
+        return self.model(input_ids=tokens, labels=tokens).loss
+
+
+class TinyBert(HuggingFace):
+    """A 2-layer BERT classifier."""
+
+    def __init__(self):
+        super().__init__(lambda t: t.BertForSequenceClassification(t.BertConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=32, max_position_embeddings=16, num_labels=2)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.model(input_ids=self.tokens(x), labels=(y[:, 0] > 0).long()).loss
 
 
 def test_hugging_face_gpt2_with_tied_embeddings(tmp_path):
@@ -506,4 +528,13 @@ def test_hugging_face_gpt2_with_tied_embeddings(tmp_path):
     assert model.layers[0] == "model.transformer.wte" and "model.lm_head" in model.layers
     lm_head, wte = (model.layers.index(n) for n in ("model.lm_head", "model.transformer.wte"))
     assert model.grad_norm[lm_head] == model.grad_norm[wte]  # one matrix, two layers
+    assert_figures_match(reference)
+
+
+def test_hugging_face_bert(tmp_path):
+    # issue 12, "keep working": BERT from a config, in forward order
+    reference = fit(TinyBert(), max_steps=4, tmp_path=tmp_path)
+    layers = reference.snapshots[0].layers
+    assert layers[0] == "model.bert.embeddings.word_embeddings"
+    assert layers[-1] == "model.classifier"
     assert_figures_match(reference)
