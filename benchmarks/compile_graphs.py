@@ -6,7 +6,7 @@ compiled (a compile after warm-up is a recompile), graphs captured and graph bre
 told apart as sampled (per-layer statistics: forward hooks on) and unsampled. Counts, not
 times: they are the same on any machine.
 
-    python -m benchmarks.compile_graphs [--backend inductor] [--steps 20] [--every 5]
+    python -m benchmarks.compile_graphs [--backend inductor] [--how in-place] [--steps 20]
 """
 
 from __future__ import annotations
@@ -81,16 +81,30 @@ def _step_counter(figures: Figures, every_n_steps: int):
     return CountSteps()
 
 
+class _MLP(nn.Sequential):
+    """nn.Sequential with its own forward: dynamo skips the frames of torch.nn's own code, so
+    an in-place compiled plain Sequential would compile nothing."""
+
+    def forward(self, x):
+        for layer in self:
+            x = layer(x)
+        return x
+
+
 def _model(seed: int = 0):
     pl = lightning_package()
     torch.manual_seed(seed)
 
     class Compiled(pl.LightningModule):
-        def __init__(self, backend: str | None):
+        def __init__(self, how: str, backend: str):
             super().__init__()
-            net = nn.Sequential(
+            net = _MLP(
                 nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
-            self.net = net if backend is None else torch.compile(net, backend=backend)
+            if how == "wrapper":
+                net = torch.compile(net, backend=backend)
+            elif how == "in-place":
+                net.compile(backend=backend)
+            self.net = net
 
         def forward(self, x):
             return self.net(x)
@@ -105,18 +119,21 @@ def _model(seed: int = 0):
     return Compiled
 
 
+#: How the model is compiled: its submodule wrapped (``torch.compile(net)``) or compiled in
+#: place (``net.compile()``), or the whole LightningModule handed compiled to ``fit``.
+HOW = ("wrapper", "in-place", "LightningModule")
+
+
 def measure(with_gradwatch: bool, steps: int = 20, every_n_steps: int = 5,
-            backend: str = "eager", whole_module: bool = False,
-            root: str | None = None) -> Figures:
-    """Train ``steps`` steps of an MLP, compiled as a submodule of the LightningModule (or,
-    with ``whole_module``, the LightningModule handed compiled to ``fit``); dynamo's counts
+            backend: str = "eager", how: str = "wrapper", root: str | None = None) -> Figures:
+    """Train ``steps`` steps of a small MLP compiled ``how`` (one of HOW); dynamo's counts
     per kind of step."""
     pl = lightning_package()
     torch._dynamo.reset()
     counters.clear()
     figures = Figures()
-    module = _model()(None if whole_module else backend)
-    if whole_module:
+    module = _model()(how, backend)
+    if how == "LightningModule":
         module = torch.compile(module, backend=backend)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(steps * 16, 8, generator=generator)
@@ -162,14 +179,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--backend", default="eager", help="torch.compile backend")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--every", type=int, default=5, help="every_n_steps")
-    parser.add_argument("--whole-module", action="store_true",
-                        help="compile the LightningModule, not its submodule")
+    parser.add_argument("--how", choices=HOW, default=HOW[0], help="what is compiled")
     args = parser.parse_args(argv)
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(1)
-    bare = measure(False, args.steps, args.every, args.backend, args.whole_module)
-    watched = measure(True, args.steps, args.every, args.backend, args.whole_module)
+    bare = measure(False, args.steps, args.every, args.backend, args.how)
+    watched = measure(True, args.steps, args.every, args.backend, args.how)
     text = report(bare, watched)
     print(text)
     return text

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks import compile_graphs
 from callbacks import TrainingDiagnostics
 
 from .helpers import OutputRecorder, loader, sample, samples, scrape, tanh_mlp
@@ -358,14 +359,12 @@ def test_compiled_model_keeps_its_layer_names_and_figures(tmp_path):
     assert_figures_match(reference)
 
 
-@pytest.mark.parametrize("whole_module", [False, True], ids=["submodule", "LightningModule"])
-def test_compiled_graph_is_not_split_and_not_recompiled(whole_module, tmp_path):
+@pytest.mark.parametrize("how", compile_graphs.HOW)
+def test_compiled_graph_is_not_split_and_not_recompiled(how, tmp_path):
     # issue 12, torch.compile: dynamo's own counts, bare compiled vs with gradwatch
-    from benchmarks.compile_graphs import measure
-
-    options = dict(steps=10, every_n_steps=4, whole_module=whole_module, root=str(tmp_path))
-    bare = measure(False, **options)
-    watched = measure(True, **options)
+    options = dict(steps=10, every_n_steps=4, how=how, root=str(tmp_path))
+    bare = compile_graphs.measure(False, **options)
+    watched = compile_graphs.measure(True, **options)
     assert watched.layers == ("net.0", "net.2", "net.4")
     assert bare.total.graphs == 1 and bare.total.breaks == 0
     for kind in ("unsampled", "sampled"):  # after warm-up
