@@ -587,7 +587,7 @@ class Monitor:
                 self._traced_all = self._traceable_modules(all_modules=True)
             traced = self._traced_all
         state.trace = traced
-        if self._compiled:
+        if self._compiled and hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
             # torch.compile does not guard on hooks: hooks traced into a graph would split
             # it and stay in it on the other steps. Sampled steps run eagerly instead.
             self._eager_stance = torch.compiler.set_stance("force_eager")
