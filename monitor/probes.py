@@ -134,8 +134,8 @@ def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
 
     ``cpu_float32`` (the caller knows that every tensor is a float32 CPU tensor): a BLAS
     dot product each, faster there than ``_foreach_norm``; otherwise one fused
-    ``torch._foreach_norm`` per device, accumulated in float32, or in each tensor's own
-    dtype with ``float64`` (some tensors are float64, which cannot be narrowed there).
+    ``torch._foreach_norm`` per device, accumulated in float32; with ``float64`` (some
+    tensors are float64, which ``_foreach_norm`` cannot narrow), those in float64.
     """
     if not tensors:
         return torch.zeros(0)
@@ -144,17 +144,20 @@ def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
     if cpu_float32:
         flat = [t.reshape(-1) for t in tensors]
         return torch.stack([f.dot(f) for f in flat])
-    dtype = None if float64 else torch.float32
-    by_device: dict[torch.device, list[int]] = {}
+    # one fused _foreach_norm per device (and, with float64, for the float64 tensors apart)
+    groups: dict[tuple[torch.device, bool], list[int]] = {}
     for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    if len(by_device) == 1:
-        norms = torch.stack(torch._foreach_norm(list(tensors), 2, dtype=dtype))
+        groups.setdefault((t.device, float64 and t.dtype == torch.float64), []).append(i)
+    if len(groups) == 1:
+        [(_, wide)] = groups
+        norms = torch.stack(torch._foreach_norm(list(tensors), 2,
+                                                dtype=None if wide else torch.float32))
         return norms.square().to(torch.float32)
     home = tensors[0].device
     out = torch.empty(len(tensors), device=home, dtype=torch.float32)
-    for positions in by_device.values():
-        parts = torch._foreach_norm([tensors[i] for i in positions], 2, dtype=dtype)
+    for (_, wide), positions in groups.items():
+        parts = torch._foreach_norm([tensors[i] for i in positions], 2,
+                                    dtype=None if wide else torch.float32)
         index = torch.tensor(positions, device=home)
         out.index_copy_(0, index, torch.stack(parts).square().to(home, torch.float32,
                                                                  non_blocking=True))
