@@ -49,6 +49,7 @@ class Reference(pl.Callback):
     ``layers(pl_module)`` names the modules to check; by default every module that owns
     parameters, by qualified name (the root by its class name). ``activations(pl_module)``
     names, per layer, the module whose output is its activation (recorded with hooks).
+    Automatic optimization, one batch per optimizer step.
     """
 
     def __init__(self, diagnostics: TrainingDiagnostics, layers=None, scrape_metrics=False,
@@ -117,13 +118,12 @@ class Reference(pl.Callback):
 
 
 def fit(model, every_n_steps=2, max_steps=6, layers=None, scrape_metrics=False, tmp_path=None,
-        diagnostics_options=None, activations=None, **trainer_options) -> Reference:
+        activations=None, **trainer_options) -> Reference:
     """Train ``model`` with TrainingDiagnostics and a Reference; return the Reference."""
     torch.manual_seed(0)
     options = dict(every_n_steps=every_n_steps, tensorboard=False, alerts=False)
     if scrape_metrics:
         options["prometheus_port"] = 0
-    options.update(diagnostics_options or {})
     diagnostics = TrainingDiagnostics(**options)
     reference = Reference(diagnostics, layers, scrape_metrics, activations)
     trainer(callbacks=[diagnostics, reference], max_steps=max_steps, root=tmp_path,
@@ -154,13 +154,13 @@ def assert_figures_match(reference: Reference, rel: float = 1e-4) -> None:
 
 
 class Regression(pl.LightningModule):
-    """y ~ x[:, :1] / 2 with any network and optimizer."""
+    """y ~ x[:, :1] / 2 with any network, SGD."""
 
-    def __init__(self, net=None, optimizer=torch.optim.SGD, lr=0.05):
+    def __init__(self, net=None, lr=0.05):
         super().__init__()
         if net is not None:
             self.net = net
-        self.optimizer, self.lr = optimizer, lr
+        self.lr = lr
 
     def forward(self, x):
         return self.net(x)
@@ -170,7 +170,7 @@ class Regression(pl.LightningModule):
         return ((self(x).float() - y.float()) ** 2).mean()
 
     def configure_optimizers(self):
-        return self.optimizer(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
 
     def train_dataloader(self):
         return loader()
