@@ -37,6 +37,10 @@ ACTIVATION_MODULES = SATURATING_SIGMOID + SATURATING_TANH + (
 
 SATURATION_NONE, SATURATION_SIGMOID, SATURATION_TANH = 0, 1, 2
 
+#: Recurrent modules that return (output, states): an LSTM/GRU/RNN its output sequence and
+#: final states, an LSTM cell (h, c). Only the output is their activation.
+RECURRENT_MODULES = (nn.RNNBase, nn.LSTMCell)
+
 
 #: The attribute under which ``torch.compile`` wrappers hold the module they compile.
 COMPILED_ATTRIBUTE = "_orig_mod"

@@ -41,8 +41,8 @@ from torch.utils._pytree import tree_leaves
 
 from . import distributed, probes
 from .export import ExportWorker, Sink
-from .layers import (ACTIVATION_MODULES, SATURATION_NONE, LayerIndex, has_compiled_code,
-                     is_compile_wrapper, saturation_kind, uncompiled_name)
+from .layers import (ACTIVATION_MODULES, RECURRENT_MODULES, SATURATION_NONE, LayerIndex,
+                     has_compiled_code, is_compile_wrapper, saturation_kind, uncompiled_name)
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 from .validation import check_int, check_text
@@ -93,8 +93,7 @@ class _Traced:
     layer: int  # its layer position, or -1 for a parameter-free module
     saturation: int
     is_activation: bool
-    # recurrent layers return (sequence, final states): only the sequence is the activation
-    sequence_output: bool = False
+    recurrent: bool = False  # its output is (activation, states): see RECURRENT_MODULES
 
 
 class _FirstUse(TorchFunctionMode):
@@ -638,7 +637,7 @@ class Monitor:
             state.last_layer = traced.layer
         else:
             target = state.last_layer if traced.is_activation else -1
-        if traced.sequence_output and isinstance(output, tuple):
+        if traced.recurrent and isinstance(output, tuple):
             output = output[0]
         for tensor in probes.floating_tensors(output):
             state.records.append(probes.raw_activation_record(
@@ -854,7 +853,7 @@ class Monitor:
             if (layer >= 0 or is_activation or all_modules) and not is_compile_wrapper(module):
                 traced.append(_Traced(uncompiled_name(name) or type(module).__name__, module,
                                       layer, saturation_kind(module), is_activation,
-                                      sequence_output=isinstance(module, nn.RNNBase)))
+                                      recurrent=isinstance(module, RECURRENT_MODULES)))
         return traced
 
     def _watched_params(self, optimizer: torch.optim.Optimizer | None) -> tuple[list[int], list]:

@@ -381,21 +381,32 @@ class Recurrent(Regression):
 
     def __init__(self, cell):
         super().__init__(lr=0.1)
-        self.rnn = cell(2, 6, batch_first=True)
+        self.rnn = cell(2, 6, **({} if cell is nn.LSTMCell else {"batch_first": True}))
         self.head = nn.Linear(6, 1)
 
+    def run(self, x, hooks=True):
+        """The output sequence; without ``hooks``, a pass that gradwatch does not see."""
+        call = self.rnn if hooks else self.rnn.forward
+        x = x.view(-1, 4, 2)
+        if not isinstance(self.rnn, nn.LSTMCell):
+            return call(x)[0]
+        state, outputs = None, []
+        for t in range(x.shape[1]):  # a cell returns (h, c): h is the output
+            state = call(x[:, t], state)
+            outputs.append(state[0])
+        return torch.stack(outputs, dim=1)
+
     def forward(self, x):
-        sequence, _ = self.rnn(x.view(-1, 4, 2))
-        return self.head(sequence[:, -1])
+        return self.head(self.run(x)[:, -1])
 
     def on_train_batch_start(self, batch, batch_idx):
-        with torch.no_grad():  # the output sequence, with the pre-step weights (no hooks)
-            self.sequence = self.rnn.forward(batch[0].view(-1, 4, 2))[0]
+        with torch.no_grad():  # the output sequence, with the pre-step weights
+            self.sequence = self.run(batch[0], hooks=False)
 
 
-@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell])
 def test_recurrent_activations_are_those_of_the_output_sequence(cell, tmp_path):
-    # issue 12: not mixed with h_n / c_n
+    # issue 12: not mixed with h_n / c_n (nor, for a cell, with c)
     outputs = {}
 
     def layers(pl_module):
