@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
@@ -138,6 +139,7 @@ class _Step:
     loss_seen: bool = False
     grads_seen: bool = False
     weights_seen: bool = False
+    lazy_seen: bool = False
     stepped: bool = False
     optimizers_hooked: bool = False  # else ``stepped`` is not observed
     observed: set[int] = field(default_factory=set)
@@ -414,6 +416,8 @@ class Monitor:
             return
         if state.sampled and not state.weights_seen:
             self._measure_weights(state)
+        if self.layers.lazy and not state.lazy_seen:
+            self._observe_materialised(state)
         positions, grads = self._unseen_gradients(optimizer, state)
         if not grads:
             return
@@ -433,6 +437,17 @@ class Monitor:
         if not probes.all_finite(squares):
             state.per_param[_P_GRAD_NF].index_copy_(1, index, probes.nonfinite_counts(grads).T)
         state.has_grad.update(positions)
+
+    def _observe_materialised(self, state: _Step) -> None:
+        """Gradients of lazy parameters materialised by this step's forward count in its
+        global norm (their layers are indexed from the next step)."""
+        state.lazy_seen = True
+        grads = [p.grad for p in self.layers.lazy if p.grad is not None and not is_lazy(p)]
+        if grads:
+            float64 = any(g.dtype == torch.float64 for g in grads)
+            self._ring_cells[state.row][_GRAD_SQ].add_(
+                probes.squared_norms(grads, float64=float64).sum())
+            state.grads_seen = True
 
     def _measure_weights(self, state: _Step) -> None:
         """Norms and non-finite counts of every parameter, once per sampled step."""

@@ -274,6 +274,8 @@ def test_lazy_modules_are_measured_after_their_first_forward(tmp_path):
     first = reference.snapshots.pop(0)
     assert first.layers == ("net.2",)  # net.0 had no weights when step 0 began
     assert np.isclose(first.grad_norm[0], reference.steps[0]["grad"]["net.2"], rtol=1e-4)
+    # the global norm of that step counts it all the same
+    assert np.isclose(first.pulse.global_grad_norm, reference.steps[0]["global_norm"])
     assert reference.snapshots[2].layers == reference.snapshots[4].layers == ("net.0", "net.2")
     assert_figures_match(reference)
 
