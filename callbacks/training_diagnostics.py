@@ -365,7 +365,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     @override
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self.monitor.observe_loss(loss)
+        # with an AMP GradScaler, Lightning hands over the loss already multiplied by the
+        # scale it was just scaled with (one division on the device, no sync)
+        scale = getattr(self.monitor.grad_scaler, "_scale", None)
+        self.monitor.observe_loss(loss if scale is None else loss / scale)
 
     @override
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

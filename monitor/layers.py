@@ -1,9 +1,12 @@
 """Which modules are "layers", which parameters belong to them, and their depth order.
 
 A layer is a module that directly owns at least one parameter, named by its qualified name
-(``model.named_modules()``). Layers are indexed in registration order internally; the
-depth (forward) order is learned from the first forward pass that runs with hooks and is
-applied when a Snapshot is packed, so every array a user sees is ordered input -> output.
+(``model.named_modules()``, without the ``_orig_mod`` of ``torch.compile`` wrappers, so
+names do not change when compilation is switched on). Layers are indexed in registration
+order internally; the depth (forward) order is learned from the first forward pass that runs
+with hooks and is applied when a Snapshot is packed, so every array a user sees is ordered
+input -> output. Parameters of lazy modules (``nn.LazyLinear``) are left out until they are
+materialised by the first forward.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 #: Parameter-free activation modules whose output is attributed to the layer that ran just
 #: before them (their input, in a sequential model). Their kind selects the saturation test.
@@ -32,6 +36,32 @@ ACTIVATION_MODULES = SATURATING_SIGMOID + SATURATING_TANH + (
 )
 
 SATURATION_NONE, SATURATION_SIGMOID, SATURATION_TANH = 0, 1, 2
+
+#: Recurrent modules that return (output, states): an LSTM/GRU/RNN its output sequence and
+#: final states, an LSTM cell (h, c). Only the output is their activation.
+RECURRENT_MODULES = (nn.RNNBase, nn.LSTMCell)
+
+
+#: The attribute under which ``torch.compile`` wrappers hold the module they compile.
+COMPILED_ATTRIBUTE = "_orig_mod"
+
+
+def uncompiled_name(name: str) -> str:
+    """A qualified module name as it is without ``torch.compile`` wrappers."""
+    return ".".join(part for part in name.split(".") if part != COMPILED_ATTRIBUTE)
+
+
+def is_compile_wrapper(module: nn.Module) -> bool:
+    """A ``torch.compile`` wrapper (OptimizedModule): its compiled module is traced instead."""
+    return isinstance(getattr(module, COMPILED_ATTRIBUTE, None), nn.Module)
+
+
+def has_compiled_code(model: nn.Module) -> bool:
+    """Whether ``torch.compile`` runs any part of ``model``: a compiled submodule (wrapped
+    or ``module.compile()``d) or a compiled ``forward`` (Lightning's ``fit`` of a compiled
+    module)."""
+    return any(is_compile_wrapper(m) or m._compiled_call_impl is not None
+               or hasattr(m.forward, "_torchdynamo_orig_callable") for m in model.modules())
 
 
 def saturation_kind(module: nn.Module) -> int:
@@ -60,6 +90,8 @@ class LayerIndex:
     #: registration positions in forward order; layers never called keep registration order.
     depth_order: list[int] = field(default_factory=list)
     param_position: dict[int, int] = field(default_factory=dict)
+    #: parameters of lazy modules not materialised yet (not indexed).
+    lazy: list[nn.Parameter] = field(default_factory=list)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> LayerIndex:
@@ -68,12 +100,15 @@ class LayerIndex:
         params: list[nn.Parameter] = []
         param_position: dict[int, int] = {}
         pairs: list[tuple[int, int]] = []
+        lazy: list[nn.Parameter] = []
         for name, module in model.named_modules():
             own = [p for p in module._parameters.values() if p is not None]
+            lazy += [p for p in own if is_lazy(p)]
+            own = [p for p in own if not is_lazy(p)]
             if not own:
                 continue
             layer = len(names)
-            names.append(name or type(module).__name__)
+            names.append(uncompiled_name(name) or type(module).__name__)
             modules.append(module)
             for p in own:
                 if id(p) not in param_position:
@@ -90,7 +125,12 @@ class LayerIndex:
             pair_layer=pair_layer,
             depth_order=list(range(len(names))),
             param_position=param_position,
+            lazy=lazy,
         )
+
+    def materialised(self) -> bool:
+        """Whether a lazy parameter left out has been materialised since (index again)."""
+        return any(not is_lazy(p) for p in self.lazy)
 
     def __len__(self) -> int:
         return len(self.names)

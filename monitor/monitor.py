@@ -36,10 +36,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from . import distributed, probes
 from .export import ExportWorker, Sink
-from .layers import ACTIVATION_MODULES, SATURATION_NONE, LayerIndex, saturation_kind
+from .layers import (ACTIVATION_MODULES, RECURRENT_MODULES, SATURATION_NONE, LayerIndex,
+                     has_compiled_code, is_compile_wrapper, saturation_kind, uncompiled_name)
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 from .validation import check_int, check_text
@@ -90,6 +94,27 @@ class _Traced:
     layer: int  # its layer position, or -1 for a parameter-free module
     saturation: int
     is_activation: bool
+    recurrent: bool = False  # its output is (activation, states): see RECURRENT_MODULES
+
+
+class _FirstUse(TorchFunctionMode):
+    """Notes, during one forward pass, where the own parameters of modules that also have
+    children are first used: that is their depth (a module's forward hook only runs after
+    all its children, e.g. for a scale held by the LightningModule and applied first)."""
+
+    def __init__(self, layer_of_param: dict[int, int], layers_called: list[int]) -> None:
+        super().__init__()
+        self.pending = dict(layer_of_param)
+        self.layers_called = layers_called
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.pending:
+            for leaf in tree_leaves((args, kwargs)):
+                layer = self.pending.pop(id(leaf), None)
+                if layer is not None:
+                    self.layers_called.append(layer)
+        return func(*args, **kwargs)
 
 
 class _Row(NamedTuple):
@@ -115,6 +140,7 @@ class _Step:
     loss_seen: bool = False
     grads_seen: bool = False
     weights_seen: bool = False
+    lazy_seen: bool = False
     stepped: bool = False
     optimizers_hooked: bool = False  # else ``stepped`` is not observed
     observed: set[int] = field(default_factory=set)
@@ -148,7 +174,8 @@ class Monitor:
         monitor.close()
 
     Args:
-        model: the module to watch.
+        model: the module to watch; its layers are indexed when the first step begins
+            (layers added before that are watched) and again once lazy modules have run.
         run_name: the ``run`` label of everything exported.
         every_n_steps: full per-layer statistics every this many steps (step 0 included).
         sinks: where Pulses and Snapshots go (run on the export thread).
@@ -203,33 +230,22 @@ class Monitor:
         self.track_clipping = track_clipping
         self.update_ratio = update_ratio
         self.grad_scaler = grad_scaler
-        self.layers = LayerIndex.from_model(model)
         self.overhead_seconds = 0.0
         self.last_snapshot: Snapshot | None = None
         self.exporter = ExportWorker(list(sinks), max_queue=max_queue)
         self.observers = list(observers)
-        self._layer_params = self._params_per_layer()
-        if any(type(p).__name__ == "FlatParameter" for p in self.layers.params):
-            log.warning("gradwatch: FSDP1 flat parameters found: per-layer figures would be "
-                        "those of flattened local shards. Use FSDP2 (fully_shard) for exact "
-                        "per-layer norms.")
-        sharded = [distributed.is_sharded(p) for p in self.layers.params]
-        self._sharded = torch.tensor(sharded, dtype=torch.bool)
-        self._any_sharded = any(sharded)  # a host bool: testing the tensor would sync
         self._local_check_installed = False
-        self._traced = self._traceable_modules(all_modules=False)
-        self._traced_all: list[_Traced] | None = None
+        self._index_model()
+        self._indexed_for_training = False  # indexed again at the first step: see _index_model
         self._optimizers: list[torch.optim.Optimizer] = []
         self._optimizer_handles: list[torch.utils.hooks.RemovableHandle] = []
         self._optimizers_hooked = False
         self._step_handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._present_index: dict[tuple[int, ...], torch.Tensor] = {}
+        self._first_use: _FirstUse | None = None
+        self._eager_stance: object | None = None
         self._ring: torch.Tensor | None = None
         self._ring_host: np.ndarray | None = None
-        self._norm_options: dict[str, bool] = {}
-        self._norm_key: tuple | None = None
         self._alarm_squared_norm = self.thresholds.explosion_norm ** 2  # NaN compares False
-        self._optimizer_params: dict[int, tuple[tuple[int, ...], list[int], list]] = {}
         self._ring_cells: list[tuple[torch.Tensor, ...]] = []
         self._rows: list[_Row] = []
         self._rows_read = 0
@@ -239,12 +255,57 @@ class Monitor:
         self._last_window: int | None = None
         self._escalated_steps = 0
         self._trace_all_next = False
-        self._forward_order_known = False
         self._tracing_paused = False
         self._current: _Step | None = None
         self._closed = False
         for optimizer in optimizers:
             self.watch_optimizer(optimizer)
+
+    def _index_model(self) -> None:
+        """Index the model's layers and everything derived from them.
+
+        Done at construction, again at the first step (a model may get its layers after the
+        Monitor is built, e.g. in Lightning's ``configure_model``), and at the first step
+        after lazy modules are materialised.
+        """
+        self.layers = LayerIndex.from_model(self.model)
+        self._layer_params = self._params_per_layer()
+        sharded = [distributed.is_sharded(p) for p in self.layers.params]
+        self._sharded = torch.tensor(sharded, dtype=torch.bool)
+        self._any_sharded = any(sharded)  # a host bool: testing the tensor would sync
+        self._traced = self._traceable_modules(all_modules=False)
+        self._traced_all: list[_Traced] | None = None
+        self._container_params = {
+            id(p): layer for layer, module in enumerate(self.layers.modules)
+            if next(module.children(), None) is not None
+            for p in module._parameters.values() if p is not None}
+        self._present_index: dict[tuple[int, ...], torch.Tensor] = {}
+        self._optimizer_params: dict[int, tuple[tuple[int, ...], list[int], list]] = {}
+        self._norm_options: dict[str, bool] = {}
+        self._norm_key: tuple | None = None
+        self._forward_order_known = False
+        # positions of parameters with sparse gradients: of modules built for them, and
+        # those seen on sampled steps
+        position = self.layers.param_position
+        self._sparse_grads = {position[id(p)] for m in self.layers.modules
+                              if getattr(m, "sparse", False) is True
+                              for p in m._parameters.values() if id(p) in position}
+        self._compiled = has_compiled_code(self.model)
+
+    def _index_if_changed(self) -> None:
+        if self._indexed_for_training and not self.layers.materialised():
+            return
+        self._index_model()
+        if not self._indexed_for_training:
+            self._indexed_for_training = True
+            params = self.layers.params
+            if not params and not self.layers.lazy:
+                log.warning("gradwatch: %s has no parameters: there is nothing to watch "
+                            "but the loss", type(self.model).__name__)
+            if any(type(p).__name__ == "FlatParameter" for p in params):
+                log.warning("gradwatch: FSDP1 flat parameters found: per-layer figures would "
+                            "be those of flattened local shards. Use FSDP2 (fully_shard) for "
+                            "exact per-layer norms.")
 
     # ------------------------------------------------------------------ public API
 
@@ -328,6 +389,7 @@ class Monitor:
             if self._current.step == step:
                 return
             self._end_step()
+        self._index_if_changed()
         ring = self._ensure_ring()
         row = len(self._rows)
         sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
@@ -363,6 +425,8 @@ class Monitor:
             return
         if state.sampled and not state.weights_seen:
             self._measure_weights(state)
+        if self.layers.lazy and not state.lazy_seen:
+            self._observe_materialised(state)
         positions, grads = self._unseen_gradients(optimizer, state)
         if not grads:
             return
@@ -382,6 +446,17 @@ class Monitor:
         if not probes.all_finite(squares):
             state.per_param[_P_GRAD_NF].index_copy_(1, index, probes.nonfinite_counts(grads).T)
         state.has_grad.update(positions)
+
+    def _observe_materialised(self, state: _Step) -> None:
+        """Gradients of lazy parameters materialised by this step's forward count in its
+        global norm (their layers are indexed from the next step)."""
+        state.lazy_seen = True
+        grads = [p.grad for p in self.layers.lazy if p.grad is not None and not is_lazy(p)]
+        if grads:
+            float64 = any(g.dtype == torch.float64 for g in grads)
+            self._ring_cells[state.row][_GRAD_SQ].add_(
+                probes.squared_norms(grads, float64=float64).sum())
+            state.grads_seen = True
 
     def _measure_weights(self, state: _Step) -> None:
         """Norms and non-finite counts of every parameter, once per sampled step."""
@@ -410,7 +485,8 @@ class Monitor:
         self._drain_rows()
         self._export_pulses()
         self._closed = True
-        for handle in self._optimizer_handles + self._step_handles:
+        self._remove_step_hooks()
+        for handle in self._optimizer_handles:
             handle.remove()
         self.exporter.close(timeout)
 
@@ -452,7 +528,8 @@ class Monitor:
         if self._ring is None or self._ring.device != device:
             if self._ring is not None:
                 self._drain_rows()
-            self._ring = torch.zeros(self.every_n_steps + 1, _RING_COLUMNS, device=device)
+            self._ring = torch.zeros(self.every_n_steps + 1, _RING_COLUMNS, device=device,
+                                     dtype=torch.float32)
             # on a CPU, the ring as host memory: looked at each step's end, at no cost
             self._ring_host = self._ring.numpy() if device.type == "cpu" else None
             # views made once: indexing the ring costs an op per access, every step
@@ -464,8 +541,11 @@ class Monitor:
         dtype = params[0].dtype if params else None
         if self._norm_key != (device, dtype):  # first step, or model moved
             # gradients and update copies have their parameters' dtype and device
-            self._norm_options = {"shards": self._any_sharded, "cpu_float32": all(
-                p.device.type == "cpu" and p.dtype == torch.float32 for p in params)}
+            self._norm_options = {
+                "shards": self._any_sharded,
+                "cpu_float32": all(p.device.type == "cpu" and p.dtype == torch.float32
+                                   for p in params),
+                "float64": any(p.dtype == torch.float64 for p in params)}
             self._norm_key = (device, dtype)
         return self._ring
 
@@ -522,26 +602,52 @@ class Monitor:
 
     def _prepare_sample(self) -> None:
         state = self._current
-        state.per_param = torch.zeros(_P_ROWS, len(self.layers.params), device=self._ring.device)
+        state.per_param = torch.zeros(_P_ROWS, len(self.layers.params), device=self._ring.device,
+                                      dtype=torch.float32)
         traced = self._traced
         if self._trace_all_next:
             if self._traced_all is None:
                 self._traced_all = self._traceable_modules(all_modules=True)
             traced = self._traced_all
         state.trace = traced
+        if self._compiled and hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
+            # torch.compile does not guard on hooks: hooks traced into a graph would split
+            # it and stay in it on the other steps. Sampled steps run eagerly instead.
+            self._eager_stance = torch.compiler.set_stance("force_eager")
         self._step_handles = [
             t.module.register_forward_hook(functools.partial(self._on_forward, slot))
             for slot, t in enumerate(traced)
         ]
         self._step_handles.append(self.model.register_forward_pre_hook(self._on_model_forward))
+        if not self._forward_order_known and self._container_params:
+            self._step_handles.append(self.model.register_forward_hook(
+                self._after_model_forward, always_call=True))
         if self._escalated_steps > 0:
             self._escalated_steps -= 1
             if self._escalated_steps == 0:
                 self._trace_all_next = False
 
+    def _remove_step_hooks(self) -> None:
+        for handle in self._step_handles:
+            handle.remove()
+        self._step_handles = []
+        if self._eager_stance is not None:
+            self._eager_stance.__exit__(None, None, None)  # the stance set before
+            self._eager_stance = None
+
     def _on_model_forward(self, module: nn.Module, args: object) -> None:
-        if self._current is not None and not self._tracing_paused:
-            self._current.last_layer = -1
+        state = self._current
+        if state is None or self._tracing_paused:
+            return
+        state.last_layer = -1
+        if not self._forward_order_known and self._container_params and self._first_use is None:
+            self._first_use = _FirstUse(self._container_params, state.layers_called)
+            self._first_use.__enter__()
+
+    def _after_model_forward(self, module: nn.Module, args: object, output: object) -> None:
+        if self._first_use is not None:
+            self._first_use.__exit__(None, None, None)
+            self._first_use = None
 
     def _on_forward(self, slot: int, module: nn.Module, args: object, output: object) -> None:
         start = time.perf_counter()
@@ -555,6 +661,8 @@ class Monitor:
             state.last_layer = traced.layer
         else:
             target = state.last_layer if traced.is_activation else -1
+        if traced.recurrent and isinstance(output, tuple):
+            output = output[0]
         for tensor in probes.floating_tensors(output):
             state.records.append(probes.raw_activation_record(
                 tensor, traced.saturation, self.thresholds.sigmoid_flat,
@@ -583,7 +691,8 @@ class Monitor:
         if state is not None:
             state.stepped = True
             if self.track_clipping:
-                grads = [p.grad for g in optimizer.param_groups for p in g["params"]
+                grads = [probes.sparse_values(p.grad) if p.grad.is_sparse else p.grad
+                         for g in optimizer.param_groups for p in g["params"]
                          if p.grad is not None]
                 if grads:
                     self._ring_cells[state.row][_CLIP_SQ].add_(
@@ -598,15 +707,16 @@ class Monitor:
                 torch._foreach_sub_(before, [self.layers.params[i].detach() for i in positions])
                 per_param[_P_DELTA].index_copy_(
                     0, index, probes.squared_norms(before, **self._norm_options))
-                state.updated.update(positions)
+                # a parameter without a gradient (unused in forward) is not stepped: its
+                # update is "not measured", not 0 (read now: a closure makes the gradients)
+                params = self.layers.params
+                state.updated.update(i for i in positions if params[i].grad is not None)
         self.overhead_seconds += time.perf_counter() - start
 
     def _finish_sample(self, state: _Step) -> None:
         if not state.weights_seen:
             self._measure_weights(state)
-        for handle in self._step_handles:
-            handle.remove()
-        self._step_handles = []
+        self._remove_step_hooks()
         state.before.clear()
         layers = self.layers
         n_layers = len(layers)
@@ -764,9 +874,10 @@ class Monitor:
         for name, module in self.model.named_modules():
             layer = layer_of.get(id(module), -1)
             is_activation = layer < 0 and isinstance(module, ACTIVATION_MODULES)
-            if layer >= 0 or is_activation or all_modules:
-                traced.append(_Traced(name or type(module).__name__, module, layer,
-                                      saturation_kind(module), is_activation))
+            if (layer >= 0 or is_activation or all_modules) and not is_compile_wrapper(module):
+                traced.append(_Traced(uncompiled_name(name) or type(module).__name__, module,
+                                      layer, saturation_kind(module), is_activation,
+                                      recurrent=isinstance(module, RECURRENT_MODULES)))
         return traced
 
     def _watched_params(self, optimizer: torch.optim.Optimizer | None) -> tuple[list[int], list]:
@@ -795,6 +906,12 @@ class Monitor:
                     if g is not None and i not in state.observed]
             positions, grads = [positions[k] for k in kept], [grads[k] for k in kept]
         state.observed.update(positions)
+        if state.sampled:  # a parameter's gradient layout is that of its module: looked at here
+            self._sparse_grads.difference_update(positions)
+            self._sparse_grads.update(i for i, g in zip(positions, grads) if g.is_sparse)
+        if self._sparse_grads:
+            grads = [probes.sparse_values(g) if i in self._sparse_grads else g
+                     for i, g in zip(positions, grads)]
         return positions, grads
 
     def _sharded_world(self) -> bool:

@@ -128,13 +128,14 @@ def combine_records(records: torch.Tensor, group: torch.Tensor, n_groups: int) -
 
 
 def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
-                  cpu_float32: bool = False) -> torch.Tensor:
+                  cpu_float32: bool = False, float64: bool = False) -> torch.Tensor:
     """float32 squared L2 norm of each tensor as one 1-D tensor; with ``shards``, of each
     DTensor's local shard.
 
     ``cpu_float32`` (the caller knows that every tensor is a float32 CPU tensor): a BLAS
     dot product each, faster there than ``_foreach_norm``; otherwise one fused
-    ``torch._foreach_norm`` per device.
+    ``torch._foreach_norm`` per device, accumulated in float32; with ``float64`` (some
+    tensors are float64, which ``_foreach_norm`` cannot narrow), those in float64.
     """
     if not tensors:
         return torch.zeros(0)
@@ -143,18 +144,30 @@ def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
     if cpu_float32:
         flat = [t.reshape(-1) for t in tensors]
         return torch.stack([f.dot(f) for f in flat])
-    by_device: dict[torch.device, list[int]] = {}
+    # one fused _foreach_norm per device (and, with float64, for the float64 tensors apart)
+    groups: dict[tuple[torch.device, bool], list[int]] = {}
     for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    if len(by_device) == 1:
-        return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32)).square()
+        groups.setdefault((t.device, float64 and t.dtype == torch.float64), []).append(i)
+    if len(groups) == 1:
+        [(_, wide)] = groups
+        norms = torch.stack(torch._foreach_norm(list(tensors), 2,
+                                                dtype=None if wide else torch.float32))
+        return norms.square().to(torch.float32)
     home = tensors[0].device
-    out = torch.empty(len(tensors), device=home)
-    for positions in by_device.values():
-        parts = torch._foreach_norm([tensors[i] for i in positions], 2, dtype=torch.float32)
+    out = torch.empty(len(tensors), device=home, dtype=torch.float32)
+    for (_, wide), positions in groups.items():
+        parts = torch._foreach_norm([tensors[i] for i in positions], 2,
+                                    dtype=None if wide else torch.float32)
         index = torch.tensor(positions, device=home)
-        out.index_copy_(0, index, torch.stack(parts).to(home, non_blocking=True))
-    return out.square()
+        out.index_copy_(0, index, torch.stack(parts).square().to(home, torch.float32,
+                                                                 non_blocking=True))
+    return out
+
+
+def sparse_values(tensor: torch.Tensor) -> torch.Tensor:
+    """The values of a sparse tensor, coalesced (repeated indices summed): they hold all
+    its non-zero entries, so their norm and non-finite counts are the tensor's."""
+    return tensor.coalesce().values()
 
 
 def all_finite(squared_norms: torch.Tensor) -> bool:
@@ -174,7 +187,7 @@ def nonfinite_counts(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     small, large = [], []
     for i, t in enumerate(tensors):
         (small if t.numel() <= SMALL_NUMEL and t.device == home else large).append(i)
-    out = torch.empty(len(tensors), 3, device=home)
+    out = torch.empty(len(tensors), 3, device=home, dtype=torch.float32)
     if small:
         sizes = [tensors[i].numel() for i in small]
         flat = torch.cat([tensors[i].reshape(-1) for i in small])
