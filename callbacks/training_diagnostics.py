@@ -97,8 +97,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         push_interval: seconds between pushes.
         pushgateway_keep: keep the Pushgateway group after a clean end (default: delete it).
         pushgateway_basic_auth: (username, password) for the Pushgateway.
-        max_exported_layers: cap on ``layer`` label values; deeper models are exported as
-            this many contiguous depth groups.
+        max_exported_layers: cap on ``layer`` label values; deeper models export the
+            this many most offending layers and ``gradwatch_layer_group`` depth-group summaries
+            (min, median, max, argmax); TensorBoard keeps every layer.
+        rank_activations: with several ranks, every rank also exports the activations of
+            its own batch (default: rank 0 exports them over all ranks' batches only).
         update_ratio: measure update ratios (a transient copy of the updated parameters
             during the optimizer step of sampled steps).
         thresholds: numbers used to judge saturation and by the detectors.
@@ -142,6 +145,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         pushgateway_keep: bool = False,
         pushgateway_basic_auth: tuple[str, str] | None = None,
         max_exported_layers: int = 512,
+        rank_activations: bool = False,
         update_ratio: bool = True,
         thresholds: Thresholds | None = None,
         alerts: bool = True,
@@ -164,7 +168,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                            ("prometheus_tls_client_ca", prometheus_tls_client_ca)):
             check_file(name, path)
         for name, flag in (("tensorboard", tensorboard), ("pushgateway_keep", pushgateway_keep),
-                           ("update_ratio", update_ratio), ("alerts", alerts)):
+                           ("update_ratio", update_ratio), ("alerts", alerts),
+                           ("rank_activations", rank_activations)):
             check_bool(name, flag)
         check_text("tensorboard_dir", tensorboard_dir)
         check_text("forensics_dir", forensics_dir)
@@ -192,6 +197,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.push_interval = float(push_interval)
         self.pushgateway_keep = pushgateway_keep
         self.max_exported_layers = max_exported_layers
+        self.rank_activations = rank_activations
         self.update_ratio = update_ratio
         self.thresholds = thresholds or Thresholds()
         self.alertmanager_url = alertmanager_url
@@ -232,7 +238,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         sinks: list[Sink] = []
         if self.prometheus_port is not None or self.pushgateway_url:
             self.prometheus = PrometheusSink(run, trainer.global_rank if multi else None,
-                                             self.max_exported_layers, self.thresholds)
+                                             self.max_exported_layers, self.thresholds,
+                                             rank_activations=self.rank_activations)
             sinks.append(self.prometheus)
         if self.prometheus_port is not None:
             port = self.prometheus_port + (trainer.local_rank if self.prometheus_port else 0)
@@ -326,6 +333,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     def _shutdown(self, clean: bool) -> None:
         if self.monitor is None:
             return
+        if clean and self.prometheus is not None:
+            self.prometheus.finish()  # the last scrape or push says: no page for this end
         self.monitor.close(finish_step=clean)
         self._final_snapshot = self.monitor.last_snapshot
         if self.pusher is not None:
