@@ -72,8 +72,8 @@ _SPECS = (
           "\"\").", "values", SAMPLED, "0", ("source", "layer", "kind")),
     _spec("nonfinite_steps", "counter", "Steps whose loss or global gradient norm was not "
           "finite (source loss or gradient; checked every step); under DDP also "
-          "local_gradient: steps whose own gradients were not finite before the all-reduce, "
-          "the rank a NaN came from.", "steps", EVERY_STEP, "0", ("source",)),
+          "local_gradient: steps that began a run of non-finite steps with this rank's own "
+          "gradients (before the all-reduce): the rank a NaN came from.", "steps", EVERY_STEP, "0", ("source",)),
     _spec("grad_norm", "gauge", "L2 norm of the layer's gradients before clipping.",
           "L2 norm", SAMPLED, "of similar magnitude across depth; a collapse toward the "
           "input below {t.vanishing_depth_ratio}x is vanishing", LAYER),

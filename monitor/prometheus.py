@@ -143,6 +143,7 @@ class PrometheusSink:
         self._clip_engaged = 0
         self._skipped = 0
         self._snapshots = 0
+        self._streak_free = True  # the latest global norm was finite
         self._finished = False
         self._finish_seen = False
         self._scrape_times: list[float] = []
@@ -215,8 +216,12 @@ class PrometheusSink:
             if loss is not None and not math.isfinite(loss):
                 self._nonfinite_steps["loss"] += 1
                 self._nonfinite[(False, "loss", "", _kind(loss))] += 1
-            if pulse.local_gradients_finite is False:
+            # where a streak of non-finite steps began (after it, every rank's own gradients
+            # come from the same non-finite weights)
+            if pulse.local_gradients_finite is False and self._streak_free:
                 self._nonfinite_steps["local_gradient"] += 1
+            if norm is not None:
+                self._streak_free = math.isfinite(norm)
             clipped = pulse.clipped_grad_norm
             if clipped is not None and norm is not None and clipped < norm * (1 - 1e-6):
                 self._clip_engaged += 1

@@ -125,8 +125,13 @@ def test_ranks_export_once_what_is_the_same_everywhere():
     sinks = {rank: PrometheusSink("r", rank=rank) for rank in (0, 1)}
     asked = PrometheusSink("r", rank=1, rank_activations=True)
     for rank, sink in [*sinks.items(), (1, asked)]:
-        sink.on_pulse(Pulse(step=0, time=1.0, loss=float(rank), global_grad_norm=5.0,
-                            local_gradients_finite=rank == 0))
+        # step 1: a NaN from rank 1's batch; step 2: every rank's own gradients come from
+        # the NaN weights by now, which says nothing about the origin
+        for step, norm, local_finite in ((0, 5.0, True), (1, math.nan, rank == 0),
+                                         (2, math.nan, False)):
+            sink.on_pulse(Pulse(step=step, time=float(step), loss=float(rank),
+                                global_grad_norm=norm, local_gradients_finite=local_finite))
+        sink.on_pulse(Pulse(step=3, time=3.0, loss=float(rank), global_grad_norm=5.0))
         sink.on_snapshot(ranked_snapshot(rank, layers, variance))
     parsed = {rank: exposition(sink) for rank, sink in sinks.items()}
     assert layer_series(parsed[1]) == set()  # rank 1: no per-layer duplicate
