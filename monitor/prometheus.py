@@ -51,6 +51,10 @@ SYNCHRONISED_SOURCES = ("gradient", "parameter")
 #: Per-step gauges of each rank, and those the same on every rank.
 RANK_GAUGES = ("step", "last_step_timestamp_seconds", "step_seconds", "loss")
 SYNCHRONISED_GAUGES = ("global_grad_norm", "clipped_grad_norm", "amp_loss_scale")
+#: Under DDP, layers named in a rank's own (activation) non-finite counts; the rest are summed
+#: under the layer label DEEPER_LAYERS, so a NaN on 64 ranks adds 64 x (this + 1) series.
+RANK_NONFINITE_LAYERS = 8
+DEEPER_LAYERS = "(deeper layers)"
 #: Longest wait at a clean end for the scrape that reads gradwatch_run_finished.
 LINGER_SECONDS = 35.0
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
@@ -143,6 +147,7 @@ class PrometheusSink:
         self._clip_engaged = 0
         self._skipped = 0
         self._snapshots = 0
+        self._rank_layers: set[str] = set()
         self._streak_free = True  # the latest global norm was finite
         self._finished = False
         self._finish_seen = False
@@ -256,8 +261,20 @@ class PrometheusSink:
                 shared = source in SYNCHRONISED_SOURCES
                 if shared and self._shared is None:
                     continue  # rank 0 exports it: the same on every rank
-                self._nonfinite[(shared, source, snapshot.layers[l], NONFINITE_KINDS[k])] \
+                layer = snapshot.layers[l] if shared else self._rank_layer(snapshot.layers[l])
+                self._nonfinite[(shared, source, layer, NONFINITE_KINDS[k])] \
                     += int(counts[s, l, k])
+
+    def _rank_layer(self, layer: str) -> str:
+        """The ``layer`` label of a rank's own non-finite count: past the first
+        RANK_NONFINITE_LAYERS layers seen (the first in depth order are where a NaN appears;
+        the deeper ones inherit it), the rest of a rank's counts go to DEEPER_LAYERS."""
+        if not self._multi or layer in self._rank_layers:
+            return layer
+        if len(self._rank_layers) < RANK_NONFINITE_LAYERS:
+            self._rank_layers.add(layer)
+            return layer
+        return DEEPER_LAYERS
 
     def on_alert(self, alert) -> None:
         with self._lock:

@@ -211,3 +211,21 @@ def test_nonfinite_steps_and_loss_counted_every_step():
     assert sample(parsed, "gradwatch_nonfinite_steps_total", source="gradient") == 1
     assert sample(parsed, "gradwatch_nonfinite_total", source="loss", kind="nan") == 1
     assert sample(parsed, "gradwatch_nonfinite_total", source="loss", kind="posinf") == 1
+
+
+def test_a_ranks_own_nonfinite_counts_name_its_first_layers_only():
+    from monitor.prometheus import DEEPER_LAYERS, RANK_NONFINITE_LAYERS
+
+    layers = [f"l{i}" for i in range(RANK_NONFINITE_LAYERS + 4)]
+    snap = snapshot(layers, [1.0] * len(layers))
+    snap.nonfinite[1, :, 0] = np.arange(1, len(layers) + 1)  # NaN activations in every layer
+    snap.nonfinite[0, :, 0] = 1  # and gradients (synchronised: rank 0 exports them)
+    sink = PrometheusSink("r", rank=1)
+    sink.on_snapshot(snap)
+    parsed = exposition(sink)
+    named = {dict(labels)["layer"]: v for (name, labels), v in parsed.items()
+             if name == "gradwatch_nonfinite_total"}
+    first = layers[:RANK_NONFINITE_LAYERS]
+    assert set(named) == {*first, DEEPER_LAYERS}  # no gradient duplicate on rank 1
+    assert [named[layer] for layer in first] == list(range(1, RANK_NONFINITE_LAYERS + 1))
+    assert named[DEEPER_LAYERS] == sum(range(RANK_NONFINITE_LAYERS + 1, len(layers) + 1))
