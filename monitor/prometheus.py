@@ -341,16 +341,16 @@ class PrometheusSink:
         exports = [(list(labels.values()), export) for labels, export in (
             (self._shared, self._export), (self._base, self._local_export))
             if labels is not None and export is not None]
+        count, depth = self._family("layers"), self._family("layer_depth")
+        if self._shared is not None:
+            # the depth order is the same on every rank: rank 0 says it once
+            export = self._export
+            count.add_metric(list(self._shared.values()), len(export.layers) if export else 0)
+            for position in export.kept if export else ():
+                depth.add_metric([*self._shared.values(), export.layers[position]], position)
+        yield count
         if not exports:
             return
-        count, depth = self._family("layers"), self._family("layer_depth")
-        if self._shared is not None and self._export is not None:
-            # the depth order is the same on every rank: rank 0 says it once
-            labels, export = exports[0]
-            count.add_metric(labels, len(export.layers))
-            for position in export.kept:
-                depth.add_metric([*labels, export.layers[position]], position)
-        yield count
         yield depth
         group = self._family("layer_group")
         for name in LAYER_GAUGES:
