@@ -38,7 +38,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     the host in one transfer. A "layer" is a module that directly owns parameters, named by
     its qualified name and ordered by depth (forward order).
 
-    Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1):
+    Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1: what is
+    the same on every rank comes once, from rank 0, as ``rank="all"``; NaN and Inf are
+    exported as such):
 
     - ``gradwatch_grad_norm{layer}``: L2 norm of the layer's gradients, before clipping
     - ``gradwatch_weight_norm{layer}``: L2 norm of the layer's parameters
@@ -50,6 +52,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     - ``gradwatch_activation_dead_ratio{layer}``: fraction of exact zeros (dead ReLU units)
     - ``gradwatch_activation_max_abs{layer}``: max |x| of the activation
     - ``gradwatch_layer_depth{layer}``, ``gradwatch_layers``: depth order and layer count
+    - ``gradwatch_layer_group{metric,depth_group,stat}``: past ``max_exported_layers``,
+      min/median/max/argmax per depth group
+    - ``gradwatch_step_seconds``, ``gradwatch_run_finished``: each rank's step time; 1 after
+      a clean end
     - ``gradwatch_global_grad_norm``, ``gradwatch_loss``, ``gradwatch_step``,
       ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``:
       latest step
@@ -81,7 +87,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             logger, else ``run-<timestamp>``.
         every_n_steps: full per-layer statistics every this many optimizer steps.
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
-            processes, port + local rank). None: no endpoint.
+            processes, port + local rank). None: no endpoint. At a clean end a scraped
+            endpoint stays up for one more scrape (at most two scrape intervals, 35 s), which
+            reads ``gradwatch_run_finished 1``: no TrainerDown page for a finished run.
         prometheus_addr: the address to bind; loopback unless you open it on purpose.
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
         prometheus_tls_client_ca: also require client certificates signed by this CA.
