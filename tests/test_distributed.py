@@ -153,3 +153,9 @@ def test_fsdp2_sharded_norms_equal_the_unsharded_model(tmp_path):
                     assert close(got, want, 1e-4), (step, key)
         for step, value in run["global"].items():
             assert close(value, global_norms[int(step)], 1e-4)
+    # the sharded per-layer figures are exported once, by rank 0, as rank="all"
+    parsed = [samples(run["metrics"]) for run in runs]
+    assert [name for name, labels in parsed[1] if "layer" in dict(labels)] == []
+    for layer, want in zip(("0", "2", "4"), expected[2]["grad"]):
+        assert close(sample(parsed[0], "gradwatch_grad_norm", rank="all", layer=layer), want,
+                     1e-4)
