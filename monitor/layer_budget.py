@@ -61,3 +61,24 @@ def group_summaries(x: np.ndarray, defined: np.ndarray, edges: np.ndarray
             "min": float(np.min(part)), "median": float(np.median(part)),
             "max": float(np.max(part)), "argmax": float(top)}))
     return result
+
+
+class LayerExport:
+    """What is exported of one set of per-layer figures: the layers kept and group summaries.
+
+    ``values`` and ``defined`` cover every layer; ``kept`` indexes the layers that get their
+    own series (all of them up to ``max_layers``), ``groups`` summarise every statistic per
+    depth group beyond that.
+    """
+
+    def __init__(self, layers: tuple[str, ...], values: dict[str, np.ndarray],
+                 defined: dict[str, np.ndarray], max_layers: int, depth_groups: int) -> None:
+        self.layers, self.values, self.defined = layers, values, defined
+        n = len(layers)
+        self.kept = np.arange(n)
+        self.groups: dict[str, list] = {}
+        if n > max_layers:
+            self.kept = offending_layers(values, defined, max_layers)
+            edges = group_edges(n, depth_groups)
+            self.groups = {name: group_summaries(values[name], defined[name], edges)
+                           for name in values}

@@ -4,6 +4,10 @@ The training thread never touches this module: Pulses, Snapshots and Alerts arri
 export thread, which only updates a few numbers under a lock; the text is rendered by the
 scrape itself (``collect``). A spike that lasts one step between two scrapes stays visible
 in the ``gradwatch_step_global_grad_norm`` histogram, which observes every step's norm.
+
+At fleet scale: what is the same on every rank is exported once (rank 0, ``rank="all"``),
+deep models are exported aggregate-first within ``max_layers`` (monitor/layer_budget.py),
+and non-finite values are exported as such (NaN, +Inf and -Inf are valid exposition).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from prometheus_client.core import (
 )
 
 from .endpoint import EndpointSecurity, serve
-from .layer_budget import GROUP_STATS, group_edges, group_summaries, offending_layers
+from .layer_budget import GROUP_STATS, LayerExport
 from .metrics import spec
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
@@ -59,7 +63,8 @@ DEEPER_LAYERS = "(deeper layers)"
 LINGER_SECONDS = 35.0
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "histogram": HistogramMetricFamily}
-#: The ``rank`` label value of figures over all ranks.
+#: The ``rank`` label value of what is the same on every rank (or over all ranks' batches),
+#: exported by rank 0 alone.
 WORLD_RANK = "all"
 REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 
@@ -67,27 +72,6 @@ REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 def histogram_buckets(thresholds: Thresholds) -> list[float]:
     """Upper bounds of the global-norm histogram: decades 1e-6..1e6 plus the explosion norm."""
     return sorted({10.0 ** e for e in range(-6, 7)} | {float(thresholds.explosion_norm)})
-
-
-class LayerExport:
-    """What is exported of one set of per-layer figures: the layers kept and group summaries.
-
-    ``values`` and ``defined`` cover every layer; ``kept`` indexes the layers that get their
-    own series (all of them up to ``max_layers``), ``groups`` summarise every statistic per
-    depth group beyond that.
-    """
-
-    def __init__(self, layers: tuple[str, ...], values: dict[str, np.ndarray],
-                 defined: dict[str, np.ndarray], max_layers: int, depth_groups: int) -> None:
-        self.layers, self.values, self.defined = layers, values, defined
-        n = len(layers)
-        self.kept = np.arange(n)
-        self.groups: dict[str, list] = {}
-        if n > max_layers:
-            self.kept = offending_layers(values, defined, max_layers)
-            edges = group_edges(n, depth_groups)
-            self.groups = {name: group_summaries(values[name], defined[name], edges)
-                           for name in values}
 
 
 class PrometheusSink:

@@ -229,3 +229,20 @@ def test_a_ranks_own_nonfinite_counts_name_its_first_layers_only():
     assert set(named) == {*first, DEEPER_LAYERS}  # no gradient duplicate on rank 1
     assert [named[layer] for layer in first] == list(range(1, RANK_NONFINITE_LAYERS + 1))
     assert named[DEEPER_LAYERS] == sum(range(RANK_NONFINITE_LAYERS + 1, len(layers) + 1))
+
+
+def test_a_nan_layer_of_a_deep_model_is_kept_and_shows_in_its_group():
+    layers = [f"block.{i}" for i in range(40)]
+    grad = np.linspace(1.0, 2.0, 40)
+    grad[25] = math.nan
+    snap = snapshot(layers, grad)
+    snap.nonfinite[0, 25, 0] = 3  # a real NaN, counted
+    sink = PrometheusSink("r", max_layers=2, depth_groups=4)
+    sink.on_snapshot(snap)
+    parsed = exposition(sink)
+    assert math.isnan(sample(parsed, "gradwatch_grad_norm", layer="block.25"))
+    where = {"metric": "grad_norm", "depth_group": "20-29"}
+    assert math.isnan(sample(parsed, "gradwatch_layer_group", stat="max", **where))
+    assert sample(parsed, "gradwatch_layer_group", stat="argmax", **where) == 25
+    assert sample(parsed, "gradwatch_layer_group", stat="max", metric="grad_norm",
+                  depth_group="30-39") == grad[39]
