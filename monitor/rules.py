@@ -76,9 +76,11 @@ class Alert:
 
 
 def named_by(label: str, selector: str) -> str:
-    """Go template listing, comma-separated, the ``label`` of each series ``selector``
-    returns; ``selector`` is a printf format of the run (one %s), limited to CULPRITS."""
-    return (f"{{{{ range $i, $s := query (printf `topk({CULPRITS}, {selector})` $labels.run) }}}}"
+    """Go template listing, comma-separated and sorted, the ``label`` of each series
+    ``selector`` returns; ``selector`` is a printf format of the run (one %s), limited to
+    CULPRITS."""
+    return (f"{{{{ range $i, $s := printf `topk({CULPRITS}, {selector})` $labels.run | query"
+            f' | sortByLabel "{label}" }}}}'
             "{{ if $i }}, {{ end }}{{ $s.Labels." + label + " }}{{ end }}")
 
 
