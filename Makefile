@@ -1,4 +1,4 @@
-.PHONY: demo test bench setup setup-test
+.PHONY: demo test bench cardinality setup setup-test
 
 # The two commands of the README: each installs what it needs, then runs.
 demo: setup
@@ -7,9 +7,15 @@ demo: setup
 test: setup-test
 	.venv/bin/python -m pytest -q
 
-# The overhead benchmark (issue 6): ~15 min on CPU, writes docs/benchmarks.md
+# The overhead benchmark (issue 6): ~15 min on CPU, writes docs/benchmarks.md; then the
+# cardinality section (issue 16), which the overhead report does not carry
 bench: setup-test
 	PYTHONPATH=. .venv/bin/python benchmarks/overhead.py
+	$(MAKE) cardinality
+
+# Series each rank exports at 1, 2 and 64 ranks (seconds): its section of docs/benchmarks.md
+cardinality: setup-test
+	PYTHONPATH=. .venv/bin/python -m benchmarks.cardinality --output docs/benchmarks.md
 
 setup:
 	scripts/setup.sh

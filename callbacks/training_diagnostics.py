@@ -41,7 +41,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     reused callback keeps no detector history nor stop request). A "layer" is a module that directly owns parameters, named by
     its qualified name and ordered by depth (forward order).
 
-    Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1):
+    Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1: what is
+    the same on every rank comes once, from rank 0, as ``rank="all"``; NaN and Inf are
+    exported as such):
 
     - ``gradwatch_grad_norm{layer}``: L2 norm of the layer's gradients, before clipping
     - ``gradwatch_weight_norm{layer}``: L2 norm of the layer's parameters
@@ -53,6 +55,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     - ``gradwatch_activation_dead_ratio{layer}``: fraction of exact zeros (dead ReLU units)
     - ``gradwatch_activation_max_abs{layer}``: max |x| of the activation
     - ``gradwatch_layer_depth{layer}``, ``gradwatch_layers``: depth order and layer count
+    - ``gradwatch_layer_group{metric,depth_group,stat}``: past ``max_exported_layers``,
+      min/median/max/argmax per depth group
+    - ``gradwatch_step_seconds``, ``gradwatch_run_finished``: each rank's step time; 1 after
+      a clean end
     - ``gradwatch_global_grad_norm``, ``gradwatch_loss``, ``gradwatch_step``,
       ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``:
       latest step
@@ -84,7 +90,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             logger, else ``run-<timestamp>``.
         every_n_steps: full per-layer statistics every this many optimizer steps.
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
-            processes, port + local rank). None: no endpoint.
+            processes, port + local rank). None: no endpoint. At a clean end a scraped
+            endpoint stays up for one more scrape (at most two scrape intervals, 35 s), which
+            reads ``gradwatch_run_finished 1``: no TrainerDown page for a finished run.
         prometheus_addr: the address to bind; loopback unless you open it on purpose.
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
         prometheus_tls_client_ca: also require client certificates signed by this CA.
@@ -100,8 +108,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         push_interval: seconds between pushes.
         pushgateway_keep: keep the Pushgateway group after a clean end (default: delete it).
         pushgateway_basic_auth: (username, password) for the Pushgateway.
-        max_exported_layers: cap on ``layer`` label values; deeper models are exported as
-            this many contiguous depth groups.
+        max_exported_layers: cap on ``layer`` label values; deeper models export the
+            this many most offending layers and ``gradwatch_layer_group`` depth-group summaries
+            (min, median, max, argmax); TensorBoard keeps every layer.
+        rank_activations: with several ranks, every rank also exports the activations of
+            its own batch (default: rank 0 exports them over all ranks' batches only).
         update_ratio: measure update ratios (a transient copy of the updated parameters
             during the optimizer step of sampled steps).
         thresholds: numbers used to judge saturation and by the detectors.
@@ -145,6 +156,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         pushgateway_keep: bool = False,
         pushgateway_basic_auth: tuple[str, str] | None = None,
         max_exported_layers: int = 512,
+        rank_activations: bool = False,
         update_ratio: bool = True,
         thresholds: Thresholds | None = None,
         alerts: bool = True,
@@ -167,7 +179,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                            ("prometheus_tls_client_ca", prometheus_tls_client_ca)):
             check_file(name, path)
         for name, flag in (("tensorboard", tensorboard), ("pushgateway_keep", pushgateway_keep),
-                           ("update_ratio", update_ratio), ("alerts", alerts)):
+                           ("update_ratio", update_ratio), ("alerts", alerts),
+                           ("rank_activations", rank_activations)):
             check_bool(name, flag)
         check_text("tensorboard_dir", tensorboard_dir)
         check_text("forensics_dir", forensics_dir)
@@ -195,6 +208,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.push_interval = float(push_interval)
         self.pushgateway_keep = pushgateway_keep
         self.max_exported_layers = max_exported_layers
+        self.rank_activations = rank_activations
         self.update_ratio = update_ratio
         self.thresholds = thresholds or Thresholds()
         self.alertmanager_url = alertmanager_url
@@ -242,7 +256,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         sinks: list[Sink] = []
         if self.prometheus_port is not None or self.pushgateway_url:
             self.prometheus = PrometheusSink(run, trainer.global_rank if multi else None,
-                                             self.max_exported_layers, self.thresholds)
+                                             self.max_exported_layers, self.thresholds,
+                                             rank_activations=self.rank_activations)
             sinks.append(self.prometheus)
         if self.prometheus_port is not None:
             port = self.prometheus_port + (trainer.local_rank if self.prometheus_port else 0)
@@ -347,6 +362,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     def _shutdown(self, clean: bool) -> None:
         if self.monitor is None:
             return
+        if clean and self.prometheus is not None:
+            self.prometheus.finish()  # the last scrape or push says: no page for this end
         self.monitor.close(finish_step=clean)
         self._final_snapshot = self.monitor.last_snapshot
         if self.pusher is not None:

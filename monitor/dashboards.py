@@ -1,10 +1,13 @@
 """Grafana dashboards, generated from one ``Thresholds`` object (grafana-foundation-sdk).
 
-Two dashboards: training health (one row per concern of a run) and layers (per-layer
-statistics ordered by depth). Every threshold line or band drawn is a ``Thresholds`` field, so
+Two dashboards: training health (one row per concern of a run, a rank view of stragglers)
+and layers (per-layer statistics ordered by depth, a depth x time map for 200+ layers). Every threshold line or band drawn is a ``Thresholds`` field, so
 the dashboards agree with the detectors and the Prometheus rules. Per-layer panels read the
 ``gradwatch:<metric>:by_depth`` recording rules (monitor/rules.py), whose zero-padded ``depth``
 label sorts layers by depth, never alphabetically.
+
+"Latest" panels read ``last_over_time`` over the dashboard's range, so they still show a run
+after it ended; NaN and +-Inf (exported as such) get a colour of their own (NONFINITE_COLORS).
 
 The committed JSON in dashboards/ is ``render_dashboards()`` of the default thresholds (a test
 keeps them equal); ``write_dashboards`` writes them for custom thresholds.
@@ -13,6 +16,7 @@ keeps them equal); ``write_dashboards`` writes them for custom thresholds.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from grafana_foundation_sdk.builders import (
@@ -32,6 +36,12 @@ LAYER = 'run=~"$run", layer=~"$layer"'
 #: Colour and meaning of each regime code of gradwatch:regime:code (REGIMES order).
 REGIME_COLORS = {"healthy": "green", "vanishing": "blue", "exploding": "orange",
                  "nonfinite": "dark-red"}
+#: Colour of a non-finite value on every per-layer panel (a value that overflowed).
+NONFINITE_COLORS = {"NaN": "purple", "+Inf": "dark-red", "-Inf": "dark-blue"}
+#: Beyond these, a float is an infinity (JSON has no Inf; Grafana's ranges are inclusive).
+HUGE = 1e300
+#: Layer rows of the depth x time map on one screen (its height fits them at 1-2 px each).
+MAP_ROWS = 1024
 #: Series legend of a run (rank only shows when the world size is above 1).
 RUN_LEGEND = "{{run}} {{rank}}"
 #: Layers legend: the zero-padded depth first, so the legend reads in depth order.
@@ -53,6 +63,28 @@ def steps(*pairs: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
         [model.Threshold(value=value, color=color) for value, color in pairs])
 
 
+def nonfinite_mappings() -> list:
+    """Value mappings giving NaN, +Inf and -Inf their own colour and text."""
+    result = model.ValueMappingResult
+    return [
+        model.SpecialValueMap(model.DashboardSpecialValueMapOptions(
+            match=model.SpecialValueMatch.NA_N,
+            result=result(text="NaN", color=NONFINITE_COLORS["NaN"], index=0))),
+        model.RangeMap(model.DashboardRangeMapOptions(
+            from_val=HUGE, to=None,
+            result=result(text="+Inf", color=NONFINITE_COLORS["+Inf"], index=1))),
+        model.RangeMap(model.DashboardRangeMapOptions(
+            from_val=None, to=-HUGE,
+            result=result(text="-Inf", color=NONFINITE_COLORS["-Inf"], index=2))),
+    ]
+
+
+def latest(selector: str) -> str:
+    """The last value of each series in the dashboard's range: still there after a run ended
+    (an instant query of a finished run's stale series returns nothing)."""
+    return f"last_over_time({selector}[$__range])"
+
+
 def explain(t: Thresholds, *names: str) -> str:
     """Panel description: each threshold drawn, its value and its reason (Thresholds docs)."""
     reasons = Thresholds.documented()
@@ -65,8 +97,10 @@ def log_scale() -> common.ScaleDistributionConfig:
 
 def graph(title: str, *targets: prometheus.Dataquery, unit: str = "short", log: bool = False,
           lines: dashboard.ThresholdsConfig | None = None, band: bool = False,
-          width: int = 12, description: str | None = None) -> timeseries.Panel:
-    """A time series panel; ``lines`` are drawn as threshold lines (or a band)."""
+          width: int = 12, description: str | None = None,
+          per_layer: bool = False) -> timeseries.Panel:
+    """A time series panel; ``lines`` are drawn as threshold lines (or a band);
+    ``per_layer`` panels name non-finite values in their colour."""
     panel = (timeseries.Panel().title(title).datasource(DATASOURCE).unit(unit).height(8)
              .span(width).legend(common.VizLegendOptions().show_legend(True)
                                  .display_mode(common_model.LegendDisplayMode.LIST)
@@ -77,6 +111,8 @@ def graph(title: str, *targets: prometheus.Dataquery, unit: str = "short", log: 
         panel = panel.description(description)
     if log:
         panel = panel.scale_distribution(log_scale())
+    if per_layer:
+        panel = panel.mappings(nonfinite_mappings())
     if lines is not None:
         mode = (common_model.GraphThresholdsStyleMode.LINE_AND_AREA if band
                 else common_model.GraphThresholdsStyleMode.DASHED)
@@ -146,7 +182,7 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
                       "Per-run health of gradwatch-monitored trainings.", with_layer=False)
     panels = [
         regime, alerts,
-        graph("Loss", query(f"gradwatch_loss{{{RUN}}}")),
+        graph("Loss by rank", query(f"gradwatch_loss{{{RUN}}}")),
         graph("Global gradient norm (before clipping)",
               query(f"gradwatch_global_grad_norm{{{RUN}}}"),
               query(f"gradwatch_clipped_grad_norm{{{RUN}}}", RUN_LEGEND + " clipped", "B"),
@@ -171,6 +207,14 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
         graph("Steps per second", query(f"gradwatch:steps_per_second:deriv{COUNTER_WINDOW}"
                                         f"{{{RUN}}}"), width=6),
         heartbeat,
+        graph("Step time by rank (stragglers)", query(f"gradwatch_step_seconds{{{RUN}}}"),
+              query(f"max by (run) (gradwatch_step_seconds{{{RUN}}})"
+                    f" / min by (run) (gradwatch_step_seconds{{{RUN}}})",
+                    "{{run}} slowest / fastest", "B"),
+              unit="s", width=24,
+              description="Wall-clock time of each rank's latest step, and the ratio of the "
+                          "slowest rank's to the fastest's: every rank waits for the slowest "
+                          "at each all-reduce."),
     ]
     for panel in panels:
         board = board.with_panel(panel)
@@ -180,25 +224,41 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
 def depth_profile(title: str, metric: str, log: bool) -> barchart.Panel:
     """Latest value of a per-layer metric, one bar per layer, input layer first."""
     panel = (barchart.Panel().title(title).datasource(DATASOURCE).height(8).span(12)
-             .with_target(query(f"gradwatch:{metric}:by_depth{{{LAYER}}}", instant_table=True))
+             .with_target(query(latest(f"gradwatch:{metric}:by_depth{{{LAYER}}}"),
+                                instant_table=True))
+             .mappings(nonfinite_mappings())
              .with_transformation(model.DataTransformerConfig(
                  id_val="sortBy", options={"sort": [{"field": "depth"}]}))
              .x_field("layer").x_tick_label_rotation(-45)
-             .description("Latest sampled step; bars in forward (depth) order."))
+             .description("Latest sampled step in the time range (still shown after the "
+                          "run ended); bars in forward (depth) order."))
     return panel.scale_distribution(log_scale()) if log else panel
 
 
 def layers(t: Thresholds) -> dashboard.Dashboard:
     """Per layer, ordered by depth: gradient norm map and profiles, activations, updates."""
-    grad_map = (statetimeline.Panel().title("log10 gradient norm by layer (depth order)")
-                .datasource(DATASOURCE).height(10).span(24)
-                .with_target(query(f"log10(gradwatch:grad_norm:by_depth{{{LAYER}}})",
+    ratio = t.vanishing_depth_ratio
+    grad_map = (statetimeline.Panel()
+                .title("Gradient norm relative to the output side, by layer (depth x time)")
+                .datasource(DATASOURCE).height(24).span(24)
+                .with_target(query(f"log10(gradwatch:grad_norm:by_depth{{{LAYER}}}"
+                                   " / on (run, rank) group_left ()"
+                                   f" gradwatch:grad_norm_output_side:max{{{RUN}}})",
                                    DEPTH_LEGEND))
-                .color_scheme(dashboard.FieldColor().mode(
-                    model.FieldColorModeId.CONTINUOUS_BL_YL_RD))
+                .per_page(MAP_ROWS).row_height(1).merge_values(False)
+                .legend(common.VizLegendOptions().show_legend(False))
+                .color_scheme(dashboard.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
+                .thresholds(steps((None, "blue"), (math.log10(ratio), "green"),
+                                  (-math.log10(ratio), "red")))
+                .mappings(nonfinite_mappings())
                 .show_value(common_model.VisibilityMode.NEVER)
-                .description("Rows are layers, input side first. A colour gradient down the "
-                             "rows is the vanishing/exploding signature (THEORY 1)."))
+                .description("Rows are layers, input side on top; colour: log10 of the layer's "
+                             "gradient norm over the largest output-side layer's. Blue below "
+                             f"log10 vanishing_depth_ratio = {math.log10(ratio):g} (vanishing, "
+                             f"THEORY 1), red above {-math.log10(ratio):g} (growing toward "
+                             "the input: exploding), "
+                             + ", ".join(f"{c} {v}" for v, c in NONFINITE_COLORS.items())
+                             + ". " + explain(t, "vanishing_depth_ratio")))
     board = new_board("gradwatch / Layers", "gradwatch-layers",
                       "Per-layer statistics of one run, layers in forward (depth) order.",
                       with_layer=True)
@@ -210,18 +270,18 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
               query(f"gradwatch:update_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND), log=True,
               lines=steps((None, "blue"), (t.update_ratio_low, "green"),
                           (t.update_ratio_high, "red")), band=True,
-              description=explain(t, "update_ratio_low", "update_ratio_high")),
+              description=explain(t, "update_ratio_low", "update_ratio_high"), per_layer=True),
         graph("Weight norm", query(f"gradwatch:weight_norm:by_depth{{{LAYER}}}", DEPTH_LEGEND),
-              log=True),
+              log=True, per_layer=True),
         graph("Saturated activations (sigmoid/tanh flat region)",
               query(f"gradwatch:activation_saturation_ratio:by_depth{{{LAYER}}}",
                     DEPTH_LEGEND), unit="percentunit",
               lines=steps((None, "green"), (t.saturation_ratio, "red")),
-              description=explain(t, "saturation_ratio")),
+              description=explain(t, "saturation_ratio"), per_layer=True),
         graph("Dead units (exact zeros after ReLU)",
               query(f"gradwatch:activation_dead_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND),
               unit="percentunit", lines=steps((None, "green"), (t.dead_ratio, "red")),
-              description=explain(t, "dead_ratio")),
+              description=explain(t, "dead_ratio"), per_layer=True),
     ]
     for panel in panels:
         board = board.with_panel(panel)

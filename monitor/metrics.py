@@ -2,7 +2,8 @@
 
 The Prometheus exporter takes its help texts from here and ``docs/metrics.md`` is generated
 from here (a test keeps both in step), so the documentation cannot drift from the code.
-Every metric also carries the labels ``run`` and, when the world size is above 1, ``rank``.
+Every metric also carries the labels ``run`` and, when the world size is above 1, ``rank``:
+``rank="all"`` for the figures that are the same on every rank, exported once by rank 0.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ _SPECS = (
           "increases steadily; flat means training stalled"),
     _spec("last_step_timestamp_seconds", "gauge", "Unix time the latest step ended.",
           "seconds", EVERY_STEP, "within {t.stalled_seconds} s of now while training"),
+    _spec("step_seconds", "gauge", "Wall-clock seconds between the ends of this rank's latest "
+          "two steps (data loading included): the rank view of stragglers.", "seconds",
+          EVERY_STEP, "about the same on every rank; one rank slower is a straggler"),
+    _spec("run_finished", "gauge", "1 once the run ended cleanly (the last scrape or push "
+          "keeps it), else 0: TrainerDown and TrainingStalled stay quiet for a finished run.",
+          "boolean", "at the end", "0 while training, 1 after a clean end"),
     _spec("loss", "gauge", "Loss of the latest step (sum of its micro-batch losses).", "loss",
           EVERY_STEP, "finite, trending down; spikes above {t.loss_spike_factor}x the recent "
           "max are divergence"),
@@ -64,8 +71,9 @@ _SPECS = (
           "source (gradient, activation, parameter on sampled steps; loss every step, layer "
           "\"\").", "values", SAMPLED, "0", ("source", "layer", "kind")),
     _spec("nonfinite_steps", "counter", "Steps whose loss or global gradient norm was not "
-          "finite (source loss or gradient; checked every step).", "steps", EVERY_STEP, "0",
-          ("source",)),
+          "finite (source loss or gradient; checked every step); under DDP also "
+          "local_gradient: steps that began a run of non-finite steps with this rank's own "
+          "gradients (before the all-reduce): the rank a NaN came from.", "steps", EVERY_STEP, "0", ("source",)),
     _spec("grad_norm", "gauge", "L2 norm of the layer's gradients before clipping.",
           "L2 norm", SAMPLED, "of similar magnitude across depth; a collapse toward the "
           "input below {t.vanishing_depth_ratio}x is vanishing", LAYER),
@@ -89,7 +97,12 @@ _SPECS = (
           LAYER),
     _spec("layer_depth", "gauge", "Position of the layer in forward order, 0 = input side.",
           "index", SAMPLED, "constant", LAYER),
-    _spec("layers", "gauge", "Number of exported layers.", "layers", SAMPLED, "constant"),
+    _spec("layers", "gauge", "Number of monitored layers (beyond max_exported_layers, only "
+          "the most offending ones have their own series).", "layers", SAMPLED, "constant"),
+    _spec("layer_group", "gauge", "Models deeper than max_exported_layers: min, median, max "
+          "and argmax (the depth of the max) of a per-layer statistic (metric) over the "
+          "layers of a depth group (depth_group: first-last depth).", "as metric", SAMPLED,
+          "as the per-layer metric", ("metric", "depth_group", "stat")),
     _spec("regime", "gauge", "1 for the run's current regime (worst firing alert): healthy, "
           "vanishing, exploding or nonfinite.", "one-hot", "on alert", "healthy",
           ("regime",)),
@@ -123,7 +136,10 @@ def render_markdown(thresholds: Thresholds | None = None) -> str:
         "",
         "Generated from `monitor/metrics.py` (`gradwatch metrics-doc`); a test keeps it in "
         "step with the code. Every metric has the label `run`, and `rank` when the world "
-        "size is above 1. Healthy ranges use the default `Thresholds`.",
+        "size is above 1: `rank=\"all\"` for what is the same on every rank (per-layer "
+        "gradient, weight and update figures, activations over all ranks, global norm, "
+        "learning rate, AMP), exported once by rank 0. Non-finite values (NaN, +Inf, -Inf) "
+        "are exported as such. Healthy ranges use the default `Thresholds`.",
         "",
         "| metric | type | labels | unit | updated | meaning | healthy |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -4,12 +4,17 @@ The training thread never touches this module: Pulses, Snapshots and Alerts arri
 export thread, which only updates a few numbers under a lock; the text is rendered by the
 scrape itself (``collect``). A spike that lasts one step between two scrapes stays visible
 in the ``gradwatch_step_global_grad_norm`` histogram, which observes every step's norm.
+
+At fleet scale: what is the same on every rank is exported once (rank 0, ``rank="all"``),
+deep models are exported aggregate-first within ``max_layers`` (monitor/layer_budget.py),
+and non-finite values are exported as such (NaN, +Inf and -Inf are valid exposition).
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -23,24 +28,43 @@ from prometheus_client.core import (
 )
 
 from .endpoint import EndpointSecurity, serve
+from .layer_budget import GROUP_STATS, LayerExport
 from .metrics import spec
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
+from .validation import check_int
 
-#: Per-layer gauges, named like the Snapshot attribute they export.
-LAYER_GAUGES = (
-    "grad_norm",
-    "weight_norm",
-    "update_ratio",
+#: Per-layer gauges of the parameters and their gradients: the same on every rank.
+SYNCHRONISED_LAYER_GAUGES = ("grad_norm", "weight_norm", "update_ratio")
+#: Per-layer gauges of the activations: each rank's own batch.
+ACTIVATION_GAUGES = (
     "activation_mean",
     "activation_variance",
     "activation_saturation_ratio",
     "activation_dead_ratio",
     "activation_max_abs",
 )
+#: Per-layer gauges, named like the Snapshot attribute they export.
+LAYER_GAUGES = SYNCHRONISED_LAYER_GAUGES + ACTIVATION_GAUGES
+#: The non-finite sources whose values make a NaN gauge a real NaN (not "not measured").
+GAUGE_SOURCES = {"grad_norm": ("gradient",), "weight_norm": ("parameter",),
+                 "update_ratio": ("gradient", "parameter")} | {
+    name: ("activation",) for name in ACTIVATION_GAUGES}
+#: Non-finite sources that are the same on every rank (after the all-reduce).
+SYNCHRONISED_SOURCES = ("gradient", "parameter")
+#: Per-step gauges of each rank, and those the same on every rank.
+RANK_GAUGES = ("step", "last_step_timestamp_seconds", "step_seconds", "loss")
+SYNCHRONISED_GAUGES = ("global_grad_norm", "clipped_grad_norm", "amp_loss_scale")
+#: Under DDP, layers named in a rank's own (activation) non-finite counts; the rest are summed
+#: under the layer label DEEPER_LAYERS, so a NaN on 64 ranks adds 64 x (this + 1) series.
+RANK_NONFINITE_LAYERS = 8
+DEEPER_LAYERS = "(deeper layers)"
+#: Longest wait at a clean end for the scrape that reads gradwatch_run_finished.
+LINGER_SECONDS = 35.0
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "histogram": HistogramMetricFamily}
-#: The ``rank`` label value of figures over all ranks.
+#: The ``rank`` label value of what is the same on every rank (or over all ranks' batches),
+#: exported by rank 0 alone.
 WORLD_RANK = "all"
 REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 
@@ -53,38 +77,65 @@ def histogram_buckets(thresholds: Thresholds) -> list[float]:
 class PrometheusSink:
     """Sink and collector of the ``gradwatch_*`` metrics, in its own registry.
 
+    Under DDP or FSDP (``rank`` given) what is the same on every rank is exported once, by
+    rank 0, labelled ``rank="all"``: per-layer gradient, weight and update figures, the
+    activations over every rank's batch, the global norm, learning rates and AMP figures.
+    Every rank exports what differs: step, step time, loss, its own non-finite activations
+    and loss, whether a NaN came from its own gradients, its alerts and regime.
+
     Args:
         run: the ``run`` label.
         rank: the ``rank`` label, or None to leave it out (world size 1).
-        max_layers: at most this many ``layer`` label values; deeper models are exported as
-            this many contiguous depth groups named ``first..last`` (norms combined exactly,
-            activation statistics averaged, max |x| maxed).
+        max_layers: at most this many ``layer`` label values; deeper models export the
+            ``max_layers`` most offending layers (farthest from the model's median, non-finite
+            first) and ``gradwatch_layer_group`` summaries of ``depth_groups`` depth groups.
         thresholds: for the histogram's bucket at ``explosion_norm``.
+        rank_activations: with several ranks, every rank also exports the activations of
+            its own batch (``rank="<rank>"``), for imbalanced data.
+        depth_groups: number of depth groups summarised beyond ``max_layers``.
+
+    Raises:
+        ValueError: for ``max_layers`` or ``depth_groups`` below 1.
     """
 
     def __init__(self, run: str, rank: int | None = None, max_layers: int = 512,
-                 thresholds: Thresholds | None = None) -> None:
+                 thresholds: Thresholds | None = None, rank_activations: bool = False,
+                 depth_groups: int = 16) -> None:
+        check_int("max_exported_layers", max_layers, low=1)
+        check_int("depth_groups", depth_groups, low=1)
         self._base = {"run": run} | ({"rank": str(rank)} if rank is not None else {})
-        self.max_layers = max_layers
+        self._multi = rank is not None
+        # the figures every rank has: exported by rank 0 (or the only process) alone
+        self._shared = None if rank not in (None, 0) else \
+            {"run": run} | ({"rank": WORLD_RANK} if self._multi else {})
+        self.max_layers, self.depth_groups = max_layers, depth_groups
+        self.rank_activations = rank_activations and self._multi
         self.registry = CollectorRegistry(auto_describe=False)
         self.count_dropped: Callable[[], int] = lambda: 0
         self._lock = threading.Lock()
+        self._scraped = threading.Condition(self._lock)
         self._bounds = histogram_buckets(thresholds or Thresholds())
         self._bucket_counts = [0] * (len(self._bounds) + 1)
         self._norm_sum = 0.0
-        self._pulse: Pulse | None = None
         self._latest: dict[str, float] = {}
+        self._learning_rates: tuple[tuple[float, ...], ...] = ()
         self._snapshot: Snapshot | None = None
-        self._layers: tuple[str, ...] = ()
-        self._layer_values: dict[str, np.ndarray] = {}
-        self._world_values: dict[str, np.ndarray] = {}
-        self._nonfinite: Counter[tuple[str, str, str]] = Counter()
-        self._nonfinite_steps: Counter[str] = Counter({"loss": 0, "gradient": 0})
+        self._export: LayerExport | None = None
+        self._local_export: LayerExport | None = None
+        self._nonfinite: Counter[tuple[bool, str, str, str]] = Counter()
+        self._nonfinite_steps: Counter[str] = Counter(
+            dict.fromkeys(("loss", "gradient") + (("local_gradient",) if self._multi else ()),
+                          0))
         self._alerts: Counter[str] = Counter()
         self._active_regimes: dict[str, str] = {}
         self._clip_engaged = 0
         self._skipped = 0
         self._snapshots = 0
+        self._rank_layers: set[str] = set()
+        self._streak_free = True  # the latest global norm was finite
+        self._finished = False
+        self._finish_seen = False
+        self._scrape_times: list[float] = []
         self._server = None
         self.registry.register(self)
 
@@ -100,21 +151,50 @@ class PrometheusSink:
         self._server = serve(self.registry, port, addr, security)
         return self._server.server_address[1]
 
+    def finish(self) -> None:
+        """Mark a clean end: ``gradwatch_run_finished`` is 1 from now on, so that the
+        scrape or push that follows tells Prometheus not to page for this run."""
+        with self._lock:
+            self._finished = True
+
     def close(self) -> None:
         if self._server is not None:
+            self._await_final_scrape()
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def _await_final_scrape(self) -> None:
+        """After ``finish``, serve until a scrape has read it: at most two scrape intervals
+        as measured (and LINGER_SECONDS); no wait when nothing ever scraped twice."""
+        with self._scraped:
+            if not self._finished or len(self._scrape_times) < 2:
+                return
+            interval = self._scrape_times[-1] - self._scrape_times[-2]
+            self._scraped.wait_for(lambda: self._finish_seen,
+                                   min(2 * interval + 1, LINGER_SECONDS))
 
     # ------------------------------------------------------------------ sink
 
     def on_pulse(self, pulse: Pulse) -> None:
         norm, loss = pulse.global_grad_norm, pulse.loss
         with self._lock:
-            self._pulse = pulse
-            # a step without a loss or gradients (no backward) keeps the last values shown
-            self._latest.update({name: value for name, value in _pulse_gauges(pulse)
-                                 if value is not None})
+            previous = self._latest.get("last_step_timestamp_seconds")
+            if previous is not None:
+                self._latest["step_seconds"] = pulse.time - previous
+            # a step without backward (None) keeps the last value rather than a gap
+            for name, value in (
+                ("step", pulse.step),
+                ("last_step_timestamp_seconds", pulse.time),
+                ("loss", loss),
+                ("global_grad_norm", norm),
+                ("clipped_grad_norm", pulse.clipped_grad_norm),
+                ("amp_loss_scale", pulse.loss_scale),
+            ):
+                if value is not None:
+                    self._latest[name] = value
+            if pulse.learning_rates:
+                self._learning_rates = pulse.learning_rates
             if norm is not None and math.isfinite(norm):
                 self._bucket_counts[int(np.searchsorted(self._bounds, norm))] += 1
                 self._norm_sum += norm
@@ -124,7 +204,13 @@ class PrometheusSink:
                 self._nonfinite_steps["gradient"] += 1
             if loss is not None and not math.isfinite(loss):
                 self._nonfinite_steps["loss"] += 1
-                self._nonfinite[("loss", "", _kind(loss))] += 1
+                self._nonfinite[(False, "loss", "", _kind(loss))] += 1
+            # where a streak of non-finite steps began (after it, every rank's own gradients
+            # come from the same non-finite weights)
+            if pulse.local_gradients_finite is False and self._streak_free:
+                self._nonfinite_steps["local_gradient"] += 1
+            if norm is not None:
+                self._streak_free = math.isfinite(norm)
             clipped = pulse.clipped_grad_norm
             if clipped is not None and norm is not None and clipped < norm * (1 - 1e-6):
                 self._clip_engaged += 1
@@ -132,19 +218,47 @@ class PrometheusSink:
                 self._skipped += 1
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
-        layers, values = self._grouped(snapshot)
-        world = {}
-        if snapshot.world is not None and self._base.get("rank") == "0":
-            world = {k: v for k, v in self._grouped(snapshot.world)[1].items()
-                     if k.startswith("activation_")}
+        export = local = None
+        if self._shared is not None:
+            values, defined = _figures(snapshot, SYNCHRONISED_LAYER_GAUGES)
+            # activations over every rank's batch: the world view (regular samples only)
+            activations = snapshot.world if self._multi else snapshot
+            if activations is not None:
+                more = _figures(activations, ACTIVATION_GAUGES)
+            elif self._export is not None and self._export.layers == snapshot.layers:
+                more = ({k: self._export.values[k] for k in ACTIVATION_GAUGES},
+                        {k: self._export.defined[k] for k in ACTIVATION_GAUGES})
+            else:
+                more = ({}, {})
+            export = LayerExport(snapshot.layers, values | more[0], defined | more[1],
+                                 self.max_layers, self.depth_groups)
+        if self.rank_activations:
+            local = LayerExport(snapshot.layers, *_figures(snapshot, ACTIVATION_GAUGES),
+                                self.max_layers, self.depth_groups)
         with self._lock:
             self._snapshot = snapshot
-            self._layers, self._layer_values, self._world_values = layers, values, world
+            self._export, self._local_export = export, local
             self._snapshots += 1
             counts = snapshot.nonfinite  # [source, layer, kind]
             for s, l, k in zip(*np.nonzero(counts)):
-                self._nonfinite[(NONFINITE_SOURCES[s], snapshot.layers[l], NONFINITE_KINDS[k])] \
+                source = NONFINITE_SOURCES[s]
+                shared = source in SYNCHRONISED_SOURCES
+                if shared and self._shared is None:
+                    continue  # rank 0 exports it: the same on every rank
+                layer = snapshot.layers[l] if shared else self._rank_layer(snapshot.layers[l])
+                self._nonfinite[(shared, source, layer, NONFINITE_KINDS[k])] \
                     += int(counts[s, l, k])
+
+    def _rank_layer(self, layer: str) -> str:
+        """The ``layer`` label of a rank's own non-finite count: past the first
+        RANK_NONFINITE_LAYERS layers seen (the first in depth order are where a NaN appears;
+        the deeper ones inherit it), the rest of a rank's counts go to DEEPER_LAYERS."""
+        if not self._multi or layer in self._rank_layers:
+            return layer
+        if len(self._rank_layers) < RANK_NONFINITE_LAYERS:
+            self._rank_layers.add(layer)
+            return layer
+        return DEEPER_LAYERS
 
     def on_alert(self, alert) -> None:
         with self._lock:
@@ -158,75 +272,97 @@ class PrometheusSink:
     # ------------------------------------------------------------------ collector
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
+        with self._scraped:
             yield from self._run_metrics()
             yield from self._layer_metrics()
             yield from self._counters()
+            self._scrape_times = [*self._scrape_times[-1:], time.monotonic()]
+            if self._finished:
+                self._finish_seen = True
+                self._scraped.notify_all()
 
     def _family(self, name: str):
         metric = spec(name)
         return _FAMILIES[metric.kind](metric.name, metric.help,
                                       labels=[*self._base, *metric.labels])
 
+    def _gauges(self, names: tuple[str, ...], labels: dict[str, str] | None) -> Iterator[Metric]:
+        """The latest value of each per-step gauge (those never seen yet have no sample)."""
+        for name in names:
+            family = self._family(name)
+            if labels is not None and name in self._latest:
+                family.add_metric(list(labels.values()), self._latest[name])
+            yield family
+
     def _run_metrics(self) -> Iterator[Metric]:
-        base = list(self._base.values())
-        pulse = self._pulse
-        if pulse is not None:
-            for name, _ in _pulse_gauges(pulse):
-                family = self._family(name)
-                if name in self._latest:
-                    family.add_metric(base, self._latest[name])
-                yield family
-            lr = self._family("learning_rate")
-            for optimizer, groups in enumerate(pulse.learning_rates):
-                for group, value in enumerate(groups):
-                    lr.add_metric([*base, str(optimizer), str(group)], value)
-            yield lr
+        base, shared = list(self._base.values()), self._shared
+        yield from self._gauges(RANK_GAUGES, self._base)
+        finished = self._family("run_finished")
+        finished.add_metric(base, float(self._finished))
+        yield finished
+        yield from self._gauges(SYNCHRONISED_GAUGES, shared)
+        if shared is None:
+            return
+        shared = list(shared.values())
+        lr = self._family("learning_rate")
+        for optimizer, groups in enumerate(self._learning_rates):
+            for group, value in enumerate(groups):
+                lr.add_metric([*shared, str(optimizer), str(group)], value)
+        yield lr
         buckets, cumulative = [], 0
         for bound, count in zip([*self._bounds, math.inf], self._bucket_counts):
             cumulative += count
             buckets.append((_le(bound), cumulative))
         histogram = self._family("step_global_grad_norm")
-        histogram.add_metric(base, buckets, self._norm_sum)
+        histogram.add_metric(shared, buckets, self._norm_sum)
         yield histogram
-        regime = self._family("regime")
-        current = self._regime()
-        for name in REGIMES:
-            regime.add_metric([*base, name], float(name == current))
-        yield regime
 
     def _regime(self) -> str:
         active = set(self._active_regimes.values())
         return next((r for r in reversed(REGIMES) if r in active), "healthy")
 
     def _layer_metrics(self) -> Iterator[Metric]:
-        base = list(self._base.values())
-        layers = self._layers
-        count = self._family("layers")
-        count.add_metric(base, len(layers))
+        exports = [(list(labels.values()), export) for labels, export in (
+            (self._shared, self._export), (self._base, self._local_export))
+            if labels is not None and export is not None]
+        count, depth = self._family("layers"), self._family("layer_depth")
+        if self._shared is not None:
+            # the depth order is the same on every rank: rank 0 says it once
+            export = self._export
+            count.add_metric(list(self._shared.values()), len(export.layers) if export else 0)
+            for position in export.kept if export else ():
+                depth.add_metric([*self._shared.values(), export.layers[position]], position)
         yield count
-        if not layers:
+        if not exports:
             return
-        depth = self._family("layer_depth")
-        for position, layer in enumerate(layers):
-            depth.add_metric([*base, layer], position)
         yield depth
-        # with several ranks, rank 0 also exports the activations over every rank's batch
-        world_base = [*base[:-1], WORLD_RANK]
+        group = self._family("layer_group")
         for name in LAYER_GAUGES:
             family = self._family(name)
-            for labels, values in ((base, self._layer_values[name]),
-                                   (world_base, self._world_values.get(name, ()))):
-                for layer, value in zip(layers, values):
-                    if not math.isnan(value):
-                        family.add_metric([*labels, layer], value)
+            for labels, export in exports:
+                if name not in export.values:
+                    continue
+                values, defined = export.values[name], export.defined[name]
+                for position in export.kept:
+                    if defined[position]:
+                        family.add_metric([*labels, export.layers[position]], values[position])
+                for first, last, stats in export.groups.get(name, ()):
+                    for stat in GROUP_STATS:
+                        group.add_metric([*labels, name, f"{first}-{last}", stat], stats[stat])
             yield family
+        yield group
 
     def _counters(self) -> Iterator[Metric]:
         base = list(self._base.values())
+        regime = self._family("regime")
+        current = self._regime()
+        for name in REGIMES:
+            regime.add_metric([*base, name], float(name == current))
+        yield regime
         nonfinite = self._family("nonfinite")
-        for (source, layer, kind), value in sorted(self._nonfinite.items()):
-            nonfinite.add_metric([*base, source, layer, kind], value)
+        shared = list((self._shared or {}).values())
+        for (is_shared, source, layer, kind), value in sorted(self._nonfinite.items()):
+            nonfinite.add_metric([*(shared if is_shared else base), source, layer, kind], value)
         yield nonfinite
         steps = self._family("nonfinite_steps")
         for source, value in sorted(self._nonfinite_steps.items()):
@@ -237,56 +373,30 @@ class PrometheusSink:
             alerts.add_metric([*base, name], value)
         yield alerts
         overhead = self._snapshot.overhead_seconds if self._snapshot else 0.0
-        for name, value in (
-            ("grad_clip_engaged", self._clip_engaged),
-            ("amp_skipped_steps", self._skipped),
-            ("overhead_seconds", overhead),
-            ("snapshots", self._snapshots),
-            ("export_dropped", self.count_dropped()),
+        for name, value, labels in (
+            ("grad_clip_engaged", self._clip_engaged, self._shared),
+            ("amp_skipped_steps", self._skipped, self._shared),
+            ("overhead_seconds", overhead, self._base),
+            ("snapshots", self._snapshots, self._base),
+            ("export_dropped", self.count_dropped(), self._base),
         ):
             family = self._family(name)
-            family.add_metric(base, value)
+            if labels is not None:
+                family.add_metric(list(labels.values()), value)
             yield family
 
-    # ------------------------------------------------------------------ cardinality
 
-    def _grouped(self, snapshot: Snapshot) -> tuple[tuple[str, ...], dict[str, np.ndarray]]:
-        values = {name: getattr(snapshot, name) for name in LAYER_GAUGES}
-        n = len(snapshot.layers)
-        if n <= self.max_layers:
-            return snapshot.layers, values
-        edges = np.linspace(0, n, self.max_layers + 1).astype(int)
-        names = tuple(f"{snapshot.layers[a]}..{snapshot.layers[b - 1]}"
-                      for a, b in zip(edges[:-1], edges[1:]))
-        starts = edges[:-1]
-        delta = values["update_ratio"] * values["weight_norm"]
-
-        def root_sum_sq(x: np.ndarray) -> np.ndarray:
-            return np.sqrt(np.add.reduceat(np.nan_to_num(x) ** 2, starts))
-
-        def mean(x: np.ndarray) -> np.ndarray:
-            return np.array([np.nan if np.isnan(x[a:b]).all() else np.nanmean(x[a:b])
-                             for a, b in zip(edges[:-1], edges[1:])])
-
-        grouped = {k: mean(v) for k, v in values.items()}
-        grouped["grad_norm"] = root_sum_sq(values["grad_norm"])
-        grouped["weight_norm"] = root_sum_sq(values["weight_norm"])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            grouped["update_ratio"] = root_sum_sq(delta) / grouped["weight_norm"]
-        grouped["activation_max_abs"] = np.fmax.reduceat(values["activation_max_abs"], starts)
-        return names, grouped
-
-
-def _pulse_gauges(pulse: Pulse) -> tuple[tuple[str, float | None], ...]:
-    """The gauges a Pulse sets, by metric name (None: not measured on that step)."""
-    return (
-        ("step", pulse.step),
-        ("last_step_timestamp_seconds", pulse.time),
-        ("loss", pulse.loss),
-        ("global_grad_norm", pulse.global_grad_norm),
-        ("clipped_grad_norm", pulse.clipped_grad_norm),
-        ("amp_loss_scale", pulse.loss_scale),
-    )
+def _figures(snapshot: Snapshot, names: tuple[str, ...]
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Values of ``names`` and where each is defined: a NaN is exported only when the
+    layer's source held non-finite values (a real NaN), never for "not measured"."""
+    bad = {source: snapshot.nonfinite_by_source(source) > 0 for source in NONFINITE_SOURCES}
+    values, defined = {}, {}
+    for name in names:
+        x = getattr(snapshot, name)
+        sourced = np.logical_or.reduce([bad[s] for s in GAUGE_SOURCES[name]])
+        values[name], defined[name] = x, ~np.isnan(x) | sourced
+    return values, defined
 
 
 def _kind(value: float) -> str:

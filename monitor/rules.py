@@ -3,10 +3,10 @@
 The committed file ``deploy/prometheus/rules/gradwatch.rules.yml`` is ``render_rules()`` of the
 default thresholds (a test keeps them equal); ``write_rules`` writes it for custom thresholds.
 
-Alerts carry the labels the trainer itself pushes to Alertmanager (alertname, severity, run,
-layer, rank), and nothing else, so the two sources group and deduplicate. Every alert
-aggregates ``by (run, rank[, layer])`` to drop job/instance; Prometheus omits empty labels, so
-rank (world size 1) and layer (run-wide alerts) are simply absent.
+Alert volume is bounded: every alert aggregates ``by (run)``, one alert per (run, alertname)
+whatever the number of layers and ranks; its ``culprits`` annotation names the worst layers
+(at most CULPRITS) and, for NaN/Inf, the rank it came from. TrainerDown and TrainingStalled
+stay quiet for a run whose last scrape or push said ``gradwatch_run_finished`` 1.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ DEPTH_ORDERED_METRICS = (
     "activation_dead_ratio",
 )
 RULES_PATH = Path("deploy/prometheus/rules/gradwatch.rules.yml")
+#: Steps whose own gradients (before the all-reduce) were not finite: the origin rank.
+LOCAL_NONFINITE_STEPS = 'gradwatch_nonfinite_steps_total{source="local_gradient"}'
+#: Most layers (or ranks) an alert's culprits annotation names.
+CULPRITS = 5
 
 #: Label lists of the aggregations: what an alert keeps (the trainer's labels).
 BY_RUN = "run, rank"
@@ -55,8 +59,6 @@ INPUT_SIDE_LAYERS = (
 )
 #: Go-template fragment naming the layer when the alert has one (run-wide alerts have none).
 LAYER_TEXT = "{{ with $labels.layer }}, layer {{ . }}{{ end }}"
-#: The run of a TrainerDown alert is known only if the target was ever scraped.
-RUN_IF_KNOWN = "{{ with $labels.run }} (run {{ . }}){{ end }}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,17 @@ class Alert:
     summary: str
     description: str
     for_: str = "0s"
+    #: annotation name -> Go template naming the worst layers / ranks (at most CULPRITS)
+    culprits: tuple[tuple[str, str], ...] = ()
+
+
+def named_by(label: str, selector: str) -> str:
+    """Go template listing, comma-separated and sorted, the ``label`` of each series
+    ``selector`` returns; ``selector`` is a printf format of the run (one %s), limited to
+    CULPRITS."""
+    return (f"{{{{ range $i, $s := printf `topk({CULPRITS}, {selector})` $labels.run | query"
+            f' | sortByLabel "{label}" }}}}'
+            "{{ if $i }}, {{ end }}{{ $s.Labels." + label + " }}{{ end }}")
 
 
 def explosion_bucket_label(thresholds: Thresholds) -> str:
@@ -93,7 +106,8 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
         f'gradwatch_regime{{regime="{regime}"}} * {code}' for code, regime in enumerate(REGIMES)
     )
     # count_values turns the depth into a label; zero-padding makes label order numeric order.
-    padded_depth = 'count_values by (run, rank, layer) ("depth", gradwatch_layer_depth)'
+    # by (run, layer): rank 0 exports the depth once (rank "all"), every rank's series join it
+    padded_depth = 'count_values by (run, layer) ("depth", gradwatch_layer_depth)'
     for pad, digits in (("00", "([0-9])"), ("0", "([0-9][0-9])")):
         padded_depth = f'label_replace({padded_depth}, "depth", "{pad}$1", "depth", "{digits}")'
     rules = [
@@ -106,6 +120,9 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
          f"({counted_in('gradwatch_nonfinite_total', COUNTER_WINDOW)})"),
         ("gradwatch:nonfinite_steps:increase" + COUNTER_WINDOW,
          f"sum by ({BY_RUN}) ({counted_in('gradwatch_nonfinite_steps_total', COUNTER_WINDOW)})"),
+        # the rank a NaN came from: its own gradients were not finite before the all-reduce
+        ("gradwatch:nonfinite_origin:increase" + COUNTER_WINDOW,
+         f"sum by ({BY_RUN}) ({counted_in(LOCAL_NONFINITE_STEPS, COUNTER_WINDOW)})"),
         ("gradwatch:amp_skipped_steps:increase" + HISTORY_WINDOW,
          f"sum by ({BY_RUN}) "
          f"({counted_in('gradwatch_amp_skipped_steps_total', HISTORY_WINDOW)})"),
@@ -121,7 +138,7 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
         ("gradwatch:layer_depth:padded", padded_depth),
         *((f"gradwatch:{metric}:by_depth",
            f"max by ({BY_RUN_LAYER}) (gradwatch_{metric})"
-           f" * on ({BY_RUN_LAYER}) group_left (depth) gradwatch:layer_depth:padded")
+           " * on (run, layer) group_left (depth) gradwatch:layer_depth:padded")
           for metric in DEPTH_ORDERED_METRICS),
         ("gradwatch:regime:code", f"sum by ({BY_RUN}) ({regime_code})"),
         ("gradwatch:steps_per_second:deriv" + COUNTER_WINDOW,
@@ -138,33 +155,40 @@ def alerts(t: Thresholds) -> list[Alert]:
     return [
         Alert(
             "NonFiniteValues", "critical",
-            f"gradwatch:nonfinite:increase{COUNTER_WINDOW} > 0"
-            f" or on ({BY_RUN}) gradwatch:nonfinite_steps:increase{COUNTER_WINDOW} > 0",
+            f"max by (run) (gradwatch:nonfinite:increase{COUNTER_WINDOW}) > 0"
+            f" or on (run) max by (run) (gradwatch:nonfinite_steps:increase{COUNTER_WINDOW}) > 0",
             "Non-finite values (NaN/Inf) in run {{ $labels.run }}" + LAYER_TEXT,
             "{{ $value | humanize }} non-finite values (or steps) in the last "
             f"{COUNTER_WINDOW} in run {{{{ $labels.run }}}}{LAYER_TEXT}; no layer means the loss "
             "or a step-level count. Usually an explosion that overflowed.",
+            culprits=(("layers", named_by("layer", "sum by (layer) (gradwatch:nonfinite:increase"
+                                          f'{COUNTER_WINDOW}{{run="%s", layer!=""}}) > 0')),
+                      ("origin_ranks", named_by("rank", "gradwatch:nonfinite_origin:increase"
+                                                f'{COUNTER_WINDOW}{{run="%s"}} > 0'))),
         ),
         Alert(
             "GradientExplosion", "critical",
-            f"gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW} > 0",
+            f"max by (run) (gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW}) > 0",
             "Gradient explosion in run {{ $labels.run }}",
             f"{{{{ $value | humanize }}}} steps in the last {COUNTER_WINDOW} of run "
             f"{{{{ $labels.run }}}}{LAYER_TEXT} had a global gradient norm above "
             f"{floatToGoString(t.explosion_norm)}.",
+            culprits=(("layers", named_by("layer", 'gradwatch_grad_norm{run="%s"}')),),
         ),
         Alert(
             "GradientVanishing", "warning",
-            f"gradwatch:grad_norm_depth_ratio < {t.vanishing_depth_ratio!r}",
+            f"min by (run) (gradwatch:grad_norm_depth_ratio) < {t.vanishing_depth_ratio!r}",
             "Vanishing gradients in run {{ $labels.run }}" + LAYER_TEXT,
             f"An input-side layer of run {{{{ $labels.run }}}}{LAYER_TEXT} has a gradient norm "
             "{{ printf \"%.3g\" $value }} times the largest output-side layer's, below "
             f"{t.vanishing_depth_ratio!r}, for {vanishing_for}.",
             for_=vanishing_for,
+            culprits=(("layers", named_by("layer", 'gradwatch:grad_norm_depth_ratio{run="%s"}'
+                                          f" < {t.vanishing_depth_ratio!r}")),),
         ),
         Alert(
             "LossDivergence", "critical",
-            f"max by ({BY_RUN}) ("
+            f"max by (run) ("
             f"(gradwatch_loss > {t.loss_spike_factor!r}"
             f" * max_over_time(gradwatch_loss[{HISTORY_WINDOW}] offset {COUNTER_WINDOW})"
             f" or avg_over_time(gradwatch_loss[{RECENT_WINDOW}]) > {t.loss_growth_factor!r}"
@@ -181,7 +205,8 @@ def alerts(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "AmpOverflowStorm", "warning",
-            f"gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW} >= {t.amp_skipped_steps!r}",
+            f"max by (run) (gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW})"
+            f" >= {t.amp_skipped_steps!r}",
             "AMP overflow storm in run {{ $labels.run }}",
             f"The loss scaler of run {{{{ $labels.run }}}}{LAYER_TEXT} skipped "
             f"{{{{ $value | humanize }}}} steps in {HISTORY_WINDOW} (alert at "
@@ -189,27 +214,42 @@ def alerts(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "TrainingStalled", "warning",
-            f"gradwatch:seconds_since_last_step > {t.stalled_seconds!r}",
+            # a clean end is no stall (the Pushgateway keeps the last push of a kept run)
+            f"max by (run) (gradwatch:seconds_since_last_step"
+            f" unless on ({BY_RUN}) gradwatch_run_finished == 1) > {t.stalled_seconds!r}",
             "Training stalled in run {{ $labels.run }}",
             f"Run {{{{ $labels.run }}}}{LAYER_TEXT} made no step for "
             "{{ $value | humanizeDuration }} while its metrics are still served (alert after "
             f"{t.stalled_seconds!r}s).",
+            culprits=(("ranks", named_by("rank", 'gradwatch:seconds_since_last_step{run="%s"}'
+                                         f" > {t.stalled_seconds!r}")),),
         ),
         Alert(
             "TrainerDown", "critical",
-            # The run label comes from the target's last hour of samples; a target never
-            # scraped successfully alerts without one. absent() is not used: it has no run
-            # and would fire on an idle stack with no trainer configured.
-            f"max by (job, instance, {BY_RUN}) "
-            f'(last_over_time(gradwatch_step{{job="{TRAINER_JOB}"}}[1h]))'
-            f' and on (job, instance) up{{job="{TRAINER_JOB}"}} == 0'
-            f' or on (job, instance) up{{job="{TRAINER_JOB}"}} == 0',
-            "Trainer {{ $labels.instance }} is down" + RUN_IF_KNOWN,
-            f"Prometheus cannot scrape {{{{ $labels.instance }}}}{RUN_IF_KNOWN}{LAYER_TEXT}; "
-            "last step "
-            "seen: {{ $value }}. Remove its file_sd entry when the "
-            "run has finished.",
+            # Per run: the targets down whose last hour of samples shows a run that did not
+            # end cleanly (gradwatch_run_finished 1, kept by its last scrape); a target down
+            # with no run seen in the last hour alerts alone, without a run. absent() is not
+            # used: it has no run and would fire on an idle stack with no trainer configured.
+            f"count by (run) (max by (job, instance, {BY_RUN}) ("
+            f'last_over_time(gradwatch_step{{job="{TRAINER_JOB}"}}[1h])'
+            f" unless on (job, instance, {BY_RUN})"
+            f' last_over_time(gradwatch_run_finished{{job="{TRAINER_JOB}"}}[1h]) == 1)'
+            f' and on (job, instance) up{{job="{TRAINER_JOB}"}} == 0)'
+            f' or (up{{job="{TRAINER_JOB}"}} == 0 unless on (job, instance)'
+            f' last_over_time(gradwatch_step{{job="{TRAINER_JOB}"}}[1h])'
+            # a finished target left in file_sd pages nothing for a day
+            f' unless on (job, instance)'
+            f' last_over_time(gradwatch_run_finished{{job="{TRAINER_JOB}"}}[1d]) == 1)',
+            "Trainer down: {{ with $labels.run }}run {{ . }}{{ else }}"
+            "{{ $labels.instance }}{{ end }}",
+            "Prometheus cannot scrape {{ with $labels.run }}{{ $value }} target(s) of run "
+            "{{ . }}, which did not end cleanly{{ else }}{{ $labels.instance }}, with no run "
+            "seen in the last hour{{ end }}" + LAYER_TEXT + ". A clean end sets gradwatch_run_finished "
+            "and pages nothing; remove the file_sd entry of a target that is gone.",
             for_="1m",
+            culprits=(("instances", named_by(
+                "instance", f'last_over_time(gradwatch_step{{job="{TRAINER_JOB}", run="%s"}}[1h])'
+                f' and on (job, instance) up{{job="{TRAINER_JOB}"}} == 0')),),
         ),
     ]
 
@@ -224,7 +264,7 @@ def alerting_rule(alert: Alert) -> dict:
         "summary": alert.summary,
         "description": alert.description,
         "runbook_url": f"{RUNBOOK}#{alert.name.lower()}",
-    }
+    } | dict(alert.culprits)
     return rule
 
 

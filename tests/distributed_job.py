@@ -1,7 +1,9 @@
 """A 2-process DDP training on CPU (gloo) with TrainingDiagnostics, run by test_distributed.py.
 
 Each rank writes ``rank<r>.json`` into --out: what its own /metrics served, its last
-Snapshot (and the world view), and every Pulse it saw.
+Snapshot (and the world view), and every Pulse it saw. With --hold, each rank also writes its
+/metrics port to ``port<r>`` at the start and keeps serving after the last step until the
+file ``release`` appears in --out (for a Prometheus to scrape both ranks).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--poison-rank", type=int, default=-1)
     parser.add_argument("--poison-step", type=int, default=-1)
+    parser.add_argument("--hold", action="store_true")
     options = parser.parse_args()
     pl = lightning()
     torch.manual_seed(0)
@@ -52,6 +56,9 @@ def main() -> None:
     class Record(pl.Callback):
         def on_train_start(self, trainer, module):
             diagnostics.monitor.observers.append(KeepPulses())
+            if options.hold:
+                port = Path(options.out) / f"port{trainer.global_rank}"
+                port.write_text(str(diagnostics.bound_port))
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             if trainer.global_rank == options.poison_rank and \
@@ -75,6 +82,10 @@ def main() -> None:
             }
             out = Path(options.out) / f"rank{trainer.global_rank}.json"
             out.write_text(json.dumps(result, default=str))
+            deadline = time.monotonic() + 120
+            while options.hold and not (Path(options.out) / "release").exists() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
 
     trainer = pl.Trainer(max_steps=options.steps, accelerator="cpu", devices=2, strategy="ddp",
                          callbacks=[diagnostics, Record()], logger=False,

@@ -1,7 +1,8 @@
 """2-process FSDP2 (``fully_shard``, DTensor shards) training on CPU with the plain Monitor.
 
 Run by test_distributed.py: each rank writes ``rank<r>.json`` with its Snapshots' per-layer
-gradient and weight norms and update ratios, which must equal the unsharded model's.
+gradient and weight norms and update ratios, which must equal the unsharded model's, and
+what its PrometheusSink exports (the sharded figures once, from rank 0).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monitor import Monitor  # noqa: E402
+from prometheus_client import generate_latest  # noqa: E402
+
+from monitor import Monitor, PrometheusSink  # noqa: E402
 from tests.helpers import regression_data, tanh_mlp  # noqa: E402
 
 STEPS = 3
@@ -48,7 +51,8 @@ def work(rank: int, out: str, port: int) -> None:
     fully_shard(net)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     keep = Keep()
-    monitor = Monitor(net, sinks=[keep], optimizers=[optimizer], every_n_steps=2, rank=rank,
+    exporter = PrometheusSink("fsdp", rank=rank)
+    monitor = Monitor(net, sinks=[keep, exporter], optimizers=[optimizer], every_n_steps=2, rank=rank,
                       world_size=2)
     x_all, y_all = regression_data().tensors
     for step in range(STEPS):
@@ -69,6 +73,7 @@ def work(rank: int, out: str, port: int) -> None:
                                "weight": s.weight_norm.tolist(),
                                "update": s.update_ratio.tolist()} for s in keep.snapshots},
         "global": {p.step: p.global_grad_norm for p in keep.pulses},
+        "metrics": generate_latest(exporter.registry).decode(),
     }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()

@@ -14,22 +14,31 @@ BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
 LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
 
 
-def dashboard_exprs(dashboard: dict) -> Iterator[tuple[str, str]]:
-    """(where, expr) for every panel target, annotation and query variable of ``dashboard``.
+def dashboard_queries(dashboard: dict) -> Iterator[tuple[str, str, bool]]:
+    """(where, expr, instant) for every panel target, annotation and query variable of
+    ``dashboard``; ``instant`` when Grafana asks for the latest value only (a range query
+    over the dashboard's time range otherwise: graphs, annotations, variables).
 
     ``label_values(selector, label)`` variables yield their selector, which must return data.
     """
     for panel in dashboard.get("panels", []):
         for target in panel.get("targets", []):
-            yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
+            yield (f"panel {panel['title']!r} {target['refId']}", target["expr"],
+                   bool(target.get("instant")))
     for annotation in dashboard.get("annotations", {}).get("list", []):
         if "expr" in annotation:
-            yield f"annotation {annotation['name']!r}", annotation["expr"]
+            yield f"annotation {annotation['name']!r}", annotation["expr"], False
     for variable in dashboard.get("templating", {}).get("list", []):
         if variable["type"] == "query":
             match = LABEL_VALUES.match(variable["query"])
             expr = match["selector"] if match else variable["query"]
-            yield f"variable {variable['name']!r}", expr
+            yield f"variable {variable['name']!r}", expr, False
+
+
+def dashboard_exprs(dashboard: dict) -> Iterator[tuple[str, str]]:
+    """(where, expr) of every query of ``dashboard`` (see dashboard_queries)."""
+    for where, expr, _ in dashboard_queries(dashboard):
+        yield where, expr
 
 
 def substitute(expr: str, values: Mapping[str, str]) -> str:

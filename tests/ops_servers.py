@@ -112,6 +112,15 @@ class PrometheusServer(ServerProcess):
             raise AssertionError(f"query failed: {expr}: {answer}")
         return answer["data"]["result"]
 
+    def query_range(self, expr: str, seconds: float, step: str = "1") -> list[dict]:
+        """Range query over the last ``seconds`` (as a graph panel asks); the matrix."""
+        now = time.time()
+        answer = get_json(self.url + "/api/v1/query_range", {
+            "query": expr, "start": str(now - seconds), "end": str(now), "step": step})
+        if answer["status"] != "success":
+            raise AssertionError(f"query failed: {expr}: {answer}")
+        return answer["data"]["result"]
+
     def wait_for(self, expr: str, timeout: float = 30.0) -> list[dict]:
         """Wait until ``expr`` returns a non-empty result; that result."""
         return wait_until(lambda: self.query(expr), timeout, f"PromQL {expr!r} to return data")

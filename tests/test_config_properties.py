@@ -39,6 +39,7 @@ WRONG = {
     "pushgateway_keep": not_bool,
     "pushgateway_basic_auth": st.one_of(st.text(max_size=5), st.tuples(st.just(""), st.text())),
     "max_exported_layers": st.one_of(st.integers(max_value=0), not_int),
+    "rank_activations": not_bool,
     "update_ratio": not_bool,
     "thresholds": st.one_of(st.integers(), st.text(max_size=3), st.dictionaries(st.text(), st.floats())),
     "alerts": not_bool,

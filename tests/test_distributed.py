@@ -68,19 +68,26 @@ def test_activations_are_local_per_rank_and_global_in_the_world_view(healthy_run
     assert local[0] != local[1]  # each rank saw its own half of the batch
 
 
-def test_each_rank_serves_its_own_rank_labelled_metrics(healthy_run):
+def test_each_rank_exports_only_what_differs(healthy_run):
     _, variances = single_process_reference(steps=3)
-    for rank in (0, 1):
-        parsed = samples(healthy_run[rank]["metrics"])
-        assert sample(parsed, "gradwatch_step", run="ddp", rank=str(rank)) == 2
-        local = healthy_run[rank]["activation_variance"][0]
-        assert close(sample(parsed, "gradwatch_activation_variance", rank=str(rank),
-                            layer="net.0"), local)
+    grads, _ = single_process_reference(steps=3)
     parsed = [samples(healthy_run[r]["metrics"]) for r in (0, 1)]
-    # rank 0 alone exports the view over both ranks' batches
+    for rank in (0, 1):
+        assert sample(parsed[rank], "gradwatch_step", run="ddp", rank=str(rank)) == 2
+        assert sample(parsed[rank], "gradwatch_step_seconds", rank=str(rank)) > 0
+        loss = next(p["loss"] for p in healthy_run[rank]["pulses"] if p["step"] == 2)
+        assert close(sample(parsed[rank], "gradwatch_loss", rank=str(rank)), loss)
+    # rank 1 exports no per-layer series and nothing that rank 0 already exports
+    assert [name for name, labels in parsed[1] if "layer" in dict(labels)] == []
+    assert {dict(labels).get("rank") for _, labels in parsed[1]} == {"1"}
+    # rank 0 exports the synchronised figures once, for the job: rank="all"
+    for layer, grad in grads.items():
+        assert close(sample(parsed[0], "gradwatch_grad_norm", rank="all", layer=layer), grad,
+                     1e-4)
     assert close(sample(parsed[0], "gradwatch_activation_variance", rank="all", layer="net.0"),
                  variances["net.0"], 1e-4)
-    assert not any(("rank", "all") in labels for _, labels in parsed[1])
+    assert not any(n == "gradwatch_grad_norm" and ("rank", "0") in labels
+                   for n, labels in parsed[0])
 
 
 def test_a_nan_from_one_rank_is_traced_to_that_rank(tmp_path):
@@ -146,3 +153,9 @@ def test_fsdp2_sharded_norms_equal_the_unsharded_model(tmp_path):
                     assert close(got, want, 1e-4), (step, key)
         for step, value in run["global"].items():
             assert close(value, global_norms[int(step)], 1e-4)
+    # the sharded per-layer figures are exported once, by rank 0, as rank="all"
+    parsed = [samples(run["metrics"]) for run in runs]
+    assert [name for name, labels in parsed[1] if "layer" in dict(labels)] == []
+    for layer, want in zip(("0", "2", "4"), expected[2]["grad"]):
+        assert close(sample(parsed[0], "gradwatch_grad_norm", rank="all", layer=layer), want,
+                     1e-4)

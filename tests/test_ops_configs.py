@@ -43,6 +43,22 @@ def test_promtool_checks_prometheus_config(promtool):
     assert "1 rule files found" in result.stdout
 
 
+def test_promtool_checks_the_remote_write_example(promtool):
+    """The fleet example (docs/ops.md): a valid config that forwards only gradwatch series."""
+    example = PROMETHEUS_YML.parent / "remote-write.example.yml"
+    result = run([promtool, "check", "config", str(example)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(example.read_text())
+    (remote,) = config["remote_write"]
+    (keep,) = remote["write_relabel_configs"]
+
+    kept = re.compile(keep["regex"])
+    for name in ("gradwatch_grad_norm", "gradwatch:grad_norm:by_depth", "up", "ALERTS"):
+        assert kept.fullmatch(name), name
+    assert not kept.fullmatch("node_cpu_seconds_total")
+    assert config["global"]["scrape_interval"] == f"{rules.SCRAPE_INTERVAL_SECONDS}s"
+
+
 def test_prometheus_config_matches_the_rules_assumptions():
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     assert config["global"]["scrape_interval"] == f"{rules.SCRAPE_INTERVAL_SECONDS}s"

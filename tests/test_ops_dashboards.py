@@ -159,3 +159,36 @@ def test_threshold_panels_explain_their_numbers():
     p = panel(generated(t)[HEALTH], "Global gradient norm")
     assert p["description"].startswith("explosion_norm = 321.0: ")
     assert Thresholds.documented()["explosion_norm"][1] in p["description"]
+
+
+def test_depth_map_fits_deep_models_with_absolute_bands_from_thresholds():
+    import math
+
+    t = Thresholds(vanishing_depth_ratio=1e-4)
+    board = generated(t)[LAYERS]
+    p = panel(board, "Gradient norm relative to the output side")
+    assert p["type"] == "state-timeline"
+    assert p["options"]["perPage"] >= 1000 and p["options"]["showValue"] == "never"
+    defaults = p["fieldConfig"]["defaults"]
+    assert defaults["color"]["mode"] == "thresholds"
+    assert defaults["thresholds"]["mode"] == "absolute"
+    assert threshold_values(p) == [None, math.log10(1e-4), -math.log10(1e-4)]
+
+
+def test_nonfinite_values_have_a_colour_of_their_own_on_every_layer_panel():
+    board = generated()[LAYERS]
+    for p in board["panels"]:
+        mappings = p["fieldConfig"]["defaults"]["mappings"]
+        colours = {m["options"]["result"]["text"]: m["options"]["result"]["color"]
+                   for m in mappings}
+        assert colours == dashboards.NONFINITE_COLORS, p["title"]
+        special = [m for m in mappings if m["type"] == "special"]
+        assert [m["options"]["match"] for m in special] == ["nan"]
+    latest = [t["expr"] for p in board["panels"] for t in p["targets"] if t.get("instant")]
+    assert latest and all(e.startswith("last_over_time(") for e in latest)
+
+
+def test_health_dashboard_has_a_rank_view():
+    p = panel(generated()[HEALTH], "Step time by rank")
+    assert [t["expr"].split("{")[0] for t in p["targets"]][0] == "gradwatch_step_seconds"
+    assert p["targets"][0]["legendFormat"] == "{{run}} {{rank}}"

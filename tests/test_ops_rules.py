@@ -37,14 +37,15 @@ def test_every_contract_alert_is_documented_and_labelled():
         assert "$labels.layer" in notes["description"]
 
 
-def test_alerts_keep_only_trainer_labels():
-    """Aggregations leave run/rank/layer only (job/instance only for TrainerDown)."""
+def test_one_alert_per_run_and_alertname():
+    """Every alert aggregates by (run) alone: no per-layer or per-rank fan-out; only
+    TrainerDown's branch for a target with no run seen keeps job/instance."""
     for name, rule in alert_rules(rules.render_rules()).items():
         expr = rule["expr"]
-        if name == "TrainerDown":
-            assert "by (job, instance, run, rank)" in expr
-        else:
+        assert expr.startswith(("max by (run) (", "min by (run) (", "count by (run) (")), name
+        if name != "TrainerDown":
             assert "instance" not in expr and "job" not in expr, name
+        assert "layer" not in rule["labels"] and "rank" not in rule["labels"]
 
 
 def test_numbers_come_from_thresholds(tmp_path):

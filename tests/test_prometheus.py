@@ -39,35 +39,153 @@ def lint(text: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_layers_beyond_the_cap_are_grouped_by_depth():
-    sink = PrometheusSink("r", max_layers=3)
-    layers = [f"block.{i}" for i in range(7)]
-    grad = np.arange(1, 8, dtype=float)
+def exposition(sink: PrometheusSink) -> dict:
+    return samples(generate_latest(sink.registry).decode())
+
+
+def layer_series(parsed: dict) -> set[tuple[str, str]]:
+    return {(name, dict(labels)["layer"]) for name, labels in parsed
+            if "layer" in dict(labels) and dict(labels)["layer"]}
+
+
+def test_deep_models_export_depth_group_summaries_and_the_worst_layers():
+    n, keep, groups = 40, 4, 4
+    layers = [f"block.{i}" for i in range(n)]
+    rng = np.random.default_rng(0)
+    grad = rng.uniform(0.5, 2.0, n)
+    grad[7], grad[33] = 1e-7, 1e5  # the two offenders, far from the median
+    sink = PrometheusSink("r", max_layers=keep, depth_groups=groups)
     sink.on_snapshot(snapshot(layers, grad))
-    parsed = samples(generate_latest(sink.registry).decode())
-    groups = {"block.0..block.1": [0, 1], "block.2..block.3": [2, 3], "block.4..block.6": [4, 5, 6]}
-    assert sample(parsed, "gradwatch_layers") == 3
-    for depth, (name, members) in enumerate(groups.items()):
-        assert sample(parsed, "gradwatch_layer_depth", layer=name) == depth
-        assert close(sample(parsed, "gradwatch_grad_norm", layer=name),
-                     math.sqrt(sum(grad[i] ** 2 for i in members)))
-        assert close(sample(parsed, "gradwatch_weight_norm", layer=name), 2 * math.sqrt(len(members)))
-        assert close(sample(parsed, "gradwatch_update_ratio", layer=name), 1e-3)
-        assert close(sample(parsed, "gradwatch_activation_max_abs", layer=name), max(members))
-        assert close(sample(parsed, "gradwatch_activation_mean", layer=name), np.mean(members))
+    parsed = exposition(sink)
+    assert sample(parsed, "gradwatch_layers") == n  # the model's depth, not what is kept
+    kept = {layer for name, layer in layer_series(parsed) if name == "gradwatch_grad_norm"}
+    assert len(kept) == keep and {"block.7", "block.33"} <= kept
+    for layer in kept:  # the true depth, so the depth order and the input side still hold
+        assert sample(parsed, "gradwatch_layer_depth", layer=layer) == layers.index(layer)
+    for g, (first, last) in enumerate(((0, 9), (10, 19), (20, 29), (30, 39))):
+        part = grad[first:last + 1]
+        where = {"metric": "grad_norm", "depth_group": f"{first}-{last}"}
+        assert close(sample(parsed, "gradwatch_layer_group", stat="min", **where), part.min())
+        assert close(sample(parsed, "gradwatch_layer_group", stat="median", **where),
+                     float(np.median(part)))
+        assert close(sample(parsed, "gradwatch_layer_group", stat="max", **where), part.max())
+        assert sample(parsed, "gradwatch_layer_group", stat="argmax", **where) == \
+            first + int(np.argmax(part))
     # saturation is not defined for these layers: no sample rather than a fake 0
     assert not any(k[0] == "gradwatch_activation_saturation_ratio" for k in parsed)
+    per_layer = sum(1 for _, labels in parsed if "layer" in dict(labels))
+    summaries = sum(1 for name, _ in parsed if name == "gradwatch_layer_group")
+    assert per_layer == keep * 8  # 7 defined gauges + the depth, per kept layer
+    assert summaries == 7 * groups * 4
+
+
+def test_nonfinite_layer_values_are_exported_not_dropped():
+    layers = ["a", "b", "c"]
+    snap = snapshot(layers, [1.0, math.nan, math.inf])
+    snap.nonfinite[0, 1, 0] = 5  # gradient NaNs in layer b: its NaN norm is a real value
+    snap.nonfinite[0, 2, 1] = 1
+    sink = PrometheusSink("r")
+    sink.on_snapshot(snap)
+    text = generate_latest(sink.registry).decode()
+    lint(text)
+    parsed = samples(text)
+    assert math.isnan(sample(parsed, "gradwatch_grad_norm", layer="b"))
+    assert sample(parsed, "gradwatch_grad_norm", layer="c") == math.inf
+    assert sample(parsed, "gradwatch_nonfinite_total", source="gradient", layer="b",
+                  kind="nan") == 5
+    # a NaN that only means "not measured" (no non-finite count) stays absent
+    plain = snapshot(layers, [1.0, math.nan, 2.0])
+    sink.on_snapshot(plain)
+    assert ("gradwatch_grad_norm", "b") not in layer_series(exposition(sink))
+
+
+def test_a_step_without_backward_keeps_the_last_loss_and_norm():
+    sink = PrometheusSink("r")
+    sink.on_pulse(Pulse(step=0, time=10.0, loss=2.5, global_grad_norm=3.0))
+    sink.on_pulse(Pulse(step=1, time=10.4, loss=None, global_grad_norm=None))
+    parsed = exposition(sink)
+    assert sample(parsed, "gradwatch_loss") == 2.5
+    assert sample(parsed, "gradwatch_global_grad_norm") == 3.0
+    assert sample(parsed, "gradwatch_step") == 1
+    assert close(sample(parsed, "gradwatch_step_seconds"), 0.4)
+
+
+def ranked_snapshot(rank: int, layers, variance) -> Snapshot:
+    local = snapshot(layers, [1.0, 2.0])
+    world = snapshot(layers, [1.0, 2.0])
+    from dataclasses import replace
+
+    return replace(local, rank=rank, activation_variance=np.asarray(variance[rank], float),
+                   world=replace(world, activation_variance=np.asarray(variance["all"], float)))
+
+
+def test_ranks_export_once_what_is_the_same_everywhere():
+    layers = ["a", "b"]
+    variance = {0: [1.0, 2.0], 1: [3.0, 4.0], "all": [2.0, 3.0]}
+    sinks = {rank: PrometheusSink("r", rank=rank) for rank in (0, 1)}
+    asked = PrometheusSink("r", rank=1, rank_activations=True)
+    for rank, sink in [*sinks.items(), (1, asked)]:
+        # step 1: a NaN from rank 1's batch; step 2: every rank's own gradients come from
+        # the NaN weights by now, which says nothing about the origin
+        for step, norm, local_finite in ((0, 5.0, True), (1, math.nan, rank == 0),
+                                         (2, math.nan, False)):
+            sink.on_pulse(Pulse(step=step, time=float(step), loss=float(rank),
+                                global_grad_norm=norm, local_gradients_finite=local_finite))
+        sink.on_pulse(Pulse(step=3, time=3.0, loss=float(rank), global_grad_norm=5.0))
+        sink.on_snapshot(ranked_snapshot(rank, layers, variance))
+    parsed = {rank: exposition(sink) for rank, sink in sinks.items()}
+    assert layer_series(parsed[1]) == set()  # rank 1: no per-layer duplicate
+    ranks = {dict(labels).get("rank") for labels in (l for _, l in parsed[1])}
+    assert ranks == {"1"}
+    for rank in (0, 1):  # what differs: each rank's own
+        assert sample(parsed[rank], "gradwatch_loss", rank=str(rank)) == rank
+        assert sample(parsed[rank], "gradwatch_nonfinite_steps_total", rank=str(rank),
+                      source="local_gradient") == (rank == 1)
+    assert sample(parsed[0], "gradwatch_global_grad_norm", rank="all") == 5.0
+    assert sample(parsed[0], "gradwatch_grad_norm", rank="all", layer="b") == 2.0
+    assert sample(parsed[0], "gradwatch_activation_variance", rank="all", layer="b") == 3.0
+    assert not any(k[0] == "gradwatch_global_grad_norm" for k in parsed[1])
+    # asked for: rank 1's own activations, and still no synchronised duplicate
+    own = exposition(asked)
+    assert sample(own, "gradwatch_activation_variance", rank="1", layer="b") == 4.0
+    assert {name for name, _ in layer_series(own)} == {
+        f"gradwatch_activation_{k}" for k in ("mean", "variance", "dead_ratio", "max_abs")}
+
+
+def test_a_clean_end_is_served_to_the_next_scrape():
+    import threading
+    import time
+    import urllib.request
+
+    sink = PrometheusSink("r")
+    port = sink.serve(0)
+    url = f"http://127.0.0.1:{port}/metrics"
+    read = lambda: samples(urllib.request.urlopen(url, timeout=5).read().decode())  # noqa: E731
+    assert sample(read(), "gradwatch_run_finished") == 0
+    read()  # two scrapes: the sink knows the scrape interval (about 0 s here)
+    seen = []
+
+    def scraper():
+        time.sleep(0.3)
+        seen.append(sample(read(), "gradwatch_run_finished"))
+
+    thread = threading.Thread(target=scraper)
+    thread.start()
+    sink.finish()
+    sink.close()  # waits (at most two intervals + 1 s) for the scrape that reads it
+    thread.join()
+    assert seen == [1.0]
 
 
 def test_odd_layer_names_give_valid_exposition():
     names = ['quote"d', "back\\slash", "new\nline", "ünïcødé.层", "x" * 2000]
-    sink = PrometheusSink('run "odd"\n', rank=3)
+    sink = PrometheusSink('run "odd"\n', rank=0)
     sink.on_snapshot(snapshot(names, [1.0] * len(names)))
     text = generate_latest(sink.registry).decode()
     lint(text)
     parsed = samples(text)
     for depth, name in enumerate(names):
-        assert sample(parsed, "gradwatch_layer_depth", layer=name, rank="3") == depth
+        assert sample(parsed, "gradwatch_layer_depth", layer=name, rank="all") == depth
 
 
 def test_a_one_step_spike_between_scrapes_stays_visible():
@@ -93,3 +211,38 @@ def test_nonfinite_steps_and_loss_counted_every_step():
     assert sample(parsed, "gradwatch_nonfinite_steps_total", source="gradient") == 1
     assert sample(parsed, "gradwatch_nonfinite_total", source="loss", kind="nan") == 1
     assert sample(parsed, "gradwatch_nonfinite_total", source="loss", kind="posinf") == 1
+
+
+def test_a_ranks_own_nonfinite_counts_name_its_first_layers_only():
+    from monitor.prometheus import DEEPER_LAYERS, RANK_NONFINITE_LAYERS
+
+    layers = [f"l{i}" for i in range(RANK_NONFINITE_LAYERS + 4)]
+    snap = snapshot(layers, [1.0] * len(layers))
+    snap.nonfinite[1, :, 0] = np.arange(1, len(layers) + 1)  # NaN activations in every layer
+    snap.nonfinite[0, :, 0] = 1  # and gradients (synchronised: rank 0 exports them)
+    sink = PrometheusSink("r", rank=1)
+    sink.on_snapshot(snap)
+    parsed = exposition(sink)
+    named = {dict(labels)["layer"]: v for (name, labels), v in parsed.items()
+             if name == "gradwatch_nonfinite_total"}
+    first = layers[:RANK_NONFINITE_LAYERS]
+    assert set(named) == {*first, DEEPER_LAYERS}  # no gradient duplicate on rank 1
+    assert [named[layer] for layer in first] == list(range(1, RANK_NONFINITE_LAYERS + 1))
+    assert named[DEEPER_LAYERS] == sum(range(RANK_NONFINITE_LAYERS + 1, len(layers) + 1))
+
+
+def test_a_nan_layer_of_a_deep_model_is_kept_and_shows_in_its_group():
+    layers = [f"block.{i}" for i in range(40)]
+    grad = np.linspace(1.0, 2.0, 40)
+    grad[25] = math.nan
+    snap = snapshot(layers, grad)
+    snap.nonfinite[0, 25, 0] = 3  # a real NaN, counted
+    sink = PrometheusSink("r", max_layers=2, depth_groups=4)
+    sink.on_snapshot(snap)
+    parsed = exposition(sink)
+    assert math.isnan(sample(parsed, "gradwatch_grad_norm", layer="block.25"))
+    where = {"metric": "grad_norm", "depth_group": "20-29"}
+    assert math.isnan(sample(parsed, "gradwatch_layer_group", stat="max", **where))
+    assert sample(parsed, "gradwatch_layer_group", stat="argmax", **where) == 25
+    assert sample(parsed, "gradwatch_layer_group", stat="max", metric="grad_norm",
+                  depth_group="30-39") == grad[39]

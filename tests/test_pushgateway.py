@@ -38,10 +38,14 @@ def run_pushing(pushgateway, tmp_path, keep=False, fail_at=None):
     return seen
 
 
-def pushed_step(parsed):
-    matches = [v for (name, labels), v in parsed.items() if name == "gradwatch_step"
+def pushed(parsed, metric: str):
+    matches = [v for (name, labels), v in parsed.items() if name == metric
                and ("run", "short-job") in labels and ("job", "gradwatch") in labels]
     return matches[0] if matches else None
+
+
+def pushed_step(parsed):
+    return pushed(parsed, "gradwatch_step")
 
 
 def test_pushed_while_running_and_deleted_at_a_clean_end(pushgateway_server, tmp_path):
@@ -54,8 +58,12 @@ def test_pushed_while_running_and_deleted_at_a_clean_end(pushgateway_server, tmp
 def test_kept_when_asked(pushgateway_server, tmp_path):
     seen = run_pushing(pushgateway_server, tmp_path, keep=True)
     assert pushed_step(seen["after"]) == 4
+    # the last push says the run ended cleanly: TrainingStalled stays quiet for it
+    assert pushed(seen["during"], "gradwatch_run_finished") == 0
+    assert pushed(seen["after"], "gradwatch_run_finished") == 1
 
 
 def test_kept_with_the_last_figures_when_the_job_fails(pushgateway_server, tmp_path):
     seen = run_pushing(pushgateway_server, tmp_path, fail_at=3)
     assert pushed_step(seen["after"]) == 2  # the last finished step before the failure
+    assert pushed(seen["after"], "gradwatch_run_finished") == 0  # a failure is no clean end
