@@ -91,8 +91,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         every_n_steps: full per-layer statistics every this many optimizer steps.
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
             processes, port + local rank). None: no endpoint. At a clean end a scraped
-            endpoint stays up for one more scrape (at most two scrape intervals, 35 s), which
-            reads ``gradwatch_run_finished 1``: no TrainerDown page for a finished run.
+            endpoint lingers in the background (``fit`` does not wait) for one more scrape (at
+            most two scrape intervals, 35 s), which reads ``gradwatch_run_finished 1``: no
+            TrainerDown page for a finished run. The next fit on the port takes it over.
         prometheus_addr: the address to bind; loopback unless you open it on purpose.
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
         prometheus_tls_client_ca: also require client certificates signed by this CA.

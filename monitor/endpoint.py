@@ -1,12 +1,16 @@
 """The /metrics HTTP endpoint: loopback by default, optional TLS (and client certificates)
-and HTTP basic auth, served from a daemon thread."""
+and HTTP basic auth, served from a daemon thread; after its run it may linger (see
+``linger``) until a last scrape has read it."""
 
 from __future__ import annotations
 
 import base64
 import hmac
+import atexit
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -83,6 +87,7 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1",
 
     Raises OSError when the port cannot be bound, ssl.SSLError for unusable certificates.
     """
+    _take_over(port)
     security = security or EndpointSecurity()
     app = make_wsgi_app(registry)
     if security.basic_auth:
@@ -93,3 +98,70 @@ def serve(registry: CollectorRegistry, port: int, addr: str = "127.0.0.1",
         server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, name="gradwatch-metrics", daemon=True).start()
     return server
+
+
+def stop(server: ThreadingWSGIServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+class _Linger:
+    """A finished run's server, shut down from its own daemon thread once ``done()`` holds
+    (checked whenever ``condition`` is notified) or ``timeout`` seconds have passed."""
+
+    def __init__(self, server: ThreadingWSGIServer, done: Callable[[], bool],
+                 condition: threading.Condition, timeout: float) -> None:
+        self.server, self._done, self._condition = server, done, condition
+        self.deadline = time.monotonic() + timeout
+        self._released = False
+        self.thread = threading.Thread(target=self._run, name="gradwatch-linger", daemon=True)
+
+    def _run(self) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._released or self._done(),
+                                     max(0.0, self.deadline - time.monotonic()))
+        self.release()
+
+    def release(self) -> None:
+        port = self.server.server_address[1]
+        with _LINGERING_LOCK:
+            if _LINGERING.get(port) is self:
+                del _LINGERING[port]
+        with self._condition:
+            if self._released:
+                return
+            self._released = True
+            self._condition.notify_all()
+        stop(self.server)
+
+
+#: Servers of finished runs still waiting for their last scrape, by port.
+_LINGERING: dict[int, _Linger] = {}
+_LINGERING_LOCK = threading.Lock()
+
+
+def linger(server: ThreadingWSGIServer, done: Callable[[], bool],
+           condition: threading.Condition, timeout: float) -> None:
+    """Keep ``server`` up in the background until ``done()`` (or ``timeout``), then stop it:
+    the caller returns at once. A new endpoint on the same port takes over at once (a second
+    fit in the same process), and the interpreter's exit waits for it, bounded by
+    ``timeout``, so a script that ends right after ``fit()`` still gets its last scrape."""
+    lingering = _Linger(server, done, condition, timeout)
+    with _LINGERING_LOCK:
+        _LINGERING[server.server_address[1]] = lingering
+    lingering.thread.start()
+
+
+def _take_over(port: int) -> None:
+    with _LINGERING_LOCK:
+        previous = _LINGERING.pop(port, None) if port else None
+    if previous is not None:
+        previous.release()
+
+
+@atexit.register
+def _await_lingering() -> None:
+    with _LINGERING_LOCK:
+        waiting = list(_LINGERING.values())
+    for lingering in waiting:
+        lingering.thread.join(max(0.0, lingering.deadline - time.monotonic()) + 1.0)

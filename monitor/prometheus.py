@@ -27,7 +27,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .endpoint import EndpointSecurity, serve
+from .endpoint import EndpointSecurity, linger, serve, stop
 from .layer_budget import GROUP_STATS, LayerExport
 from .metrics import spec
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
@@ -158,21 +158,20 @@ class PrometheusSink:
             self._finished = True
 
     def close(self) -> None:
-        if self._server is not None:
-            self._await_final_scrape()
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _await_final_scrape(self) -> None:
-        """After ``finish``, serve until a scrape has read it: at most two scrape intervals
-        as measured (and LINGER_SECONDS); no wait when nothing ever scraped twice."""
+        """Stop serving; after ``finish``, not before a scrape has read it: the endpoint
+        lingers in the background (the caller does not wait) for at most two scrape
+        intervals as measured (and LINGER_SECONDS); at once when nothing ever scraped twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
         with self._scraped:
-            if not self._finished or len(self._scrape_times) < 2:
-                return
-            interval = self._scrape_times[-1] - self._scrape_times[-2]
-            self._scraped.wait_for(lambda: self._finish_seen,
-                                   min(2 * interval + 1, LINGER_SECONDS))
+            scraped = self._finished and len(self._scrape_times) >= 2
+            interval = self._scrape_times[-1] - self._scrape_times[-2] if scraped else 0.0
+        if not scraped:
+            stop(server)
+            return
+        linger(server, lambda: self._finish_seen, self._scraped,
+               min(2 * interval + 1, LINGER_SECONDS))
 
     # ------------------------------------------------------------------ sink
 

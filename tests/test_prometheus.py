@@ -172,9 +172,37 @@ def test_a_clean_end_is_served_to_the_next_scrape():
     thread = threading.Thread(target=scraper)
     thread.start()
     sink.finish()
-    sink.close()  # waits (at most two intervals + 1 s) for the scrape that reads it
+    sink.close()  # returns at once: the endpoint lingers for the scrape that reads it
+    assert seen == []
     thread.join()
     assert seen == [1.0]
+    for _ in range(50):  # and stops right after that scrape
+        try:
+            read()
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the endpoint still serves after its last scrape")
+
+
+def test_a_new_endpoint_takes_over_the_port_of_a_lingering_one():
+    import time
+    import urllib.request
+
+    finished = PrometheusSink("finished")
+    port = finished.serve(0)
+    url = f"http://127.0.0.1:{port}/metrics"
+    read = lambda: samples(urllib.request.urlopen(url, timeout=5).read().decode())  # noqa: E731
+    read()
+    time.sleep(1.0)
+    read()  # a scrape interval of 1 s: the endpoint lingers for up to 3 s
+    finished.finish()
+    finished.close()  # lingers: nobody scraped since
+    resumed = PrometheusSink("resumed")
+    assert resumed.serve(port) == port  # the same process's next fit: no "port in use"
+    assert sample(read(), "gradwatch_run_finished", run="resumed") == 0
+    resumed.close()
 
 
 def test_odd_layer_names_give_valid_exposition():
