@@ -15,18 +15,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .detectors import (
+from .alert_table import (
     CRITICAL,
     EXPLODING,
+    IN_PROCESS_NAMES,
     INFO,
     NONFINITE,
+    RUNBOOK_BASE_URL,
     VANISHING,
     WARNING,
-    Finding,
-    Verdict,
-    default_detectors,
 )
+from .alert_table import spec as alert_spec
+from .detectors import Finding, Verdict, default_detectors
 from .export import WarnOnce
+from .remedies import remedy_in_context
 from .snapshot import Pulse, Snapshot
 from .thresholds import Thresholds
 
@@ -38,13 +40,8 @@ FIRING, RESOLVED = "firing", "resolved"
 HEALTHY = "healthy"
 #: Regimes from best to worst; the worst active one is the engine's regime.
 REGIMES = (HEALTHY, VANISHING, EXPLODING, NONFINITE)
-RUNBOOK = "docs/runbook.md"
-#: Every alert name the engine can raise (a contract with the rules, dashboards and runbook).
-ALERT_NAMES = (
-    "NonFiniteValues", "GradientExplosion", "GradientVanishing", "LossDivergence",
-    "AmpOverflowStorm", "InitializationSuspect", "SymmetricInitialization",
-    "ActivationSaturation", "DeadUnits", "Fp16HeadroomLow",
-)
+#: Every alert name the engine can raise (the alert table's in-process rows).
+ALERT_NAMES = IN_PROCESS_NAMES
 
 
 @dataclass(frozen=True)
@@ -72,6 +69,7 @@ class Alert:
     origin_exact: bool | None
     starts_at: float
     ends_at: float | None
+    runbook_url: str = ""
 
     def labels(self, world_size: int = 1) -> dict[str, str]:
         """Alertmanager labels (its identity). ``rank`` only when ``world_size`` > 1, as on
@@ -92,7 +90,7 @@ class Alert:
             "summary": self.summary,
             "description": self.description,
             "remedy": self.remedy,
-            "runbook_url": f"{RUNBOOK}#{self.name.lower()}",
+            "runbook_url": self.runbook_url or alert_spec(self.name).runbook_url(),
         }
 
     def to_dict(self) -> dict[str, object]:
@@ -126,6 +124,8 @@ class AlertEngine:
         detectors: replaces the built-in detectors (objects with a ``name`` and
             ``on_pulse(pulse)`` and/or ``on_snapshot(snapshot)``, optionally ``flush()``,
             returning a Finding, a Verdict or None).
+        runbook_base_url: where docs/runbook.md is served; each alert's ``runbook_url`` is
+            this plus ``#<alert name lower-cased>`` (the same base as ``gradwatch rules``).
 
     Raises:
         ValueError: an unknown name in ``stop_on`` or a history_size below 1.
@@ -138,6 +138,7 @@ class AlertEngine:
         stop_on: Iterable[str] = (),
         history_size: int = 1000,
         detectors: Sequence[object] | None = None,
+        runbook_base_url: str = RUNBOOK_BASE_URL,
     ) -> None:
         if isinstance(history_size, bool) or not isinstance(history_size, int) or (
                 history_size < 1):
@@ -151,6 +152,8 @@ class AlertEngine:
             raise ValueError(f"stop_on has unknown alert names {sorted(unknown)}; "
                              f"known: {sorted(known)}")
         self.thresholds = thresholds
+        self.runbook_base_url = runbook_base_url
+        self._last_pulse: Pulse | None = None  # the context of a remedy (clipping)
         self._detectors = list(detectors) if detectors is not None else None
         self._pulse_detectors: list[object] | None = None  # those judging Pulses, every step
         self.active: dict[str, Alert] = {}
@@ -164,6 +167,7 @@ class AlertEngine:
         """Every step's Pulse (training thread)."""
         if self._pulse_detectors is None:
             self._pulse_detectors = [d for d in self._ready(monitor) if hasattr(d, "on_pulse")]
+        self._last_pulse = pulse
         for detector in self._pulse_detectors:
             result = self._run(detector, "on_pulse", pulse)
             if result is not None and (result is not Verdict.CLEAR or self.active):
@@ -233,18 +237,27 @@ class AlertEngine:
     def _fire(self, finding: Finding, monitor) -> Alert | None:
         if finding.name in self.active:
             return None
+        earlier = [a for a in self.history if a.status == FIRING]
         alert = Alert(
             name=finding.name, severity=finding.severity, status=FIRING,
             run=getattr(monitor, "run_name", "run"), rank=getattr(monitor, "rank", 0),
             step=finding.step, layers=finding.layers, value=finding.value,
             threshold=finding.threshold, summary=finding.summary,
-            description=finding.description, remedy=finding.remedy, regime=finding.regime,
-            origin_exact=finding.origin_exact, starts_at=finding.time, ends_at=None)
+            description=finding.description,
+            remedy=remedy_in_context(finding, earlier, self._last_pulse),
+            regime=finding.regime, origin_exact=finding.origin_exact, starts_at=finding.time,
+            ends_at=None, runbook_url=self._runbook_url(finding.name))
         self.active[alert.name] = alert
         self._emit(alert, monitor)
         if alert.name in self.stop_on:
             self.should_stop = True
         return alert
+
+    def _runbook_url(self, name: str) -> str:
+        try:
+            return alert_spec(name).runbook_url(self.runbook_base_url)
+        except KeyError:  # a custom detector's alert: no runbook section
+            return ""
 
     def _resolve(self, name: str, step: int, when: float, monitor) -> None:
         firing = self.active.pop(name)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
+from monitor.alert_table import RUNBOOK_BASE_URL
 from monitor.alerts import ALERT_NAMES, Alert, AlertEngine
 from monitor.detectors import default_detectors
 from monitor.forensics import ForensicsSink
@@ -130,7 +131,7 @@ def test_alert_labels_and_annotations():
     assert alert.labels(world_size=4)["rank"] == "2"
     assert make_alert(layers=()).labels()["layer"] == ""
     assert alert.annotations() == {"summary": "s", "description": "d", "remedy": "fix",
-                                   "runbook_url": "docs/runbook.md#gradientvanishing"}
+                                   "runbook_url": f"{RUNBOOK_BASE_URL}#gradientvanishing"}
     data = make_alert(value=math.nan).to_dict()
     assert data["value"] is None and data["layers"] == ["enc.0", "enc.1"]
     json.dumps(data, allow_nan=False)
