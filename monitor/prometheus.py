@@ -109,6 +109,9 @@ class PrometheusSink:
 
     def on_pulse(self, pulse: Pulse) -> None:
         norm, loss = pulse.global_grad_norm, pulse.loss
+        amp_skipped = not pulse.optimizer_stepped and pulse.loss_scale is not None
+        if amp_skipped:
+            norm = None  # overflowed gradients the GradScaler skipped: its business, no alarm
         with self._lock:
             self._pulse = pulse
             if norm is not None and math.isfinite(norm):
@@ -124,7 +127,7 @@ class PrometheusSink:
             clipped = pulse.clipped_grad_norm
             if clipped is not None and norm is not None and clipped < norm * (1 - 1e-6):
                 self._clip_engaged += 1
-            if not pulse.optimizer_stepped and pulse.loss_scale is not None:
+            if amp_skipped:
                 self._skipped += 1
 
     def on_snapshot(self, snapshot: Snapshot) -> None:

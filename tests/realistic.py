@@ -93,9 +93,10 @@ def train(name: str, setup: Setup, steps: int = STEPS, every_n_steps: int = 10) 
                 if scaler:
                     scaler.unscale_(opt)
                 monitor.observe_gradients()
-                finite = bool(torch.isfinite(loss)) and all(
+                # under fp16 the scaler skips overflowed gradients by design: the loss counts
+                finite = bool(torch.isfinite(loss)) and (setup.fp16 or all(
                     bool(torch.isfinite(p.grad).all()) for p in model.parameters()
-                    if p.grad is not None)
+                    if p.grad is not None))
                 if setup.clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), setup.clip)
                 if scaler:
@@ -105,7 +106,7 @@ def train(name: str, setup: Setup, steps: int = STEPS, every_n_steps: int = 10) 
                     opt.step()
                 opt.zero_grad()
             record.losses.append(float(loss.detach()))
-            if record.first_nonfinite is None and not finite and not setup.fp16:
+            if record.first_nonfinite is None and not finite:
                 record.first_nonfinite = step
             if record.first_nonfinite is not None and step >= record.first_nonfinite + 3:
                 break
