@@ -72,14 +72,17 @@ class Alert:
     runbook_url: str = ""
 
     def labels(self, world_size: int = 1) -> dict[str, str]:
-        """Alertmanager labels (its identity). ``rank`` only when ``world_size`` > 1, as on
-        the exported metrics, so single-process alerts match the Prometheus rules' labels."""
+        """Alertmanager labels (its identity). ``regime`` when the alert has one; ``rank``
+        only when ``world_size`` > 1, as on the exported metrics, so single-process alerts
+        match the Prometheus rules' labels."""
         labels = {
             "alertname": self.name,
             "severity": self.severity,
             "run": self.run,
             "layer": self.layers[0] if self.layers else "",
         }
+        if self.regime:  # as on the Prometheus rules, from the alert table
+            labels["regime"] = self.regime
         if world_size > 1:
             labels["rank"] = str(self.rank)
         return labels

@@ -127,7 +127,7 @@ def make_alert(**fields) -> Alert:
 def test_alert_labels_and_annotations():
     alert = make_alert()
     assert alert.labels() == {"alertname": "GradientVanishing", "severity": "critical",
-                              "run": "r1", "layer": "enc.0"}
+                              "run": "r1", "layer": "enc.0", "regime": "vanishing"}
     assert alert.labels(world_size=4)["rank"] == "2"
     assert make_alert(layers=()).labels()["layer"] == ""
     assert alert.annotations() == {"summary": "s", "description": "d", "remedy": "fix",

@@ -12,6 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
 from monitor import rules
+from monitor.alert_table import spec
 from monitor.thresholds import Thresholds
 from .training_target import LAYERS
 from .ops_servers import get_json, post_json, wait_until
@@ -62,10 +63,11 @@ def test_diverging_run_alert_reaches_the_webhook_through_alertmanager(
                                             timeout=60)
     # Exactly the labels the trainer uses when it pushes the same alert itself.
     trainer_labels = {"alertname": "NonFiniteValues", "severity": "critical", "run": run,
-                      "layer": layer}
+                      "layer": layer, "regime": "nonfinite"}
     assert alert["status"] == "firing"
     assert alert["labels"] == trainer_labels
-    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#nonfinitevalues"
+    assert alert["annotations"]["runbook_url"] == spec("NonFiniteValues").runbook_url()
+    assert alert["annotations"]["remedy"] == spec("NonFiniteValues").remedy
     assert f"in run {run}, layer {layer}" in alert["annotations"]["description"]
 
     # The explosion that preceded the NaNs is inhibited by NonFiniteValues of the same run.
