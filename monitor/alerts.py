@@ -44,6 +44,15 @@ REGIMES = (HEALTHY, VANISHING, EXPLODING, NONFINITE)
 ALERT_NAMES = IN_PROCESS_NAMES
 
 
+def runbook_link(name: str, base: str = RUNBOOK_BASE_URL) -> str:
+    """The runbook link of alert ``name``; "" for a custom detector's alert (not in the
+    alert table, so no runbook section)."""
+    try:
+        return alert_spec(name).runbook_url(base)
+    except KeyError:
+        return ""
+
+
 @dataclass(frozen=True)
 class Alert:
     """One alert event: a condition that started firing, or that resolved.
@@ -93,7 +102,7 @@ class Alert:
             "summary": self.summary,
             "description": self.description,
             "remedy": self.remedy,
-            "runbook_url": self.runbook_url or alert_spec(self.name).runbook_url(),
+            "runbook_url": self.runbook_url or runbook_link(self.name),
         }
 
     def to_dict(self) -> dict[str, object]:
@@ -249,18 +258,12 @@ class AlertEngine:
             description=finding.description,
             remedy=remedy_in_context(finding, earlier, self._last_pulse),
             regime=finding.regime, origin_exact=finding.origin_exact, starts_at=finding.time,
-            ends_at=None, runbook_url=self._runbook_url(finding.name))
+            ends_at=None, runbook_url=runbook_link(finding.name, self.runbook_base_url))
         self.active[alert.name] = alert
         self._emit(alert, monitor)
         if alert.name in self.stop_on:
             self.should_stop = True
         return alert
-
-    def _runbook_url(self, name: str) -> str:
-        try:
-            return alert_spec(name).runbook_url(self.runbook_base_url)
-        except KeyError:  # a custom detector's alert: no runbook section
-            return ""
 
     def _resolve(self, name: str, step: int, when: float, monitor) -> None:
         firing = self.active.pop(name)

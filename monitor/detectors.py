@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .alert_table import CRITICAL, EXPLODING, INFO, NONFINITE, VANISHING, WARNING
+# the severity and regime names, re-exported for detectors built on this module
+from .alert_table import CRITICAL, EXPLODING, INFO, NONFINITE, VANISHING, WARNING  # noqa: F401
 from .alert_table import spec as alert_spec
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
-
-__all__ = ["CRITICAL", "EXPLODING", "INFO", "NONFINITE", "VANISHING", "WARNING"]  # re-exported
 
 FP16_MAX = 65504.0
 
