@@ -46,6 +46,20 @@ class AlertSpec:
         return f"{base}#{self.anchor}"
 
 
+def check_runbook_base_url(base: object) -> str:
+    """``base`` if it is an absolute http(s) URL without a fragment.
+
+    Raises:
+        ValueError: anything else, naming ``runbook_base_url`` (a notification is read far
+            from the repository: a relative path cannot be clicked).
+    """
+    if not (isinstance(base, str) and base.startswith(("http://", "https://"))
+            and "#" not in base and len(base) > len("https://")):
+        raise ValueError(f"runbook_base_url must be an absolute http(s) URL without '#', "
+                         f"got {base!r}")
+    return base
+
+
 BOTH = (IN_PROCESS, RULES)
 RUN, RUN_LAYER = ("run",), ("run", "layer")
 

@@ -24,6 +24,7 @@ from .alert_table import (
     RUNBOOK_BASE_URL,
     VANISHING,
     WARNING,
+    check_runbook_base_url,
 )
 from .alert_table import spec as alert_spec
 from .detectors import Finding, Verdict, default_detectors
@@ -140,7 +141,8 @@ class AlertEngine:
             this plus ``#<alert name lower-cased>`` (the same base as ``gradwatch rules``).
 
     Raises:
-        ValueError: an unknown name in ``stop_on`` or a history_size below 1.
+        ValueError: an unknown name in ``stop_on``, a history_size below 1 or a
+            runbook_base_url that is not an absolute http(s) URL.
     """
 
     def __init__(
@@ -164,7 +166,7 @@ class AlertEngine:
             raise ValueError(f"stop_on has unknown alert names {sorted(unknown)}; "
                              f"known: {sorted(known)}")
         self.thresholds = thresholds
-        self.runbook_base_url = runbook_base_url
+        self.runbook_base_url = check_runbook_base_url(runbook_base_url)
         self._last_pulse: Pulse | None = None  # the context of a remedy (clipping)
         self._detectors = list(detectors) if detectors is not None else None
         self._pulse_detectors: list[object] | None = None  # those judging Pulses, every step

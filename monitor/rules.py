@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.utils import floatToGoString
 
-from .alert_table import RUNBOOK_BASE_URL
+from .alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from .alert_table import spec as alert_spec
 from .thresholds import Thresholds
 
@@ -319,7 +319,12 @@ def render_rules(thresholds: Thresholds | None = None,
 def write_rules(path: str | Path = RULES_PATH, thresholds: Thresholds | None = None,
                 runbook_base_url: str = RUNBOOK_BASE_URL) -> Path:
     """Write the rule file for ``thresholds`` to ``path``, its runbook links under
-    ``runbook_base_url``; returns the path."""
+    ``runbook_base_url``; returns the path.
+
+    Raises:
+        ValueError: a runbook_base_url that is not an absolute http(s) URL.
+    """
+    check_runbook_base_url(runbook_base_url)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_rules(thresholds, runbook_base_url))

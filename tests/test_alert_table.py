@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from torch import nn
@@ -90,3 +91,9 @@ def test_docs_hold_the_generated_table_and_a_runbook_section_per_alert():
     for row in TABLE:
         block = (ROOT / "docs" / "runbook.md").read_text().split(f"## {row.name}\n", 1)[1]
         assert block.lstrip().startswith(f"**Severity:** {row.severity}"), row.name
+
+
+@pytest.mark.parametrize("bad", ["docs/runbook.md", "https://x/rb#a", "", None, "ftp://x"])
+def test_a_runbook_base_url_must_be_absolute(bad):
+    with pytest.raises(ValueError, match="runbook_base_url"):
+        AlertEngine(runbook_base_url=bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,16 @@ def test_thresholds_file_changes_the_rules_and_bad_ones_are_named(tmp_path):
     overrides.write_text("tanh_flat: .nan\n")
     result = gradwatch("rules", "--thresholds", str(overrides), "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "tanh_flat" in result.stderr
+
+
+def test_runbook_base_url_option_sets_every_link_and_bad_ones_are_named(tmp_path):
+    out = tmp_path / "r.yml"
+    assert gradwatch("rules", "--runbook-base-url", "https://wiki.example/rb", "--out",
+                     str(out)).returncode == 0
+    links = re.findall(r"runbook_url: (\S+)", out.read_text())
+    assert links and all(link.startswith("https://wiki.example/rb#") for link in links)
+    result = gradwatch("rules", "--runbook-base-url", "docs/runbook.md", "--out", str(out))
+    assert result.returncode == 2 and "runbook_base_url" in result.stderr
 
 
 def test_targets_writes_a_file_sd_entry_per_node(tmp_path):
