@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,11 +204,50 @@ class GradientExplosion:
 # ---------------------------------------------------------------------------- loss
 
 
-def robust_level(log_losses: Sequence[float]) -> tuple[float, float]:
+def robust_level(log_losses: Iterable[float]) -> tuple[float, float]:
     """Median and robust sigma (IQR / 1.349, the sigma of a normal with that IQR) of log
-    losses; the Prometheus rules compute the same two with quantile_over_time."""
-    q25, median, q75 = np.percentile(np.fromiter(log_losses, dtype=np.float64), (25, 50, 75))
-    return float(median), float(q75 - q25) / 1.349
+    losses; the Prometheus rules compute the same two with quantile_over_time (the same
+    linear interpolation between ranks). Plain Python: it runs every step, on ~100 values,
+    where numpy's call overhead would be most of the cost."""
+    ordered = sorted(log_losses)
+    last = len(ordered) - 1
+
+    def quantile(q: float) -> float:
+        rank = q * last
+        low = int(rank)
+        high = min(low + 1, last)
+        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+    return quantile(0.5), (quantile(0.75) - quantile(0.25)) / 1.349
+
+
+class RollingLevel:
+    """Recent log losses with their median and robust sigma (``robust_level``).
+
+    The level moves slowly, so ``level(exact=False)`` reuses the figures of up to
+    ``REFRESH`` appends ago: a sort per step would cost more than the other detectors
+    together. The detectors ask for the exact figures whenever a step comes near their bar,
+    so every verdict that fires is computed on the exact window.
+    """
+
+    REFRESH = 8
+
+    def __init__(self, size: int) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self._level: tuple[float, float] | None = None
+        self._stale = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def append(self, value: float) -> None:
+        self.values.append(value)
+        self._stale += 1
+
+    def level(self, exact: bool = False) -> tuple[float, float]:
+        if self._level is None or self._stale >= self.REFRESH or (exact and self._stale):
+            self._level, self._stale = robust_level(self.values), 0
+        return self._level
 
 
 class _LossJudge:
@@ -258,7 +297,8 @@ class LossSpike(_LossJudge):
 
     def __init__(self, thresholds: Thresholds) -> None:
         super().__init__(thresholds)
-        self.history: deque[float] = deque(maxlen=int(thresholds.history_steps))
+        self.history = RollingLevel(int(thresholds.history_steps))
+        self.bar = math.log(thresholds.loss_spike_factor)
 
     def on_pulse(self, pulse: Pulse) -> Result:
         value = self._log_loss(pulse)
@@ -266,9 +306,11 @@ class LossSpike(_LossJudge):
             return None
         t, spike = self.t, False
         if not self.warming_up and len(self.history) >= t.history_min_steps:
-            median, sigma = robust_level(self.history)
+            median, sigma = self.history.level()
+            if value - median > self.bar / 2:  # near the bar: judge on the exact window
+                median, sigma = self.history.level(exact=True)
             rise = value - median
-            spike = rise > math.log(t.loss_spike_factor) and rise > t.loss_noise_sigmas * sigma
+            spike = rise > self.bar and rise > t.loss_noise_sigmas * sigma
         if not spike:
             self.history.append(value)
             return self.state.verdict(False, lambda: None)
@@ -297,7 +339,8 @@ class LossDivergence(_LossJudge):
     def __init__(self, thresholds: Thresholds) -> None:
         super().__init__(thresholds)
         self.recent: deque[float] = deque(maxlen=int(thresholds.loss_divergence_steps))
-        self.before: deque[float] = deque(maxlen=int(thresholds.history_steps))
+        self.before = RollingLevel(int(thresholds.history_steps))
+        self.bar = math.log(thresholds.loss_divergence_factor)
 
     def on_pulse(self, pulse: Pulse) -> Result:
         value = self._log_loss(pulse)
@@ -309,11 +352,13 @@ class LossDivergence(_LossJudge):
         self.recent.append(value)
         if self.warming_up or len(self.before) < t.history_min_steps:
             return self.state.verdict(False, lambda: None)
+        reference, sigma = self.before.level()
+        if max(self.recent) - reference <= self.bar / 2:  # no median can be near the bar
+            return self.state.verdict(False, lambda: None)
         level, _ = robust_level(self.recent)
-        reference, sigma = robust_level(self.before)
+        reference, sigma = self.before.level(exact=True)
         rise = level - reference
-        diverging = (rise > math.log(t.loss_divergence_factor)
-                     and rise > t.loss_divergence_sigmas * sigma)
+        diverging = rise > self.bar and rise > t.loss_divergence_sigmas * sigma
         ratio = math.exp(rise)
         return self.state.verdict(diverging, lambda: self._finding(
             pulse, t.loss_divergence_factor,
