@@ -395,7 +395,7 @@ class NonFiniteValues:
         self.state = Sustained(1, int(thresholds.escalation_steps))
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        if not self._bad_series(pulse) or _amp_skip(pulse):
+        if not self._bad_series(pulse) or amp_skipped(pulse):
             if self.pending is None and not self.state.update(False):
                 return Verdict.CLEAR
             return None
@@ -411,7 +411,7 @@ class NonFiniteValues:
         if pending is not None:
             self.state.update(True)
             return self._finding(snapshot, pending, exact=snapshot.step == pending.step)
-        if _nonfinite_counts(snapshot).sum() > 0 or snapshot.nonfinite_origin:
+        if nonfinite_counts(snapshot).sum() > 0 or snapshot.nonfinite_origin:
             self.state.update(True)
             return self._finding(snapshot, _pulse_of(snapshot), exact=True)
         return None
@@ -437,7 +437,7 @@ class NonFiniteValues:
         origin_text = "origin unknown: no fully sampled step followed"
         total = float(len(sources))
         if snapshot is not None:
-            counts = _nonfinite_counts(snapshot)
+            counts = nonfinite_counts(snapshot)
             layers = snapshot.layers
             total = max(total, float(counts.sum()))
             per_source = {s: counts[i].sum(axis=1) for i, s in enumerate(NONFINITE_SOURCES)}
@@ -482,18 +482,18 @@ class NonFiniteValues:
         )
 
 
-def _amp_skip(pulse: Pulse) -> bool:
+def amp_skipped(pulse: Pulse) -> bool:
     """A step the GradScaler skipped: its overflowed gradients are the scaler's business."""
     return (pulse.loss_scale is not None and not pulse.optimizer_stepped
             and pulse.loss is not None and math.isfinite(pulse.loss))
 
 
-def _nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
+def nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
     """[source, layer, kind] counts, without the gradients of an AMP-skipped step."""
     counts = np.nan_to_num(np.asarray(snapshot.nonfinite, dtype=np.float64))
     if counts.ndim != 3:
         return np.zeros((len(NONFINITE_SOURCES), 0, 3))
-    if _amp_skip(_pulse_of(snapshot)):
+    if amp_skipped(_pulse_of(snapshot)):
         counts = counts.copy()
         counts[NONFINITE_SOURCES.index("gradient")] = 0
     return counts

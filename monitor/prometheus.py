@@ -22,6 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .detectors import amp_skipped, nonfinite_counts
 from .endpoint import EndpointSecurity, serve
 from .metrics import spec
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
@@ -109,8 +110,8 @@ class PrometheusSink:
 
     def on_pulse(self, pulse: Pulse) -> None:
         norm, loss = pulse.global_grad_norm, pulse.loss
-        amp_skipped = not pulse.optimizer_stepped and pulse.loss_scale is not None
-        if amp_skipped:
+        skipped = not pulse.optimizer_stepped and pulse.loss_scale is not None
+        if amp_skipped(pulse):
             norm = None  # overflowed gradients the GradScaler skipped: its business, no alarm
         with self._lock:
             self._pulse = pulse
@@ -127,7 +128,7 @@ class PrometheusSink:
             clipped = pulse.clipped_grad_norm
             if clipped is not None and norm is not None and clipped < norm * (1 - 1e-6):
                 self._clip_engaged += 1
-            if amp_skipped:
+            if skipped:
                 self._skipped += 1
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
@@ -140,7 +141,9 @@ class PrometheusSink:
             self._snapshot = snapshot
             self._layers, self._layer_values, self._world_values = layers, values, world
             self._snapshots += 1
-            counts = snapshot.nonfinite  # [source, layer, kind]
+            # [source, layer, kind], as NonFiniteValues counts them (an AMP-skipped step's
+            # gradients left out)
+            counts = nonfinite_counts(snapshot).astype(np.int64)
             for s, l, k in zip(*np.nonzero(counts)):
                 self._nonfinite[(NONFINITE_SOURCES[s], snapshot.layers[l], NONFINITE_KINDS[k])] \
                     += int(counts[s, l, k])
