@@ -103,7 +103,8 @@ def test_doctor_against_the_real_stack(prometheus_server, alertmanager_server, s
     assert "[skip] Alertmanager reachable" in dead.stdout
 
 
-def test_demo_shows_the_four_verdicts(tmp_path):
+def test_demo_shows_the_four_verdicts(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row: the remedies are read whole
     result = gradwatch("demo", "--out", str(tmp_path / "demo"), "--port", "0", "--no-progress",
                        cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,6 +113,12 @@ def test_demo_shows_the_four_verdicts(tmp_path):
             for line in table.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
     assert rows == {"healthy": "healthy", "vanishing": "vanishing", "exploding": "exploding",
                     "nan": "nonfinite"}
+    remedies = {line.split("│")[1].strip(): line.split("│")[5].strip()
+                for line in table.splitlines() if line.startswith("│")}
+    # context-aware: clipping at 1.0 is already on; the NaN run exploded first
+    assert remedies["exploding"].startswith("Gradient clipping is on (norm clipped to 1)")
+    assert remedies["nan"].startswith("Lower the learning rate")
+    assert "GradientExplosion at step" in remedies["nan"]
     assert "FIRING GradientVanishing" in result.stdout
     assert "FIRING NonFiniteValues" in result.stdout
     for run in rows:
