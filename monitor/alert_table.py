@@ -26,7 +26,9 @@ class AlertSpec:
 
     ``summary`` is the headline of a Prometheus notification, with ``{run}`` and ``{layer}``
     (", layer x" or nothing) filled in; the in-process alert's summary adds its figures.
-    ``labels`` are the labels that identify one firing (besides alertname and severity).
+    ``labels`` are the labels that identify one firing (besides alertname, severity and
+    regime): a run-wide alert (no "layer") names its culprit layers in the bounded
+    ``layers`` annotation instead, so the trainer's and Prometheus' copies share labels.
     """
 
     name: str
@@ -71,7 +73,7 @@ TABLE: tuple[AlertSpec, ...] = (
         "inputs or labels and the origin module for log/sqrt/division of non-positive values; "
         "under fp16 use a GradScaler or bf16.", BOTH),
     AlertSpec(
-        "GradientExplosion", CRITICAL, EXPLODING, RUN_LAYER,
+        "GradientExplosion", CRITICAL, EXPLODING, RUN,
         "Gradient explosion in run {run}{layer}",
         "Clip gradients (torch.nn.utils.clip_grad_norm_, max_norm=1.0); lower the learning "
         "rate or add warm-up; check the initialisation scale of the culprit layer; add "
@@ -94,7 +96,7 @@ TABLE: tuple[AlertSpec, ...] = (
         "Replace sigmoid/tanh with ReLU/GELU; use Xavier/He initialisation matched to the "
         "activation; add BatchNorm/LayerNorm and residual connections.", BOTH),
     AlertSpec(
-        "AmpOverflowStorm", WARNING, None, RUN_LAYER,
+        "AmpOverflowStorm", WARNING, None, RUN,
         "AMP overflow storm in run {run}{layer}",
         "Keep the layer whose outputs approach 65504 in fp32 or normalise its input; clip "
         "gradients; lower the learning rate; or train in bf16.", BOTH),

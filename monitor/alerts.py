@@ -27,7 +27,7 @@ from .alert_table import (
     check_runbook_base_url,
 )
 from .alert_table import spec as alert_spec
-from .detectors import Finding, Verdict, default_detectors
+from .detectors import Finding, Verdict, default_detectors, describe_layers
 from .export import WarnOnce
 from .remedies import remedy_in_context
 from .snapshot import Pulse, Snapshot
@@ -43,6 +43,19 @@ HEALTHY = "healthy"
 REGIMES = (HEALTHY, VANISHING, EXPLODING, NONFINITE)
 #: Every alert name the engine can raise (the alert table's in-process rows).
 ALERT_NAMES = IN_PROCESS_NAMES
+
+
+#: At most this many layers in the ``layers`` annotation of a run-wide alert.
+CULPRIT_LAYERS = 8
+
+
+def per_layer(name: str) -> bool:
+    """Whether alert ``name`` is one per layer (its culprit is the ``layer`` label); a
+    custom detector's alert (not in the table) is."""
+    try:
+        return "layer" in alert_spec(name).labels
+    except KeyError:
+        return True
 
 
 def runbook_link(name: str, base: str = RUNBOOK_BASE_URL) -> str:
@@ -89,7 +102,7 @@ class Alert:
             "alertname": self.name,
             "severity": self.severity,
             "run": self.run,
-            "layer": self.layers[0] if self.layers else "",
+            "layer": self.layers[0] if self.layers and per_layer(self.name) else "",
         }
         if self.regime:  # as on the Prometheus rules, from the alert table
             labels["regime"] = self.regime
@@ -98,13 +111,17 @@ class Alert:
         return labels
 
     def annotations(self) -> dict[str, str]:
-        """Alertmanager annotations: what, details, what to try, where to read more."""
-        return {
+        """Alertmanager annotations: what, details, what to try, where to read more, and
+        for a run-wide alert that names layers, ``layers`` (at most CULPRIT_LAYERS)."""
+        notes = {
             "summary": self.summary,
             "description": self.description,
             "remedy": self.remedy,
             "runbook_url": self.runbook_url or runbook_link(self.name),
         }
+        if self.layers and not per_layer(self.name):
+            notes["layers"] = describe_layers(self.layers, limit=CULPRIT_LAYERS)
+        return notes
 
     def to_dict(self) -> dict[str, object]:
         """Every field as JSON-ready values (non-finite floats become None)."""

@@ -140,14 +140,34 @@ class GradientExplosion:
     ``history_min_steps`` are known); or growing by ``explosion_growth_factor`` per step for
     ``explosion_growth_steps`` steps in a row (exponential growth, THEORY 1), which is what
     precedes an overflow to Inf/NaN. Clears after ``history_min_steps`` calm steps.
+    Names as culprits the ``CULPRITS`` layers with the largest gradient norms at the latest
+    sampled step (the Prometheus rule's ``layers`` annotation lists the same).
     """
 
     name = "GradientExplosion"
+    CULPRITS = 3
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
         self.history = History(int(thresholds.history_steps))
         self.state = Sustained(1, int(thresholds.history_min_steps))
+        self.latest: Snapshot | None = None
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        self.latest = snapshot  # kept for naming culprits; no verdict from per-layer data
+        return None
+
+    def _culprits(self) -> tuple[tuple[str, ...], str]:
+        snapshot = self.latest
+        if snapshot is None:
+            return (), ""
+        norms = np.asarray(snapshot.grad_norm, dtype=np.float64)[:len(snapshot.layers)]
+        finite = np.flatnonzero(_finite(norms))
+        top = finite[np.argsort(-norms[finite], kind="stable")][:self.CULPRITS]
+        layers = tuple(snapshot.layers[i] for i in top)
+        text = (f" Largest gradient norms at step {snapshot.step}: "
+                f"{describe_layers(layers, norms[top])}." if layers else "")
+        return layers, text
 
     def on_pulse(self, pulse: Pulse) -> Result:
         norm = pulse.global_grad_norm
@@ -187,16 +207,17 @@ class GradientExplosion:
 
     def _finding(self, pulse: Pulse, reasons: list[tuple[str, float]]) -> Finding:
         norm = pulse.global_grad_norm
+        layers, culprits = self._culprits()
         return Finding(
-            name=self.name, step=pulse.step, time=pulse.time, layers=(),
+            name=self.name, step=pulse.step, time=pulse.time, layers=layers,
             value=norm, threshold=reasons[0][1],
             summary=f"Global gradient norm {norm:.3g} at step {pulse.step}: exploding",
             description=(
                 f"The global gradient norm (before clipping) is {norm:.3g}, "
                 + "; ".join(r for r, _ in reasons) + ". Exploding gradients multiply through "
-                "the layers and overflow to Inf, then NaN, within a few steps. See "
-                "gradwatch_grad_norm per layer for where it grows and gradwatch_update_ratio "
-                "for the layers being thrown around."),
+                "the layers and overflow to Inf, then NaN, within a few steps." + culprits
+                + " See gradwatch_grad_norm per layer for where it grows and "
+                "gradwatch_update_ratio for the layers being thrown around."),
             **table_fields(self.name),
         )
 

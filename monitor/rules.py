@@ -265,6 +265,14 @@ def alerts(t: Thresholds) -> list[Alert]:
     ]
 
 
+#: The ``layers`` annotation of GradientExplosion: the layers with the largest gradient norms
+#: (the in-process alert names the same, from its latest sampled step).
+TOP_GRADIENT_LAYERS = (
+    '{{ range $i, $s := query (printf "topk(3, max by (layer) (gradwatch_grad_norm{run=%q}))"'
+    ' $labels.run) }}{{ if $i }}, {{ end }}{{ $s.Labels.layer }}{{ end }}')
+#: Annotations beyond the table's, per alert.
+EXTRA_ANNOTATIONS = {"GradientExplosion": {"layers": TOP_GRADIENT_LAYERS}}
+
 #: Go-template spelling of the alert table's summary fields.
 SUMMARY_FIELDS = {"run": "{{ $labels.run }}", "layer": LAYER_TEXT,
                   "instance": "{{ $labels.instance }}", "run_if_known": RUN_IF_KNOWN}
@@ -288,7 +296,7 @@ def alerting_rule(alert: Alert, runbook_base_url: str = RUNBOOK_BASE_URL) -> dic
         "description": alert.description,
         "remedy": spec.remedy,
         "runbook_url": spec.runbook_url(runbook_base_url),
-    }
+    } | EXTRA_ANNOTATIONS.get(alert.name, {})
     return rule
 
 

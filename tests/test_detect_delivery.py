@@ -70,10 +70,10 @@ def test_real_alertmanager_gets_labels_annotations_and_resolution(alertmanager, 
     seen = wait_for(lambda: am_alert(alertmanager, "deliv", "GradientExplosion"),
                     what="the alert in Alertmanager")
     assert seen["labels"] == {"alertname": "GradientExplosion", "severity": "critical",
-                              "run": "deliv", "layer": "encoder.0", "regime": "exploding"}
+                              "run": "deliv", "regime": "exploding"}  # run-wide: no layer
     assert seen["annotations"] == {
         "summary": "Global gradient norm 2e4", "description": "details", "remedy": "clip",
-        "runbook_url": f"{RUNBOOK_BASE_URL}#gradientexplosion"}
+        "runbook_url": f"{RUNBOOK_BASE_URL}#gradientexplosion", "layers": "encoder.0"}
     assert parse_time(seen["startsAt"]) == pytest.approx(firing.starts_at, abs=1e-3)
     # firing: endsAt 4 resend intervals ahead, so Alertmanager does not auto-resolve it
     assert parse_time(seen["endsAt"]) == pytest.approx(time.time() + 120, abs=10)

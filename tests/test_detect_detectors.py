@@ -428,3 +428,15 @@ def test_detectors_never_raise_on_fuzzed_input(items):
                 assert result is None or isinstance(result, (Finding, Verdict))
                 if isinstance(result, Finding):
                     assert isinstance(result.summary, str) and result.remedy
+
+
+def test_explosion_names_the_largest_gradients_of_the_latest_sample():
+    d = GradientExplosion(T)
+    feed_pulses(d, [pulse(i) for i in range(20)])
+    layers = ("emb", "h0", "h1", "h2", "head")
+    norms = [2.0, 900.0, math.nan, 40.0, 7.0]
+    d.on_snapshot(snapshot(20, layers=layers, grad_norm=norms))
+    f = d.on_pulse(pulse(21, norm=5e4))
+    order = sorted((n, name) for name, n in zip(layers, norms) if math.isfinite(n))[::-1]
+    assert f.layers == tuple(name for _, name in order[:GradientExplosion.CULPRITS])
+    assert "Largest gradient norms at step 20: h0 (900), h2 (40), head (7)" in f.description
