@@ -77,8 +77,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     scalars layout (one chart per statistic, all layers), in the Trainer's TensorBoardLogger
     run when there is one, else in ``tensorboard_dir``.
 
-    Alerts (``docs/runbook.md``): an initialisation audit before the first step, then
-    NonFiniteValues, GradientExplosion, LossDivergence, AmpOverflowStorm (every step) and
+    Alerts (``docs/runbook.md``; the alert table ``monitor/alert_table.py``): an
+    initialisation audit before the first step, then NonFiniteValues, GradientExplosion,
+    LossDivergence, LossSpike, AmpOverflowStorm (every step) and
     GradientVanishing, ActivationSaturation, DeadUnits, Fp16HeadroomLow (sampled steps),
     each saying what happened, where (step, layers, rank) and what to try. They go to the
     log (logger ``gradwatch.alerts``), TensorBoard, ``gradwatch_alerts_total`` and

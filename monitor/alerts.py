@@ -15,18 +15,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .detectors import (
+from .alert_table import (
     CRITICAL,
     EXPLODING,
+    IN_PROCESS_NAMES,
     INFO,
     NONFINITE,
+    RUNBOOK_BASE_URL,
     VANISHING,
     WARNING,
-    Finding,
-    Verdict,
-    default_detectors,
+    check_runbook_base_url,
 )
+from .alert_table import spec as alert_spec
+from .detectors import Finding, Verdict, default_detectors, describe_layers
 from .export import WarnOnce
+from .remedies import remedy_in_context
 from .snapshot import Pulse, Snapshot
 from .thresholds import Thresholds
 
@@ -38,13 +41,30 @@ FIRING, RESOLVED = "firing", "resolved"
 HEALTHY = "healthy"
 #: Regimes from best to worst; the worst active one is the engine's regime.
 REGIMES = (HEALTHY, VANISHING, EXPLODING, NONFINITE)
-RUNBOOK = "docs/runbook.md"
-#: Every alert name the engine can raise (a contract with the rules, dashboards and runbook).
-ALERT_NAMES = (
-    "NonFiniteValues", "GradientExplosion", "GradientVanishing", "LossDivergence",
-    "AmpOverflowStorm", "InitializationSuspect", "SymmetricInitialization",
-    "ActivationSaturation", "DeadUnits", "Fp16HeadroomLow",
-)
+#: Every alert name the engine can raise (the alert table's in-process rows).
+ALERT_NAMES = IN_PROCESS_NAMES
+
+
+#: At most this many layers in the ``layers`` annotation of a run-wide alert.
+CULPRIT_LAYERS = 8
+
+
+def per_layer(name: str) -> bool:
+    """Whether alert ``name`` is one per layer (its culprit is the ``layer`` label); a
+    custom detector's alert (not in the table) is."""
+    try:
+        return "layer" in alert_spec(name).labels
+    except KeyError:
+        return True
+
+
+def runbook_link(name: str, base: str = RUNBOOK_BASE_URL) -> str:
+    """The runbook link of alert ``name``; "" for a custom detector's alert (not in the
+    alert table, so no runbook section)."""
+    try:
+        return alert_spec(name).runbook_url(base)
+    except KeyError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -72,28 +92,36 @@ class Alert:
     origin_exact: bool | None
     starts_at: float
     ends_at: float | None
+    runbook_url: str = ""
 
     def labels(self, world_size: int = 1) -> dict[str, str]:
-        """Alertmanager labels (its identity). ``rank`` only when ``world_size`` > 1, as on
-        the exported metrics, so single-process alerts match the Prometheus rules' labels."""
+        """Alertmanager labels (its identity), those of the Prometheus rules' copy: one
+        alert per (run, alertname) whatever the ranks (``rank`` is an annotation), a
+        ``layer`` only for the in-process per-layer alerts, ``regime`` when it has one."""
         labels = {
             "alertname": self.name,
             "severity": self.severity,
             "run": self.run,
-            "layer": self.layers[0] if self.layers else "",
+            "layer": self.layers[0] if self.layers and per_layer(self.name) else "",
         }
-        if world_size > 1:
-            labels["rank"] = str(self.rank)
+        if self.regime:  # as on the Prometheus rules, from the alert table
+            labels["regime"] = self.regime
         return labels
 
-    def annotations(self) -> dict[str, str]:
-        """Alertmanager annotations: what, details, what to try, where to read more."""
-        return {
+    def annotations(self, world_size: int = 1) -> dict[str, str]:
+        """Alertmanager annotations: what, details, what to try, where to read more, and
+        for a run-wide alert that names layers, ``layers`` (at most CULPRIT_LAYERS)."""
+        notes = {
             "summary": self.summary,
             "description": self.description,
             "remedy": self.remedy,
-            "runbook_url": f"{RUNBOOK}#{self.name.lower()}",
+            "runbook_url": self.runbook_url or runbook_link(self.name),
         }
+        if self.layers and not per_layer(self.name):
+            notes["layers"] = describe_layers(self.layers, limit=CULPRIT_LAYERS)
+        if world_size > 1:
+            notes["rank"] = str(self.rank)
+        return notes
 
     def to_dict(self) -> dict[str, object]:
         """Every field as JSON-ready values (non-finite floats become None)."""
@@ -126,9 +154,12 @@ class AlertEngine:
         detectors: replaces the built-in detectors (objects with a ``name`` and
             ``on_pulse(pulse)`` and/or ``on_snapshot(snapshot)``, optionally ``flush()``,
             returning a Finding, a Verdict or None).
+        runbook_base_url: where docs/runbook.md is served; each alert's ``runbook_url`` is
+            this plus ``#<alert name lower-cased>`` (the same base as ``gradwatch rules``).
 
     Raises:
-        ValueError: an unknown name in ``stop_on`` or a history_size below 1.
+        ValueError: an unknown name in ``stop_on``, a history_size below 1 or a
+            runbook_base_url that is not an absolute http(s) URL.
     """
 
     def __init__(
@@ -138,6 +169,7 @@ class AlertEngine:
         stop_on: Iterable[str] = (),
         history_size: int = 1000,
         detectors: Sequence[object] | None = None,
+        runbook_base_url: str = RUNBOOK_BASE_URL,
     ) -> None:
         if isinstance(history_size, bool) or not isinstance(history_size, int) or (
                 history_size < 1):
@@ -151,6 +183,8 @@ class AlertEngine:
             raise ValueError(f"stop_on has unknown alert names {sorted(unknown)}; "
                              f"known: {sorted(known)}")
         self.thresholds = thresholds
+        self.runbook_base_url = check_runbook_base_url(runbook_base_url)
+        self._last_pulse: Pulse | None = None  # the context of a remedy (clipping)
         self._detectors = list(detectors) if detectors is not None else None
         self._pulse_detectors: list[object] | None = None  # those judging Pulses, every step
         self.active: dict[str, Alert] = {}
@@ -164,6 +198,7 @@ class AlertEngine:
         """Every step's Pulse (training thread)."""
         if self._pulse_detectors is None:
             self._pulse_detectors = [d for d in self._ready(monitor) if hasattr(d, "on_pulse")]
+        self._last_pulse = pulse
         for detector in self._pulse_detectors:
             result = self._run(detector, "on_pulse", pulse)
             if result is not None and (result is not Verdict.CLEAR or self.active):
@@ -233,13 +268,16 @@ class AlertEngine:
     def _fire(self, finding: Finding, monitor) -> Alert | None:
         if finding.name in self.active:
             return None
+        earlier = [a for a in self.history if a.status == FIRING]
         alert = Alert(
             name=finding.name, severity=finding.severity, status=FIRING,
             run=getattr(monitor, "run_name", "run"), rank=getattr(monitor, "rank", 0),
             step=finding.step, layers=finding.layers, value=finding.value,
             threshold=finding.threshold, summary=finding.summary,
-            description=finding.description, remedy=finding.remedy, regime=finding.regime,
-            origin_exact=finding.origin_exact, starts_at=finding.time, ends_at=None)
+            description=finding.description,
+            remedy=remedy_in_context(finding, earlier, self._last_pulse),
+            regime=finding.regime, origin_exact=finding.origin_exact, starts_at=finding.time,
+            ends_at=None, runbook_url=runbook_link(finding.name, self.runbook_base_url))
         self.active[alert.name] = alert
         self._emit(alert, monitor)
         if alert.name in self.stop_on:

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .alert_table import RUNBOOK_BASE_URL
+
 
 def _thresholds(args: argparse.Namespace):
     from .thresholds import Thresholds
@@ -41,7 +43,7 @@ def _report(args: argparse.Namespace) -> int:
 def _rules(args: argparse.Namespace) -> int:
     from .rules import write_rules
 
-    print(f"wrote {write_rules(args.out, _thresholds(args))}")
+    print(f"wrote {write_rules(args.out, _thresholds(args), args.runbook_base_url)}")
     return 0
 
 
@@ -131,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     rules = command("rules", _rules, "write the Prometheus alert and recording rules",
                     "Generate the rules from the Thresholds.", thresholds=True)
     rules.add_argument("--out", default="deploy/prometheus/rules/gradwatch.rules.yml")
+    rules.add_argument("--runbook-base-url", default=RUNBOOK_BASE_URL,
+                       help="where docs/runbook.md is served: each alert's runbook_url is "
+                            "this plus #<alert name lower-cased> (default: %(default)s)")
 
     dashboards = command("dashboards", _dashboards, "write the Grafana dashboards",
                          "Generate the Grafana dashboards (JSON) from the Thresholds.",

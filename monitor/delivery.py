@@ -320,7 +320,7 @@ class AlertmanagerSink:
         ends = alert.ends_at if alert.status != FIRING else now + 4 * self.resend_interval
         body: dict[str, object] = {
             "labels": alert.labels(self.world_size),
-            "annotations": alert.annotations(),
+            "annotations": alert.annotations(self.world_size),
             "startsAt": rfc3339(alert.starts_at),
             "endsAt": rfc3339(ends if ends is not None else now),
         }
@@ -348,7 +348,7 @@ class WebhookSink:
     def on_alert(self, alert: Alert) -> None:
         document = alert.to_dict()
         document["labels"] = alert.labels(self.world_size)
-        document["annotations"] = alert.annotations()
+        document["annotations"] = alert.annotations(self.world_size)
         self.poster.submit(document)
 
     def close(self, timeout: float = 5.0) -> bool:

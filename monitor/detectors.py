@@ -15,18 +15,18 @@ from __future__ import annotations
 import enum
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+# the severity and regime names, re-exported for detectors built on this module
+from .alert_table import CRITICAL, EXPLODING, INFO, NONFINITE, VANISHING, WARNING  # noqa: F401
+from .alert_table import spec as alert_spec
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 
 FP16_MAX = 65504.0
-
-CRITICAL, WARNING, INFO = "critical", "warning", "info"
-VANISHING, EXPLODING, NONFINITE = "vanishing", "exploding", "nonfinite"
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,12 @@ class Finding:
     remedy: str
     regime: str | None = None
     origin_exact: bool | None = None
+
+
+def table_fields(name: str) -> dict[str, object]:
+    """The Finding fields the alert table decides: severity, regime and remedy."""
+    spec = alert_spec(name)
+    return {"severity": spec.severity, "regime": spec.regime, "remedy": spec.remedy}
 
 
 class Verdict(enum.Enum):
@@ -134,14 +140,34 @@ class GradientExplosion:
     ``history_min_steps`` are known); or growing by ``explosion_growth_factor`` per step for
     ``explosion_growth_steps`` steps in a row (exponential growth, THEORY 1), which is what
     precedes an overflow to Inf/NaN. Clears after ``history_min_steps`` calm steps.
+    Names as culprits the ``CULPRITS`` layers with the largest gradient norms at the latest
+    sampled step (the Prometheus rule's ``layers`` annotation lists the same).
     """
 
     name = "GradientExplosion"
+    CULPRITS = 3
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
         self.history = History(int(thresholds.history_steps))
         self.state = Sustained(1, int(thresholds.history_min_steps))
+        self.latest: Snapshot | None = None
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        self.latest = snapshot  # kept for naming culprits; no verdict from per-layer data
+        return None
+
+    def _culprits(self) -> tuple[tuple[str, ...], str]:
+        snapshot = self.latest
+        if snapshot is None:
+            return (), ""
+        norms = np.asarray(snapshot.grad_norm, dtype=np.float64)[:len(snapshot.layers)]
+        finite = np.flatnonzero(_finite(norms))
+        top = finite[np.argsort(-norms[finite], kind="stable")][:self.CULPRITS]
+        layers = tuple(snapshot.layers[i] for i in top)
+        text = (f" Largest gradient norms at step {snapshot.step}: "
+                f"{describe_layers(layers, norms[top])}." if layers else "")
+        return layers, text
 
     def on_pulse(self, pulse: Pulse) -> Result:
         norm = pulse.global_grad_norm
@@ -181,102 +207,188 @@ class GradientExplosion:
 
     def _finding(self, pulse: Pulse, reasons: list[tuple[str, float]]) -> Finding:
         norm = pulse.global_grad_norm
+        layers, culprits = self._culprits()
         return Finding(
-            name=self.name, severity=CRITICAL, step=pulse.step, time=pulse.time, layers=(),
-            value=norm, threshold=reasons[0][1], regime=EXPLODING,
+            name=self.name, step=pulse.step, time=pulse.time, layers=layers,
+            value=norm, threshold=reasons[0][1],
             summary=f"Global gradient norm {norm:.3g} at step {pulse.step}: exploding",
             description=(
                 f"The global gradient norm (before clipping) is {norm:.3g}, "
                 + "; ".join(r for r, _ in reasons) + ". Exploding gradients multiply through "
-                "the layers and overflow to Inf, then NaN, within a few steps. See "
-                "gradwatch_grad_norm per layer for where it grows and gradwatch_update_ratio "
-                "for the layers being thrown around."),
-            remedy=(
-                "Clip gradients (torch.nn.utils.clip_grad_norm_, e.g. max_norm=1.0); lower "
-                "the learning rate or add warm-up; check the initialisation scale "
-                "(Xavier/He for the layer's fan); add normalisation (BatchNorm/LayerNorm) or "
-                "residual connections; consider rolling back to a checkpoint before the "
-                "spike and skipping the offending batches."),
+                "the layers and overflow to Inf, then NaN, within a few steps." + culprits
+                + " See gradwatch_grad_norm per layer for where it grows and "
+                "gradwatch_update_ratio for the layers being thrown around."),
+            **table_fields(self.name),
         )
 
 
 # ---------------------------------------------------------------------------- loss
 
 
-class LossDivergence:
-    """Loss far above its recent history (a spike) or growing over the window.
+def robust_level(log_losses: Iterable[float]) -> tuple[float, float]:
+    """Median and robust sigma (IQR / 1.349, the sigma of a normal with that IQR) of log
+    losses; the Prometheus rules compute the same two with quantile_over_time (the same
+    linear interpolation between ranks). Plain Python: it runs every step, on ~100 values,
+    where numpy's call overhead would be most of the cost."""
+    ordered = sorted(log_losses)
+    last = len(ordered) - 1
 
-    Spike: above ``loss_spike_factor`` x the max of the recent non-anomalous losses.
-    Sustained growth: the mean of the latest quarter of the window above
-    ``loss_growth_factor`` x the lowest mean of the window's four quarters. Both ratios only
-    make sense for a positive loss, so they are skipped while the window holds a loss <= 0.
+    def quantile(q: float) -> float:
+        rank = q * last
+        low = int(rank)
+        high = min(low + 1, last)
+        return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+    return quantile(0.5), (quantile(0.75) - quantile(0.25)) / 1.349
+
+
+class RollingLevel:
+    """Recent log losses with their median and robust sigma (``robust_level``).
+
+    The level moves slowly, so ``level(exact=False)`` reuses the figures of up to
+    ``REFRESH`` appends ago: a sort per step would cost more than the other detectors
+    together. The detectors ask for the exact figures whenever a step comes near their bar,
+    so every verdict that fires is computed on the exact window.
+    """
+
+    REFRESH = 8
+
+    def __init__(self, size: int) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self._level: tuple[float, float] | None = None
+        self._stale = 0
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def append(self, value: float) -> None:
+        self.values.append(value)
+        self._stale += 1
+
+    def level(self, exact: bool = False) -> tuple[float, float]:
+        if self._level is None or self._stale >= self.REFRESH or (exact and self._stale):
+            self._level, self._stale = robust_level(self.values), 0
+        return self._level
+
+
+class _LossJudge:
+    """What the two loss detectors share: a positive, finite loss after the warm-up."""
+
+    name = ""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.state = Sustained(1, int(thresholds.history_min_steps))
+        self.seen = 0
+
+    def _log_loss(self, pulse: Pulse) -> float | None:
+        """log(loss), or None when this loss cannot be judged (absent, non-finite, <= 0:
+        ratios of a loss only make sense while it is positive)."""
+        loss = pulse.loss
+        if loss is None or not math.isfinite(loss) or loss <= 0:
+            return None
+        self.seen += 1
+        return math.log(loss)
+
+    @property
+    def warming_up(self) -> bool:
+        return self.seen <= self.t.loss_warmup_steps
+
+    def _finding(self, pulse: Pulse, threshold: float, summary: str, description: str,
+                 ) -> Finding:
+        spec = alert_spec(self.name)
+        return Finding(
+            name=self.name, severity=spec.severity, step=pulse.step, time=pulse.time,
+            layers=(), value=pulse.loss, threshold=threshold, regime=spec.regime,
+            summary=summary, description=description + " See gradwatch_loss next to "
+            "gradwatch_global_grad_norm: a loss that rises with the gradient norm is an "
+            "exploding regime.", remedy=spec.remedy)
+
+
+class LossSpike(_LossJudge):
+    """One step's loss far above where the loss stands: a warning.
+
+    A spike: log(loss) more than ``log(loss_spike_factor)`` and ``loss_noise_sigmas`` robust
+    sigmas above the median of the last ``history_steps`` non-spike steps (the spikes stay
+    out of the history, so a burst does not raise the bar). Judged after
+    ``loss_warmup_steps``; clears after ``history_min_steps`` calm steps.
+    """
+
+    name = "LossSpike"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        super().__init__(thresholds)
+        self.history = RollingLevel(int(thresholds.history_steps))
+        self.bar = math.log(thresholds.loss_spike_factor)
+
+    def on_pulse(self, pulse: Pulse) -> Result:
+        value = self._log_loss(pulse)
+        if value is None:
+            return None
+        t, spike = self.t, False
+        if not self.warming_up and len(self.history) >= t.history_min_steps:
+            median, sigma = self.history.level()
+            if value - median > self.bar / 2:  # near the bar: judge on the exact window
+                median, sigma = self.history.level(exact=True)
+            rise = value - median
+            spike = rise > self.bar and rise > t.loss_noise_sigmas * sigma
+        if not spike:
+            self.history.append(value)
+            return self.state.verdict(False, lambda: None)
+        ratio = math.exp(rise)
+        return self.state.verdict(True, lambda: self._finding(
+            pulse, t.loss_spike_factor,
+            f"Loss {pulse.loss:.4g} at step {pulse.step}: a spike {ratio:.3g}x the median",
+            f"The loss is {ratio:.3g}x the median of the last {len(self.history)} steps "
+            f"({math.exp(median):.4g}), {rise / max(sigma, 1e-300):.3g} robust sigmas of "
+            "log(loss) above it: one step far off where the loss stands."))
+
+
+class LossDivergence(_LossJudge):
+    """The loss's level rose and stays up: critical.
+
+    Level: the median of the last ``loss_divergence_steps`` losses (over half of them must
+    be high: the persistence). Reference: the median of up to ``history_steps`` losses before
+    them. Divergence: log(level / reference) above ``log(loss_divergence_factor)`` and above
+    ``loss_divergence_sigmas`` robust sigmas of the reference window's log(loss). While it
+    fires the reference stays where the loss stood before the rise, so the alert clears when
+    the loss is back, not when the window has forgotten. Judged after ``loss_warmup_steps``.
     """
 
     name = "LossDivergence"
 
     def __init__(self, thresholds: Thresholds) -> None:
-        self.t = thresholds
-        self.history = History(int(thresholds.history_steps))
-        self.state = Sustained(1, int(thresholds.history_min_steps))
+        super().__init__(thresholds)
+        self.recent: deque[float] = deque(maxlen=int(thresholds.loss_divergence_steps))
+        self.before = RollingLevel(int(thresholds.history_steps))
+        self.bar = math.log(thresholds.loss_divergence_factor)
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        loss = pulse.loss
-        if loss is None or not math.isfinite(loss):
+        value = self._log_loss(pulse)
+        if value is None:
             return None
         t = self.t
-        reasons: list[tuple[str, float]] = []
-        baseline, raw = self.history.baseline, self.history.raw
-        if len(baseline) >= t.history_min_steps and min(baseline) > 0:
-            peak = max(baseline)
-            bar = t.loss_spike_factor * peak
-            if loss > bar:
-                reasons.append((f"{loss / peak:.3g}x the max of the last "
-                                f"{len(baseline)} normal steps ({peak:.4g})", bar))
-        growth = self._growth([*raw, loss])
-        if growth is not None:
-            reasons.append(growth)
-        self.history.add(loss, anomalous=bool(reasons) or self.state.on)
-        return self.state.verdict(bool(reasons), lambda: self._finding(pulse, reasons))
-
-    def _growth(self, window: list[float]) -> tuple[str, float] | None:
-        """Sustained growth: the latest quarter's mean far above the lowest quarter's mean
-        (quarter means, not single values, so the noise of a converged loss is no growth)."""
-        if len(window) < max(4, self.t.history_min_steps) or min(window) <= 0:
-            return None
-        quarters = _quarters(window)
-        means = [sum(q) / len(q) for q in quarters]
-        bar = self.t.loss_growth_factor * min(means)
-        if not means[-1] > bar:
-            return None
-        return (f"the mean of the last {len(quarters[-1])} steps ({means[-1]:.4g}) is "
-                f"{means[-1] / min(means):.3g}x the lowest quarter-window mean "
-                f"({min(means):.4g})", bar)
-
-    def _finding(self, pulse: Pulse, reasons: list[tuple[str, float]]) -> Finding:
-        return Finding(
-            name=self.name, severity=CRITICAL, step=pulse.step, time=pulse.time, layers=(),
-            value=pulse.loss, threshold=reasons[0][1],
-            summary=f"Loss {pulse.loss:.4g} at step {pulse.step}: diverging",
-            description=(f"The loss is {pulse.loss:.4g}: " + "; ".join(r for r, _ in reasons)
-                         + ". Compare gradwatch_loss with gradwatch_global_grad_norm: a loss "
-                         "that rises with the gradient norm is an exploding regime."),
-            remedy=(
-                "Lower the learning rate (exploding regimes are very sensitive to it) or add "
-                "warm-up; clip gradients; check the offending batches for bad data; roll back "
-                "to a checkpoint a little before the spike and skip those batches."),
-        )
-
-
-def _quarters(values: list[float]) -> list[list[float]]:
-    """Four consecutive chunks, the first ones one longer when the length is not a multiple
-    of 4 (numpy.array_split's rule); plain Python: this runs every step."""
-    size, extra = divmod(len(values), 4)
-    chunks, start = [], 0
-    for k in range(4):
-        end = start + size + (k < extra)
-        chunks.append(values[start:end])
-        start = end
-    return chunks
+        if len(self.recent) == self.recent.maxlen and not self.state.on:
+            self.before.append(self.recent[0])
+        self.recent.append(value)
+        if self.warming_up or len(self.before) < t.history_min_steps:
+            return self.state.verdict(False, lambda: None)
+        reference, sigma = self.before.level()
+        if max(self.recent) - reference <= self.bar / 2:  # no median can be near the bar
+            return self.state.verdict(False, lambda: None)
+        level, _ = robust_level(self.recent)
+        reference, sigma = self.before.level(exact=True)
+        rise = level - reference
+        diverging = rise > self.bar and rise > t.loss_divergence_sigmas * sigma
+        ratio = math.exp(rise)
+        return self.state.verdict(diverging, lambda: self._finding(
+            pulse, t.loss_divergence_factor,
+            f"Loss diverging at step {pulse.step}: its level is {ratio:.3g}x where it stood",
+            f"The median loss of the last {len(self.recent)} steps ({math.exp(level):.4g}) is "
+            f"{ratio:.3g}x the median of the {len(self.before)} steps before "
+            f"({math.exp(reference):.4g}), above {t.loss_divergence_factor:g}x and "
+            f"{rise / max(sigma, 1e-300):.3g} robust sigmas of log(loss): the rise is "
+            "sustained, not a spike."))
 
 
 # ---------------------------------------------------------------------------- non-finite
@@ -304,7 +416,7 @@ class NonFiniteValues:
         self.state = Sustained(1, int(thresholds.escalation_steps))
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        if not self._bad_series(pulse) or _amp_skip(pulse):
+        if not self._bad_series(pulse) or amp_skipped(pulse):
             if self.pending is None and not self.state.update(False):
                 return Verdict.CLEAR
             return None
@@ -320,7 +432,7 @@ class NonFiniteValues:
         if pending is not None:
             self.state.update(True)
             return self._finding(snapshot, pending, exact=snapshot.step == pending.step)
-        if _nonfinite_counts(snapshot).sum() > 0 or snapshot.nonfinite_origin:
+        if nonfinite_counts(snapshot).sum() > 0 or snapshot.nonfinite_origin:
             self.state.update(True)
             return self._finding(snapshot, _pulse_of(snapshot), exact=True)
         return None
@@ -346,7 +458,7 @@ class NonFiniteValues:
         origin_text = "origin unknown: no fully sampled step followed"
         total = float(len(sources))
         if snapshot is not None:
-            counts = _nonfinite_counts(snapshot)
+            counts = nonfinite_counts(snapshot)
             layers = snapshot.layers
             total = max(total, float(counts.sum()))
             per_source = {s: counts[i].sum(axis=1) for i, s in enumerate(NONFINITE_SOURCES)}
@@ -378,8 +490,8 @@ class NonFiniteValues:
             origin_text += ("; this rank's own gradients were finite before the all-reduce: "
                             "the NaN came from another rank (see that rank's alert)")
         return Finding(
-            name=self.name, severity=CRITICAL, step=pulse.step, time=pulse.time,
-            layers=origin_layers, value=total, threshold=0.0, regime=NONFINITE,
+            name=self.name, step=pulse.step, time=pulse.time,
+            layers=origin_layers, value=total, threshold=0.0,
             origin_exact=exact if snapshot is not None else None,
             summary=(f"Non-finite values at step {pulse.step}"
                      + (f", first in {origin_layers[0]}" if origin_layers else "")),
@@ -387,27 +499,22 @@ class NonFiniteValues:
                          "most often an explosion that overflowed the float range; see "
                          "gradwatch_nonfinite_total and gradwatch_global_grad_norm just "
                          "before this step."),
-            remedy=(
-                "Check the batch of this step for NaN/Inf inputs or labels; check the origin "
-                "module for log/sqrt/division of non-positive values or an epsilon that is too "
-                "small; clip gradients and lower the learning rate if the gradient norm grew "
-                "before; under fp16 use a GradScaler or bf16; restart from the last finite "
-                "checkpoint."),
+            **table_fields(self.name),
         )
 
 
-def _amp_skip(pulse: Pulse) -> bool:
+def amp_skipped(pulse: Pulse) -> bool:
     """A step the GradScaler skipped: its overflowed gradients are the scaler's business."""
     return (pulse.loss_scale is not None and not pulse.optimizer_stepped
             and pulse.loss is not None and math.isfinite(pulse.loss))
 
 
-def _nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
+def nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
     """[source, layer, kind] counts, without the gradients of an AMP-skipped step."""
     counts = np.nan_to_num(np.asarray(snapshot.nonfinite, dtype=np.float64))
     if counts.ndim != 3:
         return np.zeros((len(NONFINITE_SOURCES), 0, 3))
-    if _amp_skip(_pulse_of(snapshot)):
+    if amp_skipped(_pulse_of(snapshot)):
         counts = counts.copy()
         counts[NONFINITE_SOURCES.index("gradient")] = 0
     return counts
@@ -447,7 +554,7 @@ class AmpOverflowStorm:
             return Verdict.CLEAR
         peak = max(scale for _, scale in self.window)
         return Finding(
-            name=self.name, severity=WARNING, step=pulse.step, time=pulse.time,
+            name=self.name, step=pulse.step, time=pulse.time,
             layers=self.low_headroom, value=float(skipped), threshold=self.t.amp_skipped_steps,
             summary=f"{skipped} AMP steps skipped in the last {len(self.window)} steps",
             description=(
@@ -457,10 +564,7 @@ class AmpOverflowStorm:
                 + (f"Layers within {self.t.fp16_headroom_bits:g} bits of the fp16 maximum: "
                    f"{describe_layers(self.low_headroom)}. " if self.low_headroom else "")
                 + "See gradwatch_amp_loss_scale and gradwatch_amp_skipped_steps_total."),
-            remedy=(
-                "Find the layer whose outputs approach 65504 (low headroom) and keep it in "
-                "fp32 or normalise its input (LayerNorm/BatchNorm); clip gradients; lower the "
-                "learning rate; or train in bf16, which has fp32's exponent range."),
+            **table_fields(self.name),
         )
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -490,11 +594,11 @@ class LayerCondition:
     def __init__(self, name: str, thresholds: Thresholds, *, threshold: float,
                  measure: Callable[[Snapshot], np.ndarray], above: bool,
                  applies: Callable[[Snapshot], bool], summary: str, description: str,
-                 remedy: str) -> None:
+                 ) -> None:
         self.name = name
         self.threshold = threshold
         self.measure, self.above, self.applies = measure, above, applies
-        self.summary, self.description, self.remedy = summary, description, remedy
+        self.summary, self.description = summary, description
         samples = int(thresholds.unit_warning_samples)
         self.state = Sustained(samples, samples)
 
@@ -510,12 +614,12 @@ class LayerCondition:
 
         def finding() -> Finding:
             return Finding(
-                name=self.name, severity=WARNING, step=snapshot.step, time=snapshot.time,
+                name=self.name, step=snapshot.step, time=snapshot.time,
                 layers=layers, value=float(worst), threshold=self.threshold,
                 summary=self.summary.format(n=len(layers), first=layers[0]),
                 description=self.description.format(
                     layers=describe_layers(layers, values[bad]), threshold=self.threshold),
-                remedy=self.remedy)
+                **table_fields(self.name))
 
         return self.state.verdict(bool(bad), finding)
 
@@ -528,10 +632,7 @@ def dead_units(thresholds: Thresholds) -> LayerCondition:
         description=("Fraction of exact-zero activations above {threshold:g} for several "
                      "samples in a row: {layers}. A dead ReLU unit's input is always negative, "
                      "so its output and gradient are 0 and it never recovers. See "
-                     "gradwatch_activation_dead_ratio."),
-        remedy=("Use LeakyReLU (slope ~0.01), ELU or GELU; He initialisation; a lower "
-                "learning rate (a large update can push units permanently negative); "
-                "BatchNorm before the activation."))
+                     "gradwatch_activation_dead_ratio."))
 
 
 def activation_saturation(thresholds: Thresholds) -> LayerCondition:
@@ -542,10 +643,7 @@ def activation_saturation(thresholds: Thresholds) -> LayerCondition:
         description=("Fraction of sigmoid/tanh outputs in the flat region above {threshold:g} "
                      "for several samples in a row: {layers}. There the derivative is near 0 "
                      "and the gradient to every layer below is cut. See "
-                     "gradwatch_activation_saturation_ratio."),
-        remedy=("Replace sigmoid/tanh with ReLU/LeakyReLU/GELU; use Xavier initialisation "
-                "for the layers feeding them; normalise their inputs (BatchNorm/LayerNorm); "
-                "lower the learning rate if the pre-activations grew during training."))
+                     "gradwatch_activation_saturation_ratio."))
 
 
 def fp16_headroom(thresholds: Thresholds) -> LayerCondition:
@@ -556,9 +654,7 @@ def fp16_headroom(thresholds: Thresholds) -> LayerCondition:
         summary="{n} layer(s) near the fp16 overflow, first {first}",
         description=("Under mixed precision, layer outputs within {threshold:g} bits "
                      "(log2(65504 / max|x|)) of the fp16 maximum for several samples in a row: "
-                     "{layers}. The next growth overflows to Inf."),
-        remedy=("Keep these layers in fp32 (autocast disabled around them) or train in bf16; "
-                "normalise their inputs; check for growing weights (weight decay)."))
+                     "{layers}. The next growth overflows to Inf."))
 
 
 # ---------------------------------------------------------------------------- vanishing
@@ -617,15 +713,14 @@ class GradientVanishing:
         layers = tuple(snapshot.layers[i] for i in affected)
         norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
         updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
-        causes, remedies = self._causes(snapshot)
+        causes = self._causes(snapshot)
         update_text = ""
         if len(updates) == len(snapshot.layers):
             update_text = (" Their update ratios ||dW||/||W||: "
                            + describe_layers(layers, updates[affected]) + ".")
         return Finding(
-            name=self.name, severity=CRITICAL, step=snapshot.step, time=snapshot.time,
+            name=self.name, step=snapshot.step, time=snapshot.time,
             layers=layers, value=ratio, threshold=self.t.vanishing_depth_ratio,
-            regime=VANISHING,
             summary=(f"Gradients vanish toward the input: {len(layers)} lower layer(s) at "
                      f"{ratio:.2g}x the output side's gradient norm"),
             description=(
@@ -634,12 +729,12 @@ class GradientVanishing:
                 f"(gradient norm): {describe_layers(layers, norms[affected])}.{update_text} "
                 f"Likely causes seen: {'; '.join(causes) or 'none visible in the statistics'}. "
                 "See the gradwatch_grad_norm depth profile."),
-            remedy=" ".join(remedies),
+            **table_fields(self.name),
         )
 
-    def _causes(self, snapshot: Snapshot) -> tuple[list[str], list[str]]:
+    def _causes(self, snapshot: Snapshot) -> list[str]:
         t, layers = self.t, snapshot.layers
-        causes, remedies = [], []
+        causes = []
         saturation = np.asarray(snapshot.activation_saturation_ratio, dtype=np.float64)
         saturating = [i for i in np.flatnonzero(_finite(saturation)) if i < len(layers)]
         if saturating:
@@ -649,14 +744,12 @@ class GradientVanishing:
                 "derivative (<= 0.25 for sigmoid) shrinks the gradient at every layer"
                 + (f"; saturated: {describe_layers([layers[i] for i in flat], saturation[flat])}"
                    if flat else ""))
-            remedies.append("Replace sigmoid/tanh with ReLU/LeakyReLU/GELU (THEORY 4.1).")
         dead = np.asarray(snapshot.activation_dead_ratio, dtype=np.float64)
         with np.errstate(invalid="ignore"):
             dead_layers = [i for i in np.flatnonzero(dead > t.dead_ratio) if i < len(layers)]
         if dead_layers:
             causes.append("dead ReLUs in "
                           + describe_layers([layers[i] for i in dead_layers], dead[dead_layers]))
-            remedies.append("Use LeakyReLU/ELU and a lower learning rate for dead units.")
         variance = np.asarray(snapshot.activation_variance, dtype=np.float64)
         usable = np.flatnonzero(_finite(variance) & (variance > 0))
         if len(usable) >= 2:
@@ -665,10 +758,7 @@ class GradientVanishing:
                       / np.exp(np.log(variance[usable[:quarter]]).mean()))
             if shrink < t.activation_variance_shrink:
                 causes.append(f"activation variance shrinks {1 / shrink:.3g}x across depth")
-        remedies.append("Use Xavier/He initialisation matched to the activation, so "
-                        "Var(activation) stays constant across depth; add BatchNorm/LayerNorm "
-                        "and residual connections (THEORY 4).")
-        return causes, remedies
+        return causes
 
 
 def default_detectors(thresholds: Thresholds) -> list[object]:
@@ -677,6 +767,7 @@ def default_detectors(thresholds: Thresholds) -> list[object]:
         NonFiniteValues(thresholds),
         GradientExplosion(thresholds),
         LossDivergence(thresholds),
+        LossSpike(thresholds),
         GradientVanishing(thresholds),
         AmpOverflowStorm(thresholds),
         dead_units(thresholds),

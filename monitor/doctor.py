@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .alert_table import RULE_NAMES
 from .thresholds import Thresholds
 
-CONTRACT_ALERTS = ("NonFiniteValues", "GradientExplosion", "GradientVanishing",
-                   "LossDivergence", "AmpOverflowStorm", "TrainingStalled", "TrainerDown")
+#: The alert rules a working stack has loaded: the alert table's rule alerts.
+CONTRACT_ALERTS = RULE_NAMES
 
 
 @dataclass(frozen=True)

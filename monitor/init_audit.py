@@ -1,12 +1,18 @@
 """Initialisation audit: run once over the model, before the first step (THEORY 3).
 
-Per layer weight (a parameter with 2 or more dimensions: Linear, Conv, attention
-projections, recurrent matrices; embeddings are lookups and are skipped), compare the
-weight variance with the expectation for its fan and the activation that follows it:
-He/Kaiming 2 / fan_in before ReLU-like activations, Xavier/Glorot 2 / (fan_in + fan_out)
-before sigmoid/tanh-like ones or none. And flag weights whose output units (rows) are all
-identical, zero weights included: every unit then computes the same thing and receives the
-same update, so the symmetry is never broken.
+Per layer weight (a parameter with 2 or more dimensions: Linear, Conv, Hugging Face's
+transposed Conv1D, attention projections, recurrent matrices; embeddings are lookups and are
+skipped, and so is an output head tied to an embedding, which IS the embedding matrix),
+compare the weight variance with the schemes people actually use (``SCHEMES``): PyTorch's
+default (kaiming_uniform with a=sqrt(5): 1 / (3 fan_in)), LeCun / 1/sqrt(d) (1 / fan_in),
+Xavier (2 / (fan_in + fan_out)), He (2 / fan_in) and the small-std transformer inits (std
+0.02, and GPT-2's 0.02 / sqrt(2 n_layers) for residual projections up to 48 layers). Only a
+weight farther than ``init_variance_factor`` from EVERY scheme is suspect. And flag weights
+whose output units (rows) are all identical, zero weights included: every unit then computes
+the same thing and receives the same update, so the symmetry is never broken.
+
+Parameters not materialised yet (``nn.LazyLinear`` before its first forward) are skipped:
+the audit runs before the first step, when a lazy module has no weights to judge.
 
 This one reads tensors (it runs once, outside the training loop); the result is plain
 Findings that the AlertEngine publishes as warnings.
@@ -14,20 +20,39 @@ Findings that the AlertEngine publishes as warnings.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .detectors import WARNING, Finding, describe_layers
+from .detectors import Finding, table_fields
 from .layers import ACTIVATION_MODULES, SATURATION_NONE, saturation_kind
 from .thresholds import Thresholds
 
 NORMALIZATION_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
                          nn.RMSNorm)
 INIT_SCALE, INIT_SYMMETRY = "InitializationSuspect", "SymmetricInitialization"
+log = logging.getLogger("gradwatch.init_audit")
+#: Longest alert text (summary + description) the audit writes; the details go to the debug
+#: log and to the WeightAudits.
+MESSAGE_CHARS = 300
+#: GPT-2 scales its residual projections' std 0.02 by 1/sqrt(2 n_layers); up to 48 layers.
+DEEPEST_SCALED_RESIDUAL = 48
+
+
+def schemes(fan_in: int, fan_out: int) -> dict[str, float]:
+    """The weight variance of each common initialisation scheme for this fan."""
+    return {
+        "PyTorch default": 1.0 / (3 * fan_in),
+        "LeCun/1/sqrt(d)": 1.0 / fan_in,
+        "Xavier": 2.0 / (fan_in + fan_out),
+        "He": 2.0 / fan_in,
+        "std 0.02": 0.02 ** 2,
+        "GPT-2 scaled residual": 0.02 ** 2 / (2 * DEEPEST_SCALED_RESIDUAL),
+    }
 
 
 @dataclass(frozen=True)
@@ -43,10 +68,30 @@ class WeightAudit:
     he: float
     expected: float  # the one of xavier/he that matches the activation
     symmetric: bool
+    known: dict[str, float] = field(default_factory=dict)  # scheme -> its variance
+
+    @property
+    def nearest(self) -> str:
+        """The common scheme whose variance is closest (in ratio) to this weight's; the
+        small-std range between std 0.02 and its scaled residual form counts as one."""
+        return min(self.known, key=lambda k: abs(math.log(self._ratio_to(self.known[k]))))
 
     @property
     def ratio(self) -> float:
-        return self.variance / self.expected if self.expected > 0 else math.nan
+        """Variance over the nearest scheme's (1.0 anywhere in the small-std range)."""
+        if not self.known or self.variance <= 0:
+            return math.nan
+        low, high = self.known["GPT-2 scaled residual"], self.known["std 0.02"]
+        if low <= self.variance <= high:
+            return 1.0
+        return self._ratio_to(self.known[self.nearest])
+
+    def _ratio_to(self, variance: float) -> float:
+        return max(self.variance, 1e-300) / variance
+
+    def detail(self) -> str:
+        return (f"{self.name}: Var(W)={self.variance:.3g}, {self.ratio:.3g}x {self.nearest} "
+                f"(fan_in {self.fan_in}, fan_out {self.fan_out}, then {self.activation})")
 
 
 def following_activations(model: nn.Module) -> dict[str, nn.Module | None]:
@@ -72,27 +117,34 @@ def following_activations(model: nn.Module) -> dict[str, nn.Module | None]:
 #: such meaning: a zero start is no broken symmetry there, so it is not judged.
 UNIT_LAYERS = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
                nn.ConvTranspose2d, nn.ConvTranspose3d, nn.MultiheadAttention, nn.RNNBase)
+#: Modules with a Linear's role but a [in, out] weight (Hugging Face GPT-2's Conv1D), by
+#: class name so that transformers need not be imported.
+TRANSPOSED_UNIT_LAYERS = ("Conv1D",)
 
 
 def audit_weights(model: nn.Module) -> list[WeightAudit]:
     """Audit every weight of ``model``'s unit layers (registration order)."""
     following = following_activations(model)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     audits = []
     for module_name, module in model.named_modules():
-        if not isinstance(module, UNIT_LAYERS):
+        transposed = type(module).__name__ in TRANSPOSED_UNIT_LAYERS
+        if not (isinstance(module, UNIT_LAYERS) or transposed):
             continue
         for param_name, param in module._parameters.items():
-            if param is None or param.dim() < 2 or param.numel() == 0:
+            if (param is None or isinstance(param, nn.parameter.UninitializedParameter)
+                    or param.dim() < 2 or param.numel() == 0 or id(param) in embeddings):
                 continue
-            activation = following.get(module_name)
+            weight = param.detach()
             audits.append(_audit_one(
-                f"{module_name}.{param_name}" if module_name else param_name, param.detach(),
-                activation))
+                f"{module_name}.{param_name}" if module_name else param_name,
+                weight.T if transposed else weight, following.get(module_name)))
     return audits
 
 
 @torch.no_grad()
 def _audit_one(name: str, weight: torch.Tensor, activation: nn.Module | None) -> WeightAudit:
+    """``weight`` in [out, in, *kernel] layout."""
     receptive = math.prod(weight.shape[2:])
     fan_out, fan_in = weight.shape[0] * receptive, weight.shape[1] * receptive
     values = weight.float()
@@ -106,63 +158,55 @@ def _audit_one(name: str, weight: torch.Tensor, activation: nn.Module | None) ->
         name=name, fan_in=fan_in, fan_out=fan_out,
         activation=type(activation).__name__ if activation is not None else "none",
         variance=variance, xavier=xavier, he=he, expected=he if relu_like else xavier,
-        symmetric=symmetric)
+        symmetric=symmetric, known=schemes(fan_in, fan_out))
 
 
 def audit_initialization(model: nn.Module, thresholds: Thresholds | None = None,
                          step: int = 0) -> list[Finding]:
-    """Warnings about ``model``'s initial weights: at most one per kind, naming every weight.
+    """Warnings about ``model``'s initial weights: at most one per kind, each under
+    ``MESSAGE_CHARS`` characters; every weight's figures go to the debug log.
 
-    InitializationSuspect: variance off the matched Xavier/He expectation by more than
-    ``init_variance_factor`` either way. SymmetricInitialization: identical rows.
+    InitializationSuspect: variance more than ``init_variance_factor`` away from every
+    common scheme. SymmetricInitialization: identical rows.
     """
     t = thresholds or Thresholds()
     audits = audit_weights(model)
+    for audit in audits:
+        log.debug("gradwatch init audit: %s", audit.detail())
     now = time.time()
     findings = []
     symmetric = [a for a in audits if a.symmetric]
     if symmetric:
-        findings.append(Finding(
-            name=INIT_SYMMETRY, severity=WARNING, step=step, time=now,
-            layers=tuple(dict.fromkeys(_layer_of(a.name) for a in symmetric)),
-            value=float(len(symmetric)), threshold=0.0,
+        findings.append(_finding(
+            INIT_SYMMETRY, symmetric, step, now, value=float(len(symmetric)), threshold=0.0,
             summary=f"{len(symmetric)} weight(s) with identical units, first {symmetric[0].name}",
-            description=(
-                "Every output unit (row) of these weights is identical, e.g. all zero or all "
-                "equal: " + describe_layers([a.name for a in symmetric]) + ". Such units compute "
-                "the same thing and receive the same update, so the symmetry is never broken "
-                "and the layer acts as a single unit (THEORY 2). Deliberately zero-initialised "
-                "output layers of residual branches are the exception."),
-            remedy=("Initialise with random values of variance matched to the fan: "
-                    "torch.nn.init.kaiming_uniform_/kaiming_normal_ before ReLU, "
-                    "xavier_uniform_/xavier_normal_ before tanh/sigmoid; biases at 0."),
-        ))
+            description="Identical rows (e.g. all zero): the symmetry is never broken and the "
+                        "layer acts as one unit. Zero-initialised residual outputs are the "
+                        "exception."))
     factor = t.init_variance_factor
     off = [a for a in audits if not a.symmetric and math.isfinite(a.ratio)
            and not 1 / factor <= a.ratio <= factor]
     if off:
         worst = max(off, key=lambda a: abs(math.log(max(a.ratio, 1e-300))))
-        details = [f"{a.name}: Var(W)={a.variance:.3g} vs Xavier {a.xavier:.3g} / He "
-                   f"{a.he:.3g} (fan_in {a.fan_in}, fan_out {a.fan_out}, followed by "
-                   f"{a.activation}), {a.ratio:.3g}x the expected" for a in off]
-        findings.append(Finding(
-            name=INIT_SCALE, severity=WARNING, step=step, time=now,
-            layers=tuple(dict.fromkeys(_layer_of(a.name) for a in off)), value=worst.ratio,
-            threshold=factor,
-            summary=(f"{len(off)} weight(s) initialised off the Xavier/He scale, worst "
-                     f"{worst.name} at {worst.ratio:.3g}x"),
-            description=(
-                f"Weight variance more than {factor:g}x away from the expectation for the "
-                "layer's fan and following activation (He 2/fan_in before ReLU-like, Xavier "
-                "2/(fan_in+fan_out) otherwise): " + "; ".join(details[:8])
-                + (f"; and {len(details) - 8} more" if len(details) > 8 else "")
-                + ". Too large: activations and gradients grow layer by layer (explosion); "
-                "too small: they shrink (vanishing)."),
-            remedy=("Re-initialise with torch.nn.init.kaiming_uniform_ (ReLU family) or "
-                    "xavier_uniform_ (tanh/sigmoid/linear); or add BatchNorm/LayerNorm, which "
-                    "makes training robust to the initial scale."),
-        ))
+        side = "above" if worst.ratio > 1 else "below"
+        findings.append(_finding(
+            INIT_SCALE, off, step, now, value=worst.ratio, threshold=factor,
+            summary=(f"{len(off)} weight(s) far off every common init, worst {worst.name} at "
+                     f"{worst.ratio:.2g}x {worst.nearest}"),
+            description=(f"Var(W) more than {factor:g}x {side} PyTorch default, Xavier, He and "
+                         "std-0.02 inits: activations will "
+                         + ("grow" if worst.ratio > 1 else "shrink") + " with depth.")))
     return findings
+
+
+def _finding(name: str, audits: list[WeightAudit], step: int, now: float, *, value: float,
+             threshold: float, summary: str, description: str) -> Finding:
+    spare = MESSAGE_CHARS - len(description) - 2
+    return Finding(
+        name=name, step=step, time=now, layers=tuple(dict.fromkeys(_layer_of(a.name)
+                                                                    for a in audits)),
+        value=value, threshold=threshold, summary=summary[:spare], description=description,
+        **table_fields(name))
 
 
 def _layer_of(param_name: str) -> str:

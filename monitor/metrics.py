@@ -46,8 +46,8 @@ _SPECS = (
           "keeps it), else 0: TrainerDown and TrainingStalled stay quiet for a finished run.",
           "boolean", "at the end", "0 while training, 1 after a clean end"),
     _spec("loss", "gauge", "Loss of the latest step (sum of its micro-batch losses).", "loss",
-          EVERY_STEP, "finite, trending down; spikes above {t.loss_spike_factor}x the recent "
-          "max are divergence"),
+          EVERY_STEP, "finite, trending down; one step above {t.loss_spike_factor}x the rolling "
+          "median is a spike, a level {t.loss_divergence_factor}x where it stood is divergence"),
     _spec("global_grad_norm", "gauge", "L2 norm over all gradients of the latest step, before "
           "clipping.", "L2 norm", EVERY_STEP, "finite, stable; above {t.explosion_norm} or "
           "{t.explosion_spike_factor}x the recent max is an explosion"),

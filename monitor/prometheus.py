@@ -27,6 +27,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from .detectors import amp_skipped, nonfinite_counts
 from .endpoint import EndpointSecurity, linger, serve, stop
 from .layer_budget import GROUP_STATS, LayerExport
 from .metrics import spec
@@ -177,6 +178,9 @@ class PrometheusSink:
 
     def on_pulse(self, pulse: Pulse) -> None:
         norm, loss = pulse.global_grad_norm, pulse.loss
+        skipped = not pulse.optimizer_stepped and pulse.loss_scale is not None
+        if amp_skipped(pulse):
+            norm = None  # overflowed gradients the GradScaler skipped: its business, no alarm
         with self._lock:
             previous = self._latest.get("last_step_timestamp_seconds")
             if previous is not None:
@@ -213,7 +217,7 @@ class PrometheusSink:
             clipped = pulse.clipped_grad_norm
             if clipped is not None and norm is not None and clipped < norm * (1 - 1e-6):
                 self._clip_engaged += 1
-            if not pulse.optimizer_stepped and pulse.loss_scale is not None:
+            if skipped:
                 self._skipped += 1
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
@@ -238,7 +242,9 @@ class PrometheusSink:
             self._snapshot = snapshot
             self._export, self._local_export = export, local
             self._snapshots += 1
-            counts = snapshot.nonfinite  # [source, layer, kind]
+            # [source, layer, kind], as NonFiniteValues counts them (an AMP-skipped step's
+            # gradients left out)
+            counts = nonfinite_counts(snapshot).astype(np.int64)
             for s, l, k in zip(*np.nonzero(counts)):
                 source = NONFINITE_SOURCES[s]
                 shared = source in SYNCHRONISED_SOURCES

@@ -10,6 +10,7 @@ only: it opens offline, from a file, in any browser.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -59,12 +60,14 @@ class StepChart:
     title: str
     y_label: str
     lines: tuple[tuple[str, str, bool], ...]   # (series name, colour, dashed)
-    spike_factor: str                          # Thresholds field: x recent max is a spike
+    spike_factor: str                          # Thresholds field: x recent basis is a spike
     rules: tuple[str, ...] = ()                # Thresholds fields drawn as horizontal lines
+    basis: str = "max"                         # "max" or "median" of the recent window
 
 
 STEP_CHARTS = (
-    StepChart("Loss", "loss", (("loss", "#1f77b4", False),), "loss_spike_factor"),
+    StepChart("Loss", "loss", (("loss", "#1f77b4", False),), "loss_spike_factor",
+              basis="median"),
     StepChart("Global gradient norm", "L2 norm",
               (("global_grad_norm", "#1f77b4", False), ("clipped_grad_norm", "#2ca02c", True)),
               "explosion_spike_factor", rules=("explosion_norm",)),
@@ -282,7 +285,7 @@ def per_step_charts(record: RunRecord, thresholds: Thresholds) -> list[str]:
             charts.append(_empty(f"{spec.title}: not recorded."))
             continue
         factor = getattr(thresholds, spec.spike_factor)
-        spike = spike_level(present[0][0], factor, window)
+        spike = spike_level(present[0][0], factor, window, spec.basis)
         rules = [(name, getattr(thresholds, name)) for name in spec.rules]
         y = Scale.fit(np.concatenate([s.values for s, *_ in present] + [spike.values]),
                       log=True, include=[level for _, level in rules])
@@ -294,7 +297,8 @@ def per_step_charts(record: RunRecord, thresholds: Thresholds) -> list[str]:
             chart.line(thinned.steps, thinned.values, colour, name, dashed=dashed)
         thinned = thin(spike)
         chart.line(thinned.steps, thinned.values, "#9aa3ad",
-                   f"spike level ({factor:g}× max of last {window})", dots=False, dashed=True)
+                   f"spike level ({factor:g}× {spec.basis} of last {window})", dots=False,
+                   dashed=True)
         for name, level in rules:
             chart.rule(level, "#d62728", f"{name} {format_value(level)}")
         _mark_alerts(chart, record.alerts)
@@ -302,17 +306,22 @@ def per_step_charts(record: RunRecord, thresholds: Thresholds) -> list[str]:
     return charts
 
 
-def spike_level(series: Series, factor: float, window: int) -> Series:
-    """``factor`` x the max of the previous ``window`` finite values: the spike detectors'
-    level, defined from the second step on."""
+def spike_level(series: Series, factor: float, window: int, basis: str = "max") -> Series:
+    """``factor`` x the max (or median) of the previous ``window`` finite values: the spike
+    detectors' level, defined from the second step on."""
     values = np.where(np.isfinite(series.values), series.values, np.nan)
     if len(values) < 2:
         return Series(series.steps[:0], values[:0])
     padded = np.concatenate([np.full(window - 1, np.nan), values[:-1]])
     windows = np.lib.stride_tricks.sliding_window_view(padded, window)
     recorded = ~np.isnan(windows)
-    level = np.where(recorded.any(axis=1),
-                     np.where(recorded, windows, -np.inf).max(axis=1), np.nan) * factor
+    if basis == "median":
+        with warnings.catch_warnings():  # windows with nothing recorded yet: NaN, as for max
+            warnings.simplefilter("ignore", RuntimeWarning)
+            level = np.nanmedian(windows, axis=1) * factor
+    else:
+        level = np.where(recorded.any(axis=1),
+                         np.where(recorded, windows, -np.inf).max(axis=1), np.nan) * factor
     return Series(series.steps[1:], level)
 
 

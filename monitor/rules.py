@@ -1,12 +1,18 @@
-"""Prometheus alerting and recording rules, generated from one ``Thresholds`` object.
+"""Prometheus alerting and recording rules, generated from one ``Thresholds`` object and
+the alert table (``monitor/alert_table.py``: severity, regime, headline, remedy, runbook).
 
 The committed file ``deploy/prometheus/rules/gradwatch.rules.yml`` is ``render_rules()`` of the
-default thresholds (a test keeps them equal); ``write_rules`` writes it for custom thresholds.
+default thresholds (a test keeps them equal); ``write_rules`` writes it for custom thresholds
+and another runbook base URL.
 
 Alert volume is bounded: every alert aggregates ``by (run)``, one alert per (run, alertname)
-whatever the number of layers and ranks; its ``culprits`` annotation names the worst layers
-(at most CULPRITS) and, for NaN/Inf, the rank it came from. TrainerDown and TrainingStalled
-stay quiet for a run whose last scrape or push said ``gradwatch_run_finished`` 1.
+whatever the number of layers and ranks; its ``culprits`` annotations name the worst layers
+(at most CULPRITS) and, for NaN/Inf, the rank it came from. The trainer pushes the same labels
+(alertname, severity, regime, run) to Alertmanager, so the two copies deduplicate.
+TrainerDown and TrainingStalled stay quiet for a run whose last scrape or push said
+``gradwatch_run_finished`` 1. The loss rules judge the same robust statistics as the
+in-process detectors (median and IQR of log(loss); quantiles commute with log, so they are
+taken on the loss itself), over time windows instead of steps.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from pathlib import Path
 import yaml
 from prometheus_client.utils import floatToGoString
 
+from .alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
+from .alert_table import spec as alert_spec
 from .thresholds import Thresholds
 
 #: Prometheus scrape interval of deploy/prometheus/prometheus.yml, in seconds. Prometheus sees
@@ -26,12 +34,13 @@ SCRAPE_INTERVAL_SECONDS = 15
 COUNTER_WINDOW = "2m"
 #: Window standing in for Thresholds.history_steps (Prometheus knows time, not steps).
 HISTORY_WINDOW = "10m"
-#: Latest quarter of HISTORY_WINDOW, for the loss growth test.
-RECENT_WINDOW = "150s"
+#: Window of the loss's current level (the median over it), before which HISTORY_WINDOW is
+#: the reference: Thresholds.loss_divergence_steps in time.
+RECENT_WINDOW = "2m"
 #: Scrape job of the trainers (prometheus.yml), for TrainerDown.
 TRAINER_JOB = "gradwatch"
-#: Runbook anchors: docs/runbook.md#<alertname lowercased>.
-RUNBOOK = "docs/runbook.md"
+#: sigma of a normal distribution from its interquartile range.
+IQR_PER_SIGMA = 1.349
 #: Regimes of the gradwatch_regime one-hot gauge, in the order of gradwatch:regime:code.
 REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 #: Per-layer metrics that get a depth-labelled twin, gradwatch:<name>:by_depth, so dashboards
@@ -53,22 +62,17 @@ CULPRITS = 5
 #: Label lists of the aggregations: what an alert keeps (the trainer's labels).
 BY_RUN = "run, rank"
 BY_RUN_LAYER = "run, rank, layer"
-#: Input side: depth below half the layer count (depth 0 is the input side).
-INPUT_SIDE_LAYERS = (
-    "gradwatch_layer_depth < on (run, rank) group_left () (gradwatch_layers / 2)"
-)
 #: Go-template fragment naming the layer when the alert has one (run-wide alerts have none).
 LAYER_TEXT = "{{ with $labels.layer }}, layer {{ . }}{{ end }}"
 
 
 @dataclass(frozen=True)
 class Alert:
-    """One alerting rule: a contract name and how it reads to the person paged."""
+    """One alerting rule: a name of the alert table, its condition and its details (the
+    severity, regime, headline and remedy come from the table)."""
 
     name: str
-    severity: str
     expr: str
-    summary: str
     description: str
     for_: str = "0s"
     #: annotation name -> Go template naming the worst layers / ranks (at most CULPRITS)
@@ -99,6 +103,54 @@ def counted_in(counter: str, window: str) -> str:
     return f"({counter} unless {counter} offset {window}) or increase({counter}[{window}])"
 
 
+def loss_quantile(q: float, window: str, offset: str = "") -> str:
+    """Per run, a quantile of the loss over ``window`` (ending ``offset`` ago)."""
+    shift = f" offset {offset}" if offset else ""
+    return f"max by ({BY_RUN}) (quantile_over_time({q!r}, gradwatch_loss[{window}]{shift}))"
+
+
+def log_sigma(window: str, offset: str = "") -> str:
+    """Robust sigma of log(loss): ln(q75 / q25) / 1.349 (the IQR of log(loss))."""
+    return (f"ln({loss_quantile(0.75, window, offset)} / {loss_quantile(0.25, window, offset)})"
+            f" / {IQR_PER_SIGMA}")
+
+
+def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
+    """The loss's robust level: where it stands (median, sigma of log) now and before."""
+    judged = (
+        f"max by ({BY_RUN}) (gradwatch_step) >= {t.loss_warmup_steps!r}"
+        f" and on ({BY_RUN}) min by ({BY_RUN}) "
+        f"(min_over_time(gradwatch_loss[{HISTORY_WINDOW}]) > 0)"
+        f" and on ({BY_RUN}) sum by ({BY_RUN}) "
+        f"(count_over_time(gradwatch_loss[{HISTORY_WINDOW}] offset {RECENT_WINDOW}))"
+        f" >= {t.history_min_steps!r}")
+    return [
+        ("gradwatch:loss:judged", judged),
+        (f"gradwatch:loss:median{HISTORY_WINDOW}", loss_quantile(0.5, HISTORY_WINDOW)),
+        (f"gradwatch:loss:log_sigma{HISTORY_WINDOW}", log_sigma(HISTORY_WINDOW)),
+        (f"gradwatch:loss:median{RECENT_WINDOW}", loss_quantile(0.5, RECENT_WINDOW)),
+        ("gradwatch:loss:median_before", loss_quantile(0.5, HISTORY_WINDOW, RECENT_WINDOW)),
+        ("gradwatch:loss:log_sigma_before", log_sigma(HISTORY_WINDOW, RECENT_WINDOW)),
+    ]
+
+
+def vanishing_recording_rules() -> list[tuple[str, str]]:
+    """Mean log gradient norm of the input-side and output-side quarters of the layers (by
+    depth; a quarter is at least one layer), as the in-process GradientVanishing computes."""
+    quarter = "clamp_min(floor(gradwatch_layers / 4), 1)"
+    depth = "gradwatch_layer_depth"
+    sides = {
+        "input": f"{depth} < on ({BY_RUN}) group_left () {quarter}",
+        "output": f"{depth} >= on ({BY_RUN}) group_left () (gradwatch_layers - {quarter})",
+    }
+    return [(f"gradwatch:grad_norm:log_mean_{side}_quarter",
+             # an exact zero is total collapse (the detectors' 1e-30 floor)
+             f"avg by ({BY_RUN}) (ln(clamp_min(max by ({BY_RUN_LAYER}) (gradwatch_grad_norm),"
+             f" 1e-30))"
+             f" and on ({BY_RUN_LAYER}) ({selector}))")
+            for side, selector in sides.items()]
+
+
 def recording_rules(thresholds: Thresholds) -> list[dict]:
     """Recording rules: what the alerts build on and what makes dashboards cheap."""
     le = explosion_bucket_label(thresholds)
@@ -126,15 +178,8 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
         ("gradwatch:amp_skipped_steps:increase" + HISTORY_WINDOW,
          f"sum by ({BY_RUN}) "
          f"({counted_in('gradwatch_amp_skipped_steps_total', HISTORY_WINDOW)})"),
-        ("gradwatch:grad_norm:input_side",
-         f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm"
-         f" and on ({BY_RUN_LAYER}) {INPUT_SIDE_LAYERS})"),
-        ("gradwatch:grad_norm_output_side:max",
-         f"max by ({BY_RUN}) (gradwatch_grad_norm"
-         f" unless on ({BY_RUN_LAYER}) {INPUT_SIDE_LAYERS})"),
-        ("gradwatch:grad_norm_depth_ratio",
-         "gradwatch:grad_norm:input_side"
-         f" / on ({BY_RUN}) group_left () gradwatch:grad_norm_output_side:max"),
+        *vanishing_recording_rules(),
+        *loss_recording_rules(thresholds),
         ("gradwatch:layer_depth:padded", padded_depth),
         *((f"gradwatch:{metric}:by_depth",
            f"max by ({BY_RUN_LAYER}) (gradwatch_{metric})"
@@ -149,15 +194,32 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
     return [{"record": name, "expr": expr} for name, expr in rules]
 
 
+def vanishing_layers(t: Thresholds, run: str = "") -> str:
+    """Per layer (run, rank, layer): its gradient norm over the output-side quarter's
+    geometric mean, where that ratio is below ``vanishing_depth_ratio``, the input-side
+    quarter's is too, and the optimizer barely moves the layer (or its update ratio is not
+    measured). ``run``: only that run's series (a Go printf verb in culprit templates)."""
+    only = f'{{run="{run}"}}' if run else ""
+    output_side = f"gradwatch:grad_norm:log_mean_output_quarter{only}"
+    ratio = repr(t.vanishing_depth_ratio)
+    return (f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm{only})"
+            f" / on ({BY_RUN}) group_left () exp({output_side}) < {ratio}"
+            f" and on ({BY_RUN}) (exp(gradwatch:grad_norm:log_mean_input_quarter{only}"
+            f" - {output_side}) < {ratio})"
+            f" unless on ({BY_RUN_LAYER}) (max by ({BY_RUN_LAYER}) (gradwatch_update_ratio{only})"
+            f" >= {t.update_ratio_low!r})")
+
+
 def alerts(t: Thresholds) -> list[Alert]:
-    """The seven contract alerts, with their numbers taken from ``t``."""
+    """The alert table's rule alerts, with their numbers taken from ``t``."""
     vanishing_for = f"{int(t.vanishing_samples * SCRAPE_INTERVAL_SECONDS)}s"
+    level_rise = f"(gradwatch:loss:median{RECENT_WINDOW} / gradwatch:loss:median_before)"
+    spike = f"(max by ({BY_RUN}) (gradwatch_loss) / gradwatch:loss:median{HISTORY_WINDOW})"
     return [
         Alert(
-            "NonFiniteValues", "critical",
+            "NonFiniteValues",
             f"max by (run) (gradwatch:nonfinite:increase{COUNTER_WINDOW}) > 0"
             f" or on (run) max by (run) (gradwatch:nonfinite_steps:increase{COUNTER_WINDOW}) > 0",
-            "Non-finite values (NaN/Inf) in run {{ $labels.run }}" + LAYER_TEXT,
             "{{ $value | humanize }} non-finite values (or steps) in the last "
             f"{COUNTER_WINDOW} in run {{{{ $labels.run }}}}{LAYER_TEXT}; no layer means the loss "
             "or a step-level count. Usually an explosion that overflowed.",
@@ -167,57 +229,57 @@ def alerts(t: Thresholds) -> list[Alert]:
                                                 f'{COUNTER_WINDOW}{{run="%s"}} > 0'))),
         ),
         Alert(
-            "GradientExplosion", "critical",
+            "GradientExplosion",
             f"max by (run) (gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW}) > 0",
-            "Gradient explosion in run {{ $labels.run }}",
             f"{{{{ $value | humanize }}}} steps in the last {COUNTER_WINDOW} of run "
             f"{{{{ $labels.run }}}}{LAYER_TEXT} had a global gradient norm above "
             f"{floatToGoString(t.explosion_norm)}.",
             culprits=(("layers", named_by("layer", 'gradwatch_grad_norm{run="%s"}')),),
         ),
         Alert(
-            "GradientVanishing", "warning",
-            f"min by (run) (gradwatch:grad_norm_depth_ratio) < {t.vanishing_depth_ratio!r}",
-            "Vanishing gradients in run {{ $labels.run }}" + LAYER_TEXT,
-            f"An input-side layer of run {{{{ $labels.run }}}}{LAYER_TEXT} has a gradient norm "
-            "{{ printf \"%.3g\" $value }} times the largest output-side layer's, below "
-            f"{t.vanishing_depth_ratio!r}, for {vanishing_for}.",
+            "GradientVanishing",
+            # the layers far below the output side, while the quarters' ratio is below the
+            # threshold and the optimizer barely moves them (or update ratios are not measured)
+            f"min by (run) ({vanishing_layers(t)})",
+            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: an input-side layer's gradient norm is "
+            "{{ printf \"%.3g\" $value }}x the output-side quarter's geometric mean, and "
+            f"the input-side quarter below {t.vanishing_depth_ratio!r}x it, for "
+            f"{vanishing_for}.",
             for_=vanishing_for,
-            culprits=(("layers", named_by("layer", 'gradwatch:grad_norm_depth_ratio{run="%s"}'
-                                          f" < {t.vanishing_depth_ratio!r}")),),
+            culprits=(("layers", named_by("layer", vanishing_layers(t, run="%[1]s"))),),
         ),
         Alert(
-            "LossDivergence", "critical",
-            f"max by (run) ("
-            f"(gradwatch_loss > {t.loss_spike_factor!r}"
-            f" * max_over_time(gradwatch_loss[{HISTORY_WINDOW}] offset {COUNTER_WINDOW})"
-            f" or avg_over_time(gradwatch_loss[{RECENT_WINDOW}]) > {t.loss_growth_factor!r}"
-            f" * min_over_time(gradwatch_loss[{HISTORY_WINDOW}]))"
-            # Factors of a loss only make sense while it is positive.
-            f" and min_over_time(gradwatch_loss[{HISTORY_WINDOW}]) > 0)",
-            "Loss diverging in run {{ $labels.run }}",
-            f"Loss of run {{{{ $labels.run }}}}{LAYER_TEXT} reached "
-            f"{{{{ $value | humanize }}}} (latest "
-            f"value or {RECENT_WINDOW} average): above "
-            f"{t.loss_spike_factor!r}x its earlier {HISTORY_WINDOW} maximum, or its last "
-            f"{RECENT_WINDOW} average above {t.loss_growth_factor!r}x its {HISTORY_WINDOW} "
-            "minimum.",
+            "LossDivergence",
+            f"max by (run) ({level_rise} > {t.loss_divergence_factor!r}"
+            f" and ln{level_rise} > {t.loss_divergence_sigmas!r} * gradwatch:loss:log_sigma_before"
+            " and on (run, rank) gradwatch:loss:judged)",
+            f"The median loss of run {{{{ $labels.run }}}}{LAYER_TEXT} over the last "
+            f"{RECENT_WINDOW} is {{{{ printf \"%.3g\" $value }}}}x its median of the "
+            f"{HISTORY_WINDOW} before (alert above {t.loss_divergence_factor!r}x and "
+            f"{t.loss_divergence_sigmas!r} robust sigmas of log(loss)): a sustained rise.",
         ),
         Alert(
-            "AmpOverflowStorm", "warning",
+            "LossSpike",
+            f"max by (run) ({spike} > {t.loss_spike_factor!r}"
+            f" and ln{spike} > {t.loss_noise_sigmas!r} * gradwatch:loss:log_sigma{HISTORY_WINDOW}"
+            " and on (run, rank) gradwatch:loss:judged)",
+            f"The loss of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
+            f"{{{{ printf \"%.3g\" $value }}}}x its {HISTORY_WINDOW} median (alert above "
+            f"{t.loss_spike_factor!r}x and {t.loss_noise_sigmas!r} robust sigmas of log(loss)).",
+        ),
+        Alert(
+            "AmpOverflowStorm",
             f"max by (run) (gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW})"
             f" >= {t.amp_skipped_steps!r}",
-            "AMP overflow storm in run {{ $labels.run }}",
             f"The loss scaler of run {{{{ $labels.run }}}}{LAYER_TEXT} skipped "
             f"{{{{ $value | humanize }}}} steps in {HISTORY_WINDOW} (alert at "
             f"{t.amp_skipped_steps!r}): fp16 values keep overflowing.",
         ),
         Alert(
-            "TrainingStalled", "warning",
+            "TrainingStalled",
             # a clean end is no stall (the Pushgateway keeps the last push of a kept run)
             f"max by (run) (gradwatch:seconds_since_last_step"
             f" unless on ({BY_RUN}) gradwatch_run_finished == 1) > {t.stalled_seconds!r}",
-            "Training stalled in run {{ $labels.run }}",
             f"Run {{{{ $labels.run }}}}{LAYER_TEXT} made no step for "
             "{{ $value | humanizeDuration }} while its metrics are still served (alert after "
             f"{t.stalled_seconds!r}s).",
@@ -225,7 +287,7 @@ def alerts(t: Thresholds) -> list[Alert]:
                                          f" > {t.stalled_seconds!r}")),),
         ),
         Alert(
-            "TrainerDown", "critical",
+            "TrainerDown",
             # Per run: the targets down whose last hour of samples shows a run that did not
             # end cleanly (gradwatch_run_finished 1, kept by its last scrape); a target down
             # with no run seen in the last hour alerts alone, without a run. absent() is not
@@ -240,8 +302,6 @@ def alerts(t: Thresholds) -> list[Alert]:
             # a finished target left in file_sd pages nothing for a day
             f' unless on (job, instance)'
             f' last_over_time(gradwatch_run_finished{{job="{TRAINER_JOB}"}}[1d]) == 1)',
-            "Trainer down: {{ with $labels.run }}run {{ . }}{{ else }}"
-            "{{ $labels.instance }}{{ end }}",
             "Prometheus cannot scrape {{ with $labels.run }}{{ $value }} target(s) of run "
             "{{ . }}, which did not end cleanly{{ else }}{{ $labels.instance }}, with no run "
             "seen in the last hour{{ end }}" + LAYER_TEXT + ". A clean end sets gradwatch_run_finished "
@@ -254,21 +314,35 @@ def alerts(t: Thresholds) -> list[Alert]:
     ]
 
 
-def alerting_rule(alert: Alert) -> dict:
-    """One alert in Prometheus' rule-file shape."""
+#: Go-template spelling of the alert table's summary fields.
+SUMMARY_FIELDS = {"run": "{{ $labels.run }}", "layer": LAYER_TEXT,
+                  "run_or_instance": "{{ with $labels.run }}run {{ . }}{{ else }}"
+                                     "{{ $labels.instance }}{{ end }}"}
+
+
+def summary_template(name: str) -> str:
+    """The alert table's headline of ``name`` as a Prometheus annotation template."""
+    return alert_spec(name).summary.format(**SUMMARY_FIELDS)
+
+
+def alerting_rule(alert: Alert, runbook_base_url: str = RUNBOOK_BASE_URL) -> dict:
+    """One alert in Prometheus' rule-file shape, its table row filling in the rest."""
+    spec = alert_spec(alert.name)
     rule = {"alert": alert.name, "expr": alert.expr}
     if alert.for_ != "0s":
         rule["for"] = alert.for_
-    rule["labels"] = {"severity": alert.severity}
+    rule["labels"] = {"severity": spec.severity} | (
+        {"regime": spec.regime} if spec.regime else {})
     rule["annotations"] = {
-        "summary": alert.summary,
+        "summary": summary_template(alert.name),
         "description": alert.description,
-        "runbook_url": f"{RUNBOOK}#{alert.name.lower()}",
+        "remedy": spec.remedy,
+        "runbook_url": spec.runbook_url(runbook_base_url),
     } | dict(alert.culprits)
     return rule
 
 
-def rule_groups(thresholds: Thresholds) -> dict:
+def rule_groups(thresholds: Thresholds, runbook_base_url: str = RUNBOOK_BASE_URL) -> dict:
     """The whole rule file as a dict.
 
     One group: rules of a group are evaluated in order, so every alert reads the recording
@@ -276,22 +350,32 @@ def rule_groups(thresholds: Thresholds) -> dict:
     """
     return {"groups": [{
         "name": "gradwatch",
-        "rules": recording_rules(thresholds) + [alerting_rule(a) for a in alerts(thresholds)],
+        "rules": recording_rules(thresholds) + [alerting_rule(a, runbook_base_url)
+                                                for a in alerts(thresholds)],
     }]}
 
 
-def render_rules(thresholds: Thresholds | None = None) -> str:
+def render_rules(thresholds: Thresholds | None = None,
+                 runbook_base_url: str = RUNBOOK_BASE_URL) -> str:
     """The rule file's text for ``thresholds`` (defaults when None)."""
-    header = ("# Generated by monitor/rules.py from monitor/thresholds.py: do not edit.\n"
+    header = ("# Generated by monitor/rules.py from monitor/thresholds.py and\n"
+              "# monitor/alert_table.py: do not edit.\n"
               "# Regenerate with monitor.rules.write_rules (gradwatch rules).\n")
-    body = yaml.safe_dump(rule_groups(thresholds or Thresholds()), sort_keys=False,
-                          width=200, allow_unicode=True)
+    body = yaml.safe_dump(rule_groups(thresholds or Thresholds(), runbook_base_url),
+                          sort_keys=False, width=200, allow_unicode=True)
     return header + body
 
 
-def write_rules(path: str | Path = RULES_PATH, thresholds: Thresholds | None = None) -> Path:
-    """Write the rule file for ``thresholds`` to ``path``; returns the path."""
+def write_rules(path: str | Path = RULES_PATH, thresholds: Thresholds | None = None,
+                runbook_base_url: str = RUNBOOK_BASE_URL) -> Path:
+    """Write the rule file for ``thresholds`` to ``path``, its runbook links under
+    ``runbook_base_url``; returns the path.
+
+    Raises:
+        ValueError: a runbook_base_url that is not an absolute http(s) URL.
+    """
+    check_runbook_base_url(runbook_base_url)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_rules(thresholds))
+    path.write_text(render_rules(thresholds, runbook_base_url))
     return path

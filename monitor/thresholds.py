@@ -70,12 +70,26 @@ class Thresholds:
     history_min_steps: float = _t(
         10, "Steps of history needed before a spike can be judged against it: the first "
         "steps of training are no baseline.", low=1, high=100_000)
+    loss_warmup_steps: float = _t(
+        100, "Steps before the loss is judged: the first steps (warm-up, Adam's early "
+        "overshoot) are no baseline.", low=0, high=100_000)
     loss_spike_factor: float = _t(
-        10.0, "Loss above this many times the max of the recent window is a spike.", low=1.0)
-    loss_growth_factor: float = _t(
-        4.0, "Loss mean of the latest quarter of the window above this many times the "
-        "lowest quarter's mean is sustained growth (quarter means: a converged loss's "
-        "noise is no growth).", low=1.0)
+        3.0, "One step's loss above this many times the rolling median (and loss_noise_sigmas "
+        "above it) is a spike: a warning.", low=1.0)
+    loss_noise_sigmas: float = _t(
+        6.0, "Robust z-score of log(loss) (distance from the rolling median over the IQR's "
+        "sigma, IQR / 1.349) above which one step is a spike (OLMo: 6 sigma).", low=1.0)
+    loss_divergence_factor: float = _t(
+        1.5, "The median loss of the last loss_divergence_steps steps above this many times "
+        "the median of the history before them is divergence: a critical alert (a rise "
+        "from 1.1 to 1.9 is one, so is 0.01 to 0.1).", low=1.0)
+    loss_divergence_sigmas: float = _t(
+        2.0, "The rise of log(loss) that is divergence must also exceed this many robust "
+        "sigmas of the history's log(loss), so the noise of small batches is no rise.",
+        low=0.0)
+    loss_divergence_steps: float = _t(
+        20, "Steps whose median is the loss's current level: over half of them must be "
+        "high, which is the persistence before a page.", low=2, high=10_000)
     saturation_ratio: float = _t(
         0.5, "Fraction of saturated sigmoid/tanh outputs above which a layer is saturated.",
         high=1.0)

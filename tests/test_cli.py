@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,16 @@ def test_thresholds_file_changes_the_rules_and_bad_ones_are_named(tmp_path):
     assert result.returncode == 2 and "tanh_flat" in result.stderr
 
 
+def test_runbook_base_url_option_sets_every_link_and_bad_ones_are_named(tmp_path):
+    out = tmp_path / "r.yml"
+    assert gradwatch("rules", "--runbook-base-url", "https://wiki.example/rb", "--out",
+                     str(out)).returncode == 0
+    links = re.findall(r"runbook_url: (\S+)", out.read_text())
+    assert links and all(link.startswith("https://wiki.example/rb#") for link in links)
+    result = gradwatch("rules", "--runbook-base-url", "docs/runbook.md", "--out", str(out))
+    assert result.returncode == 2 and "runbook_base_url" in result.stderr
+
+
 def test_targets_writes_a_file_sd_entry_per_node(tmp_path):
     result = gradwatch("targets", "--host", "node7", "--port", "9400", "--ranks", "4",
                        "--label", "cluster=a", "--out", str(tmp_path))
@@ -92,7 +103,8 @@ def test_doctor_against_the_real_stack(prometheus_server, alertmanager_server, s
     assert "[skip] Alertmanager reachable" in dead.stdout
 
 
-def test_demo_shows_the_four_verdicts(tmp_path):
+def test_demo_shows_the_four_verdicts(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per row: the remedies are read whole
     result = gradwatch("demo", "--out", str(tmp_path / "demo"), "--port", "0", "--no-progress",
                        cwd=tmp_path, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,6 +113,12 @@ def test_demo_shows_the_four_verdicts(tmp_path):
             for line in table.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
     assert rows == {"healthy": "healthy", "vanishing": "vanishing", "exploding": "exploding",
                     "nan": "nonfinite"}
+    remedies = {line.split("│")[1].strip(): line.split("│")[5].strip()
+                for line in table.splitlines() if line.startswith("│")}
+    # context-aware: clipping at 1.0 is already on; the NaN run exploded first
+    assert remedies["exploding"].startswith("Gradient clipping is on (norm clipped to 1)")
+    assert remedies["nan"].startswith("Lower the learning rate")
+    assert "GradientExplosion at step" in remedies["nan"]
     assert "FIRING GradientVanishing" in result.stdout
     assert "FIRING NonFiniteValues" in result.stdout
     for run in rows:

@@ -16,6 +16,7 @@ from monitor.detectors import (
     GradientExplosion,
     GradientVanishing,
     LossDivergence,
+    LossSpike,
     NonFiniteValues,
     Sustained,
     Verdict,
@@ -99,37 +100,72 @@ def test_explosion_resolves_after_calm_steps_and_ignores_nonfinite():
 
 # ---------------------------------------------------------------- loss
 
-def test_loss_spike_and_resolution():
-    d = LossDivergence(T)
-    results = feed_pulses(d, [pulse(i, loss=2.0 - 0.01 * i) for i in range(50)])
-    assert not findings(results)
-    f = d.on_pulse(pulse(50, loss=25.0))  # 12.5x the max of 2.0
-    assert isinstance(f, Finding) and f.value == 25.0 and f.threshold == pytest.approx(20.0)
-    after = feed_pulses(d, [pulse(51 + i, loss=1.5) for i in range(int(T.history_min_steps))])
+def test_loss_spike_is_a_warning_judged_against_the_median():
+    rng = np.random.default_rng(0)
+    losses = list(1.0 + 0.05 * rng.standard_normal(150))
+    d = LossSpike(T)
+    assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(losses)]))
+    assert d.on_pulse(pulse(150, loss=2.5)) is Verdict.CLEAR  # 2.5x: below loss_spike_factor
+    f = d.on_pulse(pulse(151, loss=5.0))
+    window = np.log([*losses, 2.5])[-int(T.history_steps):]  # the history it judges against
+    q25, median, q75 = np.percentile(window, (25, 50, 75))
+    z = (math.log(5.0) - median) / ((q75 - q25) / 1.349)
+    assert z > T.loss_noise_sigmas
+    assert isinstance(f, Finding) and (f.severity, f.value) == ("warning", 5.0)
+    assert f"{math.exp(math.log(5.0) - median):.3g}x the median" in f.summary
+    after = feed_pulses(d, [pulse(152 + i, loss=1.0) for i in range(int(T.history_min_steps))])
     assert after[-1] is Verdict.CLEAR
+    assert isinstance(d.on_pulse(pulse(200, loss=5.0)), Finding)  # the spike stayed out
 
 
-def test_loss_sustained_growth():
-    d = LossDivergence(T)
-    losses = [1.0] * 30 + [1.0 * 1.15 ** i for i in range(1, 30)]
+def test_loss_spike_waits_for_the_warm_up():
+    d = LossSpike(T)
+    early = [pulse(i, loss=1.0) for i in range(50)] + [pulse(50, loss=100.0)]
+    assert not findings(feed_pulses(d, early))
+
+
+def divergence_step(losses: list[float], t: Thresholds = T) -> int | None:
+    """Independently: the first step whose last-20 median is 1.5x and 2 sigma above the
+    median of the (up to 100) steps before them, after the warm-up."""
+    n, h = int(t.loss_divergence_steps), int(t.history_steps)
+    logs = np.log(losses)
+    for i in range(int(t.loss_warmup_steps), len(losses)):
+        before = logs[max(0, i + 1 - n - h): i + 1 - n]
+        if len(before) < t.history_min_steps:
+            continue
+        q25, ref, q75 = np.percentile(before, (25, 50, 75))
+        rise = np.median(logs[i + 1 - n: i + 1]) - ref
+        if rise > math.log(t.loss_divergence_factor) and rise > 2 * (q75 - q25) / 1.349:
+            return i
+    return None
+
+
+@pytest.mark.parametrize("low, high", [(1.1, 1.9), (0.01, 0.1)])
+def test_loss_divergence_is_a_sustained_rise_relative_to_the_level(low, high):
+    rng = np.random.default_rng(1)
+    losses = list(low * np.exp(0.03 * rng.standard_normal(200))) + list(
+        high * np.exp(0.03 * rng.standard_normal(60)))
+    d, spikes = LossDivergence(T), LossSpike(T)
     results = feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(losses)])
     first = findings(results)[0]
-    # independently: first index where the last quarter's mean > 4x the lowest quarter mean
-    expected = next(i for i in range(10, len(losses))
-                    if np.array_split(np.array(losses[:i + 1]), 4)[-1].mean()
-                    > 4 * min(q.mean() for q in np.array_split(np.array(losses[:i + 1]), 4)))
-    assert first.step == expected
-    assert "quarter" in first.description
+    assert first.severity == "critical" and first.step == divergence_step(losses)
+    assert 200 + T.loss_divergence_steps // 2 - 1 <= first.step < 200 + T.loss_divergence_steps
+    spiked = findings(feed_pulses(spikes, [pulse(i, loss=v) for i, v in enumerate(losses)]))
+    assert [f.step for f in spiked[:1]] == ([200] if high / low > T.loss_spike_factor else [])
+    back = feed_pulses(d, [pulse(260 + i, loss=low) for i in range(40)])
+    assert Verdict.CLEAR in back  # the reference stayed where the loss stood
 
 
-def test_loss_converged_noise_and_negative_losses_do_not_fire():
+def test_loss_noise_of_small_batches_and_negative_losses_do_not_fire():
     rng = np.random.default_rng(0)
-    d = LossDivergence(T)
-    noise = 1e-12 * (1 + rng.random(300) * 3)  # converged: noise spanning 4x
-    assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(noise)]))
-    d = LossDivergence(T)
-    negative = [-5.0 + 0.01 * i for i in range(100)] + [-0.1, 3.0]
-    assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(negative)]))
+    trend = np.exp(-np.arange(1000) / 300)  # falling, with batch-size-4 noise: x/÷ e
+    noisy = trend * np.exp(rng.standard_normal(1000))
+    for make in (LossDivergence, LossSpike):
+        d = make(T)
+        assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(noisy)]))
+        negative = [-5.0 + 0.01 * i for i in range(200)] + [-0.1, 3.0]
+        d = make(T)
+        assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(negative)]))
 
 
 # ---------------------------------------------------------------- non-finite
@@ -392,3 +428,15 @@ def test_detectors_never_raise_on_fuzzed_input(items):
                 assert result is None or isinstance(result, (Finding, Verdict))
                 if isinstance(result, Finding):
                     assert isinstance(result.summary, str) and result.remedy
+
+
+def test_explosion_names_the_largest_gradients_of_the_latest_sample():
+    d = GradientExplosion(T)
+    feed_pulses(d, [pulse(i) for i in range(20)])
+    layers = ("emb", "h0", "h1", "h2", "head")
+    norms = [2.0, 900.0, math.nan, 40.0, 7.0]
+    d.on_snapshot(snapshot(20, layers=layers, grad_norm=norms))
+    f = d.on_pulse(pulse(21, norm=5e4))
+    order = sorted((n, name) for name, n in zip(layers, norms) if math.isfinite(n))[::-1]
+    assert f.layers == tuple(name for _, name in order[:GradientExplosion.CULPRITS])
+    assert "Largest gradient norms at step 20: h0 (900), h2 (40), head (7)" in f.description

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
+from monitor.alert_table import RUNBOOK_BASE_URL
 from monitor.alerts import ALERT_NAMES, Alert, AlertEngine
 from monitor.detectors import default_detectors
 from monitor.forensics import ForensicsSink
@@ -125,12 +126,17 @@ def make_alert(**fields) -> Alert:
 
 def test_alert_labels_and_annotations():
     alert = make_alert()
+    # one alert per (run, alertname), as the Prometheus rules' copy: the layers and the rank
+    # are annotations
     assert alert.labels() == {"alertname": "GradientVanishing", "severity": "critical",
-                              "run": "r1", "layer": "enc.0"}
-    assert alert.labels(world_size=4)["rank"] == "2"
-    assert make_alert(layers=()).labels()["layer"] == ""
+                              "run": "r1", "layer": "", "regime": "vanishing"}
+    assert alert.labels(world_size=4) == alert.labels()
+    assert alert.annotations(world_size=4)["rank"] == "2"
     assert alert.annotations() == {"summary": "s", "description": "d", "remedy": "fix",
-                                   "runbook_url": "docs/runbook.md#gradientvanishing"}
+                                   "runbook_url": f"{RUNBOOK_BASE_URL}#gradientvanishing",
+                                   "layers": "enc.0, enc.1"}
+    dead = make_alert(name="DeadUnits")  # an in-process per-layer warning keeps its layer
+    assert dead.labels()["layer"] == "enc.0" and "layers" not in dead.annotations()
     data = make_alert(value=math.nan).to_dict()
     assert data["value"] is None and data["layers"] == ["enc.0", "enc.1"]
     json.dumps(data, allow_nan=False)

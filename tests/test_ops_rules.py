@@ -8,11 +8,13 @@ from pathlib import Path
 import yaml
 
 from monitor import rules
+from monitor.alert_table import RULE_NAMES, RUNBOOK_BASE_URL
 from monitor.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The architecture's contract names (extended, never renamed) plus LossSpike.
 CONTRACT_ALERTS = {"NonFiniteValues", "GradientExplosion", "GradientVanishing", "LossDivergence",
-                   "AmpOverflowStorm", "TrainingStalled", "TrainerDown"}
+                   "AmpOverflowStorm", "TrainingStalled", "TrainerDown", "LossSpike"}
 
 
 def alert_rules(text: str) -> dict[str, dict]:
@@ -27,11 +29,12 @@ def test_committed_rules_equal_generated():
 
 def test_every_contract_alert_is_documented_and_labelled():
     found = alert_rules(rules.render_rules())
-    assert set(found) == CONTRACT_ALERTS
+    assert set(found) == CONTRACT_ALERTS == set(RULE_NAMES)
     for name, rule in found.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}
         notes = rule["annotations"]
-        assert notes["runbook_url"] == f"docs/runbook.md#{name.lower()}"
+        assert notes["runbook_url"] == f"{RUNBOOK_BASE_URL}#{name.lower()}"
+        assert notes["remedy"]
         assert "$labels.run" in notes["summary"] + notes["description"]
         assert "$value" in notes["description"]
         assert "$labels.layer" in notes["description"]
@@ -48,18 +51,29 @@ def test_one_alert_per_run_and_alertname():
         assert "layer" not in rule["labels"] and "rank" not in rule["labels"]
 
 
+def test_runbook_links_share_one_configurable_base(tmp_path):
+    path = rules.write_rules(tmp_path / "r.yml", runbook_base_url="https://wiki.example/rb")
+    for name, rule in alert_rules(path.read_text()).items():
+        assert rule["annotations"]["runbook_url"] == f"https://wiki.example/rb#{name.lower()}"
+
+
 def test_numbers_come_from_thresholds(tmp_path):
     custom = Thresholds(explosion_norm=500.0, vanishing_depth_ratio=0.01, stalled_seconds=60.0,
-                        amp_skipped_steps=7, loss_spike_factor=3.0, vanishing_samples=4)
+                        amp_skipped_steps=7, loss_spike_factor=4.0, vanishing_samples=4,
+                        loss_divergence_factor=1.25, loss_warmup_steps=50)
     path = rules.write_rules(tmp_path / "r.yml", custom)
     text = path.read_text()
     assert 'gradwatch_step_global_grad_norm_bucket{le="500.0"}' in text
     found = alert_rules(text)
-    assert found["GradientVanishing"]["expr"].endswith("< 0.01")
+    assert "< 0.01" in found["GradientVanishing"]["expr"]
     assert found["GradientVanishing"]["for"] == f"{4 * rules.SCRAPE_INTERVAL_SECONDS}s"
     assert found["TrainingStalled"]["expr"].endswith("> 60.0")
     assert found["AmpOverflowStorm"]["expr"].endswith(">= 7")
-    assert "gradwatch_loss > 3.0 *" in found["LossDivergence"]["expr"]
+    assert "gradwatch:loss:median10m) > 4.0" in found["LossSpike"]["expr"]
+    assert "gradwatch:loss:median_before) > 1.25" in found["LossDivergence"]["expr"]
+    recorded = {r["record"]: r["expr"] for g in yaml.safe_load(text)["groups"]
+                for r in g["rules"] if "record" in r}
+    assert "(gradwatch_step) >= 50" in recorded["gradwatch:loss:judged"]
 
 
 def test_explosion_bucket_label_matches_the_exporters_spelling():

@@ -258,6 +258,8 @@ def test_spike_level_and_thinning_keep_what_matters():
     level = spike_level(series, factor=10, window=2)
     assert level.steps.tolist() == [1, 2, 3, 4]
     assert level.values.tolist() == [10.0, 20.0, 20.0, 30.0]   # NaN is not a level
+    median = spike_level(series, factor=3, window=3, basis="median")  # the loss spike's basis
+    assert median.values.tolist() == [3.0, 4.5, 4.5, 7.5]
     values = np.ones(10_000)
     values[1234], values[4321], values[7777] = 1e6, 1e-6, np.inf
     thinned = thin(Series(np.arange(10_000), values), most=100)
