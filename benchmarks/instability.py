@@ -72,3 +72,90 @@ def token_batches(steps: int, batch: int = 16, seq: int = 33, vocab: int = 64, s
             tokens[:, i] = torch.where(noise, tokens[:, i], follow)
         out.append(tokens)
     return out
+
+
+#: The reproductions: (name, learning rate, qk-layernorm). The first diverges.
+RUNS = (("unstable: AdamW lr 0.1, no qk-layernorm", 0.1, False),
+        ("healthy twin: lr 0.03", 0.03, False),
+        ("healthy twin: lr 0.1 with qk-layernorm", 0.1, True))
+
+
+def train(lr: float, qk_norm: bool, steps: int, every_n_steps: int = 10, observers=(),
+          seed: int = 0):
+    """Train a TinyDecoder with AdamW (20 warm-up steps) under a Monitor; returns the
+    per-step losses and the Snapshots."""
+    from monitor.monitor import Monitor
+
+    class Keep:
+        def __init__(self):
+            self.snapshots = []
+
+        def on_pulse(self, pulse, monitor):
+            pass
+
+        def on_snapshot(self, snapshot, monitor):
+            self.snapshots.append(snapshot)
+
+    torch.manual_seed(seed)
+    model = TinyDecoder(qk_norm=qk_norm)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    keep = Keep()
+    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=every_n_steps,
+                      observers=[keep, *observers])
+    losses = []
+    for step, tokens in enumerate(token_batches(steps, seed=seed)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 20)
+        with monitor.step(step):
+            logits = model(tokens[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                   tokens[:, 1:].reshape(-1))
+            monitor.observe_loss(loss)
+            loss.backward()
+            monitor.observe_gradients()
+            optimizer.step()
+            optimizer.zero_grad()
+        losses.append(loss.item())
+    monitor.close()
+    return losses, keep.snapshots
+
+
+#: The loss has diverged at the first step whose 20-step mean loss is this many nats above
+#: the best 20-step mean before it.
+DIVERGED_NATS = 0.5
+LEADING = ("AttentionLogitGrowth", "OutputLogitDivergence", "AdamUpdateDecorrelation")
+
+
+def divergence_step(losses: list[float], window: int = 20) -> int | None:
+    """The first step whose ``window``-step mean loss is DIVERGED_NATS above the best
+    ``window``-step mean before it (or not finite); None if the loss never diverged."""
+    best = math.inf
+    for end in range(window, len(losses) + 1):
+        mean = sum(losses[end - window:end]) / window
+        if not math.isfinite(mean) or mean > best + DIVERGED_NATS:
+            return end - 1
+        best = min(best, mean)
+    return None
+
+
+def reproduce(steps: int = 600, every_n_steps: int = 10, seed: int = 0) -> list[dict]:
+    """Each RUN under the default detectors: its divergence step and its first alerts."""
+    from monitor.alerts import AlertEngine
+
+    results = []
+    for name, lr, qk_norm in RUNS:
+        engine = AlertEngine()
+        losses, _ = train(lr, qk_norm, steps, every_n_steps, observers=[engine], seed=seed)
+        first: dict[str, int] = {}
+        for alert in engine.history:
+            if alert.status == "firing":
+                first.setdefault(alert.name, alert.step)
+        results.append({"run": name, "diverged_at": divergence_step(losses),
+                        "final_loss": sum(losses[-20:]) / 20, "alerts": first})
+    return results
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for result in reproduce():
+        print(result)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +44,9 @@ ALERT_NAMES = (
     "NonFiniteValues", "GradientExplosion", "GradientVanishing", "LossDivergence",
     "AmpOverflowStorm", "InitializationSuspect", "SymmetricInitialization",
     "ActivationSaturation", "DeadUnits", "Fp16HeadroomLow",
+    # issue 17: leading indicators of transformer instability, skip-on-spike
+    "AttentionLogitGrowth", "OutputLogitDivergence", "AdamUpdateDecorrelation",
+    "UpdateSkipped",
 )
 
 
@@ -72,6 +75,7 @@ class Alert:
     origin_exact: bool | None
     starts_at: float
     ends_at: float | None
+    checkpoint: str | None = None  # checkpoint-on-alert: the file the state is saved to
 
     def labels(self, world_size: int = 1) -> dict[str, str]:
         """Alertmanager labels (its identity). ``rank`` only when ``world_size`` > 1, as on
@@ -88,12 +92,15 @@ class Alert:
 
     def annotations(self) -> dict[str, str]:
         """Alertmanager annotations: what, details, what to try, where to read more."""
-        return {
+        annotations = {
             "summary": self.summary,
             "description": self.description,
             "remedy": self.remedy,
             "runbook_url": f"{RUNBOOK}#{self.name.lower()}",
         }
+        if self.checkpoint:
+            annotations["checkpoint"] = self.checkpoint
+        return annotations
 
     def to_dict(self) -> dict[str, object]:
         """Every field as JSON-ready values (non-finite floats become None)."""
@@ -122,6 +129,8 @@ class AlertEngine:
         thresholds: the Thresholds; None adopts the Monitor's on first contact, so detectors,
             rules and dashboards judge by one object.
         stop_on: alert names that set ``should_stop`` when they fire.
+        checkpoint_path: called with each Finding about to fire; a path it returns is where
+            the state is saved (checkpoint-on-alert), named in the Alert. None: no saving.
         history_size: bound of ``history``.
         detectors: replaces the built-in detectors (objects with a ``name`` and
             ``on_pulse(pulse)`` and/or ``on_snapshot(snapshot)``, optionally ``flush()``,
@@ -136,6 +145,7 @@ class AlertEngine:
         thresholds: Thresholds | None = None,
         *,
         stop_on: Iterable[str] = (),
+        checkpoint_path: Callable[[Finding], str | None] | None = None,
         history_size: int = 1000,
         detectors: Sequence[object] | None = None,
     ) -> None:
@@ -156,6 +166,7 @@ class AlertEngine:
         self.active: dict[str, Alert] = {}
         self.history: deque[Alert] = deque(maxlen=history_size)
         self.should_stop = False
+        self.checkpoint_path = checkpoint_path
         self._warn = WarnOnce()
 
     # ------------------------------------------------------------------ observer API
@@ -233,13 +244,19 @@ class AlertEngine:
     def _fire(self, finding: Finding, monitor) -> Alert | None:
         if finding.name in self.active:
             return None
+        checkpoint = self.checkpoint_path(finding) if self.checkpoint_path else None
+        if checkpoint:
+            finding = dataclasses.replace(
+                finding, checkpoint=checkpoint, description=f"{finding.description} The "
+                f"state at the end of step {finding.step} is saved to {checkpoint}.")
         alert = Alert(
             name=finding.name, severity=finding.severity, status=FIRING,
             run=getattr(monitor, "run_name", "run"), rank=getattr(monitor, "rank", 0),
             step=finding.step, layers=finding.layers, value=finding.value,
             threshold=finding.threshold, summary=finding.summary,
             description=finding.description, remedy=finding.remedy, regime=finding.regime,
-            origin_exact=finding.origin_exact, starts_at=finding.time, ends_at=None)
+            origin_exact=finding.origin_exact, starts_at=finding.time, ends_at=None,
+            checkpoint=finding.checkpoint)
         self.active[alert.name] = alert
         self._emit(alert, monitor)
         if alert.name in self.stop_on:

@@ -37,7 +37,14 @@ LAYER_GAUGES = (
     "activation_saturation_ratio",
     "activation_dead_ratio",
     "activation_max_abs",
+    # issue 17: update statistics
+    "update_grad_cosine",
+    "adam_eps_dominated_ratio",
 )
+#: Per-attention-module gauges (label ``layer``: the module that computed attention).
+ATTENTION_GAUGES = ("attention_logit_max", "attention_entropy")
+#: Gauges of the output logits.
+OUTPUT_GAUGES = ("output_logit_logsumexp", "output_logit_max")
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "histogram": HistogramMetricFamily}
 #: The ``rank`` label value of figures over all ranks.
@@ -84,6 +91,7 @@ class PrometheusSink:
         self._active_regimes: dict[str, str] = {}
         self._clip_engaged = 0
         self._skipped = 0
+        self._skipped_updates = 0
         self._snapshots = 0
         self._server = None
         self.registry.register(self)
@@ -130,6 +138,8 @@ class PrometheusSink:
                 self._clip_engaged += 1
             if not pulse.optimizer_stepped and pulse.loss_scale is not None:
                 self._skipped += 1
+            if pulse.update_skipped:
+                self._skipped_updates += 1
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         layers, values = self._grouped(snapshot)
@@ -221,6 +231,22 @@ class PrometheusSink:
                     if not math.isnan(value):
                         family.add_metric([*labels, layer], value)
             yield family
+        yield from self._leading_metrics(base)
+
+    def _leading_metrics(self, base: list[str]) -> Iterator[Metric]:
+        """Attention and output-logit gauges of the latest Snapshot (issue 17)."""
+        snapshot = self._snapshot
+        for name in ATTENTION_GAUGES:
+            family = self._family(name)
+            for layer, value in zip(snapshot.attention_layers, getattr(snapshot, name)):
+                family.add_metric([*base, layer], value)
+            yield family
+        for name in OUTPUT_GAUGES:
+            family = self._family(name)
+            value = getattr(snapshot, name)
+            if not math.isnan(value):
+                family.add_metric(base, value)
+            yield family
 
     def _counters(self) -> Iterator[Metric]:
         base = list(self._base.values())
@@ -240,6 +266,7 @@ class PrometheusSink:
         for name, value in (
             ("grad_clip_engaged", self._clip_engaged),
             ("amp_skipped_steps", self._skipped),
+            ("skipped_updates", self._skipped_updates),
             ("overhead_seconds", overhead),
             ("snapshots", self._snapshots),
             ("export_dropped", self.count_dropped()),

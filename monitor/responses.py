@@ -41,6 +41,10 @@ class SkipOnSpike:
         self._position = 0
         self._saved: dict[int, list[torch.Tensor]] = {}
 
+    def renewed(self) -> SkipOnSpike:
+        """A SkipOnSpike with the same settings and no history (every fit starts fresh)."""
+        return SkipOnSpike(self.sigmas, self.window, self.min_steps)
+
     def save(self, optimizer: torch.optim.Optimizer) -> None:
         """Copy what ``optimizer``'s step will change (call right before it)."""
         self._saved[id(optimizer)] = [t.detach().clone() for t in _tensors(optimizer)]
