@@ -7,9 +7,10 @@ pushed only while the model's forward runs on a sampled step and sees
 - ``F.scaled_dot_product_attention`` (custom models, Hugging Face "sdpa" attention and
   ``nn.MultiheadAttention`` with ``need_weights=False``): the logits are recomputed from q
   and k with the call's scale and mask;
+- ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``): the logits are
+  recomputed from its inputs, projections and masks;
 - a softmax over the last dim of a 4-D tensor [batch, heads, queries, keys] (Hugging Face
-  "eager" attention), or any last-dim softmax inside ``F.multi_head_attention_forward``
-  (``nn.MultiheadAttention`` with weights): its input is the logits.
+  "eager" attention): its input is the logits.
 
 Each call is attributed to the innermost module running it. Every statistic is a device
 tensor; the Monitor packs them into the sampled step's one transfer.
@@ -17,6 +18,7 @@ tensor; the Monitor packs them into the sampled step's one transfer.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -39,25 +41,19 @@ class _AttentionMode(TorchFunctionMode):
     def __init__(self, record: Callable[..., None]) -> None:
         super().__init__()
         self.record = record
-        self.in_mha = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             self.record(_sdpa_logits(*args, **kwargs))
+        elif func is F.multi_head_attention_forward:
+            # its body runs with this mode off: the SDPA or softmax inside is not seen twice
+            self.record(_mha_logits(*args, **kwargs))
         elif func in _SOFTMAXES and args and isinstance(args[0], torch.Tensor):
             x = args[0]
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-            if dim in (-1, x.dim() - 1) and (x.dim() == 4 or self.in_mha):
+            if x.dim() == 4 and dim in (-1, 3):
                 self.record(x)
-        elif func is F.multi_head_attention_forward:
-            # re-entered: the softmax (or SDPA) inside is seen
-            self.in_mha = True
-            try:
-                with self:
-                    return func(*args, **kwargs)
-            finally:
-                self.in_mha = False
         return func(*args, **kwargs)
 
 
@@ -77,11 +73,68 @@ def _sdpa_logits(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causa
         logits = logits.masked_fill(keys[None, :] > rows[:, None], -math.inf)
     if attn_mask is not None:
         mask = attn_mask.detach().index_select(-2, rows) if attn_mask.shape[-2] > 1 else attn_mask
-        if mask.dtype == torch.bool:
-            logits = logits.masked_fill(~mask, -math.inf)
-        else:
-            logits = logits + mask.float()
+        logits = _masked(logits, mask, 0, disallowed=False)  # SDPA: True means attend
     return logits
+
+
+_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+
+
+@torch.no_grad()
+def _mha_logits(*args, **kwargs) -> torch.Tensor:
+    """The pre-softmax logits [batch, heads, queries, keys] of an
+    ``F.multi_head_attention_forward`` call (inputs sequence-first, as it takes them)."""
+    a = _MHA_SIGNATURE.bind(*args, **kwargs)
+    a.apply_defaults()
+    a = a.arguments
+    query, key, heads = a["query"].detach(), a["key"].detach(), a["num_heads"]
+    batched = query.dim() == 3
+    if not batched:
+        query, key = query.unsqueeze(1), key.unsqueeze(1)
+    embed = query.shape[-1]
+    bias = a["in_proj_bias"]
+    bias_q, bias_k = (None, None) if bias is None else (bias[:embed], bias[embed:2 * embed])
+    if a["use_separate_proj_weight"]:
+        weight_q, weight_k = a["q_proj_weight"], a["k_proj_weight"]
+    else:
+        weight_q, weight_k = a["in_proj_weight"][:embed], a["in_proj_weight"][embed:2 * embed]
+    q = F.linear(query, weight_q, bias_q)  # [L, N, E]
+    k = F.linear(key, weight_k, bias_k)  # [S, N, E]
+    if a["bias_k"] is not None:
+        k = torch.cat([k, a["bias_k"].expand(1, k.shape[1], embed)])
+    if a["add_zero_attn"]:
+        k = torch.cat([k, k.new_zeros(1, *k.shape[1:])])
+    length, batch, keys = q.shape[0], q.shape[1], k.shape[0]
+    q = q.reshape(length, batch, heads, -1).permute(1, 2, 0, 3)
+    k = k.reshape(keys, batch, heads, -1).permute(1, 2, 0, 3)
+    logits = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    mask = a["attn_mask"]
+    if mask is None and a["is_causal"]:
+        mask = torch.ones(length, keys, dtype=torch.bool, device=q.device).triu(1)
+    if mask is not None:
+        if mask.dim() == 3:
+            mask = mask.reshape(batch, heads, *mask.shape[1:])
+        logits = _masked(logits, mask, _pad_keys(mask, keys), disallowed=True)
+    padding = a["key_padding_mask"]
+    if padding is not None:
+        padding = padding.reshape(batch, 1, 1, -1) if batched else padding.reshape(1, 1, 1, -1)
+        logits = _masked(logits, padding, _pad_keys(padding, keys), disallowed=True)
+    return logits
+
+
+def _pad_keys(mask: torch.Tensor, keys: int) -> int:
+    """Key columns a mask lacks (bias_k / add_zero_attn add keys after the masks' ends)."""
+    return keys - mask.shape[-1]
+
+
+def _masked(logits: torch.Tensor, mask: torch.Tensor, missing: int,
+            disallowed: bool) -> torch.Tensor:
+    """``logits`` with a bool mask (True where ``disallowed``) or an additive float mask."""
+    if missing:
+        mask = F.pad(mask, (0, missing))
+    if mask.dtype == torch.bool:
+        return logits.masked_fill(mask if disallowed else ~mask, -math.inf)
+    return logits + mask.float()
 
 
 def _query_rows(length: int, device: torch.device) -> torch.Tensor:
