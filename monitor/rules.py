@@ -214,6 +214,54 @@ def alerts(t: Thresholds) -> list[Alert]:
     ]
 
 
+def leading_alerts(t: Thresholds) -> list[Alert]:
+    """Issue 17: leading indicators of transformer instability and skip-on-spike, by level
+    (the trainer's detectors also judge growth and drift, which need the sample history)."""
+    leading_for = f"{int(t.leading_samples * SCRAPE_INTERVAL_SECONDS)}s"
+    return [
+        Alert(
+            "AttentionLogitGrowth", "warning",
+            f"max by ({BY_RUN_LAYER}) (gradwatch_attention_logit_max)"
+            f" > {t.attention_logit_level!r}",
+            "Attention logits growing in run {{ $labels.run }}" + LAYER_TEXT,
+            f"The max attention logit of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
+            f"{{{{ $value | humanize }}}}, above {t.attention_logit_level!r} for {leading_for}: "
+            "attention collapses before the loss diverges.",
+            for_=leading_for,
+        ),
+        Alert(
+            "OutputLogitDivergence", "warning",
+            f"max by ({BY_RUN}) (abs(gradwatch_output_logit_logsumexp))"
+            f" > {t.output_logsumexp_level!r}",
+            "Output logits drifting in run {{ $labels.run }}",
+            f"|log Z| of the output logits of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
+            f"{{{{ $value | humanize }}}}, above {t.output_logsumexp_level!r} for "
+            f"{leading_for}.",
+            for_=leading_for,
+        ),
+        Alert(
+            "AdamUpdateDecorrelation", "warning",
+            f"quantile by ({BY_RUN}) (0.5, gradwatch_update_grad_cosine)"
+            f" < {t.update_grad_cosine_low!r}"
+            f" or quantile by ({BY_RUN}) (0.5, gradwatch_adam_eps_dominated_ratio)"
+            f" > {t.eps_dominated_ratio!r}",
+            "Adam updates decorrelated in run {{ $labels.run }}",
+            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: median update/gradient cosine below "
+            f"{t.update_grad_cosine_low!r} or median eps-dominated ratio above "
+            f"{t.eps_dominated_ratio!r} (value {{{{ printf \"%.3g\" $value }}}}) for {leading_for}.",
+            for_=leading_for,
+        ),
+        Alert(
+            "UpdateSkipped", "warning",
+            f"sum by ({BY_RUN}) "
+            f"({counted_in('gradwatch_skipped_updates_total', COUNTER_WINDOW)}) > 0",
+            "Updates skipped in run {{ $labels.run }}",
+            f"Skip-on-spike undid {{{{ $value | humanize }}}} outlier updates of run "
+            f"{{{{ $labels.run }}}}{LAYER_TEXT} in the last {COUNTER_WINDOW}.",
+        ),
+    ]
+
+
 def alerting_rule(alert: Alert) -> dict:
     """One alert in Prometheus' rule-file shape."""
     rule = {"alert": alert.name, "expr": alert.expr}
@@ -236,7 +284,8 @@ def rule_groups(thresholds: Thresholds) -> dict:
     """
     return {"groups": [{
         "name": "gradwatch",
-        "rules": recording_rules(thresholds) + [alerting_rule(a) for a in alerts(thresholds)],
+        "rules": recording_rules(thresholds) + [
+            alerting_rule(a) for a in alerts(thresholds) + leading_alerts(thresholds)],
     }]}
 
 

@@ -12,7 +12,10 @@ from monitor.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT_ALERTS = {"NonFiniteValues", "GradientExplosion", "GradientVanishing", "LossDivergence",
-                   "AmpOverflowStorm", "TrainingStalled", "TrainerDown"}
+                   "AmpOverflowStorm", "TrainingStalled", "TrainerDown",
+                   # issue 17
+                   "AttentionLogitGrowth", "OutputLogitDivergence", "AdamUpdateDecorrelation",
+                   "UpdateSkipped"}
 
 
 def alert_rules(text: str) -> dict[str, dict]:
