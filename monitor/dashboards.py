@@ -171,10 +171,48 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
         graph("Steps per second", query(f"gradwatch:steps_per_second:deriv{COUNTER_WINDOW}"
                                         f"{{{RUN}}}"), width=6),
         heartbeat,
+        *leading_health_panels(t),
     ]
     for panel in panels:
         board = board.with_panel(panel)
     return board
+
+
+def leading_health_panels(t: Thresholds) -> list[timeseries.Panel]:
+    """Issue 17: output logits, skip-on-spike, attention per module."""
+    level = t.output_logsumexp_level
+    return [
+        graph("Output logits: mean log Z and max",
+              query(f"gradwatch_output_logit_logsumexp{{{RUN}}}", RUN_LEGEND + " log Z"),
+              query(f"gradwatch_output_logit_max{{{RUN}}}", RUN_LEGEND + " max", "B"),
+              lines=steps((None, "red"), (-level, "green"), (level, "red")),
+              description=explain(t, "output_logsumexp_level", "output_logsumexp_drift")),
+        graph(f"Skipped updates ({COUNTER_WINDOW}, skip-on-spike)",
+              query(f"sum by (run, rank) "
+                    f"({counted_in(f'gradwatch_skipped_updates_total{{{RUN}}}', COUNTER_WINDOW)})"),
+              lines=steps((None, "green"), (1, "red"))),
+        # attention modules are not layers (they own no parameters): no depth order
+        graph("Attention logit max by module",
+              query(f"gradwatch_attention_logit_max{{{RUN}}}", RUN_LEGEND + " {{layer}}"),
+              log=True, lines=steps((None, "green"), (t.attention_logit_level, "red")),
+              description=explain(t, "attention_logit_level", "attention_logit_growth_factor")),
+        graph("Attention entropy by module (nats)",
+              query(f"gradwatch_attention_entropy{{{RUN}}}", RUN_LEGEND + " {{layer}}")),
+    ]
+
+
+def leading_layer_panels(t: Thresholds) -> list[timeseries.Panel]:
+    """Issue 17: update/gradient cosine and Adam eps-dominated ratio per layer."""
+    return [
+        graph("Update/gradient cosine",
+              query(f"gradwatch:update_grad_cosine:by_depth{{{LAYER}}}", DEPTH_LEGEND),
+              lines=steps((None, "red"), (t.update_grad_cosine_low, "green")),
+              description=explain(t, "update_grad_cosine_low")),
+        graph("Adam eps-dominated ratio",
+              query(f"gradwatch:adam_eps_dominated_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND),
+              unit="percentunit", lines=steps((None, "green"), (t.eps_dominated_ratio, "red")),
+              description=explain(t, "eps_dominated_ratio")),
+    ]
 
 
 def depth_profile(title: str, metric: str, log: bool) -> barchart.Panel:
@@ -222,6 +260,7 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
               query(f"gradwatch:activation_dead_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND),
               unit="percentunit", lines=steps((None, "green"), (t.dead_ratio, "red")),
               description=explain(t, "dead_ratio")),
+        *leading_layer_panels(t),
     ]
     for panel in panels:
         board = board.with_panel(panel)

@@ -43,6 +43,9 @@ DEPTH_ORDERED_METRICS = (
     "activation_variance",
     "activation_saturation_ratio",
     "activation_dead_ratio",
+    # issue 17
+    "update_grad_cosine",
+    "adam_eps_dominated_ratio",
 )
 RULES_PATH = Path("deploy/prometheus/rules/gradwatch.rules.yml")
 
