@@ -201,16 +201,18 @@ class AttentionProbe:
 
     def _push(self, name: str):
         def push(module, args):
-            self._stack.append(name)
-            if module is self.model and not self.paused:
+            # on from the outermost module called (a LightningModule's training_step may
+            # call its submodules, never its own forward)
+            if not self._stack and not self.paused:
                 self._mode.__enter__()
                 self._mode_depth += 1
+            self._stack.append(name)
         return push
 
     def _pop(self, module, args, output) -> None:
         if self._stack:
             self._stack.pop()
-        if module is self.model and self._mode_depth:
+        if not self._stack and self._mode_depth:
             self._mode_depth -= 1
             self._mode.__exit__(None, None, None)
 

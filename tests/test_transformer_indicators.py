@@ -21,7 +21,7 @@ from monitor.alerts import AlertEngine
 from monitor.monitor import Monitor
 from monitor.responses import SkipOnSpike
 
-from .helpers import regression_data, samples, tanh_mlp
+from .helpers import read_scalars, regression_data, sample, samples, scrape, tanh_mlp
 from .lightning_models import lightning, trainer
 from .test_host_syncs import SCALAR_READS, CountHostCopies
 
@@ -232,6 +232,52 @@ def test_the_new_statistics_add_no_host_sync_and_do_not_change_training():
     assert all(torch.equal(a, b) for a, b in zip(bare, watched))
     assert copies - bare_copies == 3  # steps 0, 2, 4
     assert reads - bare_reads == 0
+
+
+def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
+    pl = lightning()
+    batches = token_batches(4, seq=17)
+
+    class Decoder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = TinyDecoder(seq=16)
+
+        def training_step(self, batch, batch_idx):
+            return lm_step(self.model, batch[0])[1]
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(batches, batch_size=1)
+
+    scraped = {}
+
+    class Scrape(pl.Callback):
+        def on_train_end(self, trainer, module):  # after gradwatch's: /metrics is up to date
+            scraped["text"] = scrape(diagnostics.prometheus_url)
+
+    diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0,
+                                      tensorboard_dir=str(tmp_path / "tb"))
+    trainer(callbacks=[diagnostics, Scrape()], root=str(tmp_path), max_steps=4,
+            logger=False).fit(Decoder())
+    snapshot = diagnostics.last_snapshot
+    parsed = samples(scraped["text"])
+    scalars = read_scalars(str(tmp_path / "tb"))
+    assert snapshot.attention_layers == ("model.blocks.0", "model.blocks.1")
+    for i, module in enumerate(snapshot.attention_layers):
+        for name in ("attention_logit_max", "attention_entropy"):
+            value = getattr(snapshot, name)[i]
+            assert sample(parsed, f"gradwatch_{name}", layer=module) == pytest.approx(value)
+            assert scalars[f"gradwatch/{name}/{module}"][-1] == (3, pytest.approx(value))
+    for name in ("output_logit_logsumexp", "output_logit_max"):
+        assert sample(parsed, f"gradwatch_{name}") == pytest.approx(getattr(snapshot, name))
+    position = snapshot.layers.index("model.lm_head")
+    assert sample(parsed, "gradwatch_update_grad_cosine", layer="model.lm_head") == \
+        pytest.approx(snapshot.update_grad_cosine[position])
+    assert sample(parsed, "gradwatch_skipped_updates_total") == 0
 
 
 # ---------------------------------------------------------------------------- detectors
