@@ -10,6 +10,7 @@ first alert, the step the loss diverged and the cost of the new statistics per s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +156,123 @@ def reproduce(steps: int = 600, every_n_steps: int = 10, seed: int = 0) -> list[
     return results
 
 
+def sampled_step_cost(steps: int = 40, seed: int = 0) -> dict[str, float]:
+    """Median wall time of a sampled step of the TinyDecoder (every_n_steps=1) with and
+    without the new statistics (their probe and update table replaced by no-ops), steps
+    interleaved; and the aten ops they add per sampled step (torch.profiler)."""
+    import statistics
+    import time
+    from unittest import mock
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from monitor import update_stats
+    from monitor.attention import AttentionProbe
+    from monitor.monitor import Monitor
+
+    def setup():
+        torch.manual_seed(seed)
+        model = TinyDecoder()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return model, optimizer, Monitor(model, optimizers=[optimizer], every_n_steps=1)
+
+    def one_step(model, optimizer, monitor, step, tokens):
+        start = time.perf_counter()
+        with monitor.step(step):
+            logits = model(tokens[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                   tokens[:, 1:].reshape(-1))
+            monitor.observe_loss(loss)
+            loss.backward()
+            monitor.observe_gradients()
+            optimizer.step()
+            optimizer.zero_grad()
+        return time.perf_counter() - start
+
+    without = (mock.patch.object(AttentionProbe, "attach", lambda self: []),
+               mock.patch.object(update_stats, "record_update", lambda *a: None))
+    runs = {"with": setup(), "without": setup()}
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    ops = {}
+    batches = token_batches(steps + 1, seed=seed)
+    for step, tokens in enumerate(batches):
+        for name in ("with", "without") if step % 2 else ("without", "with"):
+            patches = without if name == "without" else ()
+            for patch in patches:
+                patch.start()
+            try:
+                if step == steps:  # the last step: counted, not timed
+                    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                        one_step(*runs[name], step, tokens)
+                    ops[name] = sum(1 for e in profiler.events() if e.name.startswith("aten::"))
+                elif step >= 3:  # warm-up
+                    times[name].append(one_step(*runs[name], step, tokens))
+                else:
+                    one_step(*runs[name], step, tokens)
+            finally:
+                for patch in patches:
+                    patch.stop()
+    for _, _, monitor in runs.values():
+        monitor.close()
+    with_ms = 1000 * statistics.median(times["with"])
+    without_ms = 1000 * statistics.median(times["without"])
+    return {"with_ms": with_ms, "without_ms": without_ms, "added_ms": with_ms - without_ms,
+            "added_ops": ops["with"] - ops["without"]}
+
+
+SECTION = "## Leading indicators of transformer instability (issue 17)"
+
+
+def section(results: list[dict], cost: dict[str, float], steps: int, every_n_steps: int) -> str:
+    """The docs/benchmarks.md section of ``reproduce`` and ``sampled_step_cost``."""
+    lines = [
+        SECTION, "",
+        f"`PYTHONPATH=. python -m benchmarks.instability`: a 2-layer decoder-only transformer "
+        f"(d_model 64, 4 heads, seq 32, vocabulary 64, pre-LayerNorm, attention through "
+        f"`F.scaled_dot_product_attention`, AdamW with 20 warm-up steps), {steps} steps on a "
+        f"synthetic language, sampled every {every_n_steps} steps, default Thresholds. The "
+        f"loss has diverged at the first step whose 20-step mean is {DIVERGED_NATS} nats above "
+        f"its best 20-step mean so far. Lead = divergence step - first alert step.", "",
+        "| run | diverged at step | final loss (last 20) | first alerts (step) | lead, steps |",
+        "| --- | ---: | ---: | --- | ---: |",
+    ]
+    for r in results:
+        alerts = ", ".join(f"{name} ({step})" for name, step in r["alerts"].items()) or "none"
+        leads = [r["diverged_at"] - r["alerts"][name] for name in LEADING
+                 if name in r["alerts"] and r["diverged_at"] is not None]
+        lines.append(f"| {r['run']} | {r['diverged_at'] if r['diverged_at'] is not None else '-'}"
+                     f" | {r['final_loss']:.3f} | {alerts} | "
+                     f"{max(leads) if leads else '-'} |")
+    lines += [
+        "",
+        f"Cost of the new statistics per sampled step of this model (every_n_steps=1, "
+        f"median of interleaved steps; 2 shared CPU cores, so only a rough figure): "
+        f"{cost['with_ms']:.1f} ms with them, {cost['without_ms']:.1f} ms without, "
+        f"{cost['added_ms']:+.1f} ms; {cost['added_ops']:+d} aten ops per sampled step "
+        f"(exact). Unsampled steps: nothing added.", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path = Path("docs/benchmarks.md")) -> None:
+    """Put ``text`` in place of the section in ``path`` (it is the file's last section)."""
+    current = path.read_text()
+    kept = current.split(SECTION)[0].rstrip("\n")
+    path.write_text(f"{kept}\n\n{text}")
+
+
+def kept_section(path: Path) -> str:
+    """This section of an existing report (for benchmarks/overhead.py to keep), or ""."""
+    if not path.exists() or SECTION not in path.read_text():
+        return ""
+    return "\n" + SECTION + path.read_text().split(SECTION, 1)[1]
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    for result in reproduce():
+    results = reproduce()
+    for result in results:
         print(result)
+    cost = sampled_step_cost()
+    print(cost)
+    write_section(section(results, cost, steps=600, every_n_steps=10))

@@ -55,6 +55,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     - ``gradwatch_activation_dead_ratio{layer}``: fraction of exact zeros (dead ReLU units)
     - ``gradwatch_activation_max_abs{layer}``: max |x| of the activation
     - ``gradwatch_layer_depth{layer}``, ``gradwatch_layers``: depth order and layer count
+    - ``gradwatch_attention_logit_max{layer}``, ``gradwatch_attention_entropy{layer}``: per
+      module that computed attention (SDPA, ``nn.MultiheadAttention``, Hugging Face
+      eager/sdpa, intercepted during the sampled forward only): max logit, mean entropy
+    - ``gradwatch_output_logit_logsumexp``, ``gradwatch_output_logit_max``: of the output
+      logits (``lm_head``, else the last Linear)
+    - ``gradwatch_update_grad_cosine{layer}``, ``gradwatch_adam_eps_dominated_ratio{layer}``:
+      cos(update, gradient); share of Adam elements with sqrt(v_hat) <= 10 eps
+    - ``gradwatch_skipped_updates_total``: updates undone by ``skip_on_spike``
     - ``gradwatch_global_grad_norm``, ``gradwatch_loss``, ``gradwatch_step``,
       ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``:
       latest step
@@ -75,7 +83,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     Alerts (``docs/runbook.md``): an initialisation audit before the first step, then
     NonFiniteValues, GradientExplosion, LossDivergence, AmpOverflowStorm (every step) and
-    GradientVanishing, ActivationSaturation, DeadUnits, Fp16HeadroomLow (sampled steps),
+    GradientVanishing, ActivationSaturation, DeadUnits, Fp16HeadroomLow and the leading
+    indicators AttentionLogitGrowth, OutputLogitDivergence, AdamUpdateDecorrelation (sampled
+    steps), UpdateSkipped (with ``skip_on_spike``),
     each saying what happened, where (step, layers, rank) and what to try. They go to the
     log (logger ``gradwatch.alerts``), TensorBoard, ``gradwatch_alerts_total`` and
     ``gradwatch_regime``, and optionally to Alertmanager, a webhook and your callable,

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .export import WarnOnce
+
 #: Query rows per attention call whose logits are measured: longer sequences are
 #: sub-sampled at evenly spaced positions (bounds the cost at rows x keys per head).
 MAX_QUERY_ROWS = 64
@@ -41,9 +43,18 @@ class _AttentionMode(TorchFunctionMode):
     def __init__(self, record: Callable[..., None]) -> None:
         super().__init__()
         self.record = record
+        self._warn = WarnOnce()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        try:
+            self._look(func, args, kwargs)
+        except Exception as exc:  # an unforeseen call shape must not stop the training
+            self._warn(f"attention:{func}", "gradwatch: attention statistics of %s skipped "
+                       "(reported once): %r", getattr(func, "__name__", func), exc)
+        return func(*args, **kwargs)
+
+    def _look(self, func, args, kwargs) -> None:
         if func is F.scaled_dot_product_attention:
             self.record(_sdpa_logits(*args, **kwargs))
         elif func is F.multi_head_attention_forward:
@@ -54,7 +65,6 @@ class _AttentionMode(TorchFunctionMode):
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
             if x.dim() == 4 and dim in (-1, 3):
                 self.record(x)
-        return func(*args, **kwargs)
 
 
 @torch.no_grad()
