@@ -81,6 +81,25 @@ RUNS = (("unstable: AdamW lr 0.1, no qk-layernorm", 0.1, False),
         ("healthy twin: lr 0.1 with qk-layernorm", 0.1, True))
 
 
+def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of ``model`` on ``tokens`` [batch, seq + 1]."""
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def monitored_step(monitor, step: int, optimizer: torch.optim.Optimizer,
+                   compute_loss) -> torch.Tensor:
+    """One step of a plain loop under ``monitor``: the loss, backward, the optimizer step."""
+    with monitor.step(step):
+        loss = compute_loss()
+        monitor.observe_loss(loss)
+        loss.backward()
+        monitor.observe_gradients()
+        optimizer.step()
+        optimizer.zero_grad()
+    return loss
+
+
 def train(lr: float, qk_norm: bool, steps: int, every_n_steps: int = 10, observers=(),
           seed: int = 0):
     """Train a TinyDecoder with AdamW (20 warm-up steps) under a Monitor; returns the
@@ -107,15 +126,7 @@ def train(lr: float, qk_norm: bool, steps: int, every_n_steps: int = 10, observe
     for step, tokens in enumerate(token_batches(steps, seed=seed)):
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 20)
-        with monitor.step(step):
-            logits = model(tokens[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                   tokens[:, 1:].reshape(-1))
-            monitor.observe_loss(loss)
-            loss.backward()
-            monitor.observe_gradients()
-            optimizer.step()
-            optimizer.zero_grad()
+        loss = monitored_step(monitor, step, optimizer, lambda: lm_loss(model, tokens))
         losses.append(loss.item())
     monitor.close()
     return losses, keep.snapshots
@@ -178,15 +189,7 @@ def sampled_step_cost(steps: int = 40, seed: int = 0) -> dict[str, float]:
 
     def one_step(model, optimizer, monitor, step, tokens):
         start = time.perf_counter()
-        with monitor.step(step):
-            logits = model(tokens[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                   tokens[:, 1:].reshape(-1))
-            monitor.observe_loss(loss)
-            loss.backward()
-            monitor.observe_gradients()
-            optimizer.step()
-            optimizer.zero_grad()
+        monitored_step(monitor, step, optimizer, lambda: lm_loss(model, tokens))
         return time.perf_counter() - start
 
     without = (mock.patch.object(AttentionProbe, "attach", lambda self: []),

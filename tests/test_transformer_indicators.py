@@ -15,7 +15,8 @@ from prometheus_client import generate_latest
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.instability import RUNS, TinyDecoder, divergence_step, token_batches, train
+from benchmarks.instability import (RUNS, TinyDecoder, divergence_step, lm_loss,
+                                    monitored_step, token_batches, train)
 from callbacks import TrainingDiagnostics
 from monitor.alerts import AlertEngine
 from monitor.monitor import Monitor
@@ -26,21 +27,11 @@ from .lightning_models import lightning, trainer
 from .test_host_syncs import SCALAR_READS, CountHostCopies
 
 
-def lm_step(model, tokens):
-    logits = model(tokens[:, :-1])
-    return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
-
-
-def run_monitored(model, optimizer, batches, step_fn, every_n_steps=1, **options):
-    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=every_n_steps, **options)
+def run_monitored(model, optimizer, batches, step_fn):
+    """A plain loop under a Monitor sampling every step; the last Snapshot."""
+    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=1)
     for step, batch in enumerate(batches):
-        with monitor.step(step):
-            loss = step_fn(model, batch)
-            monitor.observe_loss(loss)
-            loss.backward()
-            monitor.observe_gradients()
-            optimizer.step()
-            optimizer.zero_grad()
+        monitored_step(monitor, step, optimizer, lambda: step_fn(model, batch))
     monitor.close()
     return monitor.last_snapshot
 
@@ -61,9 +52,9 @@ def test_attention_and_output_logit_statistics_of_sdpa_equal_a_direct_computatio
         block.qkv.register_forward_hook(
             lambda m, a, out, i=i: captured.__setitem__(i, out.detach().clone()))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay: one forward
-    snapshot = run_monitored(model, optimizer, [tokens], lambda m, t: lm_step(m, t)[1])
+    snapshot = run_monitored(model, optimizer, [tokens], lm_loss)
     with torch.no_grad():
-        logits, _ = lm_step(model, tokens)
+        logits = model(tokens[:, :-1])
     assert snapshot.attention_layers == ("blocks.0", "blocks.1")
     for i, block in enumerate(model.blocks):
         b, s, _ = captured[i].shape
@@ -153,18 +144,10 @@ def test_update_grad_cosine_and_adam_eps_ratio_equal_a_direct_computation():
         seen["before"] = [p.detach().clone() for p in m.parameters()]
         return F.mse_loss(m(batch[0]), batch[1])
 
-    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=1)
-    for step, batch in enumerate(batches):
-        with monitor.step(step):
-            loss = step_fn(model, batch)
-            monitor.observe_loss(loss)
-            loss.backward()
-            monitor.observe_gradients()
-            optimizer.step()
-            grads = [p.grad.clone() for p in model.parameters()]
-            optimizer.zero_grad()
-    monitor.close()
-    snapshot = monitor.last_snapshot
+    optimizer.register_step_post_hook(lambda *_: seen.__setitem__(
+        "grads", [p.grad.clone() for p in model.parameters()]))
+    snapshot = run_monitored(model, optimizer, batches, step_fn)
+    grads = seen["grads"]
     ratios = []
     for index, layer in enumerate((0, 2, 4)):
         params = list(model[layer].parameters())
@@ -211,7 +194,7 @@ def test_the_new_statistics_add_no_host_sync_and_do_not_change_training():
             for step, tokens in enumerate(batches):
                 if monitor:
                     monitor.begin_step(step)
-                loss = lm_step(model, tokens)[1]
+                loss = lm_loss(model, tokens)
                 if monitor:
                     monitor.observe_loss(loss)
                 loss.backward()
@@ -245,7 +228,7 @@ def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
             self.model = TinyDecoder(seq=16)
 
         def training_step(self, batch, batch_idx):
-            return lm_step(self.model, batch[0])[1]
+            return lm_loss(self.model, batch[0])
 
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=1e-2)
