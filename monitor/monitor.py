@@ -14,7 +14,7 @@ Cost discipline (the product's edge):
   host with the next sampled step's single transfer, so nothing is ever missed and nothing
   waits.
 
-Memory: the ring buffer (``every_n_steps + 1`` rows of 6 floats); on sampled steps only, a
+Memory: the ring buffer (``every_n_steps + 1`` rows of 7 floats); on sampled steps only, a
 transient copy of the parameters the optimizers update (to measure ||delta W||), freed right
 after the optimizer step, plus per-parameter scalars. Nothing proportional to the model is
 kept between steps.

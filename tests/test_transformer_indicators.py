@@ -4,6 +4,7 @@ twins, and the opt-in responses (skip-on-spike, checkpoint-on-alert) in real Lig
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -19,9 +20,13 @@ from benchmarks.instability import (RUNS, TinyDecoder, divergence_step, lm_loss,
                                     monitored_step, token_batches, train)
 from callbacks import TrainingDiagnostics
 from monitor.alerts import AlertEngine
+from monitor.detectors import Finding, Verdict
+from monitor.thresholds import Thresholds
+from monitor.transformer_detectors import AdamUpdateDecorrelation, OutputLogitDivergence
 from monitor.monitor import Monitor
 from monitor.responses import SkipOnSpike
 
+from .detect_fixtures import snapshot as make_snapshot
 from .helpers import read_scalars, regression_data, sample, samples, scrape, tanh_mlp
 from .lightning_models import lightning, trainer
 from .test_host_syncs import SCALAR_READS, CountHostCopies
@@ -193,17 +198,11 @@ def test_the_new_statistics_add_no_host_sync_and_do_not_change_training():
         with profile(activities=[ProfilerActivity.CPU]) as profiler, copies:
             for step, tokens in enumerate(batches):
                 if monitor:
-                    monitor.begin_step(step)
-                loss = lm_loss(model, tokens)
-                if monitor:
-                    monitor.observe_loss(loss)
-                loss.backward()
-                if monitor:
-                    monitor.observe_gradients()
-                optimizer.step()
-                optimizer.zero_grad()
-                if monitor:
-                    monitor.end_step()
+                    monitored_step(monitor, step, optimizer, lambda: lm_loss(model, tokens))
+                else:
+                    lm_loss(model, tokens).backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
         reads = Counter(e.name for e in profiler.events() if e.name in SCALAR_READS)
         if monitor:
             assert monitor.last_snapshot.attention_layers  # measured
@@ -281,6 +280,43 @@ def test_attention_logit_growth_leads_the_divergence_and_the_twins_stay_quiet():
     for alerts, twin_diverged in twins:
         assert twin_diverged is None
         assert alerts == {}
+
+
+def judge(detector, snapshots) -> list[str]:
+    """Each verdict as "fire", "clear" or "-" (None)."""
+    names = {Verdict.CLEAR: "clear", None: "-"}
+    return ["fire" if isinstance(r, Finding) else names[r]
+            for r in map(detector.on_snapshot, snapshots)]
+
+
+def test_output_logit_divergence_fires_on_drift_or_level_after_leading_samples():
+    def run(log_zs):
+        return judge(OutputLogitDivergence(Thresholds()), [
+            dataclasses.replace(make_snapshot(i), output_logit_logsumexp=z)
+            for i, z in enumerate(log_zs)])
+
+    healthy = [4.3 + 0.01 * i + 0.3 * math.sin(i) for i in range(200)]  # slow drift, noise
+    assert set(run(healthy)) == {"clear"}
+    drifting = [5.0] * 10 + [5.0 + 2.0 * i for i in range(1, 10)]  # 10 nats after 6 samples
+    assert run(drifting)[10:] == ["clear"] * 7 + ["fire"] * 2
+    assert run([-40.0] * 4) == ["clear", "clear", "fire", "fire"]  # |log Z| above 30
+
+
+def test_adam_update_decorrelation_follows_the_median_not_one_layer():
+    def run(cosines, eps):
+        return judge(AdamUpdateDecorrelation(Thresholds()), [
+            dataclasses.replace(make_snapshot(i), update_grad_cosine=np.array(c),
+                                adam_eps_dominated_ratio=np.array(e))
+            for i, (c, e) in enumerate(zip(cosines, eps))])
+
+    one_layer = [[0.0, 0.4, 0.3, 0.5]] * 5  # a layer without gradient
+    assert set(run(one_layer, [[1.0, 0.0, 0.0, 0.0]] * 5)) == {"clear"}
+    decorrelated = [[0.4] * 4] * 2 + [[0.01, 0.02, 0.03, 0.4]] * 3
+    assert run(decorrelated, [[0.0] * 4] * 5) == ["clear"] * 4 + ["fire"]
+    eps_bound = [[0.4] * 4] * 5
+    assert run(eps_bound, [[0.0] * 4] * 2 + [[0.9, 0.8, 0.7, 0.0]] * 3)[-1] == "fire"
+    sgd = [[1.0] * 4] * 3  # no Adam: NaN ratios, no verdict on them
+    assert set(run(sgd, [[math.nan] * 4] * 3)) == {"clear"}
 
 
 # ---------------------------------------------------------------------------- responses
