@@ -7,11 +7,14 @@
   moment has sqrt(v_hat) <= 10 eps, where eps, not the gradient, sets the step size.
 
 Device tensors only, no host read: the Monitor packs them into the sampled step's transfer.
+Sharded (FSDP2) parameters count with this rank's shard only.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .distributed import local_shard
 
 #: sqrt(v_hat) at or below this many eps counts as eps-dominated.
 EPS_FACTOR = 10.0
@@ -30,8 +33,8 @@ def record_update(table: torch.Tensor, optimizer: torch.optim.Optimizer, index: 
     """Fill ``table`` columns ``index`` for ``params`` after ``optimizer``'s step, given
     their ``descent`` (W_before - W_after)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat_d = [d.reshape(-1).float() for d in descent]
-    flat_g = [g.detach().reshape(-1).float() for g in grads]
+    flat_d = [local_shard(d).reshape(-1).float() for d in descent]
+    flat_g = [local_shard(g.detach()).reshape(-1).float() for g in grads]
     rows = [torch.stack([d.dot(g) for d, g in zip(flat_d, flat_g)]),
             torch.stack([d.dot(d) for d in flat_d]),
             torch.stack([g.dot(g) for g in flat_g])]
@@ -55,7 +58,8 @@ def _eps_dominated(state: dict, group: dict, param: torch.Tensor):
     bias_correction = 1 - beta2 ** step if isinstance(step, torch.Tensor) else \
         torch.tensor(1 - beta2 ** float(step), device=v.device)
     bound = (EPS_FACTOR * group["eps"]) ** 2 * bias_correction.to(v.device, torch.float32)
-    count = (v.float() <= bound).sum(dtype=torch.float32)
+    v = local_shard(v)
+    count = (v.float() <= bound.to(v.device)).sum(dtype=torch.float32)
     return count, torch.tensor(float(v.numel()), device=v.device)
 
 
