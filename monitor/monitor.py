@@ -40,8 +40,8 @@ from torch import nn
 from . import distributed, probes, update_stats
 from .attention import AttentionProbe
 from .export import ExportWorker, Sink
-from .responses import SkipOnSpike
 from .layers import ACTIVATION_MODULES, SATURATION_NONE, LayerIndex, saturation_kind
+from .responses import SkipOnSpike
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 from .validation import check_int, check_text

@@ -112,8 +112,7 @@ class Thresholds:
         "output-logit divergence.", low=0.1)
     update_grad_cosine_low: float = _t(
         0.05, "Median over layers of cos(update, gradient) below this: Adam's updates have "
-        "decorrelated from the gradient (healthy AdamW runs stay near 0.3-0.5).", low=-1.0,
-        high=1.0)
+        "decorrelated from the gradient (healthy AdamW runs stay near 0.3-0.5).", high=1.0)
     eps_dominated_ratio: float = _t(
         0.5, "Median over layers of the fraction of Adam elements with sqrt(v_hat) <= 10 eps "
         "above this: eps, not the gradient, sets the steps.", high=1.0)
