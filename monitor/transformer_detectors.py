@@ -17,6 +17,12 @@ from .snapshot import Pulse, Snapshot
 from .thresholds import Thresholds
 
 
+def _warning(name: str, snapshot: Snapshot, **fields) -> Finding:
+    """A warning Finding about ``snapshot``'s step."""
+    return Finding(name=name, severity=WARNING, step=snapshot.step, time=snapshot.time,
+                   **fields)
+
+
 def _peak(values: np.ndarray) -> float:
     """The largest value, +Inf for NaN/Inf (a logit that overflowed is the largest)."""
     values = np.asarray(values, dtype=np.float64)
@@ -57,9 +63,8 @@ class AttentionLogitGrowth:
         worst = np.argsort(-values)[:4]
         layers = tuple(snapshot.attention_layers[i] for i in worst)
         entropy = float(np.min(snapshot.attention_entropy))
-        return Finding(
-            name=self.name, severity=WARNING, step=snapshot.step, time=snapshot.time,
-            layers=layers, value=peak, threshold=self.t.attention_logit_level,
+        return _warning(
+            self.name, snapshot, layers=layers, value=peak, threshold=self.t.attention_logit_level,
             summary=f"Attention logits up to {peak:.4g} at step {snapshot.step}: growing",
             description=(
                 f"The max pre-softmax attention logit is {peak:.4g} ({'; '.join(reasons)}), "
@@ -106,9 +111,8 @@ class OutputLogitDivergence:
 
     def _finding(self, snapshot: Snapshot, reasons: list[str]) -> Finding:
         log_z = snapshot.output_logit_logsumexp
-        return Finding(
-            name=self.name, severity=WARNING, step=snapshot.step, time=snapshot.time,
-            layers=(), value=log_z, threshold=self.t.output_logsumexp_level,
+        return _warning(
+            self.name, snapshot, layers=(), value=log_z, threshold=self.t.output_logsumexp_level,
             summary=f"Output log Z {log_z:.4g} at step {snapshot.step}: drifting",
             description=(
                 f"The mean log-partition of the output logits is {log_z:.4g} "
@@ -158,9 +162,8 @@ class AdamUpdateDecorrelation:
         low = [i for i in np.argsort(np.nan_to_num(cosine, nan=np.inf))[:4]
                if np.isfinite(cosine[i])]
         layers = tuple(snapshot.layers[i] for i in low)
-        return Finding(
-            name=self.name, severity=WARNING, step=snapshot.step, time=snapshot.time,
-            layers=layers, value=median, threshold=self.t.update_grad_cosine_low,
+        return _warning(
+            self.name, snapshot, layers=layers, value=median, threshold=self.t.update_grad_cosine_low,
             summary=f"Adam updates decorrelated from the gradient at step {snapshot.step}",
             description=(
                 f"{'; '.join(reasons).capitalize()}; lowest cosines in "
