@@ -32,7 +32,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import floor, report, scale
+from benchmarks import floor, instability, report, scale
 from benchmarks.configs import BARE, CONFIGS, Config
 from benchmarks.models import ModelSpec, cpu_models, gpu_models
 from benchmarks.runner import Measured, run
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> Path:
     text = report.markdown(environment(command.strip(), plan), plan, configs, skipped, rows,
                            floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    output.write_text(text + instability.kept_section(output))  # issue 17's section stays
     log(f"wrote {output}")
     print(output)
     return output

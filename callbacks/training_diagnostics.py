@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,7 +13,7 @@ from prometheus_client.exposition import basic_auth_handler
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from monitor.alerts import Alert, AlertEngine
+from monitor.alerts import ALERT_NAMES, Alert, AlertEngine
 from monitor.delivery import AlertmanagerSink, CallableAlertSink, LoggingAlertSink, WebhookSink
 from monitor.endpoint import EndpointSecurity
 from monitor.export import Sink
@@ -20,6 +21,7 @@ from monitor.forensics import ForensicsSink
 from monitor.monitor import Monitor
 from monitor.prometheus import PrometheusSink
 from monitor.pushgateway import PushgatewayPusher
+from monitor.responses import SkipOnSpike
 from monitor.tensorboard import TensorBoardSink
 from monitor.thresholds import Thresholds
 from monitor.validation import (check_bool, check_file, check_int, check_positive, check_text,
@@ -59,6 +61,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
       min/median/max/argmax per depth group
     - ``gradwatch_step_seconds``, ``gradwatch_run_finished``: each rank's step time; 1 after
       a clean end
+    - ``gradwatch_attention_logit_max{layer}``, ``gradwatch_attention_entropy{layer}``: per
+      module that computed attention (SDPA, ``nn.MultiheadAttention``, Hugging Face
+      eager/sdpa, intercepted during the sampled forward only): max logit, mean entropy
+    - ``gradwatch_output_logit_logsumexp``, ``gradwatch_output_logit_max``: of the output
+      logits (``lm_head``, else the last Linear)
+    - ``gradwatch_update_grad_cosine{layer}``, ``gradwatch_adam_eps_dominated_ratio{layer}``:
+      cos(update, gradient); share of Adam elements with sqrt(v_hat) <= 10 eps
+    - ``gradwatch_skipped_updates_total``: updates undone by ``skip_on_spike``
     - ``gradwatch_global_grad_norm``, ``gradwatch_loss``, ``gradwatch_step``,
       ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``:
       latest step
@@ -79,8 +89,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     Alerts (``docs/runbook.md``; the alert table ``monitor/alert_table.py``): an
     initialisation audit before the first step, then NonFiniteValues, GradientExplosion,
-    LossDivergence, LossSpike, AmpOverflowStorm (every step) and
-    GradientVanishing, ActivationSaturation, DeadUnits, Fp16HeadroomLow (sampled steps),
+    LossDivergence, LossSpike, AmpOverflowStorm (every step) and GradientVanishing,
+    ActivationSaturation, DeadUnits, Fp16HeadroomLow and the leading indicators
+    AttentionLogitGrowth, OutputLogitDivergence, AdamUpdateDecorrelation (sampled steps),
+    UpdateSkipped (with ``skip_on_spike``),
     each saying what happened, where (step, layers, rank) and what to try. They go to the
     log (logger ``gradwatch.alerts``), TensorBoard, ``gradwatch_alerts_total`` and
     ``gradwatch_regime``, and optionally to Alertmanager, a webhook and your callable,
@@ -128,6 +140,15 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             ``("NonFiniteValues",)``. Default: keep training and alert.
         forensics_dir: write a JSON bundle (recent Pulses and Snapshots, the step, the alert)
             there for each critical alert, to reproduce it.
+        skip_on_spike: a ``monitor.SkipOnSpike``: undo, on the device and without a host
+            sync, the optimizer update of a step whose loss or global gradient norm is an
+            outlier (counted in ``gradwatch_skipped_updates_total``, alert UpdateSkipped).
+            Default None: off, and training is bit-identical to a run without gradwatch.
+        checkpoint_on: alert names that save a checkpoint when they fire, through
+            ``trainer.save_checkpoint`` at the end of that step (for a leading indicator,
+            before the loss diverges); the Alert names the file. Default: none.
+        checkpoint_dir: where those checkpoints go (default
+            ``<trainer.default_root_dir>/gradwatch_checkpoints``).
 
     Raises:
         ValueError: at construction, for an argument out of range (naming it); at setup,
@@ -167,6 +188,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         on_alert: Callable[[Alert], object] | None = None,
         stop_on: Sequence[str] = (),
         forensics_dir: str | None = None,
+        skip_on_spike: SkipOnSpike | None = None,
+        checkpoint_on: Sequence[str] = (),
+        checkpoint_dir: str | None = None,
     ) -> None:
         super().__init__()
         check_text("run_name", run_name)
@@ -193,6 +217,15 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         check_int("max_exported_layers", max_exported_layers, low=1)
         if on_alert is not None and not callable(on_alert):
             raise ValueError(f"on_alert must be callable, got {on_alert!r}")
+        if skip_on_spike is not None and not isinstance(skip_on_spike, SkipOnSpike):
+            raise ValueError(f"skip_on_spike must be a monitor.SkipOnSpike or None, got "
+                             f"{skip_on_spike!r}")
+        if isinstance(checkpoint_on, str) or not set(checkpoint_on) <= set(ALERT_NAMES):
+            raise ValueError(f"checkpoint_on must be a collection of alert names from "
+                             f"{sorted(ALERT_NAMES)}, got {checkpoint_on!r}")
+        if checkpoint_on and not alerts:
+            raise ValueError("checkpoint_on needs alerts=True")
+        check_text("checkpoint_dir", checkpoint_dir)
         if thresholds is not None and not isinstance(thresholds, Thresholds):
             raise ValueError(f"thresholds must be a monitor.Thresholds, got {thresholds!r}")
         self.run_name = run_name
@@ -218,6 +251,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.on_alert = on_alert
         self.forensics_dir = forensics_dir
         self.stop_on = tuple(stop_on)
+        self.skip_on_spike = skip_on_spike
+        self.checkpoint_on = frozenset(checkpoint_on)
+        self.checkpoint_dir = checkpoint_dir
+        self._checkpoints_due: list[str] = []
+        self._checkpoint_root = "."
         # built now so that a wrong stop_on fails at construction; anew for every fit
         self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on) if alerts else None
         self.monitor: Monitor | None = None
@@ -252,7 +290,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         multi = trainer.world_size > 1
         # every fit starts fresh: no detector history, no stop request, no figures of the last
         if self.engine is not None:
-            self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on)
+            self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on,
+                                      checkpoint_path=self._checkpoint_path)
+        self._checkpoints_due = []
+        self._checkpoint_root = self.checkpoint_dir or os.path.join(
+            trainer.default_root_dir, "gradwatch_checkpoints")
         self.prometheus = self.tensorboard_sink = self.pusher = None
         self.bound_port = self._step_started_at = self._final_snapshot = None
         sinks: list[Sink] = []
@@ -293,6 +335,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             rank=trainer.global_rank,
             world_size=trainer.world_size,
             thresholds=self.thresholds,
+            skip_on_spike=self.skip_on_spike.renewed() if self.skip_on_spike else None,
         )
         if self.prometheus is not None:
             exporter = self.monitor.exporter
@@ -337,6 +380,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.monitor.end_step()
         if self.engine is not None:
             self.engine.flush(self.monitor)  # a NaN on the very last steps is still reported
+        self._save_checkpoints(trainer)
         self.monitor.flush()  # the last steps reach the sinks while /metrics is still served
 
     @override
@@ -398,8 +442,26 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         # under gradient accumulation the step ends only when the optimizer has stepped
         if trainer.global_step != self._step_started_at:
             self.monitor.end_step()
+            self._save_checkpoints(trainer)
             if self.engine is not None and self.engine.should_stop:
                 trainer.should_stop = True
+
+    def _checkpoint_path(self, finding) -> str | None:
+        """Checkpoint-on-alert: the file for an alert about to fire (saved after the step)."""
+        if finding.name not in self.checkpoint_on:
+            return None
+        path = os.path.join(self._checkpoint_root,
+                            f"gradwatch-{finding.name}-step{finding.step}.ckpt")
+        self._checkpoints_due.append(path)
+        return path
+
+    def _save_checkpoints(self, trainer) -> None:
+        due, self._checkpoints_due = self._checkpoints_due, []
+        for path in due:
+            try:
+                trainer.save_checkpoint(path)
+            except Exception as exc:  # monitoring must not stop the training
+                log.warning("gradwatch: checkpoint-on-alert could not save %s: %r", path, exc)
 
 
 def _basic_auth_handler(credentials: tuple[str, str] | None):

@@ -16,6 +16,7 @@ _EXPORTS = {
     "Thresholds": "monitor.thresholds",
     "Alert": "monitor.alerts",
     "AlertEngine": "monitor.alerts",
+    "SkipOnSpike": "monitor.responses",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -125,6 +125,30 @@ TABLE: tuple[AlertSpec, ...] = (
         "Layers near the fp16 overflow in run {run}{layer}",
         "Keep these layers in fp32 (autocast disabled around them) or train in bf16; "
         "normalise their inputs.", (IN_PROCESS,)),
+    # Leading indicators of transformer instability (before the loss diverges), and the
+    # skip-on-spike response.
+    AlertSpec(
+        "AttentionLogitGrowth", WARNING, None, RUN,
+        "Attention logits growing in run {run}{layer}",
+        "Add qk-layernorm (LayerNorm/RMSNorm on queries and keys before the dot product) or "
+        "QK-Clip; lower the learning rate or lengthen warm-up; add weight decay on the q/k "
+        "projections.", BOTH),
+    AlertSpec(
+        "OutputLogitDivergence", WARNING, None, RUN,
+        "Output logits drifting in run {run}{layer}",
+        "Add z-loss (1e-4 x log(Z)^2 added to the loss, PaLM); lower the learning rate of the "
+        "output layer; add a final LayerNorm before the lm_head.", BOTH),
+    AlertSpec(
+        "AdamUpdateDecorrelation", WARNING, None, RUN,
+        "Adam updates decorrelated in run {run}{layer}",
+        "Lower the learning rate; use a larger eps (e.g. 1e-6 instead of 1e-8) or a larger "
+        "beta2 warm-up; skip batches with outlier gradients (skip-on-spike); roll back to a "
+        "checkpoint before the alert.", BOTH),
+    AlertSpec(
+        "UpdateSkipped", WARNING, None, RUN,
+        "Updates skipped in run {run}{layer}",
+        "One skip now and then is the response working; many mean the run is unstable: look "
+        "for bad batches, lower the learning rate, clip gradients.", BOTH),
     AlertSpec(
         "TrainingStalled", WARNING, None, RUN,
         "Training stalled in run {run}{layer}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -93,6 +93,7 @@ class Alert:
     starts_at: float
     ends_at: float | None
     runbook_url: str = ""
+    checkpoint: str | None = None  # checkpoint-on-alert: the file the state is saved to
 
     def labels(self, world_size: int = 1) -> dict[str, str]:
         """Alertmanager labels (its identity), those of the Prometheus rules' copy: one
@@ -121,6 +122,8 @@ class Alert:
             notes["layers"] = describe_layers(self.layers, limit=CULPRIT_LAYERS)
         if world_size > 1:
             notes["rank"] = str(self.rank)
+        if self.checkpoint:
+            notes["checkpoint"] = self.checkpoint
         return notes
 
     def to_dict(self) -> dict[str, object]:
@@ -150,6 +153,8 @@ class AlertEngine:
         thresholds: the Thresholds; None adopts the Monitor's on first contact, so detectors,
             rules and dashboards judge by one object.
         stop_on: alert names that set ``should_stop`` when they fire.
+        checkpoint_path: called with each Finding about to fire; a path it returns is where
+            the state is saved (checkpoint-on-alert), named in the Alert. None: no saving.
         history_size: bound of ``history``.
         detectors: replaces the built-in detectors (objects with a ``name`` and
             ``on_pulse(pulse)`` and/or ``on_snapshot(snapshot)``, optionally ``flush()``,
@@ -167,6 +172,7 @@ class AlertEngine:
         thresholds: Thresholds | None = None,
         *,
         stop_on: Iterable[str] = (),
+        checkpoint_path: Callable[[Finding], str | None] | None = None,
         history_size: int = 1000,
         detectors: Sequence[object] | None = None,
         runbook_base_url: str = RUNBOOK_BASE_URL,
@@ -190,6 +196,7 @@ class AlertEngine:
         self.active: dict[str, Alert] = {}
         self.history: deque[Alert] = deque(maxlen=history_size)
         self.should_stop = False
+        self.checkpoint_path = checkpoint_path
         self._warn = WarnOnce()
 
     # ------------------------------------------------------------------ observer API
@@ -269,6 +276,11 @@ class AlertEngine:
         if finding.name in self.active:
             return None
         earlier = [a for a in self.history if a.status == FIRING]
+        checkpoint = self.checkpoint_path(finding) if self.checkpoint_path else None
+        if checkpoint:
+            finding = dataclasses.replace(
+                finding, checkpoint=checkpoint, description=f"{finding.description} The "
+                f"state at the end of step {finding.step} is saved to {checkpoint}.")
         alert = Alert(
             name=finding.name, severity=finding.severity, status=FIRING,
             run=getattr(monitor, "run_name", "run"), rank=getattr(monitor, "rank", 0),
@@ -277,7 +289,8 @@ class AlertEngine:
             description=finding.description,
             remedy=remedy_in_context(finding, earlier, self._last_pulse),
             regime=finding.regime, origin_exact=finding.origin_exact, starts_at=finding.time,
-            ends_at=None, runbook_url=runbook_link(finding.name, self.runbook_base_url))
+            ends_at=None, runbook_url=runbook_link(finding.name, self.runbook_base_url),
+            checkpoint=finding.checkpoint)
         self.active[alert.name] = alert
         self._emit(alert, monitor)
         if alert.name in self.stop_on:

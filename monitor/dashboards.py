@@ -215,10 +215,48 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
               description="Wall-clock time of each rank's latest step, and the ratio of the "
                           "slowest rank's to the fastest's: every rank waits for the slowest "
                           "at each all-reduce."),
+        *leading_health_panels(t),
     ]
     for panel in panels:
         board = board.with_panel(panel)
     return board
+
+
+def leading_health_panels(t: Thresholds) -> list[timeseries.Panel]:
+    """Issue 17: output logits, skip-on-spike, attention per module."""
+    level = t.output_logsumexp_level
+    return [
+        graph("Output logits: mean log Z and max",
+              query(f"gradwatch_output_logit_logsumexp{{{RUN}}}", RUN_LEGEND + " log Z"),
+              query(f"gradwatch_output_logit_max{{{RUN}}}", RUN_LEGEND + " max", "B"),
+              lines=steps((None, "red"), (-level, "green"), (level, "red")),
+              description=explain(t, "output_logsumexp_level", "output_logsumexp_drift")),
+        graph(f"Skipped updates ({COUNTER_WINDOW}, skip-on-spike)",
+              query(f"sum by (run, rank) "
+                    f"({counted_in(f'gradwatch_skipped_updates_total{{{RUN}}}', COUNTER_WINDOW)})"),
+              lines=steps((None, "green"), (1, "red"))),
+        # attention modules are not layers (they own no parameters): no depth order
+        graph("Attention logit max by module",
+              query(f"gradwatch_attention_logit_max{{{RUN}}}", RUN_LEGEND + " {{layer}}"),
+              log=True, lines=steps((None, "green"), (t.attention_logit_level, "red")),
+              description=explain(t, "attention_logit_level", "attention_logit_growth_factor")),
+        graph("Attention entropy by module (nats)",
+              query(f"gradwatch_attention_entropy{{{RUN}}}", RUN_LEGEND + " {{layer}}")),
+    ]
+
+
+def leading_layer_panels(t: Thresholds) -> list[timeseries.Panel]:
+    """Issue 17: update/gradient cosine and Adam eps-dominated ratio per layer."""
+    return [
+        graph("Update/gradient cosine",
+              query(f"gradwatch:update_grad_cosine:by_depth{{{LAYER}}}", DEPTH_LEGEND),
+              lines=steps((None, "red"), (t.update_grad_cosine_low, "green")),
+              description=explain(t, "update_grad_cosine_low"), per_layer=True),
+        graph("Adam eps-dominated ratio",
+              query(f"gradwatch:adam_eps_dominated_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND),
+              unit="percentunit", lines=steps((None, "green"), (t.eps_dominated_ratio, "red")),
+              description=explain(t, "eps_dominated_ratio"), per_layer=True),
+    ]
 
 
 def depth_profile(title: str, metric: str, log: bool) -> barchart.Panel:
@@ -241,10 +279,11 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
     grad_map = (statetimeline.Panel()
                 .title("Gradient norm relative to the output side, by layer (depth x time)")
                 .datasource(DATASOURCE).height(24).span(24)
+                # the output-side quarter's geometric mean: what GradientVanishing compares to
                 .with_target(query(f"log10(gradwatch:grad_norm:by_depth{{{LAYER}}}"
                                    " / on (run, rank) group_left ()"
-                                   f" gradwatch:grad_norm_output_side:max{{{RUN}}})",
-                                   DEPTH_LEGEND))
+                                   " exp(gradwatch:grad_norm:log_mean_output_quarter"
+                                   f"{{{RUN}}}))", DEPTH_LEGEND))
                 .per_page(MAP_ROWS).row_height(1).merge_values(False)
                 .legend(common.VizLegendOptions().show_legend(False))
                 .color_scheme(dashboard.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
@@ -253,7 +292,7 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
                 .mappings(nonfinite_mappings())
                 .show_value(common_model.VisibilityMode.NEVER)
                 .description("Rows are layers, input side on top; colour: log10 of the layer's "
-                             "gradient norm over the largest output-side layer's. Blue below "
+                             "gradient norm over the output-side quarter's geometric mean. Blue below "
                              f"log10 vanishing_depth_ratio = {math.log10(ratio):g} (vanishing, "
                              f"THEORY 1), red above {-math.log10(ratio):g} (growing toward "
                              "the input: exploding), "
@@ -282,6 +321,7 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
               query(f"gradwatch:activation_dead_ratio:by_depth{{{LAYER}}}", DEPTH_LEGEND),
               unit="percentunit", lines=steps((None, "green"), (t.dead_ratio, "red")),
               description=explain(t, "dead_ratio"), per_layer=True),
+        *leading_layer_panels(t),
     ]
     for panel in panels:
         board = board.with_panel(panel)

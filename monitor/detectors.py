@@ -46,6 +46,7 @@ class Finding:
     remedy: str
     regime: str | None = None
     origin_exact: bool | None = None
+    checkpoint: str | None = None
 
 
 def table_fields(name: str) -> dict[str, object]:
@@ -763,6 +764,7 @@ class GradientVanishing:
 
 def default_detectors(thresholds: Thresholds) -> list[object]:
     """Every built-in detector, configured from one Thresholds."""
+    from .transformer_detectors import leading_detectors  # it imports this module
     return [
         NonFiniteValues(thresholds),
         GradientExplosion(thresholds),
@@ -773,4 +775,5 @@ def default_detectors(thresholds: Thresholds) -> list[object]:
         dead_units(thresholds),
         activation_saturation(thresholds),
         fp16_headroom(thresholds),
+        *leading_detectors(thresholds),  # issue 17: transformer leading indicators
     ]

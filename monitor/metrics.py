@@ -114,6 +114,34 @@ _SPECS = (
           "snapshots", SAMPLED, "one per every_n_steps steps"),
     _spec("export_dropped", "counter", "Export items dropped because the export queue was "
           "full.", "items", EVERY_STEP, "0"),
+    # issue 17: leading indicators of transformer instability, skip-on-spike
+    _spec("attention_logit_max", "gauge", "Max pre-softmax attention logit q.k/sqrt(d) of the "
+          "module (label layer) that computed attention (F.scaled_dot_product_attention, "
+          "nn.MultiheadAttention, Hugging Face eager/sdpa attention), over all heads and at "
+          "most 64 evenly spaced query positions per call.", "logit", SAMPLED,
+          "in the tens; above {t.attention_logit_level} or growing "
+          "{t.attention_logit_growth_factor}x is attention-logit growth", LAYER),
+    _spec("attention_entropy", "gauge", "Mean softmax entropy of the module's attention rows "
+          "(same heads and positions as attention_logit_max).", "nats", SAMPLED,
+          "well above 0; a collapse toward 0 comes with attention-logit growth", LAYER),
+    _spec("output_logit_logsumexp", "gauge", "Mean over the batch of the log-partition log Z "
+          "of the output logits (lm_head, else the last Linear with 2+ outputs).", "nats",
+          SAMPLED, "near log(vocabulary) or below, steady; |log Z| above "
+          "{t.output_logsumexp_level} or drifting {t.output_logsumexp_drift} nats is "
+          "output-logit divergence"),
+    _spec("output_logit_max", "gauge", "Max output logit.", "logit", SAMPLED,
+          "steady; fast growth comes with output-logit divergence"),
+    _spec("update_grad_cosine", "gauge", "cos(W_before - W_after, grad) of the layer's last "
+          "optimizer step.", "cosine", SAMPLED, "1 for SGD; clearly positive for Adam (about "
+          "0.3-0.5); a median over layers below {t.update_grad_cosine_low} is decorrelation",
+          LAYER),
+    _spec("adam_eps_dominated_ratio", "gauge", "Fraction of the layer's Adam second-moment "
+          "elements with sqrt(v_hat) <= 10 eps (Adam-family optimizers).", "ratio", SAMPLED,
+          "near 0 (1 for parameters without gradient); a median over layers above "
+          "{t.eps_dominated_ratio} means eps sets the steps", LAYER),
+    _spec("skipped_updates", "counter", "Optimizer updates undone by skip-on-spike (an "
+          "outlier loss or global gradient norm).", "steps", EVERY_STEP,
+          "0, or rare; skip-on-spike is off by default"),
 )
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
 

@@ -14,7 +14,7 @@ Cost discipline (the product's edge):
   host with the next sampled step's single transfer, so nothing is ever missed and nothing
   waits.
 
-Memory: the ring buffer (``every_n_steps + 1`` rows of 6 floats); on sampled steps only, a
+Memory: the ring buffer (``every_n_steps + 1`` rows of 7 floats); on sampled steps only, a
 transient copy of the parameters the optimizers update (to measure ||delta W||), freed right
 after the optimizer step, plus per-parameter scalars. Nothing proportional to the model is
 kept between steps.
@@ -40,10 +40,12 @@ from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from . import distributed, probes
+from . import distributed, probes, update_stats
+from .attention import AttentionProbe
 from .export import ExportWorker, Sink
 from .layers import (ACTIVATION_MODULES, RECURRENT_MODULES, SATURATION_NONE, LayerIndex,
                      has_compiled_code, is_compile_wrapper, saturation_kind, uncompiled_name)
+from .responses import SkipOnSpike
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 from .validation import check_int, check_text
@@ -52,9 +54,10 @@ log = logging.getLogger("gradwatch")
 
 # Columns of the per-step device ring buffer: the loss, squared gradient norms of replicated
 # and of sharded (FSDP2) parameters, the squared post-clip norm, the AMP scale, and the count
-# of local gradient buckets that were non-finite before the DDP all-reduce.
-_LOSS, _GRAD_SQ, _SHARDED_SQ, _CLIP_SQ, _SCALE, _LOCAL_NONFINITE = range(6)
-_RING_COLUMNS = 6
+# of local gradient buckets that were non-finite before the DDP all-reduce; 1 where
+# skip-on-spike undid the step's update.
+_LOSS, _GRAD_SQ, _SHARDED_SQ, _CLIP_SQ, _SCALE, _LOCAL_NONFINITE, _SKIPPED = range(7)
+_RING_COLUMNS = 7
 # Rows of the per-parameter device table of a sampled step: squared norms of the gradient,
 # the weight (before the optimizer step), the update and the weight of the updated
 # parameters only, then non-finite counts.
@@ -155,6 +158,8 @@ class _Step:
     has_grad: set[int] = field(default_factory=set)
     before: dict[int, tuple[list[int], list[torch.Tensor]]] = field(default_factory=dict)
     updated: set[int] = field(default_factory=set)
+    update_table: torch.Tensor | None = None  # [update_stats.ROWS, n_params]
+    outlier: torch.Tensor | None = None  # skip-on-spike's device verdict on this step
 
 
 class Monitor:
@@ -192,6 +197,11 @@ class Monitor:
         rank, world_size: exported as the ``rank`` label when world_size > 1.
         thresholds: the Thresholds (saturation tests come from there).
         max_queue: bound of the export queue (oldest dropped and counted when full).
+        skip_on_spike: undo, on the device, the optimizer update of a step whose loss or
+            global gradient norm is an outlier (a ``SkipOnSpike``); None (default): off.
+            With several processes only the (all-reduced) gradient norm is judged, so every
+            rank decides alike; with sharded (FSDP2) parameters it is turned off, with a
+            warning.
 
     Raises:
         ValueError: an argument out of range, naming it.
@@ -213,6 +223,7 @@ class Monitor:
         world_size: int = 1,
         thresholds: Thresholds | None = None,
         max_queue: int = 10_000,
+        skip_on_spike: SkipOnSpike | None = None,
     ) -> None:
         check_int("every_n_steps", every_n_steps, low=1)
         check_int("rank", rank, low=0)
@@ -230,6 +241,10 @@ class Monitor:
         self.track_clipping = track_clipping
         self.update_ratio = update_ratio
         self.grad_scaler = grad_scaler
+        if skip_on_spike is not None and not isinstance(skip_on_spike, SkipOnSpike):
+            raise ValueError(f"skip_on_spike must be a monitor.SkipOnSpike or None, "
+                             f"got {skip_on_spike!r}")
+        self.skip_on_spike = skip_on_spike
         self.overhead_seconds = 0.0
         self.last_snapshot: Snapshot | None = None
         self.exporter = ExportWorker(list(sinks), max_queue=max_queue)
@@ -258,6 +273,7 @@ class Monitor:
         self._tracing_paused = False
         self._current: _Step | None = None
         self._closed = False
+        self._attention = AttentionProbe(model)
         for optimizer in optimizers:
             self.watch_optimizer(optimizer)
 
@@ -273,6 +289,11 @@ class Monitor:
         sharded = [distributed.is_sharded(p) for p in self.layers.params]
         self._sharded = torch.tensor(sharded, dtype=torch.bool)
         self._any_sharded = any(sharded)  # a host bool: testing the tensor would sync
+        if self._sharded_world() and self.skip_on_spike is not None:
+            log.warning("gradwatch: skip_on_spike is off: with sharded (FSDP2) parameters the "
+                        "global gradient norm is only whole at regular samples, so ranks "
+                        "could not decide alike")
+            self.skip_on_spike = None
         self._traced = self._traceable_modules(all_modules=False)
         self._traced_all: list[_Traced] | None = None
         self._container_params = {
@@ -361,6 +382,7 @@ class Monitor:
         """Ignore (True) or count again (False) the forward passes of a sampled step: those
         in between are not the training's (e.g. a validation inside an accumulation window)."""
         self._tracing_paused = paused
+        self._attention.paused = paused
 
     def publish(self, method: str, item: object) -> None:
         """Hand ``item`` to every sink that has ``method`` (e.g. "on_alert"), off-thread."""
@@ -393,7 +415,8 @@ class Monitor:
         ring = self._ensure_ring()
         row = len(self._rows)
         sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
-        hooked = sampled or self.grad_scaler is not None or self.track_clipping
+        hooked = (sampled or self.grad_scaler is not None or self.track_clipping
+                  or self.skip_on_spike is not None)
         self._hook_optimizers(hooked)
         self._current = _Step(step=step, row=row, sampled=sampled, regular=self._is_regular(step),
                               learning_rates=self._learning_rates(), optimizers_hooked=hooked)
@@ -488,6 +511,7 @@ class Monitor:
         self._remove_step_hooks()
         for handle in self._optimizer_handles:
             handle.remove()
+        self._attention.detach()
         self.exporter.close(timeout)
 
     # ------------------------------------------------------------------ step internals
@@ -521,7 +545,7 @@ class Monitor:
         """A ring row (on a CPU: host memory, free to read) that must be judged at once."""
         values = self._ring_host[row]
         return not (math.isfinite(values[_LOSS]) and
-                    values[_GRAD_SQ] <= self._alarm_squared_norm)
+                    values[_GRAD_SQ] <= self._alarm_squared_norm and values[_SKIPPED] == 0)
 
     def _ensure_ring(self) -> torch.Tensor:
         device = self._device()
@@ -576,6 +600,8 @@ class Monitor:
                 optimizer_stepped=row.stepped,
                 learning_rates=row.learning_rates,
                 local_gradients_finite=bool(values[_LOCAL_NONFINITE] == 0) if local_seen else None,
+                update_skipped=(bool(values[_SKIPPED])
+                                if self.skip_on_spike is not None and row.stepped else None),
             )
             self._pulses.append(pulse)
             self._unexported.append(pulse)
@@ -604,6 +630,7 @@ class Monitor:
         state = self._current
         state.per_param = torch.zeros(_P_ROWS, len(self.layers.params), device=self._ring.device,
                                       dtype=torch.float32)
+        state.update_table = update_stats.new_table(len(self.layers.params), self._ring.device)
         traced = self._traced
         if self._trace_all_next:
             if self._traced_all is None:
@@ -622,6 +649,7 @@ class Monitor:
         if not self._forward_order_known and self._container_params:
             self._step_handles.append(self.model.register_forward_hook(
                 self._after_model_forward, always_call=True))
+        self._step_handles += self._attention.attach()
         if self._escalated_steps > 0:
             self._escalated_steps -= 1
             if self._escalated_steps == 0:
@@ -674,6 +702,8 @@ class Monitor:
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
         start = time.perf_counter()
         state = self._current
+        if state is not None and self.skip_on_spike is not None:
+            self.skip_on_spike.save(optimizer)
         if state is not None and state.sampled and self.update_ratio:
             if not state.weights_seen:  # the update ratio's denominator: W before the step
                 self._measure_weights(state)
@@ -690,6 +720,8 @@ class Monitor:
         state = self._current
         if state is not None:
             state.stepped = True
+            if self.skip_on_spike is not None:
+                self._skip_if_outlier(optimizer, state)
             if self.track_clipping:
                 grads = [probes.sparse_values(p.grad) if p.grad.is_sparse else p.grad
                          for g in optimizer.param_groups for p in g["params"]
@@ -707,11 +739,24 @@ class Monitor:
                 torch._foreach_sub_(before, [self.layers.params[i].detach() for i in positions])
                 per_param[_P_DELTA].index_copy_(
                     0, index, probes.squared_norms(before, **self._norm_options))
+                update_stats.record_update(state.update_table, optimizer, index,
+                                           [self.layers.params[i] for i in positions], before)
                 # a parameter without a gradient (unused in forward) is not stepped: its
                 # update is "not measured", not 0 (read now: a closure makes the gradients)
                 params = self.layers.params
                 state.updated.update(i for i in positions if params[i].grad is not None)
         self.overhead_seconds += time.perf_counter() - start
+
+    def _skip_if_outlier(self, optimizer, state: _Step) -> None:
+        """Skip-on-spike: judged once per step, on the loss and gradients seen so far."""
+        cells = self._ring_cells[state.row]
+        if state.outlier is None:
+            # every rank must decide alike: with several processes only the all-reduced
+            # gradient norm is judged (each rank's loss is its own batch's)
+            loss = cells[_LOSS] if self.world_size == 1 else torch.zeros_like(cells[_LOSS])
+            state.outlier = self.skip_on_spike.decide(loss, cells[_GRAD_SQ] + cells[_SHARDED_SQ])
+            cells[_SKIPPED].copy_(state.outlier)
+        self.skip_on_spike.undo_if(optimizer, state.outlier)
 
     def _finish_sample(self, state: _Step) -> None:
         if not state.weights_seen:
@@ -752,13 +797,16 @@ class Monitor:
             act_stats.reshape(-1),
             record_nonfinite,
             *(w.reshape(-1) for w in world),
+            update_stats.per_layer(state.update_table, by_layer).reshape(-1),
+            self._attention.values(device),
         ]
         sizes = [p.numel() for p in pieces]
         host = _host(torch.cat(pieces))  # the ONE device-to-host transfer of the step
         ends = list(itertools.accumulate(sizes))
         parts = [host[end - size:end] for size, end in zip(sizes, ends)]
         self._drain_rows(parts[0].reshape(-1, _RING_COLUMNS))
-        snapshot = self._build_snapshot(state, parts[1:7], trace)
+        snapshot = dataclasses.replace(self._build_snapshot(state, parts[1:7], trace),
+                                       **self._leading_indicators(state, parts[-2], parts[-1]))
         if world:
             world_parts = [*parts[1:4], parts[7], parts[8], parts[6]]
             snapshot = dataclasses.replace(
@@ -773,6 +821,16 @@ class Monitor:
         self.exporter.submit("on_snapshot", snapshot)
         for observer in self.observers:
             observer.on_snapshot(snapshot, self)
+
+    def _leading_indicators(self, state: _Step, updates: np.ndarray,
+                            attention: np.ndarray) -> dict[str, object]:
+        """Snapshot fields of the attention, output-logit and update statistics."""
+        order = self.layers.depth_order
+        updates = updates.reshape(-1, 2).copy()
+        updates[~self._layer_mask(state.updated)] = math.nan
+        return {"update_grad_cosine": updates[order, 0],
+                "adam_eps_dominated_ratio": updates[order, 1],
+                **self._attention.read(attention)}
 
     @staticmethod
     def _combine(records: torch.Tensor, meta: list[tuple[int, int]], own: list[int],

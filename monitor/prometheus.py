@@ -35,8 +35,9 @@ from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 from .validation import check_int
 
-#: Per-layer gauges of the parameters and their gradients: the same on every rank.
-SYNCHRONISED_LAYER_GAUGES = ("grad_norm", "weight_norm", "update_ratio")
+#: Per-layer gauges of the parameters, their gradients and updates: the same on every rank.
+SYNCHRONISED_LAYER_GAUGES = ("grad_norm", "weight_norm", "update_ratio", "update_grad_cosine",
+                             "adam_eps_dominated_ratio")
 #: Per-layer gauges of the activations: each rank's own batch.
 ACTIVATION_GAUGES = (
     "activation_mean",
@@ -49,7 +50,9 @@ ACTIVATION_GAUGES = (
 LAYER_GAUGES = SYNCHRONISED_LAYER_GAUGES + ACTIVATION_GAUGES
 #: The non-finite sources whose values make a NaN gauge a real NaN (not "not measured").
 GAUGE_SOURCES = {"grad_norm": ("gradient",), "weight_norm": ("parameter",),
-                 "update_ratio": ("gradient", "parameter")} | {
+                 "update_ratio": ("gradient", "parameter"),
+                 "update_grad_cosine": ("gradient", "parameter"),
+                 "adam_eps_dominated_ratio": ("gradient",)} | {
     name: ("activation",) for name in ACTIVATION_GAUGES}
 #: Non-finite sources that are the same on every rank (after the all-reduce).
 SYNCHRONISED_SOURCES = ("gradient", "parameter")
@@ -62,6 +65,10 @@ RANK_NONFINITE_LAYERS = 8
 DEEPER_LAYERS = "(deeper layers)"
 #: Longest wait at a clean end for the scrape that reads gradwatch_run_finished.
 LINGER_SECONDS = 35.0
+#: Per-attention-module gauges (label ``layer``: the module that computed attention).
+ATTENTION_GAUGES = ("attention_logit_max", "attention_entropy")
+#: Gauges of the output logits.
+OUTPUT_GAUGES = ("output_logit_logsumexp", "output_logit_max")
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "histogram": HistogramMetricFamily}
 #: The ``rank`` label value of what is the same on every rank (or over all ranks' batches),
@@ -131,6 +138,7 @@ class PrometheusSink:
         self._active_regimes: dict[str, str] = {}
         self._clip_engaged = 0
         self._skipped = 0
+        self._skipped_updates = 0
         self._snapshots = 0
         self._rank_layers: set[str] = set()
         self._streak_free = True  # the latest global norm was finite
@@ -219,6 +227,8 @@ class PrometheusSink:
                 self._clip_engaged += 1
             if skipped:
                 self._skipped += 1
+            if pulse.update_skipped:
+                self._skipped_updates += 1
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         export = local = None
@@ -356,6 +366,24 @@ class PrometheusSink:
                         group.add_metric([*labels, name, f"{first}-{last}", stat], stats[stat])
             yield family
         yield group
+        if self._shared is not None or self.rank_activations:
+            yield from self._leading_metrics(list(self._base.values()))
+
+    def _leading_metrics(self, base: list[str]) -> Iterator[Metric]:
+        """Attention and output-logit gauges of the latest Snapshot: of this rank's batch,
+        exported by rank 0 (every rank with ``rank_activations``)."""
+        snapshot = self._snapshot
+        for name in ATTENTION_GAUGES:
+            family = self._family(name)
+            for layer, value in zip(snapshot.attention_layers, getattr(snapshot, name)):
+                family.add_metric([*base, layer], value)
+            yield family
+        for name in OUTPUT_GAUGES:
+            family = self._family(name)
+            value = getattr(snapshot, name)
+            if not math.isnan(value):
+                family.add_metric(base, value)
+            yield family
 
     def _counters(self) -> Iterator[Metric]:
         base = list(self._base.values())
@@ -381,6 +409,7 @@ class PrometheusSink:
         for name, value, labels in (
             ("grad_clip_engaged", self._clip_engaged, self._shared),
             ("amp_skipped_steps", self._skipped, self._shared),
+            ("skipped_updates", self._skipped_updates, self._base),
             ("overhead_seconds", overhead, self._base),
             ("snapshots", self._snapshots, self._base),
             ("export_dropped", self.count_dropped(), self._base),

@@ -52,6 +52,9 @@ DEPTH_ORDERED_METRICS = (
     "activation_variance",
     "activation_saturation_ratio",
     "activation_dead_ratio",
+    # issue 17
+    "update_grad_cosine",
+    "adam_eps_dominated_ratio",
 )
 RULES_PATH = Path("deploy/prometheus/rules/gradwatch.rules.yml")
 #: Steps whose own gradients (before the all-reduce) were not finite: the origin rank.
@@ -314,6 +317,53 @@ def alerts(t: Thresholds) -> list[Alert]:
     ]
 
 
+def leading_alerts(t: Thresholds) -> list[Alert]:
+    """Leading indicators of transformer instability and skip-on-spike, by level (the
+    trainer's detectors also judge growth and drift, which need the sample history); one
+    alert per run, the worst modules named."""
+    leading_for = f"{int(t.leading_samples * SCRAPE_INTERVAL_SECONDS)}s"
+    attention = f"gradwatch_attention_logit_max > {t.attention_logit_level!r}"
+    return [
+        Alert(
+            "AttentionLogitGrowth",
+            f"max by (run) ({attention})",
+            f"The max attention logit of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
+            f"{{{{ $value | humanize }}}}, above {t.attention_logit_level!r} for {leading_for}: "
+            "attention collapses before the loss diverges.",
+            for_=leading_for,
+            culprits=(("layers", named_by("layer", attention.replace(
+                "gradwatch_attention_logit_max", 'gradwatch_attention_logit_max{run="%s"}'))),),
+        ),
+        Alert(
+            "OutputLogitDivergence",
+            f"max by (run) (abs(gradwatch_output_logit_logsumexp))"
+            f" > {t.output_logsumexp_level!r}",
+            f"|log Z| of the output logits of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
+            f"{{{{ $value | humanize }}}}, above {t.output_logsumexp_level!r} for "
+            f"{leading_for}.",
+            for_=leading_for,
+        ),
+        Alert(
+            "AdamUpdateDecorrelation",
+            f"max by (run) (quantile by (run) (0.5, gradwatch_update_grad_cosine)"
+            f" < {t.update_grad_cosine_low!r}"
+            f" or quantile by (run) (0.5, gradwatch_adam_eps_dominated_ratio)"
+            f" > {t.eps_dominated_ratio!r})",
+            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: median update/gradient cosine below "
+            f"{t.update_grad_cosine_low!r} or median eps-dominated ratio above "
+            f"{t.eps_dominated_ratio!r} (value {{{{ printf \"%.3g\" $value }}}}) for {leading_for}.",
+            for_=leading_for,
+        ),
+        Alert(
+            "UpdateSkipped",
+            f"max by (run) (sum by ({BY_RUN}) "
+            f"({counted_in('gradwatch_skipped_updates_total', COUNTER_WINDOW)})) > 0",
+            f"Skip-on-spike undid {{{{ $value | humanize }}}} outlier updates of run "
+            f"{{{{ $labels.run }}}}{LAYER_TEXT} in the last {COUNTER_WINDOW}.",
+        ),
+    ]
+
+
 #: Go-template spelling of the alert table's summary fields.
 SUMMARY_FIELDS = {"run": "{{ $labels.run }}", "layer": LAYER_TEXT,
                   "run_or_instance": "{{ with $labels.run }}run {{ . }}{{ else }}"
@@ -350,8 +400,9 @@ def rule_groups(thresholds: Thresholds, runbook_base_url: str = RUNBOOK_BASE_URL
     """
     return {"groups": [{
         "name": "gradwatch",
-        "rules": recording_rules(thresholds) + [alerting_rule(a, runbook_base_url)
-                                                for a in alerts(thresholds)],
+        "rules": recording_rules(thresholds) + [
+            alerting_rule(a, runbook_base_url)
+            for a in alerts(thresholds) + leading_alerts(thresholds)],
     }]}
 
 

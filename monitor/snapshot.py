@@ -5,7 +5,8 @@ No torch here: detectors and sinks see plain floats and numpy arrays only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class Pulse:
         local_gradients_finite: under DDP with gradwatch's communication hook, whether THIS
             rank's gradients were finite before the all-reduce (False on the rank a NaN
             came from).
+        update_skipped: with skip-on-spike on, whether the step's optimizer update was
+            undone because its loss or gradient norm was an outlier (None: off).
     """
 
     step: int
@@ -47,6 +50,7 @@ class Pulse:
     optimizer_stepped: bool = True
     learning_rates: tuple[tuple[float, ...], ...] = ()
     local_gradients_finite: bool | None = None
+    update_skipped: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,14 @@ class Snapshot:
         world: with several ranks, on regular samples, the global view: activation figures
             over every rank's batch (and non-finite activation counts summed), rank -1.
             Gradient, weight and update figures are global in every Snapshot already.
+        update_grad_cosine: per layer, cos(W_before - W_after, grad) of the updated params.
+        adam_eps_dominated_ratio: per layer, the fraction of Adam second-moment elements
+            with sqrt(v_hat) <= 10 eps (NaN for other optimizers).
+        attention_layers: the modules that computed attention, in the order first seen.
+        attention_logit_max, attention_entropy: per attention module, the max pre-softmax
+            logit and the mean softmax entropy of its rows (nats).
+        output_logit_logsumexp, output_logit_max: of the output logits (``lm_head`` or the
+            last Linear): the mean log-partition log Z over the batch, and the max logit.
     """
 
     run: str
@@ -102,6 +114,13 @@ class Snapshot:
     pulses: tuple[Pulse, ...]
     overhead_seconds: float
     world: Snapshot | None = None
+    update_grad_cosine: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    adam_eps_dominated_ratio: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    attention_layers: tuple[str, ...] = ()
+    attention_logit_max: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    attention_entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    output_logit_logsumexp: float = math.nan
+    output_logit_max: float = math.nan
 
     @property
     def pulse(self) -> Pulse:

@@ -17,7 +17,7 @@ import re
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from .prometheus import LAYER_GAUGES
+from .prometheus import ATTENTION_GAUGES, LAYER_GAUGES, OUTPUT_GAUGES
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 
 PULSE_SCALARS = ("loss", "global_grad_norm", "clipped_grad_norm", "loss_scale")
@@ -74,6 +74,12 @@ class TensorBoardSink:
         for source, value in zip(NONFINITE_SOURCES, nonfinite):
             scalars[f"gradwatch/nonfinite/{source}"] = value
         scalars["gradwatch/overhead_seconds"] = snapshot.overhead_seconds
+        # issue 17: attention per module, output logits
+        for name in ATTENTION_GAUGES:
+            scalars.update({f"gradwatch/{name}/{module}": value for module, value in
+                            zip(snapshot.attention_layers, getattr(snapshot, name))})
+        scalars.update({f"gradwatch/{name}": getattr(snapshot, name) for name in OUTPUT_GAUGES
+                        if not math.isnan(getattr(snapshot, name))})
         self._write_scalars(scalars, snapshot.step)
 
     def _write_scalars(self, scalars: dict[str, float], step: int) -> None:

@@ -111,6 +111,28 @@ class Thresholds:
     escalation_steps: float = _t(
         5, "Steps fully sampled after a non-finite value appears on an unsampled step.",
         low=1, high=10_000)
+    # leading indicators of transformer instability (issue 17)
+    attention_logit_level: float = _t(
+        100.0, "Max pre-softmax attention logit above this is attention-logit growth (the "
+        "level QK-Clip caps logits at; healthy models stay in the tens).", low=1.0)
+    attention_logit_growth_factor: float = _t(
+        4.0, "Max attention logit growing by this factor over leading_samples samples (and "
+        "above half of attention_logit_level) is steady growth.", low=1.0)
+    output_logsumexp_level: float = _t(
+        30.0, "|mean log Z| of the output logits above this is output-logit divergence "
+        "(log V at initialisation is about 11 for a 50k vocabulary).", low=1.0)
+    output_logsumexp_drift: float = _t(
+        10.0, "|log Z| drifting by this many nats within history_steps sampled steps is "
+        "output-logit divergence.", low=0.1)
+    update_grad_cosine_low: float = _t(
+        0.05, "Median over layers of cos(update, gradient) below this: Adam's updates have "
+        "decorrelated from the gradient (healthy AdamW runs stay near 0.3-0.5).", high=1.0)
+    eps_dominated_ratio: float = _t(
+        0.5, "Median over layers of the fraction of Adam elements with sqrt(v_hat) <= 10 eps "
+        "above this: eps, not the gradient, sets the steps.", high=1.0)
+    leading_samples: float = _t(
+        3, "Sampled steps in a row a leading indicator must hold before alerting.", low=1,
+        high=1000)
 
     def __post_init__(self) -> None:
         for f in fields(self):

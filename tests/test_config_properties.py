@@ -48,6 +48,10 @@ WRONG = {
     "on_alert": st.one_of(st.integers(), st.text(max_size=3)),
     "stop_on": st.one_of(st.text(min_size=1, max_size=8), st.lists(st.sampled_from(["NaN", "Boom", "x"]), min_size=1)),
     "forensics_dir": not_text,
+    "skip_on_spike": st.one_of(st.text(max_size=8), st.integers(), st.booleans()),
+    "checkpoint_on": st.one_of(st.text(min_size=1, max_size=8),
+                               st.lists(st.sampled_from(["NaN", "Boom", "x"]), min_size=1)),
+    "checkpoint_dir": not_text,
 }
 
 

@@ -12,9 +12,12 @@ from monitor.alert_table import RULE_NAMES, RUNBOOK_BASE_URL
 from monitor.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The architecture's contract names (extended, never renamed) plus LossSpike.
+#: The architecture's contract names (extended, never renamed) and the ones added since.
 CONTRACT_ALERTS = {"NonFiniteValues", "GradientExplosion", "GradientVanishing", "LossDivergence",
-                   "AmpOverflowStorm", "TrainingStalled", "TrainerDown", "LossSpike"}
+                   "AmpOverflowStorm", "TrainingStalled", "TrainerDown", "LossSpike",
+                   # leading indicators and skip-on-spike
+                   "AttentionLogitGrowth", "OutputLogitDivergence", "AdamUpdateDecorrelation",
+                   "UpdateSkipped"}
 
 
 def alert_rules(text: str) -> dict[str, dict]:

@@ -1,0 +1,197 @@
+"""Detectors of the leading signs of transformer instability, and of skipped updates.
+
+They follow the protocol of ``monitor.detectors`` (host data in, a verdict out) and judge
+the statistics of ``monitor.attention`` and ``monitor.update_stats`` on Snapshots; a
+missing statistic (a model without attention, a non-Adam optimizer) gives no verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from .detectors import Finding, Result, Sustained, describe_layers, table_fields
+from .snapshot import Pulse, Snapshot
+from .thresholds import Thresholds
+
+
+def _warning(name: str, snapshot: Snapshot, **fields) -> Finding:
+    """A Finding about ``snapshot``'s step, its severity and remedy from the alert table."""
+    return Finding(name=name, step=snapshot.step, time=snapshot.time, **table_fields(name),
+                   **fields)
+
+
+def _peak(values: np.ndarray) -> float:
+    """The largest value, +Inf for NaN/Inf (a logit that overflowed is the largest)."""
+    values = np.asarray(values, dtype=np.float64)
+    return math.inf if not np.isfinite(values).all() else float(values.max())
+
+
+class AttentionLogitGrowth:
+    """The max pre-softmax attention logit above ``attention_logit_level`` or growing by
+    ``attention_logit_growth_factor`` over ``leading_samples`` samples (once above half
+    the level), for ``leading_samples`` samples in a row; the attention entropy collapses
+    with it (Wortsman et al. 2023). Clears when it holds for no sample as long."""
+
+    name = "AttentionLogitGrowth"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        samples = int(thresholds.leading_samples)
+        self.recent: deque[float] = deque(maxlen=samples + 1)
+        self.state = Sustained(samples, samples)
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        if not snapshot.attention_layers:
+            return None
+        t = self.t
+        peak = _peak(snapshot.attention_logit_max)
+        self.recent.append(peak)
+        reasons = []
+        if peak > t.attention_logit_level:
+            reasons.append(f"above {t.attention_logit_level:g}")
+        first = self.recent[0]
+        if (len(self.recent) == self.recent.maxlen and peak > t.attention_logit_level / 2
+                and first > 0 and peak >= t.attention_logit_growth_factor * first):
+            reasons.append(f"{peak / first:.3g}x in {len(self.recent) - 1} samples")
+        return self.state.verdict(bool(reasons), lambda: self._finding(snapshot, peak, reasons))
+
+    def _finding(self, snapshot: Snapshot, peak: float, reasons: list[str]) -> Finding:
+        values = np.nan_to_num(np.asarray(snapshot.attention_logit_max), nan=math.inf)
+        worst = np.argsort(-values)[:4]
+        layers = tuple(snapshot.attention_layers[i] for i in worst)
+        entropy = float(np.min(snapshot.attention_entropy))
+        return _warning(
+            self.name, snapshot, layers=layers, value=peak, threshold=self.t.attention_logit_level,
+            summary=f"Attention logits up to {peak:.4g} at step {snapshot.step}: growing",
+            description=(
+                f"The max pre-softmax attention logit is {peak:.4g} ({'; '.join(reasons)}), "
+                f"in {describe_layers(layers, values[worst])}; the lowest mean attention "
+                f"entropy is {entropy:.3g} nats. Growing logits collapse attention onto one "
+                "key (entropy toward 0) and precede loss divergence by many steps. See "
+                "gradwatch_attention_logit_max and gradwatch_attention_entropy."),
+        )
+
+
+class OutputLogitDivergence:
+    """The mean log-partition log Z of the output logits far from 0: |log Z| above
+    ``output_logsumexp_level``, or drifted by ``output_logsumexp_drift`` nats within the
+    last ``history_steps`` samples, for ``leading_samples`` samples in a row."""
+
+    name = "OutputLogitDivergence"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        self.recent: deque[float] = deque(maxlen=int(thresholds.history_steps))
+        samples = int(thresholds.leading_samples)
+        self.state = Sustained(samples, samples)
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        log_z = snapshot.output_logit_logsumexp
+        if math.isnan(log_z):
+            return None
+        t = self.t
+        reasons = []
+        if abs(log_z) > t.output_logsumexp_level:
+            reasons.append(f"|log Z| above {t.output_logsumexp_level:g}")
+        if self.recent:
+            nearest = min(self.recent, key=lambda v: abs(v))
+            if abs(log_z) - abs(nearest) > t.output_logsumexp_drift:
+                reasons.append(f"drifted {abs(log_z) - abs(nearest):.3g} nats from "
+                               f"{nearest:.3g} within {len(self.recent)} samples")
+        if math.isfinite(log_z):
+            self.recent.append(log_z)
+        return self.state.verdict(bool(reasons), lambda: self._finding(snapshot, reasons))
+
+    def _finding(self, snapshot: Snapshot, reasons: list[str]) -> Finding:
+        log_z = snapshot.output_logit_logsumexp
+        return _warning(
+            self.name, snapshot, layers=(), value=log_z, threshold=self.t.output_logsumexp_level,
+            summary=f"Output log Z {log_z:.4g} at step {snapshot.step}: drifting",
+            description=(
+                f"The mean log-partition of the output logits is {log_z:.4g} "
+                f"({'; '.join(reasons)}); the max output logit is "
+                f"{snapshot.output_logit_max:.4g}. The softmax is invariant to a shift of the "
+                "logits, so nothing stops them from drifting until they overflow or "
+                "saturate. See gradwatch_output_logit_logsumexp."),
+        )
+
+
+class AdamUpdateDecorrelation:
+    """Adam's updates no longer follow the gradient: the median over layers of
+    cos(update, gradient) below ``update_grad_cosine_low``, or of the eps-dominated ratio
+    above ``eps_dominated_ratio``, for ``leading_samples`` samples in a row (arXiv
+    2304.09871). Medians: one layer with vanishing gradients is not the model."""
+
+    name = "AdamUpdateDecorrelation"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.t = thresholds
+        samples = int(thresholds.leading_samples)
+        self.state = Sustained(samples, samples)
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result:
+        cosine = np.asarray(snapshot.update_grad_cosine, dtype=np.float64)
+        eps = np.asarray(snapshot.adam_eps_dominated_ratio, dtype=np.float64)
+        if not np.isfinite(cosine).any():
+            return None
+        t = self.t
+        median_cosine = float(np.median(cosine[np.isfinite(cosine)]))
+        median_eps = float(np.median(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else 0.0
+        reasons = []
+        if median_cosine < t.update_grad_cosine_low:
+            reasons.append(f"median update/gradient cosine {median_cosine:.3g} below "
+                           f"{t.update_grad_cosine_low:g}")
+        if median_eps > t.eps_dominated_ratio:
+            reasons.append(f"median eps-dominated ratio {median_eps:.3g} above "
+                           f"{t.eps_dominated_ratio:g}")
+        return self.state.verdict(bool(reasons), lambda: self._finding(
+            snapshot, median_cosine, cosine, reasons))
+
+    def _finding(self, snapshot: Snapshot, median: float, cosine: np.ndarray,
+                 reasons: list[str]) -> Finding:
+        low = [i for i in np.argsort(np.nan_to_num(cosine, nan=np.inf))[:4]
+               if np.isfinite(cosine[i])]
+        layers = tuple(snapshot.layers[i] for i in low)
+        return _warning(
+            self.name, snapshot, layers=layers, value=median, threshold=self.t.update_grad_cosine_low,
+            summary=f"Adam updates decorrelated from the gradient at step {snapshot.step}",
+            description=(
+                f"{'; '.join(reasons).capitalize()}; lowest cosines in "
+                f"{describe_layers(layers, cosine[low])}. When the second moment collapses "
+                "toward eps, Adam's steps stop following the gradient and a loss spike "
+                "follows. See gradwatch_update_grad_cosine and "
+                "gradwatch_adam_eps_dominated_ratio."),
+        )
+
+
+class UpdateSkipped:
+    """Skip-on-spike undid a step's update (an outlier loss or gradient norm). Clears after
+    ``history_min_steps`` kept steps."""
+
+    name = "UpdateSkipped"
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.state = Sustained(1, int(thresholds.history_min_steps))
+
+    def on_pulse(self, pulse: Pulse) -> Result:
+        if pulse.update_skipped is None:
+            return None
+        return self.state.verdict(pulse.update_skipped, lambda: Finding(
+            name=self.name, step=pulse.step, time=pulse.time, layers=(), **table_fields(self.name),
+            value=math.nan if pulse.loss is None else pulse.loss, threshold=math.nan,
+            summary=f"Update of step {pulse.step} skipped: outlier loss or gradient norm",
+            description=(
+                f"Step {pulse.step} had loss {pulse.loss} and global gradient norm "
+                f"{pulse.global_grad_norm}, an outlier against the recent steps, so its "
+                "optimizer update was undone on the device (skip-on-spike). Count: "
+                "gradwatch_skipped_updates_total."),
+        ))
+
+
+def leading_detectors(thresholds: Thresholds) -> list[object]:
+    """The detectors of this module, configured from one Thresholds."""
+    return [AttentionLogitGrowth(thresholds), OutputLogitDivergence(thresholds),
+            AdamUpdateDecorrelation(thresholds), UpdateSkipped(thresholds)]

@@ -1,0 +1,403 @@
+"""Leading indicators of transformer instability (issue 17): the new sampled-step statistics
+against independent computations, their detectors on a CPU reproduction and its healthy
+twins, and the opt-in responses (skip-on-spike, checkpoint-on-alert) in real Lightning fits."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from prometheus_client import generate_latest
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.instability import (RUNS, TinyDecoder, divergence_step, lm_loss,
+                                    monitored_step, token_batches, train)
+from callbacks import TrainingDiagnostics
+from monitor.alerts import AlertEngine
+from monitor.detectors import Finding, Verdict
+from monitor.thresholds import Thresholds
+from monitor.transformer_detectors import AdamUpdateDecorrelation, OutputLogitDivergence
+from monitor.monitor import Monitor
+from monitor.responses import SkipOnSpike
+
+from .detect_fixtures import snapshot as make_snapshot
+from .helpers import read_scalars, regression_data, sample, samples, scrape, tanh_mlp
+from .lightning_models import lightning, trainer
+from .test_host_syncs import SCALAR_READS, CountHostCopies
+
+
+def run_monitored(model, optimizer, batches, step_fn):
+    """A plain loop under a Monitor sampling every step; the last Snapshot."""
+    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=1)
+    for step, batch in enumerate(batches):
+        monitored_step(monitor, step, optimizer, lambda: step_fn(model, batch))
+    monitor.close()
+    return monitor.last_snapshot
+
+
+def reference_attention(logits: torch.Tensor) -> tuple[float, float]:
+    """Max unmasked logit, mean row entropy -sum p log p (masked entries are -inf)."""
+    p = torch.softmax(logits.double(), dim=-1)
+    entropy = -(p * torch.log(p.clamp(min=1e-300))).sum(-1)
+    return logits[torch.isfinite(logits)].max().item(), entropy.mean().item()
+
+
+def test_attention_and_output_logit_statistics_of_sdpa_equal_a_direct_computation():
+    torch.manual_seed(0)
+    model = TinyDecoder(seq=32)
+    tokens = token_batches(1, seq=33)[0]
+    captured = {}
+    for i, block in enumerate(model.blocks):
+        block.qkv.register_forward_hook(
+            lambda m, a, out, i=i: captured.__setitem__(i, out.detach().clone()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay: one forward
+    snapshot = run_monitored(model, optimizer, [tokens], lm_loss)
+    with torch.no_grad():
+        logits = model(tokens[:, :-1])
+    assert snapshot.attention_layers == ("blocks.0", "blocks.1")
+    for i, block in enumerate(model.blocks):
+        b, s, _ = captured[i].shape
+        q, k, _ = captured[i].view(b, s, 3, block.heads, -1).unbind(2)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool).tril(), -math.inf)
+        top, entropy = reference_attention(scores)
+        assert snapshot.attention_logit_max[i] == pytest.approx(top, rel=1e-5)
+        assert snapshot.attention_entropy[i] == pytest.approx(entropy, rel=1e-5)
+    log_z = torch.logsumexp(logits.double(), dim=-1).mean().item()
+    assert snapshot.output_logit_logsumexp == pytest.approx(log_z, rel=1e-6)
+    assert snapshot.output_logit_max == pytest.approx(logits.max().item(), rel=1e-6)
+
+
+class MhaModel(nn.Module):
+    def __init__(self, need_weights: bool) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 8)
+        self.need_weights = need_weights
+
+    def forward(self, x):
+        out, _ = self.attn(x, x, x, need_weights=self.need_weights)
+        return self.head(out)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_is_intercepted_with_or_without_weights(need_weights):
+    torch.manual_seed(0)
+    model = MhaModel(need_weights)
+    x = torch.randn(3, 10, 16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    snapshot = run_monitored(model, optimizer, [x], lambda m, x: m(x).square().mean())
+    attn = model.attn
+    with torch.no_grad():
+        q = (x @ attn.in_proj_weight[:16].T + attn.in_proj_bias[:16]).view(3, 10, 4, 4)
+        k = (x @ attn.in_proj_weight[16:32].T + attn.in_proj_bias[16:32]).view(3, 10, 4, 4)
+        scores = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-2, -1) / 2.0
+        _, weights = attn(x, x, x, need_weights=True, average_attn_weights=False)
+    top, _ = reference_attention(scores)
+    p = weights.double()
+    entropy = -(p * p.log()).sum(-1).mean().item()
+    assert snapshot.attention_layers == ("attn",)
+    assert snapshot.attention_logit_max[0] == pytest.approx(top, rel=1e-5)
+    assert snapshot.attention_entropy[0] == pytest.approx(entropy, rel=1e-5)
+
+
+def test_hugging_face_eager_and_sdpa_attention_give_the_same_figures():
+    transformers = pytest.importorskip("transformers")
+    figures = {}
+    for implementation in ("eager", "sdpa"):
+        config = transformers.LlamaConfig(
+            vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+            attn_implementation=implementation)
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(config)
+        tokens = torch.randint(32, (2, 9), generator=torch.Generator().manual_seed(1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        figures[implementation] = run_monitored(
+            model, optimizer, [tokens], lambda m, t: m(t, labels=t).loss)
+        if implementation == "eager":
+            with torch.no_grad():
+                probabilities = model(tokens, output_attentions=True).attentions
+    eager, sdpa = figures["eager"], figures["sdpa"]
+    assert eager.attention_layers == sdpa.attention_layers == (
+        "model.layers.0.self_attn", "model.layers.1.self_attn")
+    np.testing.assert_allclose(eager.attention_logit_max, sdpa.attention_logit_max, rtol=1e-5)
+    np.testing.assert_allclose(eager.attention_entropy, sdpa.attention_entropy, rtol=1e-5)
+    for i, p in enumerate(probabilities):
+        p = p.double()
+        entropy = -(p * torch.log(p.clamp(min=1e-300))).sum(-1).mean().item()
+        assert eager.attention_entropy[i] == pytest.approx(entropy, rel=1e-5)
+
+
+def test_update_grad_cosine_and_adam_eps_ratio_equal_a_direct_computation():
+    torch.manual_seed(0)
+    model = tanh_mlp()
+    eps = 1e-3  # large: a good share of the elements is eps-dominated
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, eps=eps)
+    data = regression_data(96)
+    batches = [(data.tensors[0][i:i + 32], data.tensors[1][i:i + 32]) for i in (0, 32, 64)]
+    seen = {}
+
+    def step_fn(m, batch):
+        seen["before"] = [p.detach().clone() for p in m.parameters()]
+        return F.mse_loss(m(batch[0]), batch[1])
+
+    optimizer.register_step_post_hook(lambda *_: seen.__setitem__(
+        "grads", [p.grad.clone() for p in model.parameters()]))
+    snapshot = run_monitored(model, optimizer, batches, step_fn)
+    grads = seen["grads"]
+    ratios = []
+    for index, layer in enumerate((0, 2, 4)):
+        params = list(model[layer].parameters())
+        k = [i for i, p in enumerate(model.parameters()) if any(p is q for q in params)]
+        descent = torch.cat([(seen["before"][i] - p.detach()).flatten()
+                             for i, p in zip(k, params)]).double()
+        grad = torch.cat([grads[i].flatten() for i in k]).double()
+        cosine = F.cosine_similarity(descent, grad, dim=0).item()
+        v_hat = torch.cat([(optimizer.state[p]["exp_avg_sq"]
+                            / (1 - 0.999 ** optimizer.state[p]["step"].item())).flatten()
+                           for p in params])
+        ratio = (v_hat.sqrt() <= 10 * eps).double().mean().item()
+        ratios.append(ratio)
+        position = snapshot.layers.index(str(layer))
+        assert snapshot.update_grad_cosine[position] == pytest.approx(cosine, rel=1e-4)
+        assert snapshot.adam_eps_dominated_ratio[position] == pytest.approx(ratio, rel=1e-6)
+    assert any(0 < r < 1 for r in ratios)  # the test can tell a wrong count
+
+
+def test_sgd_updates_have_cosine_one_and_no_eps_ratio():
+    torch.manual_seed(0)
+    model = tanh_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = regression_data(32).tensors
+    snapshot = run_monitored(model, optimizer, [(x, y)],
+                             lambda m, b: F.mse_loss(m(b[0]), b[1]))
+    np.testing.assert_allclose(snapshot.update_grad_cosine, 1.0, rtol=1e-5)
+    assert np.isnan(snapshot.adam_eps_dominated_ratio).all()
+
+
+def test_the_new_statistics_add_no_host_sync_and_do_not_change_training():
+    """Sampled steps of a transformer with AdamW (and skip-on-spike on): one copy to the host
+    each, no scalar read; the weights equal those of the same loop without gradwatch."""
+    batches = token_batches(6, seq=17)
+
+    def fit(monitored: bool):
+        torch.manual_seed(0)
+        model = TinyDecoder(seq=16)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        copies = CountHostCopies()
+        monitor = (Monitor(model, optimizers=[optimizer], every_n_steps=2,
+                           skip_on_spike=SkipOnSpike(min_steps=2)) if monitored else None)
+        with profile(activities=[ProfilerActivity.CPU]) as profiler, copies:
+            for step, tokens in enumerate(batches):
+                if monitor:
+                    monitored_step(monitor, step, optimizer, lambda: lm_loss(model, tokens))
+                else:
+                    lm_loss(model, tokens).backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+        reads = Counter(e.name for e in profiler.events() if e.name in SCALAR_READS)
+        if monitor:
+            assert monitor.last_snapshot.attention_layers  # measured
+            monitor.close()
+        return [p.detach() for p in model.parameters()], copies.count, sum(reads.values())
+
+    bare, bare_copies, bare_reads = fit(False)
+    watched, copies, reads = fit(True)
+    assert all(torch.equal(a, b) for a, b in zip(bare, watched))
+    assert copies - bare_copies == 3  # steps 0, 2, 4
+    assert reads - bare_reads == 0
+
+
+def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
+    pl = lightning()
+    batches = token_batches(4, seq=17)
+
+    class Decoder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = TinyDecoder(seq=16)
+
+        def training_step(self, batch, batch_idx):
+            return lm_loss(self.model, batch[0])
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(batches, batch_size=1)
+
+    scraped = {}
+
+    class Scrape(pl.Callback):
+        def on_train_end(self, trainer, module):  # after gradwatch's: /metrics is up to date
+            scraped["text"] = scrape(diagnostics.prometheus_url)
+
+    diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0,
+                                      tensorboard_dir=str(tmp_path / "tb"))
+    trainer(callbacks=[diagnostics, Scrape()], root=str(tmp_path), max_steps=4,
+            logger=False).fit(Decoder())
+    snapshot = diagnostics.last_snapshot
+    parsed = samples(scraped["text"])
+    scalars = read_scalars(str(tmp_path / "tb"))
+    assert snapshot.attention_layers == ("model.blocks.0", "model.blocks.1")
+    for i, module in enumerate(snapshot.attention_layers):
+        for name in ("attention_logit_max", "attention_entropy"):
+            value = getattr(snapshot, name)[i]
+            assert sample(parsed, f"gradwatch_{name}", layer=module) == pytest.approx(value)
+            assert scalars[f"gradwatch/{name}/{module}"][-1] == (3, pytest.approx(value))
+    for name in ("output_logit_logsumexp", "output_logit_max"):
+        assert sample(parsed, f"gradwatch_{name}") == pytest.approx(getattr(snapshot, name))
+    position = snapshot.layers.index("model.lm_head")
+    assert sample(parsed, "gradwatch_update_grad_cosine", layer="model.lm_head") == \
+        pytest.approx(snapshot.update_grad_cosine[position])
+    assert sample(parsed, "gradwatch_skipped_updates_total") == 0
+
+
+# ---------------------------------------------------------------------------- detectors
+
+
+def test_attention_logit_growth_leads_the_divergence_and_the_twins_stay_quiet():
+    steps = 300
+    first_alerts = []
+    for _, lr, qk_norm in RUNS:
+        engine = AlertEngine()
+        losses, _ = train(lr, qk_norm, steps, observers=[engine])
+        fired = [a for a in engine.history if a.status == "firing"]
+        first_alerts.append(({a.name: a.step for a in reversed(fired)},
+                             divergence_step(losses)))
+    (unstable, diverged), *twins = first_alerts
+    assert diverged is not None
+    assert unstable["AttentionLogitGrowth"] <= diverged - 20
+    for alerts, twin_diverged in twins:
+        assert twin_diverged is None
+        assert alerts == {}
+
+
+def judge(detector, snapshots) -> list[str]:
+    """Each verdict as "fire", "clear" or "-" (None)."""
+    names = {Verdict.CLEAR: "clear", None: "-"}
+    return ["fire" if isinstance(r, Finding) else names[r]
+            for r in map(detector.on_snapshot, snapshots)]
+
+
+def test_output_logit_divergence_fires_on_drift_or_level_after_leading_samples():
+    def run(log_zs):
+        return judge(OutputLogitDivergence(Thresholds()), [
+            dataclasses.replace(make_snapshot(i), output_logit_logsumexp=z)
+            for i, z in enumerate(log_zs)])
+
+    healthy = [4.3 + 0.01 * i + 0.3 * math.sin(i) for i in range(200)]  # slow drift, noise
+    assert set(run(healthy)) == {"clear"}
+    drifting = [5.0] * 10 + [5.0 + 2.0 * i for i in range(1, 10)]  # 10 nats after 6 samples
+    assert run(drifting)[10:] == ["clear"] * 7 + ["fire"] * 2
+    assert run([-40.0] * 4) == ["clear", "clear", "fire", "fire"]  # |log Z| above 30
+
+
+def test_adam_update_decorrelation_follows_the_median_not_one_layer():
+    def run(cosines, eps):
+        return judge(AdamUpdateDecorrelation(Thresholds()), [
+            dataclasses.replace(make_snapshot(i), update_grad_cosine=np.array(c),
+                                adam_eps_dominated_ratio=np.array(e))
+            for i, (c, e) in enumerate(zip(cosines, eps))])
+
+    one_layer = [[0.0, 0.4, 0.3, 0.5]] * 5  # a layer without gradient
+    assert set(run(one_layer, [[1.0, 0.0, 0.0, 0.0]] * 5)) == {"clear"}
+    decorrelated = [[0.4] * 4] * 2 + [[0.01, 0.02, 0.03, 0.4]] * 3
+    assert run(decorrelated, [[0.0] * 4] * 5) == ["clear"] * 4 + ["fire"]
+    eps_bound = [[0.4] * 4] * 5
+    assert run(eps_bound, [[0.0] * 4] * 2 + [[0.9, 0.8, 0.7, 0.0]] * 3)[-1] == "fire"
+    sgd = [[1.0] * 4] * 3  # no Adam: NaN ratios, no verdict on them
+    assert set(run(sgd, [[math.nan] * 4] * 3)) == {"clear"}
+
+
+# ---------------------------------------------------------------------------- responses
+
+
+class Poisoned(torch.utils.data.Dataset):
+    """Regression batches; batch ``poisoned`` (if any) has its targets x 1000 (bad data)."""
+
+    def __init__(self, poisoned: int | None) -> None:
+        self.x, self.y = regression_data(64 * 32).tensors
+        self.poisoned = poisoned
+
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        rows = slice(32 * index, 32 * index + 32)
+        scale = 1000.0 if index == self.poisoned else 1.0
+        return self.x[rows], self.y[rows] * scale
+
+
+def fit_regression(tmp_path, poisoned, callbacks):
+    pl = lightning()
+
+    class Regression(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = tanh_mlp()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.mse_loss(self.net(x[0]), y[0])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(Poisoned(poisoned), batch_size=1)
+
+    module = Regression()
+    trainer(callbacks=callbacks, root=str(tmp_path), max_steps=64, logger=False).fit(module)
+    x, y = regression_data(64 * 32).tensors
+    with torch.no_grad():
+        final = F.mse_loss(module.net(x), y).item()
+    return module, final
+
+
+def test_skip_on_spike_is_bit_identical_on_a_healthy_run_and_rescues_a_poisoned_one(tmp_path):
+    bare, clean_loss = fit_regression(tmp_path / "bare", None, [])
+    healthy = TrainingDiagnostics(skip_on_spike=SkipOnSpike(), tensorboard=False, alerts=False)
+    watched, _ = fit_regression(tmp_path / "healthy", None, [healthy])
+    assert all(torch.equal(a, b) for a, b in zip(bare.parameters(), watched.parameters()))
+    _, hurt_loss = fit_regression(tmp_path / "hurt", 40, [])
+    assert hurt_loss > 1.05 * clean_loss  # the poison does harm without the response
+    alerts = []
+    rescue = TrainingDiagnostics(
+        skip_on_spike=SkipOnSpike(), tensorboard=False, prometheus_port=0,
+        on_alert=alerts.append, checkpoint_on=("UpdateSkipped",),
+        checkpoint_dir=str(tmp_path / "ckpt"))
+    _, rescued_loss = fit_regression(tmp_path / "rescued", 40, [rescue])
+    assert rescued_loss == pytest.approx(clean_loss, rel=0.05)
+    exposition = samples(generate_latest(rescue.prometheus.registry).decode())
+    skipped = [v for (name, _), v in exposition.items()
+               if name == "gradwatch_skipped_updates_total"]
+    assert skipped == [1.0]
+    fired = [a for a in alerts if a.name == "UpdateSkipped" and a.status == "firing"]
+    assert [a.step for a in fired] == [40]
+    path = tmp_path / "ckpt" / "gradwatch-UpdateSkipped-step40.ckpt"
+    assert fired[0].checkpoint == str(path) and str(path) in fired[0].description
+    checkpoint = torch.load(path, weights_only=False)
+    assert checkpoint["global_step"] == 41  # saved at the end of the alerting step
+    assert set(checkpoint["state_dict"]) == {f"net.{n}" for n, _ in watched.net.named_parameters()}
+
+
+def test_response_options_are_checked_at_construction():
+    with pytest.raises(ValueError, match="skip_on_spike"):
+        TrainingDiagnostics(skip_on_spike="yes")
+    with pytest.raises(ValueError, match="checkpoint_on"):
+        TrainingDiagnostics(checkpoint_on=("NoSuchAlert",))
+    with pytest.raises(ValueError, match="sigmas"):
+        SkipOnSpike(sigmas=0)
+    with pytest.raises(ValueError, match="window"):
+        SkipOnSpike(window=1)
