@@ -26,6 +26,8 @@ from grafana_foundation_sdk.models import common as common_model
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models import prometheus as prometheus_model
 
+from .alert_table import RULE_NAMES, CRITICAL, INFO, WARNING
+from .alert_table import spec as alert_spec
 from .rules import COUNTER_WINDOW, HISTORY_WINDOW, REGIMES, counted_in
 from .thresholds import Thresholds
 
@@ -138,13 +140,33 @@ def variables(board: dashboard.Dashboard, with_layer: bool) -> dashboard.Dashboa
     return board
 
 
+#: The alert table's rule alerts: what the alert panels show (not other exporters' alerts).
+FIRING_ALERTS = f'ALERTS{{alertstate="firing", alertname=~"{"|".join(RULE_NAMES)}", {RUN}}}'
+SEVERITY_COLORS = {CRITICAL: "red", WARNING: "orange", INFO: "blue"}
+
+
+def alert_mappings() -> list[model.ValueMap]:
+    """Each alert name and severity in its severity's colour, from the alert table."""
+    colours = {name: SEVERITY_COLORS[alert_spec(name).severity] for name in RULE_NAMES}
+    return [model.ValueMap(options={
+        value: model.ValueMappingResult(color=colour, index=index)
+        for index, (value, colour) in enumerate((colours | SEVERITY_COLORS).items())})]
+
+
+def alerts_description() -> str:
+    """What each alert means and what to try, from the alert table."""
+    return "Firing gradwatch alerts of the selected runs. " + " ".join(
+        f"{name} ({alert_spec(name).severity}): {alert_spec(name).remedy} "
+        f"[runbook]({alert_spec(name).runbook_url()})" for name in RULE_NAMES)
+
+
 def alert_annotation() -> dict:
     """Firing alerts of the selected runs as annotations (Prometheus annotation fields the
     SDK does not model: step, titleFormat, textFormat, tagKeys)."""
     return {
         "name": "gradwatch alerts", "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "enable": True, "iconColor": "red", "step": "15s",
-        "expr": f'ALERTS{{alertstate="firing", {RUN}}}',
+        "expr": FIRING_ALERTS,
         "titleFormat": "{{alertname}}", "textFormat": "run {{run}} {{layer}}",
         "tagKeys": "severity,run,layer", "useValueForTime": False,
     }
@@ -169,10 +191,11 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
               .description("healthy | vanishing | exploding | nonfinite, as the trainer "
                            "judges it (gradwatch_regime)."))
     alerts = (table.Panel().title("Firing alerts").datasource(DATASOURCE).height(6).span(10)
-              .with_target(query(f'ALERTS{{alertstate="firing", {RUN}}}', instant_table=True))
+              .with_target(query(FIRING_ALERTS, instant_table=True))
               .with_transformation(model.DataTransformerConfig(
                   id_val="organize", options={"excludeByName": {
-                      "Time": True, "Value": True, "__name__": True, "alertstate": True}})))
+                      "Time": True, "Value": True, "__name__": True, "alertstate": True}}))
+              .mappings(alert_mappings()).description(alerts_description()))
     heartbeat = (stat.Panel().title("Time since last step").datasource(DATASOURCE).unit("s")
                  .height(6).span(6)
                  .with_target(query(f"gradwatch:seconds_since_last_step{{{RUN}}}"))

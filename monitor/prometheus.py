@@ -428,6 +428,8 @@ def _figures(snapshot: Snapshot, names: tuple[str, ...]
     values, defined = {}, {}
     for name in names:
         x = getattr(snapshot, name)
+        if x.shape != (len(snapshot.layers),):  # a statistic the Snapshot does not carry
+            x = np.full(len(snapshot.layers), np.nan)
         sourced = np.logical_or.reduce([bad[s] for s in GAUGE_SOURCES[name]])
         values[name], defined[name] = x, ~np.isnan(x) | sourced
     return values, defined

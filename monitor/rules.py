@@ -345,13 +345,15 @@ def leading_alerts(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "AdamUpdateDecorrelation",
+            # both: a low cosine alone is what a converged, healthy run shows too
             f"max by (run) (quantile by (run) (0.5, gradwatch_update_grad_cosine)"
             f" < {t.update_grad_cosine_low!r}"
-            f" or quantile by (run) (0.5, gradwatch_adam_eps_dominated_ratio)"
+            f" and on (run) quantile by (run) (0.5, gradwatch_adam_eps_dominated_ratio)"
             f" > {t.eps_dominated_ratio!r})",
-            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: median update/gradient cosine below "
-            f"{t.update_grad_cosine_low!r} or median eps-dominated ratio above "
-            f"{t.eps_dominated_ratio!r} (value {{{{ printf \"%.3g\" $value }}}}) for {leading_for}.",
+            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: median update/gradient cosine "
+            f"{{{{ printf \"%.3g\" $value }}}}, below {t.update_grad_cosine_low!r}, while the "
+            f"median eps-dominated ratio is above {t.eps_dominated_ratio!r}, for "
+            f"{leading_for}.",
             for_=leading_for,
         ),
         Alert(

@@ -120,10 +120,12 @@ class OutputLogitDivergence:
 
 
 class AdamUpdateDecorrelation:
-    """Adam's updates no longer follow the gradient: the median over layers of
-    cos(update, gradient) below ``update_grad_cosine_low``, or of the eps-dominated ratio
-    above ``eps_dominated_ratio``, for ``leading_samples`` samples in a row (arXiv
-    2304.09871). Medians: one layer with vanishing gradients is not the model."""
+    """Adam's updates no longer follow the gradient because its second moment collapsed
+    toward eps: the median over layers of cos(update, gradient) below
+    ``update_grad_cosine_low`` AND of the eps-dominated ratio above ``eps_dominated_ratio``,
+    for ``leading_samples`` samples in a row (arXiv 2304.09871). Both: a low cosine alone is
+    what a healthy, converged run shows too (its gradients are mostly noise, which momentum
+    averages away). Medians: one layer with vanishing gradients is not the model."""
 
     name = "AdamUpdateDecorrelation"
 
@@ -140,14 +142,13 @@ class AdamUpdateDecorrelation:
         t = self.t
         median_cosine = float(np.median(cosine[np.isfinite(cosine)]))
         median_eps = float(np.median(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else 0.0
-        reasons = []
-        if median_cosine < t.update_grad_cosine_low:
-            reasons.append(f"median update/gradient cosine {median_cosine:.3g} below "
-                           f"{t.update_grad_cosine_low:g}")
-        if median_eps > t.eps_dominated_ratio:
-            reasons.append(f"median eps-dominated ratio {median_eps:.3g} above "
-                           f"{t.eps_dominated_ratio:g}")
-        return self.state.verdict(bool(reasons), lambda: self._finding(
+        reasons = [f"median update/gradient cosine {median_cosine:.3g} below "
+                   f"{t.update_grad_cosine_low:g}",
+                   f"median eps-dominated ratio {median_eps:.3g} above "
+                   f"{t.eps_dominated_ratio:g}"]
+        decorrelated = (median_cosine < t.update_grad_cosine_low
+                        and median_eps > t.eps_dominated_ratio)
+        return self.state.verdict(decorrelated, lambda: self._finding(
             snapshot, median_cosine, cosine, reasons))
 
     def _finding(self, snapshot: Snapshot, median: float, cosine: np.ndarray,

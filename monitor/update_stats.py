@@ -32,7 +32,9 @@ def record_update(table: torch.Tensor, optimizer: torch.optim.Optimizer, index: 
                   params: list[torch.Tensor], descent: list[torch.Tensor]) -> None:
     """Fill ``table`` columns ``index`` for ``params`` after ``optimizer``'s step, given
     their ``descent`` (W_before - W_after)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    # a sparse gradient (nn.Embedding(sparse=True)) densified: sampled steps only
+    grads = [torch.zeros_like(p) if p.grad is None else
+             p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
     flat_d = [local_shard(d).reshape(-1).float() for d in descent]
     flat_g = [local_shard(g.detach()).reshape(-1).float() for g in grads]
     rows = [torch.stack([d.dot(g) for d, g in zip(flat_d, flat_g)]),

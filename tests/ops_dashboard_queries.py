@@ -51,3 +51,8 @@ def substitute(expr: str, values: Mapping[str, str]) -> str:
         return values.get(name, match[0])
 
     return re.sub(r"\$\{(?P<braced>\w+)\}|\$(?P<plain>\w+)", replace, expr)
+
+
+#: Figures only some models have (the test targets are MLPs trained with SGD): attention, output
+#: logits (2+ outputs), Adam's second moment.
+MODEL_DEPENDENT = ("attention_logit", "attention_entropy", "output_logit_", "adam_eps_dominated")

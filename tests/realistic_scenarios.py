@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from .detect_fixtures import mlp
 from .realistic import STEPS, Setup
 
 
@@ -43,15 +44,6 @@ def _classification(width: int = 16, classes: int = 4, batch: int = 32, seed: in
     return batches
 
 
-def _mlp(widths, activation=nn.ReLU) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
-
-
 def warmup_cosine(warmup: int = 50, steps: int = STEPS):
     def schedule(step: int) -> float:
         if step < warmup:
@@ -64,7 +56,7 @@ def warmup_cosine(warmup: int = 50, steps: int = STEPS):
 
 def mlp_warmup_cosine() -> Setup:
     torch.manual_seed(10)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.AdamW(model.parameters(), lr=3e-3), _regression(),
                  schedule=warmup_cosine())
 
@@ -152,7 +144,7 @@ def cnn_batchnorm_sgd_step_decay() -> Setup:
 
 def frozen_backbone_head() -> Setup:
     torch.manual_seed(13)
-    model = _mlp([16, 64, 64, 4])
+    model = mlp([16, 64, 64, 4], nn.ReLU)
     for layer in list(model)[:-1]:
         layer.requires_grad_(False)
     head = list(model)[-1]
@@ -163,21 +155,21 @@ def frozen_backbone_head() -> Setup:
 def default_init_fast_drop() -> Setup:
     """PyTorch's default init on a large-scale target: the loss falls > 10x in 100 steps."""
     torch.manual_seed(14)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.Adam(model.parameters(), lr=3e-3),
                  _regression(scale=10.0, noise=0.05))
 
 
 def noisy_batch_size_4() -> Setup:
     torch.manual_seed(15)
-    model = _mlp([16, 32, 32, 4])
+    model = mlp([16, 32, 32, 4], nn.ReLU)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=0.05),
                  _classification(batch=4), loss_fn=nn.functional.cross_entropy)
 
 
 def clipping_always_engaged() -> Setup:
     torch.manual_seed(16)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=0.05),
                  _regression(scale=5.0), clip=0.1)
 
@@ -185,7 +177,7 @@ def clipping_always_engaged() -> Setup:
 def fp16_mixed_precision() -> Setup:
     """fp16 autocast with a GradScaler on CPU: it skips its first steps while calibrating."""
     torch.manual_seed(17)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=1e-3), _regression(), fp16=True)
 
 
@@ -205,14 +197,14 @@ HEALTHY = {
 
 def lr_x100_mid_run() -> Setup:
     torch.manual_seed(20)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=0.01), _regression(),
                  schedule=lambda step: 100.0 if step >= 500 else 1.0)
 
 
 def lr_exponential() -> Setup:
     torch.manual_seed(21)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=1e-3), _regression(),
                  schedule=lambda step: 1.01 ** step)
 
@@ -220,7 +212,7 @@ def lr_exponential() -> Setup:
 def corrupted_batch() -> Setup:
     """One batch with targets x1e4 at step 500, clean data around it."""
     torch.manual_seed(22)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     clean = _regression()
 
     def batches(step: int):
@@ -231,7 +223,7 @@ def corrupted_batch() -> Setup:
 
 def dead_relus() -> Setup:
     torch.manual_seed(23)
-    model = _mlp([16, 64, 64, 64, 1])
+    model = mlp([16, 64, 64, 64, 1], nn.ReLU)
     for layer in list(model)[:-1]:
         if isinstance(layer, nn.Linear):
             nn.init.constant_(layer.bias, -5.0)
@@ -240,7 +232,7 @@ def dead_relus() -> Setup:
 
 def deep_sigmoid() -> Setup:
     torch.manual_seed(24)
-    model = _mlp([16] + [32] * 10 + [4], activation=nn.Sigmoid)
+    model = mlp([16] + [32] * 10 + [4], nn.Sigmoid)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=0.1), _classification(),
                  loss_fn=nn.functional.cross_entropy)
 
@@ -248,7 +240,7 @@ def deep_sigmoid() -> Setup:
 def fp16_overflow() -> Setup:
     """fp16 autocast with a GradScaler on CPU; the inputs grow until activations overflow."""
     torch.manual_seed(25)
-    model = _mlp([16, 64, 64, 1])
+    model = mlp([16, 64, 64, 1], nn.ReLU)
     clean = _regression()
 
     def batches(step: int):

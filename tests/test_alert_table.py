@@ -1,9 +1,10 @@
 """The alert table agrees with everything that names an alert: the generated Prometheus
 rules, the in-process detectors and init audit, the AlertEngine, doctor, Alertmanager's
-inhibitions, the docs and the runbook."""
+inhibitions, the dashboards, the docs and the runbook."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -74,6 +75,21 @@ def test_fired_alerts_carry_the_tables_severity_regime_and_remedy():
 
 def test_doctor_checks_the_tables_rule_alerts():
     assert tuple(doctor.CONTRACT_ALERTS) == RULE_NAMES
+
+
+def test_dashboards_show_the_tables_rule_alerts_with_their_severity_and_remedy():
+    board = json.loads((ROOT / "dashboards/gradwatch-training-health.json").read_text())
+    (panel,) = [p for p in board["panels"] if p.get("title") == "Firing alerts"]
+    annotation = board["annotations"]["list"][0]["expr"]
+    for expr in (panel["targets"][0]["expr"], annotation):
+        (names,) = re.findall(r'alertname=~"([^"]+)"', expr)
+        assert names.split("|") == list(RULE_NAMES)
+    colours = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    for name in RULE_NAMES:
+        row = spec(name)
+        assert colours[name]["color"] == {"critical": "red", "warning": "orange"}[row.severity]
+        assert f"{name} ({row.severity}): {row.remedy} [runbook]({row.runbook_url()})" in \
+            panel["description"]
 
 
 def test_alertmanager_inhibitions_name_table_alerts():

@@ -11,7 +11,7 @@ import pytest
 
 from monitor import dashboards, rules
 from monitor.thresholds import Thresholds
-from .ops_dashboard_queries import dashboard_exprs, substitute
+from .ops_dashboard_queries import MODEL_DEPENDENT, dashboard_exprs, substitute
 from .ops_servers import get_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,9 +122,6 @@ def healthy_prometheus(prometheus_server, scrape_target):
 
 
 RARE_EVENTS = "gradwatch_nonfinite_total"
-#: Figures only some models have (the target is an MLP trained with SGD): attention, output
-#: logits (2+ outputs), Adam's second moment.
-MODEL_DEPENDENT = ("attention_logit", "attention_entropy", "output_logit_", "adam_eps_dominated")
 
 
 def test_every_dashboard_query_returns_data(healthy_prometheus):

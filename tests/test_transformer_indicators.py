@@ -312,9 +312,11 @@ def test_adam_update_decorrelation_follows_the_median_not_one_layer():
     one_layer = [[0.0, 0.4, 0.3, 0.5]] * 5  # a layer without gradient
     assert set(run(one_layer, [[1.0, 0.0, 0.0, 0.0]] * 5)) == {"clear"}
     decorrelated = [[0.4] * 4] * 2 + [[0.01, 0.02, 0.03, 0.4]] * 3
-    assert run(decorrelated, [[0.0] * 4] * 5) == ["clear"] * 4 + ["fire"]
-    eps_bound = [[0.4] * 4] * 5
-    assert run(eps_bound, [[0.0] * 4] * 2 + [[0.9, 0.8, 0.7, 0.0]] * 3)[-1] == "fire"
+    eps_bound = [[0.0] * 4] * 2 + [[0.9, 0.8, 0.7, 0.0]] * 3
+    assert run(decorrelated, eps_bound) == ["clear"] * 4 + ["fire"]
+    # either alone is no alarm: a converged healthy run's cosine falls too
+    assert set(run(decorrelated, [[0.0] * 4] * 5)) == {"clear"}
+    assert set(run([[0.4] * 4] * 5, eps_bound)) == {"clear"}
     sgd = [[1.0] * 4] * 3  # no Adam: NaN ratios, no verdict on them
     assert set(run(sgd, [[math.nan] * 4] * 3)) == {"clear"}
 
