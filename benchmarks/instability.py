@@ -331,7 +331,8 @@ def section(results: dict[str, list[dict]], cost: dict[str, float], every_n_step
         f"synthetic language (each token a fixed function of the two before it), sampled "
         f"every {every_n_steps} steps, default Thresholds. The loss has diverged at the first "
         f"step whose 20-step mean is {DIVERGED_NATS} nats above its best 20-step mean so far. "
-        f"Lead = divergence step - first alert step. The tests "
+        f"Lead = divergence step - first alert step. The runs are chaotic, so they train on "
+        f"one thread (the same trajectory in the tests and here). The tests "
         f"(tests/test_transformer_indicators.py) train the same runs (the attention one for "
         f"300 steps) and assert each lead >= 20 steps and no leading alert on the twins.", "",
         "### Attention-logit growth", "",
@@ -369,7 +370,9 @@ def section(results: dict[str, list[dict]], cost: dict[str, float], every_n_step
         "reproduction divergence is judged on single steps (the first step 0.5 nats above "
         "the best loss so far). Label smoothing 0.1 keeps the gradients alive: no alert, no "
         "spike. OutputLogitDivergence also fires early on the spiking run (the memorised "
-        "logits grow, see the caveat above).", "",
+        "logits grow, see the caveat above), and LossDivergence fires near step 600 on the "
+        "loss creeping from ~2e-9 to ~1e-8 (a relative rise); against that step "
+        "AdamUpdateDecorrelation still leads by ~200 steps.", "",
         *_table(adam), "",
         "Not reproduced on CPU: the cosine half of AdamUpdateDecorrelation (median "
         "update/gradient cosine below 0.05). Too-high learning rates, beta1 0.99 and beta2 "
