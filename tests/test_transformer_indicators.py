@@ -273,6 +273,8 @@ def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
 ], ids=["attention-logit growth", "output-logit divergence", "Adam instability"])
 def test_the_leading_alert_leads_the_divergence_and_the_twins_stay_quiet(
         runs, leading, steps, twins_silent):
+    """Seed 0. The attention reproduction holds on other seeds too; the output-logit and
+    Adam ones do not (docs/benchmarks.md, "Across seeds"): this pins one real trajectory."""
     unstable, *twins = (run_alerts(recipe, steps) for recipe in runs)
     assert unstable["diverged_at"] is not None
     assert unstable["alerts"][leading] <= unstable["diverged_at"] - 20
