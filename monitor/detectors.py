@@ -283,13 +283,13 @@ class _LossJudge:
         self.seen = 0
 
     def _log_loss(self, pulse: Pulse) -> float | None:
-        """log(loss), or None when this loss cannot be judged (absent, non-finite, <= 0:
-        ratios of a loss only make sense while it is positive)."""
+        """log(loss) raised to ``loss_floor``, or None when this loss cannot be judged
+        (absent, non-finite, <= 0: ratios of a loss only make sense while it is positive)."""
         loss = pulse.loss
         if loss is None or not math.isfinite(loss) or loss <= 0:
             return None
         self.seen += 1
-        return math.log(loss)
+        return math.log(max(loss, self.t.loss_floor))
 
     @property
     def warming_up(self) -> bool:

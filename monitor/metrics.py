@@ -132,8 +132,9 @@ _SPECS = (
     _spec("output_logit_max", "gauge", "Max output logit.", "logit", SAMPLED,
           "steady; fast growth comes with output-logit divergence"),
     _spec("update_grad_cosine", "gauge", "cos(W_before - W_after, grad) of the layer's last "
-          "optimizer step.", "cosine", SAMPLED, "1 for SGD; clearly positive for Adam (about "
-          "0.3-0.5); a median over layers below {t.update_grad_cosine_low} is decorrelation",
+          "optimizer step.", "cosine", SAMPLED, "1 for plain SGD; clearly positive early "
+          "(about 0.3-0.7), falling toward 0 near convergence (gradient noise); below "
+          "{t.update_grad_cosine_low} with an eps-dominated Adam it is decorrelation",
           LAYER),
     _spec("adam_eps_dominated_ratio", "gauge", "Fraction of the layer's Adam second-moment "
           "elements with sqrt(v_hat) <= 10 eps (Adam-family optimizers).", "ratio", SAMPLED,

@@ -106,16 +106,18 @@ def counted_in(counter: str, window: str) -> str:
     return f"({counter} unless {counter} offset {window}) or increase({counter}[{window}])"
 
 
-def loss_quantile(q: float, window: str, offset: str = "") -> str:
-    """Per run, a quantile of the loss over ``window`` (ending ``offset`` ago)."""
+def loss_quantile(t: Thresholds, q: float, window: str, offset: str = "") -> str:
+    """Per run, a quantile of the loss over ``window`` (ending ``offset`` ago), raised to
+    ``loss_floor`` (a quantile of the clamped loss: clamping commutes with quantiles)."""
     shift = f" offset {offset}" if offset else ""
-    return f"max by ({BY_RUN}) (quantile_over_time({q!r}, gradwatch_loss[{window}]{shift}))"
+    return (f"clamp_min(max by ({BY_RUN}) (quantile_over_time({q!r}, "
+            f"gradwatch_loss[{window}]{shift})), {t.loss_floor!r})")
 
 
-def log_sigma(window: str, offset: str = "") -> str:
+def log_sigma(t: Thresholds, window: str, offset: str = "") -> str:
     """Robust sigma of log(loss): ln(q75 / q25) / 1.349 (the IQR of log(loss))."""
-    return (f"ln({loss_quantile(0.75, window, offset)} / {loss_quantile(0.25, window, offset)})"
-            f" / {IQR_PER_SIGMA}")
+    return (f"ln({loss_quantile(t, 0.75, window, offset)}"
+            f" / {loss_quantile(t, 0.25, window, offset)}) / {IQR_PER_SIGMA}")
 
 
 def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
@@ -129,11 +131,12 @@ def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
         f" >= {t.history_min_steps!r}")
     return [
         ("gradwatch:loss:judged", judged),
-        (f"gradwatch:loss:median{HISTORY_WINDOW}", loss_quantile(0.5, HISTORY_WINDOW)),
-        (f"gradwatch:loss:log_sigma{HISTORY_WINDOW}", log_sigma(HISTORY_WINDOW)),
-        (f"gradwatch:loss:median{RECENT_WINDOW}", loss_quantile(0.5, RECENT_WINDOW)),
-        ("gradwatch:loss:median_before", loss_quantile(0.5, HISTORY_WINDOW, RECENT_WINDOW)),
-        ("gradwatch:loss:log_sigma_before", log_sigma(HISTORY_WINDOW, RECENT_WINDOW)),
+        (f"gradwatch:loss:median{HISTORY_WINDOW}", loss_quantile(t, 0.5, HISTORY_WINDOW)),
+        (f"gradwatch:loss:log_sigma{HISTORY_WINDOW}", log_sigma(t, HISTORY_WINDOW)),
+        (f"gradwatch:loss:median{RECENT_WINDOW}", loss_quantile(t, 0.5, RECENT_WINDOW)),
+        ("gradwatch:loss:median_before",
+         loss_quantile(t, 0.5, HISTORY_WINDOW, RECENT_WINDOW)),
+        ("gradwatch:loss:log_sigma_before", log_sigma(t, HISTORY_WINDOW, RECENT_WINDOW)),
     ]
 
 
@@ -217,7 +220,8 @@ def alerts(t: Thresholds) -> list[Alert]:
     """The alert table's rule alerts, with their numbers taken from ``t``."""
     vanishing_for = f"{int(t.vanishing_samples * SCRAPE_INTERVAL_SECONDS)}s"
     level_rise = f"(gradwatch:loss:median{RECENT_WINDOW} / gradwatch:loss:median_before)"
-    spike = f"(max by ({BY_RUN}) (gradwatch_loss) / gradwatch:loss:median{HISTORY_WINDOW})"
+    spike = (f"(clamp_min(max by ({BY_RUN}) (gradwatch_loss), {t.loss_floor!r})"
+             f" / gradwatch:loss:median{HISTORY_WINDOW})")
     return [
         Alert(
             "NonFiniteValues",
@@ -345,15 +349,14 @@ def leading_alerts(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "AdamUpdateDecorrelation",
-            # both: a low cosine alone is what a converged, healthy run shows too
-            f"max by (run) (quantile by (run) (0.5, gradwatch_update_grad_cosine)"
-            f" < {t.update_grad_cosine_low!r}"
-            f" and on (run) quantile by (run) (0.5, gradwatch_adam_eps_dominated_ratio)"
-            f" > {t.eps_dominated_ratio!r})",
-            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: median update/gradient cosine "
-            f"{{{{ printf \"%.3g\" $value }}}}, below {t.update_grad_cosine_low!r}, while the "
-            f"median eps-dominated ratio is above {t.eps_dominated_ratio!r}, for "
-            f"{leading_for}.",
+            # the second moment's collapse; a low cosine alone is what a converged, healthy
+            # run shows too
+            f"max by (run) (quantile by (run) (0.5, gradwatch_adam_eps_dominated_ratio))"
+            f" > {t.eps_dominated_ratio!r}",
+            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: the median share of Adam elements whose "
+            f"second moment is eps-dominated is {{{{ printf \"%.3g\" $value }}}}, above "
+            f"{t.eps_dominated_ratio!r}, for {leading_for}: Adam's steps stop following the "
+            "gradient.",
             for_=leading_for,
         ),
         Alert(

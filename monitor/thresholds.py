@@ -70,6 +70,9 @@ class Thresholds:
     history_min_steps: float = _t(
         10, "Steps of history needed before a spike can be judged against it: the first "
         "steps of training are no baseline.", low=1, high=100_000)
+    loss_floor: float = _t(
+        1e-6, "Losses below this are judged as this: near zero (a fitted batch, float32 "
+        "rounding) a tenfold rise of 1e-9 is noise, not divergence.", low=0.0, high=1.0)
     loss_warmup_steps: float = _t(
         100, "Steps before the loss is judged: the first steps (warm-up, Adam's early "
         "overshoot) are no baseline.", low=0, high=100_000)
@@ -125,11 +128,13 @@ class Thresholds:
         10.0, "|log Z| drifting by this many nats within history_steps sampled steps is "
         "output-logit divergence.", low=0.1)
     update_grad_cosine_low: float = _t(
-        0.05, "Median over layers of cos(update, gradient) below this: Adam's updates have "
-        "decorrelated from the gradient (healthy AdamW runs stay near 0.3-0.5).", high=1.0)
+        0.05, "Dashboards' band: a median over layers of cos(update, gradient) below this "
+        "means the updates no longer follow the gradient (context of AdamUpdateDecorrelation; "
+        "alone no alarm: healthy runs fall below it near convergence).", high=1.0)
     eps_dominated_ratio: float = _t(
         0.5, "Median over layers of the fraction of Adam elements with sqrt(v_hat) <= 10 eps "
-        "above this: eps, not the gradient, sets the steps.", high=1.0)
+        "above this: eps, not the gradient, sets the steps (AdamUpdateDecorrelation).",
+        high=1.0)
     leading_samples: float = _t(
         3, "Sampled steps in a row a leading indicator must hold before alerting.", low=1,
         high=1000)

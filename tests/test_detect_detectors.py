@@ -168,6 +168,21 @@ def test_loss_noise_of_small_batches_and_negative_losses_do_not_fire():
         assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(negative)]))
 
 
+def test_a_loss_creeping_up_near_zero_is_no_divergence():
+    # a memorised batch: 2e-9 rising to 1e-8 (float32 rounding) is at the floor, not diverging
+    rng = np.random.default_rng(2)
+    losses = list(2e-9 * np.exp(0.03 * rng.standard_normal(200))) + list(
+        1e-8 * np.exp(0.03 * rng.standard_normal(60)))
+    assert divergence_step(losses) is not None  # by ratios alone it would be one
+    for make in (LossDivergence, LossSpike):
+        d = make(T)
+        assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(losses)]))
+    # from just above the floor, the same rise is judged
+    lifted = [v * 1e3 for v in losses]
+    assert findings(feed_pulses(LossDivergence(T), [pulse(i, loss=v)
+                                                     for i, v in enumerate(lifted)]))
+
+
 # ---------------------------------------------------------------- non-finite
 
 def test_nonfinite_on_sampled_step_is_exact():

@@ -16,8 +16,8 @@ from prometheus_client import generate_latest
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.instability import (RUNS, TinyDecoder, divergence_step, lm_loss,
-                                    monitored_step, token_batches, train)
+from benchmarks.instability import (ADAM_RUNS, LEADING, OUTPUT_RUNS, RUNS, TinyDecoder,
+                                    lm_loss, monitored_step, run_alerts, token_batches)
 from callbacks import TrainingDiagnostics
 from monitor.alerts import AlertEngine
 from monitor.detectors import Finding, Verdict
@@ -265,21 +265,24 @@ def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
 # ---------------------------------------------------------------------------- detectors
 
 
-def test_attention_logit_growth_leads_the_divergence_and_the_twins_stay_quiet():
-    steps = 300
-    first_alerts = []
-    for _, lr, qk_norm in RUNS:
-        engine = AlertEngine()
-        losses, _ = train(lr, qk_norm, steps, observers=[engine])
-        fired = [a for a in engine.history if a.status == "firing"]
-        first_alerts.append(({a.name: a.step for a in reversed(fired)},
-                             divergence_step(losses)))
-    (unstable, diverged), *twins = first_alerts
-    assert diverged is not None
-    assert unstable["AttentionLogitGrowth"] <= diverged - 20
-    for alerts, twin_diverged in twins:
-        assert twin_diverged is None
-        assert alerts == {}
+@pytest.mark.parametrize("runs, leading, steps, twins_silent", [
+    (RUNS, "AttentionLogitGrowth", 300, True),
+    # the z-loss twin's loss bumps (0.16 -> 0.39 near step 260): the loss alerts may fire
+    (OUTPUT_RUNS, "OutputLogitDivergence", None, False),
+    (ADAM_RUNS, "AdamUpdateDecorrelation", None, True),
+], ids=["attention-logit growth", "output-logit divergence", "Adam instability"])
+def test_the_leading_alert_leads_the_divergence_and_the_twins_stay_quiet(
+        runs, leading, steps, twins_silent):
+    """Seed 0. The attention reproduction holds on other seeds too; the output-logit and
+    Adam ones do not (docs/benchmarks.md, "Across seeds"): this pins one real trajectory."""
+    unstable, *twins = (run_alerts(recipe, steps) for recipe in runs)
+    assert unstable["diverged_at"] is not None
+    assert unstable["alerts"][leading] <= unstable["diverged_at"] - 20
+    for twin in twins:
+        assert twin["diverged_at"] is None
+        assert not set(twin["alerts"]) & set(LEADING)
+        if twins_silent:
+            assert twin["alerts"] == {}
 
 
 def judge(detector, snapshots) -> list[str]:
@@ -314,9 +317,9 @@ def test_adam_update_decorrelation_follows_the_median_not_one_layer():
     decorrelated = [[0.4] * 4] * 2 + [[0.01, 0.02, 0.03, 0.4]] * 3
     eps_bound = [[0.0] * 4] * 2 + [[0.9, 0.8, 0.7, 0.0]] * 3
     assert run(decorrelated, eps_bound) == ["clear"] * 4 + ["fire"]
-    # either alone is no alarm: a converged healthy run's cosine falls too
+    assert run([[0.4] * 4] * 5, eps_bound) == ["clear"] * 4 + ["fire"]
+    # a low cosine alone is no alarm: a converged healthy run's cosine falls too
     assert set(run(decorrelated, [[0.0] * 4] * 5)) == {"clear"}
-    assert set(run([[0.4] * 4] * 5, eps_bound)) == {"clear"}
     sgd = [[1.0] * 4] * 3  # no Adam: NaN ratios, no verdict on them
     assert set(run(sgd, [[math.nan] * 4] * 3)) == {"clear"}
 
