@@ -250,14 +250,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.webhook_url = webhook_url
         self.on_alert = on_alert
         self.forensics_dir = forensics_dir
-        self.stop_on = tuple(stop_on)
         self.skip_on_spike = skip_on_spike
         self.checkpoint_on = frozenset(checkpoint_on)
         self.checkpoint_dir = checkpoint_dir
         self._checkpoints_due: list[str] = []
         self._checkpoint_root = "."
         # built now so that a wrong stop_on fails at construction; anew for every fit
-        self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on) if alerts else None
+        self.engine = AlertEngine(self.thresholds, stop_on=stop_on) if alerts else None
+        self.stop_on = tuple(stop_on)
         self.monitor: Monitor | None = None
         self.prometheus: PrometheusSink | None = None
         self.tensorboard_sink: TensorBoardSink | None = None
