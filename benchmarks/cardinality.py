@@ -1,6 +1,6 @@
 """Cardinality at fleet scale: the series each rank exports, counted, not estimated.
 
-A real ``monitor.Monitor`` trains a deep model (``layers`` x Linear(16)+Tanh) for two sampled
+A real ``gradwatch.Monitor`` trains a deep model (``layers`` x Linear(16)+Tanh) for two sampled
 steps in a plain loop; its Pulses and last Snapshot go to one ``PrometheusSink`` per rank of a
 world of W ranks (rank 0 also gets the world view, as under DDP), and every sample each sink
 renders is counted: a histogram bucket is a series, as it is in Prometheus.
@@ -21,7 +21,7 @@ import torch
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor import Monitor, PrometheusSink, Snapshot
+from gradwatch.monitor import Monitor, PrometheusSink, Snapshot
 
 from .scale import deep_model, train_steps
 

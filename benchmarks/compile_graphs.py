@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from callbacks import TrainingDiagnostics
-from callbacks._lightning import lightning_package
+from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.callbacks._lightning import lightning_package
 
 #: Steps before this one are warm-up: step 0 is sampled (run eagerly), step 1 compiles.
 WARM_UP = 2

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from monitor import Monitor
-from monitor.layers import ACTIVATION_MODULES
-from monitor.probes import floating_tensors
+from gradwatch.monitor import Monitor
+from gradwatch.monitor.layers import ACTIVATION_MODULES
+from gradwatch.monitor.probes import floating_tensors
 
 from .models import ModelSpec, ReferenceModule
 

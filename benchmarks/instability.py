@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monitor.attention import MAX_QUERY_ROWS, AttentionProbe
+from gradwatch.monitor.attention import MAX_QUERY_ROWS, AttentionProbe
 
 
 class Block(nn.Module):
@@ -166,7 +166,7 @@ def train(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10, obs
           seed: int = 0):
     """Train ``recipe``'s TinyDecoder with AdamW (20 warm-up steps) under a Monitor for
     ``steps`` (default: the recipe's); returns the per-step losses and the Snapshots."""
-    from monitor.monitor import Monitor
+    from gradwatch.monitor.monitor import Monitor
 
     class Keep:
         def __init__(self):
@@ -230,7 +230,7 @@ def run_alerts(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10
                seed: int = 0) -> dict:
     """``recipe`` under the default detectors: its divergence step (judged on its
     divergence_window), its final loss and the first step each alert fired."""
-    from monitor.alerts import AlertEngine
+    from gradwatch.monitor.alerts import AlertEngine
 
     engine = AlertEngine()
     losses, _ = train(recipe, steps, every_n_steps, observers=[engine], seed=seed)
@@ -259,8 +259,8 @@ def sampled_step_cost(steps: int = 40, seed: int = 0) -> dict[str, float]:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from monitor import update_stats
-    from monitor.monitor import Monitor
+    from gradwatch.monitor import update_stats
+    from gradwatch.monitor.monitor import Monitor
 
     def setup():
         torch.manual_seed(seed)

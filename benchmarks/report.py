@@ -164,7 +164,7 @@ def floor_section(floors: list[Floor]) -> list[str]:
     if not floors:
         return []
     lines = [
-        "## Floor of a sampled step (plain `monitor.Monitor`, every_n_steps=1)",
+        "## Floor of a sampled step (plain `gradwatch.Monitor`, every_n_steps=1)",
         "",
         "One read pass = one fused `torch._foreach_norm` over every traced activation, "
         "gradient and weight: what any per-layer statistic must at least read. The "
@@ -185,7 +185,7 @@ def floor_section(floors: list[Floor]) -> list[str]:
 
 def scale_section(figures: ScaleFigures) -> list[str]:
     lines = [
-        f"## Scale: {figures.layers} layers (Linear(16)+Tanh each), plain `monitor.Monitor`",
+        f"## Scale: {figures.layers} layers (Linear(16)+Tanh each), plain `gradwatch.Monitor`",
         "",
         f"- monitor self time of one sampled step: {figures.sampled_step_seconds * 1e3:.1f} ms "
         f"(median; other steps {figures.unsampled_step_seconds * 1e3:.2f} ms; the bare "

@@ -1,6 +1,6 @@
 """Scale figures of the monitor: a 1,000-layer model, /metrics rendering, long-run memory.
 
-These use ``monitor.Monitor`` in a plain loop (no Lightning): they measure the monitor
+These use ``gradwatch.Monitor`` in a plain loop (no Lightning): they measure the monitor
 itself, not a Trainer.
 """
 
@@ -18,8 +18,8 @@ import torch
 from prometheus_client import generate_latest
 from torch import nn
 
-import monitor as monitor_package
-from monitor import Monitor, PrometheusSink
+import gradwatch.monitor as monitor_package
+from gradwatch.monitor import Monitor, PrometheusSink
 
 #: Sampled steps timed on the wide model (the first is excluded: it learns the depth order).
 SAMPLED_STEPS_TIMED = 5

@@ -13,18 +13,18 @@ from prometheus_client.exposition import basic_auth_handler
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from monitor.alerts import ALERT_NAMES, Alert, AlertEngine
-from monitor.delivery import AlertmanagerSink, CallableAlertSink, LoggingAlertSink, WebhookSink
-from monitor.endpoint import EndpointSecurity
-from monitor.export import Sink
-from monitor.forensics import ForensicsSink
-from monitor.monitor import Monitor
-from monitor.prometheus import PrometheusSink
-from monitor.pushgateway import PushgatewayPusher
-from monitor.responses import SkipOnSpike
-from monitor.tensorboard import TensorBoardSink
-from monitor.thresholds import Thresholds
-from monitor.validation import (check_bool, check_file, check_int, check_positive, check_text,
+from ..monitor.alerts import ALERT_NAMES, Alert, AlertEngine
+from ..monitor.delivery import AlertmanagerSink, CallableAlertSink, LoggingAlertSink, WebhookSink
+from ..monitor.endpoint import EndpointSecurity
+from ..monitor.export import Sink
+from ..monitor.forensics import ForensicsSink
+from ..monitor.monitor import Monitor
+from ..monitor.prometheus import PrometheusSink
+from ..monitor.pushgateway import PushgatewayPusher
+from ..monitor.responses import SkipOnSpike
+from ..monitor.tensorboard import TensorBoardSink
+from ..monitor.thresholds import Thresholds
+from ..monitor.validation import (check_bool, check_file, check_int, check_positive, check_text,
                                 check_url)
 
 from ._lightning import CALLBACK_BASES, tensorboard_writer
@@ -156,7 +156,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     Example::
 
-        from callbacks import TrainingDiagnostics
+        from . import TrainingDiagnostics
         trainer = Trainer(callbacks=[TrainingDiagnostics(prometheus_port=9400)])
         trainer.fit(model)    # then: curl 127.0.0.1:9400/metrics
     """

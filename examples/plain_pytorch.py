@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch import nn
 
-from monitor import Monitor, PrometheusSink, TensorBoardSink
+from gradwatch.monitor import Monitor, PrometheusSink, TensorBoardSink
 
 
 def main(steps: int = 200, port: int | None = None, log_dir: str = "runs/plain") -> Monitor:

@@ -7,16 +7,16 @@ delivery) can be imported without torch.
 from importlib import import_module
 
 _EXPORTS = {
-    "Monitor": "monitor.monitor",
-    "PrometheusSink": "monitor.prometheus",
-    "PushgatewayPusher": "monitor.pushgateway",
-    "Pulse": "monitor.snapshot",
-    "Snapshot": "monitor.snapshot",
-    "TensorBoardSink": "monitor.tensorboard",
-    "Thresholds": "monitor.thresholds",
-    "Alert": "monitor.alerts",
-    "AlertEngine": "monitor.alerts",
-    "SkipOnSpike": "monitor.responses",
+    "Monitor": ".monitor",
+    "PrometheusSink": ".prometheus",
+    "PushgatewayPusher": ".pushgateway",
+    "Pulse": ".snapshot",
+    "Snapshot": ".snapshot",
+    "TensorBoardSink": ".tensorboard",
+    "Thresholds": ".thresholds",
+    "Alert": ".alerts",
+    "AlertEngine": ".alerts",
+    "SkipOnSpike": ".responses",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -24,5 +24,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'monitor' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

@@ -79,7 +79,7 @@ def regression_data(steps: int, batch: int = 64, features: int = 32):
 
 
 def make_module(scenario: Scenario):
-    from callbacks._lightning import lightning_package
+    from ..callbacks._lightning import lightning_package
 
     pl = lightning_package()
 
@@ -137,8 +137,8 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     from rich.console import Console
     from rich.table import Table
 
-    from callbacks import TrainingDiagnostics
-    from callbacks._lightning import lightning_package
+    from ..callbacks import TrainingDiagnostics
+    from ..callbacks._lightning import lightning_package
 
     from .report import write_report
 
@@ -199,7 +199,7 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
 
 def _Announce(console, diagnostics):
     """A callback that prints the /metrics address once the endpoint is up."""
-    from callbacks._lightning import lightning_package
+    from ..callbacks._lightning import lightning_package
 
     pl = lightning_package()
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from monitor.alerts import Alert, AlertEngine
-from monitor.monitor import Monitor
-from monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
+from gradwatch.monitor.alerts import Alert, AlertEngine
+from gradwatch.monitor.monitor import Monitor
+from gradwatch.monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 
 
 # ------------------------------------------------------------------ synthetic records

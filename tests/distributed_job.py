@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from callbacks import TrainingDiagnostics  # noqa: E402
+from gradwatch.callbacks import TrainingDiagnostics  # noqa: E402
 from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 
 from tests.helpers import regression_data, scrape  # noqa: E402

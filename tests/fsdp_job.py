@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from prometheus_client import generate_latest  # noqa: E402
 
-from monitor import Monitor, PrometheusSink  # noqa: E402
+from gradwatch.monitor import Monitor, PrometheusSink  # noqa: E402
 from tests.helpers import regression_data, tanh_mlp  # noqa: E402
 
 STEPS = 3

@@ -14,13 +14,13 @@ import yaml
 from torch import nn
 
 from .detect_fixtures import FakeMonitor, pulse
-from monitor import doctor, rules
-from monitor.alert_table import (IN_PROCESS_NAMES, RULE_NAMES, SPECS, TABLE, markdown_table,
+from gradwatch.monitor import doctor, rules
+from gradwatch.monitor.alert_table import (IN_PROCESS_NAMES, RULE_NAMES, SPECS, TABLE, markdown_table,
                                  spec)
-from monitor.alerts import ALERT_NAMES, AlertEngine
-from monitor.detectors import default_detectors
-from monitor.init_audit import INIT_SCALE, INIT_SYMMETRY
-from monitor.thresholds import Thresholds
+from gradwatch.monitor.alerts import ALERT_NAMES, AlertEngine
+from gradwatch.monitor.detectors import default_detectors
+from gradwatch.monitor.init_audit import INIT_SCALE, INIT_SYMMETRY
+from gradwatch.monitor.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 

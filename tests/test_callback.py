@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import torch
 
-from callbacks import TrainingDiagnostics
+from gradwatch.callbacks import TrainingDiagnostics
 
 from .helpers import (OutputRecorder, close, layer_grad_norm, layer_weight_norm, read_scalars,
                       sample, samples, scrape)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import rules
-from monitor.dashboards import render_dashboards
+from gradwatch.monitor import rules
+from gradwatch.monitor.dashboards import render_dashboards
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "report", "rules", "dashboards", "targets", "doctor", "metrics-doc")
@@ -20,7 +20,7 @@ COMMANDS = ("demo", "report", "rules", "dashboards", "targets", "doctor", "metri
 
 def gradwatch(*args: str, cwd: Path | None = None, timeout: float = 120):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gradwatch.monitor.cli", *args], capture_output=True,
                           text=True, env=env, cwd=cwd or ROOT, timeout=timeout)
 
 
@@ -128,7 +128,7 @@ def test_demo_shows_the_four_verdicts(tmp_path, monkeypatch):
 
 
 def test_report_command_writes_a_report_per_run(tmp_path):
-    from callbacks import TrainingDiagnostics
+    from gradwatch.callbacks import TrainingDiagnostics
 
     from .lightning_models import regression_module, trainer
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .detect_fixtures import pulse, snapshot
-from monitor.detectors import (
+from gradwatch.monitor.detectors import (
     AmpOverflowStorm,
     Finding,
     GradientExplosion,
@@ -26,7 +26,7 @@ from monitor.detectors import (
     fp16_headroom,
     fp16_headroom_bits,
 )
-from monitor.thresholds import Thresholds
+from gradwatch.monitor.thresholds import Thresholds
 
 T = Thresholds()
 

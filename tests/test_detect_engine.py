@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
-from monitor.alert_table import RUNBOOK_BASE_URL
-from monitor.alerts import ALERT_NAMES, Alert, AlertEngine
-from monitor.detectors import default_detectors
-from monitor.forensics import ForensicsSink
-from monitor.init_audit import audit_initialization, audit_weights, following_activations
-from monitor.thresholds import Thresholds
+from gradwatch.monitor.alert_table import RUNBOOK_BASE_URL
+from gradwatch.monitor.alerts import ALERT_NAMES, Alert, AlertEngine
+from gradwatch.monitor.detectors import default_detectors
+from gradwatch.monitor.forensics import ForensicsSink
+from gradwatch.monitor.init_audit import audit_initialization, audit_weights, following_activations
+from gradwatch.monitor.thresholds import Thresholds
 
 
 def alerts_of(monitor):
@@ -226,7 +226,7 @@ def test_runbook_has_a_section_per_alert():
 
 def test_alert_side_needs_no_torch():
     code = ("import sys, monitor.alerts, monitor.detectors, monitor.delivery, "
-            "monitor.forensics; assert 'torch' not in sys.modules, 'torch imported'")
+            "gradwatch.monitor.forensics; assert 'torch' not in sys.modules, 'torch imported'")
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
                    env={**os.environ, "PYTHONPATH": str(root)})

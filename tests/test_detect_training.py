@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .detect_fixtures import Recorder, mlp, train
-from monitor.alerts import AlertEngine
-from monitor.monitor import Monitor
+from gradwatch.monitor.alerts import AlertEngine
+from gradwatch.monitor.monitor import Monitor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -6,9 +6,9 @@ import inspect
 import re
 from pathlib import Path
 
-from callbacks import TrainingDiagnostics
-from monitor.alerts import ALERT_NAMES
-from monitor.doctor import CONTRACT_ALERTS
+from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.alerts import ALERT_NAMES
+from gradwatch.monitor.doctor import CONTRACT_ALERTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,9 @@ import threading
 import torch
 from torch import nn
 
-from monitor import Monitor, Thresholds
-from monitor.export import ExportWorker
-from monitor.monitor import PULSE_BATCH
+from gradwatch.monitor import Monitor, Thresholds
+from gradwatch.monitor.export import ExportWorker
+from gradwatch.monitor.monitor import PULSE_BATCH
 
 
 class BlockingSink:

@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 import torch
 
-from callbacks import TrainingDiagnostics
+from gradwatch.callbacks import TrainingDiagnostics
 
 from .helpers import read_scalars, scrape
 from .lightning_models import lightning, regression_module, trainer

@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from callbacks import TrainingDiagnostics
+from gradwatch.callbacks import TrainingDiagnostics
 
 from .lightning_models import lightning, regression_module, trainer
 

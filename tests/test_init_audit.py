@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from monitor.init_audit import INIT_SCALE, MESSAGE_CHARS, audit_initialization, audit_weights
+from gradwatch.monitor.init_audit import INIT_SCALE, MESSAGE_CHARS, audit_initialization, audit_weights
 
 
 def mlp(init=None) -> nn.Sequential:

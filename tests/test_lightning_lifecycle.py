@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import TrainingDiagnostics
+from gradwatch.callbacks import TrainingDiagnostics
 
 from .helpers import layer_grad_norm, read_scalars, sample, samples, scrape
 from .lightning_models import lightning, regression_module, trainer

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from benchmarks import compile_graphs
-from callbacks import TrainingDiagnostics
+from gradwatch.callbacks import TrainingDiagnostics
 
 from .helpers import OutputRecorder, loader, sample, samples, scrape, tanh_mlp
 from .lightning_models import lightning, trainer

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from callbacks import TrainingDiagnostics
-from monitor.metrics import METRICS, render_markdown
+from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.metrics import METRICS, render_markdown
 
 from .helpers import scrape
 from .lightning_models import lightning, regression_module, trainer

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from monitor import Monitor, Thresholds
+from gradwatch.monitor import Monitor, Thresholds
 
 from .helpers import OutputRecorder, close, layer_grad_norm, layer_weight_norm, tanh_mlp
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from monitor import rules
-from monitor.alert_table import RULE_NAMES, RUNBOOK_BASE_URL
-from monitor.thresholds import Thresholds
+from gradwatch.monitor import rules
+from gradwatch.monitor.alert_table import RULE_NAMES, RUNBOOK_BASE_URL
+from gradwatch.monitor.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The architecture's contract names (extended, never renamed) and the ones added since.

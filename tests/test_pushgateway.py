@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from callbacks import TrainingDiagnostics
+from gradwatch.callbacks import TrainingDiagnostics
 
 from .helpers import sample, samples, scrape
 from .lightning_models import lightning, regression_module, trainer

@@ -16,17 +16,17 @@ import numpy as np
 from torch import nn
 import pytest
 
-from callbacks import TrainingDiagnostics
-from monitor.demo import he, mlp
-from monitor.prometheus import LAYER_GAUGES
-from monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
+from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.demo import he, mlp
+from gradwatch.monitor.prometheus import LAYER_GAUGES
+from gradwatch.monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
                             find_runs, load_run, render_report, spike_level, thin, write_report,
                             write_reports)
-from monitor.run_record import Series
-from monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
-from monitor.svg import MISSING_FILL, NONFINITE_FILL
-from monitor.tensorboard import TensorBoardSink, fenced_json
-from monitor.thresholds import Thresholds
+from gradwatch.monitor.run_record import Series
+from gradwatch.monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
+from gradwatch.monitor.svg import MISSING_FILL, NONFINITE_FILL
+from gradwatch.monitor.tensorboard import TensorBoardSink, fenced_json
+from gradwatch.monitor.thresholds import Thresholds
 
 from .helpers import read_scalars
 from .lightning_models import regression_module, trainer

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks import TrainingDiagnostics
-from monitor.endpoint import EndpointSecurity
-from monitor.prometheus import PrometheusSink
+from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.endpoint import EndpointSecurity
+from gradwatch.monitor.prometheus import PrometheusSink
 
 from .lightning_models import lightning, regression_module, trainer
 

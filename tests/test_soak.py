@@ -12,7 +12,7 @@ import torch
 from prometheus_client import generate_latest
 from torch import nn
 
-from monitor import AlertEngine, Monitor, PrometheusSink, Pulse, Snapshot, TensorBoardSink
+from gradwatch.monitor import AlertEngine, Monitor, PrometheusSink, Pulse, Snapshot, TensorBoardSink
 
 
 def rss_bytes() -> int:

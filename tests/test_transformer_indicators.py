@@ -18,13 +18,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.instability import (ADAM_RUNS, LEADING, OUTPUT_RUNS, RUNS, TinyDecoder,
                                     lm_loss, monitored_step, run_alerts, token_batches)
-from callbacks import TrainingDiagnostics
-from monitor.alerts import AlertEngine
-from monitor.detectors import Finding, Verdict
-from monitor.thresholds import Thresholds
-from monitor.transformer_detectors import AdamUpdateDecorrelation, OutputLogitDivergence
-from monitor.monitor import Monitor
-from monitor.responses import SkipOnSpike
+from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.alerts import AlertEngine
+from gradwatch.monitor.detectors import Finding, Verdict
+from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.transformer_detectors import AdamUpdateDecorrelation, OutputLogitDivergence
+from gradwatch.monitor.monitor import Monitor
+from gradwatch.monitor.responses import SkipOnSpike
 
 from .detect_fixtures import snapshot as make_snapshot
 from .helpers import read_scalars, regression_data, sample, samples, scrape, tanh_mlp

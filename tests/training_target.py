@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from callbacks import TrainingDiagnostics
+from gradwatch.callbacks import TrainingDiagnostics
 
 from .helpers import loader
 from .lightning_models import lightning

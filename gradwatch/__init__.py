@@ -1,0 +1,48 @@
+"""gradwatch: training diagnostics for PyTorch Lightning.
+
+The import package a user sees. Its two halves live in the repository's folders of the same
+names and are installed beneath it: ``gradwatch.monitor`` (the framework-agnostic core:
+probes, snapshots, thresholds, detectors, sinks) and ``gradwatch.callbacks`` (the Lightning
+callback). Names are loaded on first use, so that ``import gradwatch`` stays cheap and the
+host-side modules can be used without torch or Lightning.
+
+Example::
+
+    from gradwatch import TrainingDiagnostics, Thresholds
+
+    trainer = Trainer(callbacks=[TrainingDiagnostics(thresholds=Thresholds(vanishing_norm=1e-6))])
+"""
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("gradwatch")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_EXPORTS = {
+    "TrainingDiagnostics": ".callbacks",
+    "Monitor": ".monitor",
+    "Thresholds": ".monitor",
+    "SkipOnSpike": ".monitor",
+    "Alert": ".monitor",
+    "AlertEngine": ".monitor",
+    "Pulse": ".monitor",
+    "Snapshot": ".monitor",
+    "PrometheusSink": ".monitor",
+    "PushgatewayPusher": ".monitor",
+    "TensorBoardSink": ".monitor",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
