@@ -86,7 +86,8 @@ def test_installed_beside_a_users_callbacks_and_monitor_modules(tmp_path):
             and not name.startswith("_")} == {"gradwatch"}
     # torch, Lightning and the rest come from this environment, after the fresh venv's own
     # site-packages (so the wheel's gradwatch is the one imported, not this checkout's)
-    dependencies = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    dependencies = [sysconfig.get_paths()["purelib"], *site.getsitepackages(),
+                    *(path for path in sys.path if path.endswith("site-packages"))]
     (venv_site / "zz_dependencies.pth").write_text("\n".join(dict.fromkeys(dependencies)) + "\n")
 
     project = tmp_path / "user_project"
