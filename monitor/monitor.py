@@ -1,51 +1,39 @@
 """Monitor: the framework-agnostic core that turns a training loop into Pulses and Snapshots.
 
-It orchestrates the flow of a step; each part is a module of its own:
-
-- every step (always on): the loss and the global gradient norm go into a small device ring
-  (``ring``, written by ``steps``); no host sync;
-- sampled steps (every ``every_n_steps``, plus escalations): forward hooks for that step
-  only (``sampling``), the per-parameter table (``param_table``), on several ranks ONE
-  all-gather (``world``), then ONE device-to-host copy of everything, by name
-  (``transfer``), packed into a Snapshot in numpy (``packing``).
-
-Memory: the ring (``every_n_steps + 1`` rows); on sampled steps only, a transient copy of
-the parameters the optimizers update (to measure ||delta W||), freed right after the
-optimizer step, plus per-parameter scalars. Nothing proportional to the model is kept
-between steps.
+It runs the flow of each step; the parts are modules of their own. Every step (always on):
+the loss and the gradient norms go into its row of a small device ring (``steps``,
+``ring``); no host sync. Sampled steps (every ``every_n_steps``, plus escalations): forward
+hooks for that step only, the per-parameter table, then ONE device-to-host copy and a
+Snapshot (``sample``). Memory: the ring (``every_n_steps + 1`` rows); on sampled steps
+only, a transient copy of the parameters the optimizers update, freed right after the
+optimizer step. Nothing proportional to the model is kept between steps.
 """
 
 from __future__ import annotations
 
-import logging
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
 
-from . import distributed, probes, steps
-from .attention import AttentionProbe
+from . import distributed
 from .export import ExportWorker, Sink
 from .layers import LayerIndex
 from .layouts import RingColumn
 from .optimizer_hooks import OptimizerHooks
 from .overhead import Stopwatch, timed
-from .packing import SampleFacts, pack_snapshot
 from .param_table import ParamTable
 from .responses import SkipOnSpike
-from .ring import Measured, PulseRing, RingRow
-from .sampling import ForwardTracer
+from .ring import PulseRing
+from .sample import Sampler
 from .snapshot import Pulse, Snapshot
+from .steps import StepState, learning_rates
 from .thresholds import Thresholds
-from .transfer import TransferLayout
 from .validation import check_int, check_text
-from .watched import WatchedParams, warn_if_unwatchable
-from .world import gather_world
-
-log = logging.getLogger("gradwatch")
+from .watched import WatchedParams, warn_if_unwatchable, warn_skip_off_for_shards
 
 
 class Monitor:
@@ -129,17 +117,15 @@ class Monitor:
         self.last_snapshot: Snapshot | None = None
         self.exporter = ExportWorker(list(sinks), max_queue=max_queue)
         self.observers = list(observers)
-        self._ring = PulseRing(self._on_pulse, self._export_pulses)
-        self._tracer = ForwardTracer(model, self.thresholds, self.stopwatch)
+        self._ring = PulseRing(self._on_pulse, functools.partial(self.exporter.submit_each,
+                                                                 "on_pulse"))
+        self._sampler = Sampler(model, self.thresholds, self.stopwatch)
         self._optimizers = OptimizerHooks(self._before_optimizer_step, self._after_optimizer_step)
-        self._attention = AttentionProbe(model)
-        self._local_check_installed = False
+        self._local_check_installed = self._closed = self._trace_all_next = False
         self._alarm_squared_norm = self.thresholds.explosion_norm ** 2  # NaN compares False
         self._last_window: int | None = None
         self._escalated_steps = 0
-        self._trace_all_next = False
-        self._current: steps.StepState | None = None
-        self._closed = False
+        self._current: StepState | None = None
         self._index_model()
         self._indexed_for_training = False  # indexed again at the first step: see _index_model
         for optimizer in optimizers:
@@ -151,16 +137,14 @@ class Monitor:
         return self.stopwatch.seconds
 
     def _index_model(self) -> None:
-        """Index the model's layers and everything derived from them: at construction, at
-        the first step (a model may get its layers after the Monitor is built, e.g. in
-        Lightning's ``configure_model``), and at the first step after lazy modules ran."""
+        """Index the model's layers and what derives from them: at construction, at the first
+        step (a model may get its layers later, e.g. in Lightning's ``configure_model``), and
+        at the first step after lazy modules ran."""
         self.layers = LayerIndex.from_model(self.model)
         self._watched = WatchedParams(self.layers)
-        self._tracer.index(self.layers)
+        self._sampler.index(self.layers, self._watched)
         if self._sharded_world() and self.skip_on_spike is not None:
-            log.warning("gradwatch: skip_on_spike is off: with sharded (FSDP2) parameters the "
-                        "global gradient norm is only whole at regular samples, so ranks "
-                        "could not decide alike")
+            warn_skip_off_for_shards()
             self.skip_on_spike = None
 
     def _index_if_changed(self) -> None:
@@ -200,7 +184,7 @@ class Monitor:
     def pause_tracing(self, paused: bool) -> None:
         """Ignore (True) or count again (False) the forward passes of a sampled step: those
         in between are not the training's (e.g. a validation inside an accumulation window)."""
-        self._tracer.paused = self._attention.paused = paused
+        self._sampler.pause(paused)
 
     def publish(self, method: str, item: object) -> None:
         """Hand ``item`` to every sink that has ``method`` (e.g. "on_alert"), off-thread."""
@@ -236,51 +220,28 @@ class Monitor:
         hooked = (sampled or self.grad_scaler is not None or self.track_clipping
                   or self.skip_on_spike is not None)
         self._optimizers.switch(hooked)
-        self._current = steps.StepState(
-            step=step, row=row, sampled=sampled, regular=self._is_regular(step),
-            learning_rates=steps.learning_rates(self._optimizers.optimizers),
-            optimizers_hooked=hooked, table=ParamTable(self._watched) if sampled else None)
+        self._current = StepState(
+            step=step, row=row, cells=self._ring.cells[row], sampled=sampled,
+            regular=self._is_regular(step), learning_rates=learning_rates(
+                self._optimizers.optimizers), optimizers_hooked=hooked,
+            table=ParamTable(self._watched) if sampled else None)
         if sampled:
-            self._start_sample()
+            self._sampler.start(self._trace_all_next)
+            if self._escalated_steps > 0:
+                self._escalated_steps -= 1
+                self._trace_all_next = self._trace_all_next and self._escalated_steps > 0
 
     @timed
     def observe_loss(self, loss: torch.Tensor) -> None:
         """The loss about to be backpropagated (call once per backward)."""
-        state = self._current
-        if state is not None and isinstance(loss, torch.Tensor):
-            steps.add_loss(state, self._ring.cells[state.row], loss)
+        if self._current is not None and isinstance(loss, torch.Tensor):
+            self._current.add_loss(loss)
 
     @timed
     def observe_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Read the gradients (before clipping) of ``optimizer``'s params, or of all params."""
-        state = self._current
-        if state is None:
-            return
-        if state.table is not None:
-            state.table.measure_weights()
-        if self.layers.lazy and not state.lazy_seen:
-            self._observe_materialised(state)
-        positions, grads = self._watched.unseen_gradients(optimizer, state.observed,
-                                                          state.sampled)
-        if not grads:
-            return
-        squares = self._watched.squared_norms(grads)
-        steps.add_gradient_squares(self._ring.cells[state.row], squares,
-                                   self._watched.sharded_mask(positions))
-        state.grads_seen = True
-        if state.table is not None:
-            state.table.add_gradients(positions, squares, grads)
-
-    def _observe_materialised(self, state: steps.StepState) -> None:
-        """Gradients of lazy parameters materialised by this step's forward count in its
-        global norm (their layers are indexed from the next step)."""
-        state.lazy_seen = True
-        grads = [p.grad for p in self.layers.lazy if p.grad is not None and not is_lazy(p)]
-        if grads:
-            float64 = any(g.dtype == torch.float64 for g in grads)
-            self._ring.cells[state.row][RingColumn.GRAD_SQ].add_(
-                probes.squared_norms(grads, float64=float64).sum())
-            state.grads_seen = True
+        if self._current is not None:
+            self._current.add_gradients(self._watched, optimizer)
 
     @timed
     def end_step(self) -> None:
@@ -299,9 +260,8 @@ class Monitor:
         self._ring.drain()
         self._ring.export()
         self._closed = True
-        self._tracer.detach()
+        self._sampler.close()
         self._optimizers.remove()
-        self._attention.detach()
         self.exporter.close(timeout)
 
     def ddp_comm_hook(self):
@@ -312,8 +272,7 @@ class Monitor:
 
         def current_flag() -> torch.Tensor | None:
             state = self._current
-            return None if state is None else \
-                self._ring.cells[state.row][RingColumn.LOCAL_NONFINITE]
+            return None if state is None else state.cells[RingColumn.LOCAL_NONFINITE]
 
         return distributed.nonfinite_check_hook(current_flag)
 
@@ -321,18 +280,9 @@ class Monitor:
 
     def _end_step(self) -> None:
         state, ring = self._current, self._ring
-        scale = getattr(self.grad_scaler, "_scale", None)  # a tensor: reading it needs no sync
-        has_scale = isinstance(scale, torch.Tensor)
-        if has_scale:
-            ring.cells[state.row][RingColumn.SCALE].copy_(scale.reshape(-1)[0], non_blocking=True)
-        ring.rows.append(RingRow(
-            step=state.step, time=time.time(),
-            # unhooked (no AMP scaler): a step that saw gradients is taken to have stepped
-            stepped=state.stepped if state.optimizers_hooked else state.grads_seen,
-            learning_rates=state.learning_rates,
-            measured=Measured(state.loss_seen, state.grads_seen,
-                              self.track_clipping and not self._watched.any_sharded, has_scale,
-                              self._local_check_installed, self.skip_on_spike is not None)))
+        ring.rows.append(state.ring_row(
+            self.grad_scaler, clipped=self.track_clipping and not self._watched.any_sharded,
+            local_check=self._local_check_installed, skip=self.skip_on_spike is not None))
         if state.sampled:
             self._finish_sample(state)
         elif ring.host is not None and not self._sharded_world() and (
@@ -340,70 +290,9 @@ class Monitor:
             ring.drain(in_progress=state.row)  # sharded norms are only whole after a gather
         self._current = None
 
-    def _on_pulse(self, pulse: Pulse) -> None:
-        for observer in self.observers:
-            observer.on_pulse(pulse, self)
-
-    def _export_pulses(self, pulses: list[Pulse]) -> None:
-        self.exporter.submit_each("on_pulse", pulses)
-
-    def _sharded_world(self) -> bool:
-        return self._watched.any_sharded and distributed.active_world(self.world_size)
-
-    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        start, state = time.perf_counter(), self._current
-        if state is not None and self.skip_on_spike is not None:
-            self.skip_on_spike.save(optimizer)
-        if state is not None and state.table is not None and self.update_ratio:
-            state.table.save_before(optimizer)
-        self.stopwatch.add_since(start)
-
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        start, state = time.perf_counter(), self._current
-        if state is not None:
-            state.stepped = True
-            cells = self._ring.cells[state.row]
-            if self.skip_on_spike is not None:
-                steps.skip_if_outlier(self.skip_on_spike, state, cells, optimizer,
-                                      self.world_size)
-            if self.track_clipping:
-                steps.add_clipped_norm(cells, optimizer, self._watched)
-            if state.table is not None:
-                state.table.record_update(optimizer)
-        self.stopwatch.add_since(start)
-
-    # ------------------------------------------------------------------ sampled steps
-
-    def _start_sample(self) -> None:
-        self._tracer.attach(self._trace_all_next, self._attention.attach())
-        if self._escalated_steps > 0:
-            self._escalated_steps -= 1
-            if self._escalated_steps == 0:
-                self._trace_all_next = False
-
-    def _finish_sample(self, state: steps.StepState) -> None:
-        """The step's ONE transfer (after ONE gather with several ranks), its Snapshot."""
-        table, tracer, device = state.table, self._tracer, self._ring.tensor.device
-        table.measure_weights()
-        tracer.detach()
-        table.release()
-        tracer.learn_forward_order()
-        own, act, record_nonfinite = tracer.finish(device)
-        rows, values, layout = self._ring.unread(), table.values, TransferLayout()
-        if state.regular and distributed.active_world(self.world_size):
-            rows, values, world_own, world_act = gather_world(rows, values, own, act,
-                                                              self._watched.sharded)
-            layout.add("world_layer_output", world_own)
-            layout.add("world_activation", world_act)
-        layout.add("ring_rows", rows)
-        table.add_to(layout, values)
-        layout.add("layer_output", own)
-        layout.add("activation", act)
-        layout.add("record_nonfinite", record_nonfinite)
-        layout.add("attention", self._attention.values(device))
-        host = layout.to_host()  # the ONE device-to-host transfer of the step
-        self._ring.drain(host["ring_rows"], in_progress=state.row)
-        snapshot = pack_snapshot(host, self._facts(state), self._attention.read(host["attention"]))
+    def _finish_sample(self, state: StepState) -> None:
+        gather = state.regular and distributed.active_world(self.world_size)
+        snapshot = self._sampler.finish(state, self._ring, gather, self.run_name, self.rank)
         if state.regular:
             self._last_window = state.step // self.every_n_steps
         self.last_snapshot = snapshot
@@ -412,14 +301,23 @@ class Monitor:
         for observer in self.observers:
             observer.on_snapshot(snapshot, self)
 
-    def _facts(self, state: steps.StepState) -> SampleFacts:
-        records, n_layers = self._tracer.records, len(self.layers)
-        has_activation, saturates = records.saturating_activations(n_layers)
-        return SampleFacts(
-            run=self.run_name, rank=self.rank, step=state.step, time=time.time(),
-            layers=tuple(self.layers.ordered_names()), depth_order=tuple(self.layers.depth_order),
-            has_grad=self._watched.layer_mask(state.table.has_grad),
-            updated=self._watched.layer_mask(state.table.updated),
-            has_activation=has_activation, saturates=saturates,
-            record_modules=records.modules(), pulses=self._ring.take_pulses(),
-            overhead_seconds=self.overhead_seconds)
+    def _on_pulse(self, pulse: Pulse) -> None:
+        for observer in self.observers:
+            observer.on_pulse(pulse, self)
+
+    def _sharded_world(self) -> bool:
+        return self._watched.any_sharded and distributed.active_world(self.world_size)
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        start = time.perf_counter()
+        if self._current is not None:
+            self._current.before_optimizer_step(optimizer, self.skip_on_spike, self.update_ratio)
+        self.stopwatch.add_since(start)
+
+    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+        start = time.perf_counter()
+        if self._current is not None:
+            self._current.after_optimizer_step(
+                optimizer, self.skip_on_spike, self._watched if self.track_clipping else None,
+                self.world_size)
+        self.stopwatch.add_since(start)

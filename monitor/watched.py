@@ -29,6 +29,12 @@ def warn_if_unwatchable(model: nn.Module, layers: LayerIndex) -> None:
                     "exact per-layer norms.")
 
 
+def warn_skip_off_for_shards() -> None:
+    log.warning("gradwatch: skip_on_spike is off: with sharded (FSDP2) parameters the "
+                "global gradient norm is only whole at regular samples, so ranks "
+                "could not decide alike")
+
+
 class WatchedParams:
     """Positions (in ``layers.params``) of the parameters watched, and their device tensors.
 
