@@ -12,7 +12,6 @@ optimizer step. Nothing proportional to the model is kept between steps.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -29,11 +28,25 @@ from .param_table import ParamTable
 from .responses import SkipOnSpike
 from .ring import PulseRing
 from .sample import Sampler
+from .schedule import SampleSchedule
 from .snapshot import Pulse, Snapshot
 from .steps import StepState, learning_rates
 from .thresholds import Thresholds
 from .validation import check_int, check_text
 from .watched import WatchedParams, warn_if_unwatchable, warn_skip_off_for_shards
+
+
+def _check_arguments(model: nn.Module, run_name: str, skip_on_spike: SkipOnSpike | None,
+                     **counts: int) -> None:
+    """Raises ValueError (TypeError for the model) naming the argument out of range."""
+    for name, low in (("every_n_steps", 1), ("rank", 0), ("world_size", 1), ("max_queue", 1)):
+        check_int(name, counts[name], low=low)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_text("run_name", run_name, optional=False)
+    if skip_on_spike is not None and not isinstance(skip_on_spike, SkipOnSpike):
+        raise ValueError(f"skip_on_spike must be a monitor.SkipOnSpike or None, "
+                         f"got {skip_on_spike!r}")
 
 
 class Monitor:
@@ -99,15 +112,8 @@ class Monitor:
         max_queue: int = 10_000,
         skip_on_spike: SkipOnSpike | None = None,
     ) -> None:
-        for name, value, low in (("every_n_steps", every_n_steps, 1), ("rank", rank, 0),
-                                 ("world_size", world_size, 1), ("max_queue", max_queue, 1)):
-            check_int(name, value, low=low)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_text("run_name", run_name, optional=False)
-        if skip_on_spike is not None and not isinstance(skip_on_spike, SkipOnSpike):
-            raise ValueError(f"skip_on_spike must be a monitor.SkipOnSpike or None, "
-                             f"got {skip_on_spike!r}")
+        _check_arguments(model, run_name, skip_on_spike, every_n_steps=every_n_steps, rank=rank,
+                         world_size=world_size, max_queue=max_queue)
         self.model, self.run_name, self.every_n_steps = model, run_name, every_n_steps
         self.rank, self.world_size = rank, world_size
         self.thresholds = thresholds or Thresholds()
@@ -117,14 +123,13 @@ class Monitor:
         self.last_snapshot: Snapshot | None = None
         self.exporter = ExportWorker(list(sinks), max_queue=max_queue)
         self.observers = list(observers)
-        self._ring = PulseRing(self._on_pulse, functools.partial(self.exporter.submit_each,
-                                                                 "on_pulse"))
+        self._ring = PulseRing(functools.partial(self._tell, "on_pulse"), self.exporter,
+                               alarm_norm=self.thresholds.explosion_norm)
         self._sampler = Sampler(model, self.thresholds, self.stopwatch)
-        self._optimizers = OptimizerHooks(self._before_optimizer_step, self._after_optimizer_step)
-        self._local_check_installed = self._closed = self._trace_all_next = False
-        self._alarm_squared_norm = self.thresholds.explosion_norm ** 2  # NaN compares False
-        self._last_window: int | None = None
-        self._escalated_steps = 0
+        self._optimizers = OptimizerHooks(self._before_optimizer_step, self._after_optimizer_step,
+                                          self.stopwatch)
+        self._schedule = SampleSchedule(every_n_steps)
+        self._local_check_installed = self._closed = False
         self._current: StepState | None = None
         self._index_model()
         self._indexed_for_training = False  # indexed again at the first step: see _index_model
@@ -147,16 +152,6 @@ class Monitor:
             warn_skip_off_for_shards()
             self.skip_on_spike = None
 
-    def _index_if_changed(self) -> None:
-        if self._indexed_for_training and not self.layers.materialised():
-            return
-        self._index_model()
-        if not self._indexed_for_training:
-            self._indexed_for_training = True
-            warn_if_unwatchable(self.model, self.layers)
-
-    # ------------------------------------------------------------------ public API
-
     def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Watch an optimizer's steps (update ratios, skipped steps, post-clip norm)."""
         self._optimizers.watch(optimizer)
@@ -168,10 +163,8 @@ class Monitor:
         to find the first module that produced a non-finite value. Not with sharded (FSDP2)
         parameters, whose norms are only whole on regular samples.
         """
-        if self._sharded_world():
-            return
-        self._escalated_steps = max(self._escalated_steps, steps)
-        self._trace_all_next = self._trace_all_next or trace_all_modules
+        if not self._sharded_world():
+            self._schedule.escalate(steps, trace_all_modules)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Hand every finished step's Pulse to the sinks and wait (bounded) until they have
@@ -192,12 +185,7 @@ class Monitor:
 
     def is_sampled(self, step: int) -> bool:
         """Whether ``step`` gets the full per-layer statistics."""
-        return self._escalated_steps > 0 or self._is_regular(step)
-
-    def _is_regular(self, step: int) -> bool:
-        """The first step of each window of ``every_n_steps`` steps: the same steps on every
-        rank, whatever escalations happened, so collectives there can never mismatch."""
-        return step // self.every_n_steps != self._last_window
+        return self._schedule.is_sampled(step)
 
     @contextmanager
     def step(self, step: int) -> Iterator[None]:
@@ -213,7 +201,11 @@ class Monitor:
             if self._current.step == step:
                 return
             self._end_step()
-        self._index_if_changed()
+        if not self._indexed_for_training or self.layers.materialised():
+            self._index_model()
+            if not self._indexed_for_training:
+                self._indexed_for_training = True
+                warn_if_unwatchable(self.model, self.layers)
         ring = self._ring.ensure(self._watched.settle(), self.every_n_steps + 1)
         row = len(self._ring.rows)
         sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
@@ -222,14 +214,11 @@ class Monitor:
         self._optimizers.switch(hooked)
         self._current = StepState(
             step=step, row=row, cells=self._ring.cells[row], sampled=sampled,
-            regular=self._is_regular(step), learning_rates=learning_rates(
+            regular=self._schedule.is_regular(step), learning_rates=learning_rates(
                 self._optimizers.optimizers), optimizers_hooked=hooked,
             table=ParamTable(self._watched) if sampled else None)
         if sampled:
-            self._sampler.start(self._trace_all_next)
-            if self._escalated_steps > 0:
-                self._escalated_steps -= 1
-                self._trace_all_next = self._trace_all_next and self._escalated_steps > 0
+            self._sampler.start(trace_all=self._schedule.start())
 
     @timed
     def observe_loss(self, loss: torch.Tensor) -> None:
@@ -269,14 +258,8 @@ class Monitor:
         notes, per step, whether THIS rank's gradients were non-finite before the all-reduce:
         the Pulses of the rank a NaN came from say ``local_gradients_finite=False``."""
         self._local_check_installed = True
-
-        def current_flag() -> torch.Tensor | None:
-            state = self._current
-            return None if state is None else state.cells[RingColumn.LOCAL_NONFINITE]
-
-        return distributed.nonfinite_check_hook(current_flag)
-
-    # ------------------------------------------------------------------ step internals
+        return distributed.nonfinite_check_hook(lambda: None if self._current is None else
+                                                self._current.cells[RingColumn.LOCAL_NONFINITE])
 
     def _end_step(self) -> None:
         state, ring = self._current, self._ring
@@ -286,38 +269,33 @@ class Monitor:
         if state.sampled:
             self._finish_sample(state)
         elif ring.host is not None and not self._sharded_world() and (
-                ring.batch_due() or ring.alarming(state.row, self._alarm_squared_norm)):
+                ring.batch_due() or ring.alarming(state.row)):
             ring.drain(in_progress=state.row)  # sharded norms are only whole after a gather
         self._current = None
 
     def _finish_sample(self, state: StepState) -> None:
         gather = state.regular and distributed.active_world(self.world_size)
         snapshot = self._sampler.finish(state, self._ring, gather, self.run_name, self.rank)
-        if state.regular:
-            self._last_window = state.step // self.every_n_steps
+        self._schedule.done(state.step, state.regular)
         self.last_snapshot = snapshot
         self._ring.export()  # the step's Pulses reach the sinks before its Snapshot
         self.exporter.submit("on_snapshot", snapshot)
-        for observer in self.observers:
-            observer.on_snapshot(snapshot, self)
+        self._tell("on_snapshot", snapshot)
 
-    def _on_pulse(self, pulse: Pulse) -> None:
+    def _tell(self, method: str, item: Pulse | Snapshot) -> None:
+        """The observers, on the training thread: ``observer.on_pulse(pulse, monitor)``."""
         for observer in self.observers:
-            observer.on_pulse(pulse, self)
+            getattr(observer, method)(item, self)
 
     def _sharded_world(self) -> bool:
         return self._watched.any_sharded and distributed.active_world(self.world_size)
 
-    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        start = time.perf_counter()
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._current is not None:
             self._current.before_optimizer_step(optimizer, self.skip_on_spike, self.update_ratio)
-        self.stopwatch.add_since(start)
 
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        start = time.perf_counter()
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._current is not None:
             self._current.after_optimizer_step(
                 optimizer, self.skip_on_spike, self._watched if self.track_clipping else None,
                 self.world_size)
-        self.stopwatch.add_since(start)

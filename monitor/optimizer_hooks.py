@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
 
-StepHook = Callable[[torch.optim.Optimizer, tuple, dict], None]
+from .overhead import Stopwatch
+
+StepHook = Callable[[torch.optim.Optimizer], None]
 
 
 class OptimizerHooks:
@@ -14,12 +17,14 @@ class OptimizerHooks:
     Python calls per optimizer step saved on the steps that need none.
 
     Args:
-        before, after: the hooks (``optimizer, args, kwargs``).
+        before, after: called with the optimizer before and after its step.
+        stopwatch: where their time is counted.
     """
 
-    def __init__(self, before: StepHook, after: StepHook) -> None:
+    def __init__(self, before: StepHook, after: StepHook, stopwatch: Stopwatch) -> None:
         self._before = before
         self._after = after
+        self._stopwatch = stopwatch
         self.optimizers: list[torch.optim.Optimizer] = []
         self.on = False
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -48,5 +53,12 @@ class OptimizerHooks:
         self._handles = []
 
     def _hook(self, optimizer: torch.optim.Optimizer) -> None:
-        self._handles += [optimizer.register_step_pre_hook(self._before),
-                          optimizer.register_step_post_hook(self._after)]
+        self._handles += [optimizer.register_step_pre_hook(self._timed(self._before)),
+                          optimizer.register_step_post_hook(self._timed(self._after))]
+
+    def _timed(self, hook: StepHook):
+        def timed_hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            start = time.perf_counter()
+            hook(optimizer)
+            self._stopwatch.add_since(start)
+        return timed_hook

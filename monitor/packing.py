@@ -25,6 +25,7 @@ import numpy as np
 from .layouts import ACTIVATION_NONFINITE, ActivationField
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 
+
 @dataclass(frozen=True)
 class SampleFacts:
     """What the host knows of a sampled step (per layer: registration order).

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .export import ExportWorker
 from .layouts import RING_COLUMNS, RingColumn
 from .snapshot import Pulse
 from .transfer import host_copy
@@ -77,13 +78,16 @@ class PulseRing:
 
     Args:
         on_pulse: called with each Pulse as it is read (the observers).
-        export: called with the Pulses not yet handed to the sinks.
+        exporter: where Pulses go to the sinks (``on_pulse``), in batches.
+        alarm_norm: on a CPU, a step whose global gradient norm is above it (or whose loss
+            is not finite) is read at once.
     """
 
     def __init__(self, on_pulse: Callable[[Pulse], None],
-                 export: Callable[[list[Pulse]], None]) -> None:
+                 exporter: ExportWorker, alarm_norm: float) -> None:
         self._on_pulse = on_pulse
-        self._export = export
+        self._exporter = exporter
+        self._alarm_squared_norm = alarm_norm ** 2
         self.tensor: torch.Tensor | None = None
         self.host: np.ndarray | None = None  # the ring itself, on a CPU device
         self.cells: list[tuple[torch.Tensor, ...]] = []  # per row, per RingColumn
@@ -108,11 +112,11 @@ class PulseRing:
             self.drain()
         return self.tensor
 
-    def alarming(self, row: int, alarm_squared_norm: float) -> bool:
+    def alarming(self, row: int) -> bool:
         """A row (on a CPU: host memory, free to read) that must be judged at once."""
         values, column = self.host[row], RingColumn
         return not (math.isfinite(values[column.LOSS])
-                    and values[column.GRAD_SQ] <= alarm_squared_norm  # NaN compares False
+                    and values[column.GRAD_SQ] <= self._alarm_squared_norm  # NaN compares False
                     and values[column.SKIPPED] == 0)
 
     def batch_due(self) -> bool:
@@ -148,7 +152,7 @@ class PulseRing:
     def export(self) -> None:
         """Hand the Pulses read so far to the sinks."""
         if self._unexported:
-            self._export(self._unexported)
+            self._exporter.submit_each("on_pulse", self._unexported)
             self._unexported = []
         self._exported_at = time.monotonic()
 
