@@ -14,6 +14,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,6 +77,13 @@ class FirstUse(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class RecordSource(NamedTuple):
+    """Where an activation record comes from."""
+
+    slot: int  # the traced module's position in the trace
+    layer: int  # the layer it is attributed to, or -1
+
+
 @dataclass
 class Records:
     """The activation records of one sampled step, in forward call order."""
@@ -83,31 +91,31 @@ class Records:
     trace: list[Traced]
     raw: list[torch.Tensor] = field(default_factory=list)  # one per output tensor
     counts: list[int] = field(default_factory=list)
-    meta: list[tuple[int, int]] = field(default_factory=list)  # (traced slot, target layer)
+    sources: list[RecordSource] = field(default_factory=list)
     layers_called: list[int] = field(default_factory=list)
     last_layer: int = -1
 
     def own(self) -> list[int]:
         """Records of the layers' own outputs."""
-        return [i for i, (slot, _) in enumerate(self.meta) if self.trace[slot].layer >= 0]
+        return [i for i, source in enumerate(self.sources) if self.trace[source.slot].layer >= 0]
 
     def activations(self) -> list[int]:
         """Records of activation modules, attributed to the layer before them."""
-        return [i for i, (slot, target) in enumerate(self.meta)
-                if self.trace[slot].is_activation and target >= 0]
+        return [i for i, source in enumerate(self.sources)
+                if self.trace[source.slot].is_activation and source.layer >= 0]
 
     def modules(self) -> tuple[str, ...]:
         """The traced module of each record."""
-        return tuple(self.trace[slot].name for slot, _ in self.meta)
+        return tuple(self.trace[source.slot].name for source in self.sources)
 
     def saturating_activations(self, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
         """Per layer: has an activation after it; and that one saturates."""
         has_activation = np.zeros(n_layers, dtype=bool)
         saturates = np.zeros(n_layers, dtype=bool)
         for i in self.activations():
-            slot, target = self.meta[i]
-            has_activation[target] = True
-            saturates[target] = self.trace[slot].saturation != SATURATION_NONE
+            source = self.sources[i]
+            has_activation[source.layer] = True
+            saturates[source.layer] = self.trace[source.slot].saturation != SATURATION_NONE
         return has_activation, saturates
 
 
@@ -200,7 +208,7 @@ class ForwardTracer:
                 tensor, traced.saturation, self.thresholds.sigmoid_flat,
                 self.thresholds.tanh_flat))
             records.counts.append(tensor.numel())
-            records.meta.append((slot, target))
+            records.sources.append(RecordSource(slot, target))
         self.stopwatch.add_since(start)
 
     def learn_forward_order(self) -> None:
@@ -224,8 +232,8 @@ class ForwardTracer:
         if not own + act:
             empty = torch.full((n_layers, ACTIVATION_FIELD_COUNT), math.nan, device=device)
             return empty, empty, nonfinite
-        groups = ([records.meta[i][1] for i in own]
-                  + [n_layers + records.meta[i][1] for i in act])
+        groups = ([records.sources[i].layer for i in own]
+                  + [n_layers + records.sources[i].layer for i in act])
         combined = probes.combine_records(
             completed.index_select(0, torch.tensor(own + act, device=device)),
             torch.tensor(groups, device=device), 2 * n_layers)

@@ -7,6 +7,7 @@ LayerIndex and cached, since the every-step path looks it up.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +36,12 @@ def warn_skip_off_for_shards() -> None:
                 "could not decide alike")
 
 
+class _OptimizerParams(NamedTuple):
+    group_sizes: tuple[int, ...]  # renewed when they change
+    positions: list[int]
+    params: list[nn.Parameter]
+
+
 class WatchedParams:
     """Positions (in ``layers.params``) of the parameters watched, and their device tensors.
 
@@ -55,7 +62,7 @@ class WatchedParams:
         self._norm_options: dict[str, bool] = {}
         self._norm_key: tuple | None = None
         self._index: dict[tuple[int, ...], torch.Tensor] = {}
-        self._by_optimizer: dict[int, tuple[tuple[int, ...], list[int], list]] = {}
+        self._by_optimizer: dict[int, _OptimizerParams] = {}
         # positions of parameters with sparse gradients: of modules built for them, and
         # those seen on sampled steps
         position = layers.param_position
@@ -103,16 +110,16 @@ class WatchedParams:
         groups = () if optimizer is None else tuple(len(g["params"]) for g in
                                                     optimizer.param_groups)
         cached = self._by_optimizer.get(id(optimizer))
-        if cached is None or cached[0] != groups:
+        if cached is None or cached.group_sizes != groups:
             if optimizer is None:
                 positions = list(range(len(self.params)))
             else:
                 position = self.layers.param_position
                 positions = [position[id(p)] for g in optimizer.param_groups for p in g["params"]
                              if id(p) in position]
-            cached = (groups, positions, [self.params[i] for i in positions])
+            cached = _OptimizerParams(groups, positions, [self.params[i] for i in positions])
             self._by_optimizer[id(optimizer)] = cached
-        return cached[1], cached[2]
+        return cached.positions, cached.params
 
     def unseen_gradients(self, optimizer: torch.optim.Optimizer | None, observed: set[int],
                          sampled: bool) -> tuple[list[int], list[torch.Tensor]]:
