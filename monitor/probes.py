@@ -14,13 +14,7 @@ import torch
 
 from .distributed import local_shard
 from .layers import SATURATION_SIGMOID, SATURATION_TANH
-
-#: Fields of one activation record, in order.
-ACTIVATION_FIELDS = (
-    "count", "mean", "m2", "min", "max", "zeros", "saturated", "nan", "posinf", "neginf",
-)
-_COUNT, _MEAN, _M2, _MIN, _MAX, _ZEROS = range(6)
-_SUMMED = slice(5, len(ACTIVATION_FIELDS))
+from .layouts import ACTIVATION_SUMMED, ActivationField, RawActivationField
 
 #: A shared constant for the counts a CPU record knows to be 0 (stacked, never written).
 _CPU_ZERO = torch.zeros(())
@@ -48,9 +42,9 @@ def raw_activation_record(
     sigmoid_flat: float,
     tanh_flat: float,
 ) -> torch.Tensor:
-    """The record (ACTIVATION_FIELDS) of one output tensor, without its count, and with the
-    count of NON-zero values in the "zeros" field: ``complete_records`` adds the count and
-    turns it into zeros for all records of a step at once (an op per step, not per output).
+    """The raw record (RawActivationField) of one output tensor: without its count, and with
+    the count of NON-zero values: ``complete_records`` adds the count and turns it into
+    zeros for all records of a step at once (an op per step, not per output).
 
     ``saturation`` selects the flat-region test: a sigmoid output below ``sigmoid_flat`` or
     above ``1 - sigmoid_flat``, a tanh-like output with |y| above ``tanh_flat``.
@@ -100,10 +94,12 @@ def _count_positive(values: torch.Tensor) -> torch.Tensor:
 
 
 def complete_records(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Records [R, F] from ``raw_activation_record`` rows [R, F - 1] and their counts [R]."""
-    records = torch.cat([counts.to(raw.dtype)[:, None], raw], dim=1)
-    records[:, _ZEROS] = records[:, _COUNT] - records[:, _ZEROS]
-    return records
+    """Records [R, ActivationField] from ``raw_activation_record`` rows [R,
+    RawActivationField] and their counts [R]."""
+    counts = counts.to(raw.dtype)[:, None]
+    nonzero = RawActivationField.NONZERO
+    return torch.cat([counts, raw[:, :nonzero], counts - raw[:, nonzero:nonzero + 1],
+                      raw[:, nonzero + 1:]], dim=1)
 
 
 def combine_records(records: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -113,17 +109,20 @@ def combine_records(records: torch.Tensor, group: torch.Tensor, n_groups: int) -
     """
     fields = records.shape[1]
     out = torch.zeros(n_groups, fields, dtype=records.dtype, device=records.device)
-    count = out[:, _COUNT].index_add(0, group, records[:, _COUNT])
-    weighted = torch.zeros_like(count).index_add(0, group, records[:, _COUNT] * records[:, _MEAN])
+    f = ActivationField
+    count = out[:, f.COUNT].index_add(0, group, records[:, f.COUNT])
+    weighted = torch.zeros_like(count).index_add(0, group,
+                                                 records[:, f.COUNT] * records[:, f.MEAN])
     mean = weighted / count
-    spread = records[:, _M2] + records[:, _COUNT] * (records[:, _MEAN] - mean[group]).square()
-    out[:, _COUNT] = count
-    out[:, _MEAN] = mean
-    out[:, _M2] = torch.zeros_like(count).index_add(0, group, spread)
+    spread = records[:, f.M2] + records[:, f.COUNT] * (records[:, f.MEAN] - mean[group]).square()
+    out[:, f.COUNT] = count
+    out[:, f.MEAN] = mean
+    out[:, f.M2] = torch.zeros_like(count).index_add(0, group, spread)
     nan = torch.full_like(count, float("nan"))
-    out[:, _MIN] = nan.scatter_reduce(0, group, records[:, _MIN], "amin", include_self=False)
-    out[:, _MAX] = nan.scatter_reduce(0, group, records[:, _MAX], "amax", include_self=False)
-    out[:, _SUMMED] = out[:, _SUMMED].index_add(0, group, records[:, _SUMMED])
+    out[:, f.MIN] = nan.scatter_reduce(0, group, records[:, f.MIN], "amin", include_self=False)
+    out[:, f.MAX] = nan.scatter_reduce(0, group, records[:, f.MAX], "amax", include_self=False)
+    summed = ACTIVATION_SUMMED
+    out[:, summed] = out[:, summed].index_add(0, group, records[:, summed])
     return out
 
 

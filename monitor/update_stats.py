@@ -65,10 +65,10 @@ def _eps_dominated(state: dict, group: dict, param: torch.Tensor):
     return count, torch.tensor(float(v.numel()), device=v.device)
 
 
-def per_layer(table: torch.Tensor, per_layer_sum) -> torch.Tensor:
-    """[n_layers, 2]: update/grad cosine and eps-dominated ratio (NaN where undefined)."""
+def per_layer(table: torch.Tensor, per_layer_sum) -> dict[str, torch.Tensor]:
+    """Per layer [n_layers], by Snapshot field: the update/grad cosine and the
+    eps-dominated ratio (NaN where undefined)."""
     sums = per_layer_sum(table.T)  # [n_layers, ROWS]
-    cosine = sums[:, _DOT] / (sums[:, _DELTA_SQ] * sums[:, _GRAD_SQ]).sqrt()
-    ratio = sums[:, _EPS_COUNT] / sums[:, _ADAM_NUMEL]
-    return torch.stack([cosine, ratio], dim=1)
+    return {"update_grad_cosine": sums[:, _DOT] / (sums[:, _DELTA_SQ] * sums[:, _GRAD_SQ]).sqrt(),
+            "adam_eps_dominated_ratio": sums[:, _EPS_COUNT] / sums[:, _ADAM_NUMEL]}
 

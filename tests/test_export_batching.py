@@ -9,7 +9,7 @@ from torch import nn
 
 from gradwatch.monitor import Monitor, Thresholds
 from gradwatch.monitor.export import ExportWorker
-from gradwatch.monitor.monitor import PULSE_BATCH
+from gradwatch.monitor.ring import PULSE_BATCH
 
 
 class BlockingSink:

@@ -1,0 +1,97 @@
+"""A sampled step, from its hooks to its Snapshot.
+
+While the step runs, the forward hooks (``sampling``) and the attention probe record on
+the device. When it ends: the per-layer records are combined, with several ranks ONE
+all-gather completes them (``world``), everything goes to the host in ONE copy, by name
+(``transfer``), and is packed into the Snapshot in numpy (``packing``).
+"""
+
+from __future__ import annotations
+
+import time
+
+from torch import nn
+
+from .attention import AttentionProbe
+from .layers import LayerIndex
+from .overhead import Stopwatch
+from .packing import SampleFacts, pack_snapshot
+from .ring import PulseRing
+from .sampling import ForwardTracer
+from .snapshot import Snapshot
+from .steps import StepState
+from .thresholds import Thresholds
+from .transfer import TransferLayout
+from .watched import WatchedParams
+from .world import gather_world
+
+
+class Sampler:
+    """The hooks of sampled steps and the Snapshot each one ends with.
+
+    Args:
+        model: the watched module.
+        thresholds: the saturation tests.
+        stopwatch: where the hooks' own time is counted (and read for the Snapshot).
+    """
+
+    def __init__(self, model: nn.Module, thresholds: Thresholds, stopwatch: Stopwatch) -> None:
+        self.tracer = ForwardTracer(model, thresholds, stopwatch)
+        self.attention = AttentionProbe(model)
+        self.stopwatch = stopwatch
+
+    def index(self, layers: LayerIndex, watched: WatchedParams) -> None:
+        """Trace these layers and parameters (again each time the model is indexed)."""
+        self.layers, self.watched = layers, watched
+        self.tracer.index(layers)
+
+    def pause(self, paused: bool) -> None:
+        self.tracer.paused = self.attention.paused = paused
+
+    def start(self, trace_all: bool) -> None:
+        """Hooks on for one sampled step (with ``trace_all``: on every module)."""
+        self.tracer.attach(trace_all, self.attention.attach())
+
+    def close(self) -> None:
+        """Hooks off, also after a failed forward."""
+        self.tracer.detach()
+        self.attention.detach()
+
+    def finish(self, state: StepState, ring: PulseRing, gather: bool, run: str,
+               rank: int) -> Snapshot:
+        """End the step's hooks; its ONE transfer (after ONE ``gather`` across ranks)
+        reads the ring's rows too, as Pulses."""
+        table, tracer, device = state.table, self.tracer, ring.tensor.device
+        table.measure_weights()
+        tracer.detach()
+        table.release()
+        tracer.learn_forward_order()
+        own, act, record_nonfinite = tracer.finish(device)
+        rows, values, layout = ring.unread(), table.values, TransferLayout()
+        if gather:
+            rows, values, world_own, world_act = gather_world(rows, values, own, act,
+                                                              self.watched.sharded)
+            layout.add("world_layer_output", world_own)
+            layout.add("world_activation", world_act)
+        layout.add("ring_rows", rows)
+        table.add_to(layout, values)
+        layout.add("layer_output", own)
+        layout.add("activation", act)
+        layout.add("record_nonfinite", record_nonfinite)
+        layout.add("attention", self.attention.values(device))
+        host = layout.to_host()  # the ONE device-to-host transfer of the step
+        ring.drain(host["ring_rows"], in_progress=state.row)
+        facts = self._facts(state, ring, run, rank)
+        return pack_snapshot(host, facts, self.attention.read(host["attention"]))
+
+    def _facts(self, state: StepState, ring: PulseRing, run: str, rank: int) -> SampleFacts:
+        records, layers = self.tracer.records, self.layers
+        has_activation, saturates = records.saturating_activations(len(layers))
+        return SampleFacts(
+            run=run, rank=rank, step=state.step, time=time.time(),
+            layers=tuple(layers.ordered_names()), depth_order=tuple(layers.depth_order),
+            has_grad=self.watched.layer_mask(state.table.has_grad),
+            updated=self.watched.layer_mask(state.table.updated),
+            has_activation=has_activation, saturates=saturates,
+            record_modules=records.modules(), pulses=ring.take_pulses(),
+            overhead_seconds=self.stopwatch.seconds)
