@@ -28,7 +28,8 @@ from grafana_foundation_sdk.models import prometheus as prometheus_model
 
 from .alert_table import RULE_NAMES, CRITICAL, INFO, WARNING
 from .alert_table import spec as alert_spec
-from .rules import COUNTER_WINDOW, HISTORY_WINDOW, REGIMES, counted_in
+from .regimes import REGIMES, code
+from .rules import COUNTER_WINDOW, HISTORY_WINDOW, counted_in
 from .thresholds import Thresholds
 
 DASHBOARDS_DIR = Path("dashboards")
@@ -183,8 +184,9 @@ def new_board(title: str, uid: str, description: str, with_layer: bool) -> dashb
 def training_health(t: Thresholds) -> dashboard.Dashboard:
     """Per run: regime, firing alerts, loss, gradient norm, non-finite values, AMP, liveness."""
     regime_map = model.ValueMap(options={
-        str(code): model.ValueMappingResult(text=name, color=REGIME_COLORS[name], index=code)
-        for code, name in enumerate(REGIMES)})
+        str(code(name)): model.ValueMappingResult(text=name, color=REGIME_COLORS[name],
+                                                  index=code(name))
+        for name in REGIMES})
     regime = (statetimeline.Panel().title("Regime").datasource(DATASOURCE).height(6).span(14)
               .with_target(query(f"gradwatch:regime:code{{{RUN}}}"))
               .mappings([regime_map]).show_value(common_model.VisibilityMode.NEVER)

@@ -417,7 +417,7 @@ class NonFiniteValues:
         self.state = Sustained(1, int(thresholds.escalation_steps))
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        if not self._bad_series(pulse) or amp_skipped(pulse):
+        if not self._bad_series(pulse) or pulse.amp_skipped:
             if self.pending is None and not self.state.update(False):
                 return Verdict.CLEAR
             return None
@@ -504,18 +504,12 @@ class NonFiniteValues:
         )
 
 
-def amp_skipped(pulse: Pulse) -> bool:
-    """A step the GradScaler skipped: its overflowed gradients are the scaler's business."""
-    return (pulse.loss_scale is not None and not pulse.optimizer_stepped
-            and pulse.loss is not None and math.isfinite(pulse.loss))
-
-
 def nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
     """[source, layer, kind] counts, without the gradients of an AMP-skipped step."""
     counts = np.nan_to_num(np.asarray(snapshot.nonfinite, dtype=np.float64))
     if counts.ndim != 3:
         return np.zeros((len(NONFINITE_SOURCES), 0, 3))
-    if amp_skipped(_pulse_of(snapshot)):
+    if _pulse_of(snapshot).amp_skipped:
         counts = counts.copy()
         counts[NONFINITE_SOURCES.index("gradient")] = 0
     return counts

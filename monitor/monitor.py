@@ -867,8 +867,9 @@ class Monitor:
                               for i in range(n)], dtype=bool)
         saturation = np.where(saturates, saturation, np.nan)
         activation_nf = own[:, 7:10]
+        updated = self._layer_mask(state.updated)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(self._layer_mask(state.updated), delta / before, np.nan)
+            ratio = np.where(updated, delta / before, np.nan)
         order = self.layers.depth_order
         origin = ""
         for position, count_nf in enumerate(record_nf):
@@ -894,6 +895,8 @@ class Monitor:
             grad_norm=ordered(np.where(self._layer_mask(state.has_grad), grad, np.nan)),
             weight_norm=ordered(weight),
             update_ratio=ordered(ratio),
+            update_norm=ordered(np.where(updated, delta, np.nan)),
+            updated_weight_norm=ordered(np.where(updated, before, np.nan)),
             activation_mean=ordered(chosen[:, 1]),
             activation_variance=ordered(variance),
             activation_saturation_ratio=ordered(saturation),

@@ -27,33 +27,23 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .detectors import amp_skipped, nonfinite_counts
+from .detectors import nonfinite_counts
 from .endpoint import EndpointSecurity, linger, serve, stop
-from .layer_budget import GROUP_STATS, LayerExport
+from .fields import (
+    ACTIVATION_GAUGES,
+    ATTENTION_GAUGES,
+    BY_NAME,
+    LAYER_GAUGES,
+    OUTPUT_GAUGES,
+    SYNCHRONISED_LAYER_GAUGES,
+)
+from .layer_budget import LayerExport
 from .metrics import spec
+from .regimes import HEALTHY, REGIMES
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 from .validation import check_int
 
-#: Per-layer gauges of the parameters, their gradients and updates: the same on every rank.
-SYNCHRONISED_LAYER_GAUGES = ("grad_norm", "weight_norm", "update_ratio", "update_grad_cosine",
-                             "adam_eps_dominated_ratio")
-#: Per-layer gauges of the activations: each rank's own batch.
-ACTIVATION_GAUGES = (
-    "activation_mean",
-    "activation_variance",
-    "activation_saturation_ratio",
-    "activation_dead_ratio",
-    "activation_max_abs",
-)
-#: Per-layer gauges, named like the Snapshot attribute they export.
-LAYER_GAUGES = SYNCHRONISED_LAYER_GAUGES + ACTIVATION_GAUGES
-#: The non-finite sources whose values make a NaN gauge a real NaN (not "not measured").
-GAUGE_SOURCES = {"grad_norm": ("gradient",), "weight_norm": ("parameter",),
-                 "update_ratio": ("gradient", "parameter"),
-                 "update_grad_cosine": ("gradient", "parameter"),
-                 "adam_eps_dominated_ratio": ("gradient",)} | {
-    name: ("activation",) for name in ACTIVATION_GAUGES}
 #: Non-finite sources that are the same on every rank (after the all-reduce).
 SYNCHRONISED_SOURCES = ("gradient", "parameter")
 #: Per-step gauges of each rank, and those the same on every rank.
@@ -65,16 +55,11 @@ RANK_NONFINITE_LAYERS = 8
 DEEPER_LAYERS = "(deeper layers)"
 #: Longest wait at a clean end for the scrape that reads gradwatch_run_finished.
 LINGER_SECONDS = 35.0
-#: Per-attention-module gauges (label ``layer``: the module that computed attention).
-ATTENTION_GAUGES = ("attention_logit_max", "attention_entropy")
-#: Gauges of the output logits.
-OUTPUT_GAUGES = ("output_logit_logsumexp", "output_logit_max")
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "histogram": HistogramMetricFamily}
 #: The ``rank`` label value of what is the same on every rank (or over all ranks' batches),
 #: exported by rank 0 alone.
 WORLD_RANK = "all"
-REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 
 
 def histogram_buckets(thresholds: Thresholds) -> list[float]:
@@ -135,7 +120,7 @@ class PrometheusSink:
             dict.fromkeys(("loss", "gradient") + (("local_gradient",) if self._multi else ()),
                           0))
         self._alerts: Counter[str] = Counter()
-        self._active_regimes: dict[str, str] = {}
+        self._regime = HEALTHY
         self._clip_engaged = 0
         self._skipped = 0
         self._skipped_updates = 0
@@ -187,7 +172,7 @@ class PrometheusSink:
     def on_pulse(self, pulse: Pulse) -> None:
         norm, loss = pulse.global_grad_norm, pulse.loss
         skipped = not pulse.optimizer_stepped and pulse.loss_scale is not None
-        if amp_skipped(pulse):
+        if pulse.amp_skipped:
             norm = None  # overflowed gradients the GradScaler skipped: its business, no alarm
         with self._lock:
             previous = self._latest.get("last_step_timestamp_seconds")
@@ -222,8 +207,7 @@ class PrometheusSink:
                 self._nonfinite_steps["local_gradient"] += 1
             if norm is not None:
                 self._streak_free = math.isfinite(norm)
-            clipped = pulse.clipped_grad_norm
-            if clipped is not None and norm is not None and clipped < norm * (1 - 1e-6):
+            if pulse.grad_clip_engaged:
                 self._clip_engaged += 1
             if skipped:
                 self._skipped += 1
@@ -244,7 +228,7 @@ class PrometheusSink:
             else:
                 more = ({}, {})
             export = LayerExport(snapshot.layers, values | more[0], defined | more[1],
-                                 self.max_layers, self.depth_groups)
+                                 self.max_layers, self.depth_groups, _update_norms(snapshot))
         if self.rank_activations:
             local = LayerExport(snapshot.layers, *_figures(snapshot, ACTIVATION_GAUGES),
                                 self.max_layers, self.depth_groups)
@@ -279,10 +263,8 @@ class PrometheusSink:
         with self._lock:
             if alert.status == "firing":
                 self._alerts[alert.name] += 1
-                if alert.regime:
-                    self._active_regimes[alert.name] = alert.regime
-            else:
-                self._active_regimes.pop(alert.name, None)
+            if alert.run_regime is not None:  # the engine's, once this event applied
+                self._regime = alert.run_regime
 
     # ------------------------------------------------------------------ collector
 
@@ -332,10 +314,6 @@ class PrometheusSink:
         histogram.add_metric(shared, buckets, self._norm_sum)
         yield histogram
 
-    def _regime(self) -> str:
-        active = set(self._active_regimes.values())
-        return next((r for r in reversed(REGIMES) if r in active), "healthy")
-
     def _layer_metrics(self) -> Iterator[Metric]:
         exports = [(list(labels.values()), export) for labels, export in (
             (self._shared, self._export), (self._base, self._local_export))
@@ -362,8 +340,8 @@ class PrometheusSink:
                     if defined[position]:
                         family.add_metric([*labels, export.layers[position]], values[position])
                 for first, last, stats in export.groups.get(name, ()):
-                    for stat in GROUP_STATS:
-                        group.add_metric([*labels, name, f"{first}-{last}", stat], stats[stat])
+                    for stat, value in stats.items():
+                        group.add_metric([*labels, name, f"{first}-{last}", stat], value)
             yield family
         yield group
         if self._shared is not None or self.rank_activations:
@@ -388,9 +366,8 @@ class PrometheusSink:
     def _counters(self) -> Iterator[Metric]:
         base = list(self._base.values())
         regime = self._family("regime")
-        current = self._regime()
         for name in REGIMES:
-            regime.add_metric([*base, name], float(name == current))
+            regime.add_metric([*base, name], float(name == self._regime))
         yield regime
         nonfinite = self._family("nonfinite")
         shared = list((self._shared or {}).values())
@@ -424,15 +401,23 @@ def _figures(snapshot: Snapshot, names: tuple[str, ...]
              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Values of ``names`` and where each is defined: a NaN is exported only when the
     layer's source held non-finite values (a real NaN), never for "not measured"."""
-    bad = {source: snapshot.nonfinite_by_source(source) > 0 for source in NONFINITE_SOURCES}
+    bad = dict(zip(NONFINITE_SOURCES, snapshot.nonfinite.sum(axis=2) > 0))
     values, defined = {}, {}
     for name in names:
         x = getattr(snapshot, name)
         if x.shape != (len(snapshot.layers),):  # a statistic the Snapshot does not carry
             x = np.full(len(snapshot.layers), np.nan)
-        sourced = np.logical_or.reduce([bad[s] for s in GAUGE_SOURCES[name]])
+        sourced = np.logical_or.reduce([bad[s] for s in BY_NAME[name].sources])
         values[name], defined[name] = x, ~np.isnan(x) | sourced
     return values, defined
+
+
+def _update_norms(snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each layer's update norm and updated-weight norm, when the Snapshot carries them."""
+    layers = (len(snapshot.layers),)
+    if snapshot.update_norm.shape == layers == snapshot.updated_weight_norm.shape:
+        return snapshot.update_norm, snapshot.updated_weight_norm
+    return None
 
 
 def _kind(value: float) -> str:

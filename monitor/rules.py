@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from .alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from .alert_table import spec as alert_spec
+from .regimes import REGIMES, code
 from .thresholds import Thresholds
 
 #: Prometheus scrape interval of deploy/prometheus/prometheus.yml, in seconds. Prometheus sees
@@ -41,8 +42,6 @@ RECENT_WINDOW = "2m"
 TRAINER_JOB = "gradwatch"
 #: sigma of a normal distribution from its interquartile range.
 IQR_PER_SIGMA = 1.349
-#: Regimes of the gradwatch_regime one-hot gauge, in the order of gradwatch:regime:code.
-REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 #: Per-layer metrics that get a depth-labelled twin, gradwatch:<name>:by_depth, so dashboards
 #: order layers by depth (the series sort by the zero-padded depth label).
 DEPTH_ORDERED_METRICS = (
@@ -161,7 +160,7 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
     """Recording rules: what the alerts build on and what makes dashboards cheap."""
     le = explosion_bucket_label(thresholds)
     regime_code = " or ".join(
-        f'gradwatch_regime{{regime="{regime}"}} * {code}' for code, regime in enumerate(REGIMES)
+        f'gradwatch_regime{{regime="{regime}"}} * {code(regime)}' for regime in REGIMES
     )
     # count_values turns the depth into a label; zero-padding makes label order numeric order.
     # by (run, layer): rank 0 exports the depth once (rank "all"), every rank's series join it
