@@ -30,6 +30,7 @@ from .regimes import worst
 from .remedies import remedy_in_context
 from .snapshot import Pulse, Snapshot
 from .thresholds import Thresholds
+from .validation import check_int, check_names
 
 if TYPE_CHECKING:
     from torch import nn
@@ -175,17 +176,9 @@ class AlertEngine:
         detectors: Sequence[object] | None = None,
         runbook_base_url: str = RUNBOOK_BASE_URL,
     ) -> None:
-        if isinstance(history_size, bool) or not isinstance(history_size, int) or (
-                history_size < 1):
-            raise ValueError(f"history_size must be an integer >= 1, got {history_size!r}")
-        if isinstance(stop_on, str):
-            raise ValueError(f"stop_on must be a collection of alert names, got {stop_on!r}")
-        self.stop_on = frozenset(stop_on)
+        check_int("history_size", history_size, low=1)
         known = set(ALERT_NAMES) | {getattr(d, "name", "") for d in detectors or ()}
-        unknown = self.stop_on - known
-        if unknown:
-            raise ValueError(f"stop_on has unknown alert names {sorted(unknown)}; "
-                             f"known: {sorted(known)}")
+        self.stop_on = check_names("stop_on", stop_on, known)
         self.thresholds = thresholds
         self.runbook_base_url = check_runbook_base_url(runbook_base_url)
         self._last_pulse: Pulse | None = None  # the context of a remedy (clipping)
