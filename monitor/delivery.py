@@ -29,6 +29,13 @@ from .validation import check_callable, check_credentials, check_int, check_posi
 log = logging.getLogger("gradwatch")
 alert_log = logging.getLogger("gradwatch.alerts")
 
+#: A firing alert's endsAt lies this many resend intervals ahead: Alertmanager resolves it
+#: by itself once that many re-posts are missed (a crashed run), never after one late post.
+ENDS_AT_RESENDS = 4
+#: Client errors worth a retry (Request Timeout, Too Many Requests); other 4xx never succeed.
+RETRIED_CLIENT_ERRORS = (408, 429)
+#: Factor of the retry delay after each failure (exponential backoff, up to max_backoff).
+BACKOFF_GROWTH = 2
 _LEVELS = {"critical": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
 
 
@@ -209,7 +216,7 @@ class HttpPoster:
                         self.dropped += 1
                     if not self._stopped:
                         self._cond.wait(delay)
-                    delay = min(delay * 2, self.max_backoff)
+                    delay = min(delay * BACKOFF_GROWTH, self.max_backoff)
                 self._cond.notify_all()
 
     def _post(self, document: object) -> bool:
@@ -229,7 +236,7 @@ class HttpPoster:
                                         context=self.context) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+            if 400 <= exc.code < 500 and exc.code not in RETRIED_CLIENT_ERRORS:
                 log.warning("gradwatch: %s rejected an alert document (HTTP %d): dropped",
                             self.where, exc.code)
                 self._count("dropped")
@@ -273,8 +280,8 @@ class AlertmanagerSink:
     """Sends Alerts to Alertmanager's API v2 (``POST <url>/api/v2/alerts``).
 
     Alertmanager identifies an alert by its labels. A firing alert is posted with
-    ``startsAt`` and an ``endsAt`` ``4 * resend_interval`` in the future, and re-posted every
-    ``resend_interval`` seconds while active, so Alertmanager never auto-resolves it; when
+    ``startsAt`` and an ``endsAt`` ``ENDS_AT_RESENDS * resend_interval`` in the future, and
+    re-posted every ``resend_interval`` seconds while active, so Alertmanager never auto-resolves it; when
     the run stops sending (crash, end), it resolves on its own once that ``endsAt`` passes,
     as it does for Prometheus. A resolution is posted with ``endsAt`` = resolution time.
 
@@ -312,7 +319,7 @@ class AlertmanagerSink:
     def payload(self, alert: Alert, now: float | None = None) -> dict[str, object]:
         """The API v2 postable alert."""
         now = time.time() if now is None else now
-        ends = alert.ends_at if alert.status != FIRING else now + 4 * self.resend_interval
+        ends = alert.ends_at if alert.status != FIRING else now + ENDS_AT_RESENDS * self.resend_interval
         body: dict[str, object] = {
             "labels": alert.labels(self.world_size),
             "annotations": alert.annotations(self.world_size),

@@ -24,9 +24,22 @@ import numpy as np
 from .alert_table import CRITICAL, EXPLODING, INFO, NONFINITE, VANISHING, WARNING  # noqa: F401
 from .alert_table import spec as alert_spec
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
-from .thresholds import Thresholds
+from .thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
 
 FP16_MAX = 65504.0
+#: Denominator floor of the ratios printed in alert texts: a zero peak or sigma prints as a
+#: huge ratio, never a ZeroDivisionError.
+RATIO_FLOOR = 1e-300
+#: Layers an alert text names before "and N more".
+DESCRIBED_LAYERS = 8
+#: Within this fraction of its bar (in log loss), a rise judged on the approximate rolling
+#: level is judged again on the exact window: the approximation is off by far less.
+EXACT_LEVEL_MARGIN = 0.5
+#: Fewest layers with a gradient norm that make a depth profile: an input side, an output
+#: side and one layer between.
+MIN_PROFILE_LAYERS = 3
+#: Fewest layers with an activation variance whose two sides can be compared.
+MIN_VARIANCE_LAYERS = 2
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ class History:
 
 
 def describe_layers(layers: Sequence[str], values: Sequence[float] | None = None,
-                    limit: int = 8) -> str:
+                    limit: int = DESCRIBED_LAYERS) -> str:
     """'a (1.2), b (3.4) and 3 more' for descriptions (values optional)."""
     items = list(layers) if values is None else [
         f"{name} ({value:.3g})" for name, value in zip(layers, values)]
@@ -183,7 +196,7 @@ class GradientExplosion:
             peak = max(baseline)
             bar = t.explosion_spike_factor * peak
             if norm > bar:
-                reasons.append((f"{norm / max(peak, 1e-300):.3g}x the max of the last "
+                reasons.append((f"{norm / max(peak, RATIO_FLOOR):.3g}x the max of the last "
                                 f"{len(baseline)} normal steps ({peak:.3g})", bar))
         growth = self._growth(norm)
         if growth is not None:
@@ -240,7 +253,7 @@ def robust_level(log_losses: Iterable[float]) -> tuple[float, float]:
         high = min(low + 1, last)
         return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
-    return quantile(0.5), (quantile(0.75) - quantile(0.25)) / 1.349
+    return quantile(0.5), (quantile(0.75) - quantile(0.25)) / IQR_PER_SIGMA
 
 
 class RollingLevel:
@@ -329,7 +342,7 @@ class LossSpike(_LossJudge):
         t, spike = self.t, False
         if not self.warming_up and len(self.history) >= t.history_min_steps:
             median, sigma = self.history.level()
-            if value - median > self.bar / 2:  # near the bar: judge on the exact window
+            if value - median > self.bar * EXACT_LEVEL_MARGIN:
                 median, sigma = self.history.level(exact=True)
             rise = value - median
             spike = rise > self.bar and rise > t.loss_noise_sigmas * sigma
@@ -341,7 +354,7 @@ class LossSpike(_LossJudge):
             pulse, t.loss_spike_factor,
             f"Loss {pulse.loss:.4g} at step {pulse.step}: a spike {ratio:.3g}x the median",
             f"The loss is {ratio:.3g}x the median of the last {len(self.history)} steps "
-            f"({math.exp(median):.4g}), {rise / max(sigma, 1e-300):.3g} robust sigmas of "
+            f"({math.exp(median):.4g}), {rise / max(sigma, RATIO_FLOOR):.3g} robust sigmas of "
             "log(loss) above it: one step far off where the loss stands."))
 
 
@@ -375,7 +388,7 @@ class LossDivergence(_LossJudge):
         if self.warming_up or len(self.before) < t.history_min_steps:
             return self.state.verdict(False, lambda: None)
         reference, sigma = self.before.level()
-        if max(self.recent) - reference <= self.bar / 2:  # no median can be near the bar
+        if max(self.recent) - reference <= self.bar * EXACT_LEVEL_MARGIN:  # none near it
             return self.state.verdict(False, lambda: None)
         level, _ = robust_level(self.recent)
         reference, sigma = self.before.level(exact=True)
@@ -388,7 +401,7 @@ class LossDivergence(_LossJudge):
             f"The median loss of the last {len(self.recent)} steps ({math.exp(level):.4g}) is "
             f"{ratio:.3g}x the median of the {len(self.before)} steps before "
             f"({math.exp(reference):.4g}), above {t.loss_divergence_factor:g}x and "
-            f"{rise / max(sigma, 1e-300):.3g} robust sigmas of log(loss): the rise is "
+            f"{rise / max(sigma, RATIO_FLOOR):.3g} robust sigmas of log(loss): the rise is "
             "sustained, not a spike."))
 
 
@@ -684,13 +697,13 @@ class GradientVanishing:
         # Layers whose forward never ran (e.g. an attention out_proj used through its weight)
         # have no known depth: they sit last in depth order, so keep them out of the profile.
         called = _finite(np.asarray(snapshot.activation_mean, dtype=np.float64))[:n]
-        if len(called) == n and (present & called).sum() >= 3:
+        if len(called) == n and (present & called).sum() >= MIN_PROFILE_LAYERS:
             present &= called
         present = np.flatnonzero(present)
-        if len(present) < 3:
+        if len(present) < MIN_PROFILE_LAYERS:
             return None  # too shallow to have a depth profile
-        logs = np.log(np.maximum(norms[present], 1e-30))  # an exact zero is total collapse
-        quarter = max(1, len(present) // 4)
+        logs = np.log(np.maximum(norms[present], GRAD_NORM_FLOOR))
+        quarter = max(1, len(present) // DEPTH_SIDES)
         reference = math.exp(logs[-quarter:].mean())
         ratio = math.exp(logs[:quarter].mean()) / reference
         if not ratio < self.t.vanishing_depth_ratio:
@@ -747,8 +760,8 @@ class GradientVanishing:
                           + describe_layers([layers[i] for i in dead_layers], dead[dead_layers]))
         variance = np.asarray(snapshot.activation_variance, dtype=np.float64)
         usable = np.flatnonzero(_finite(variance) & (variance > 0))
-        if len(usable) >= 2:
-            quarter = max(1, len(usable) // 4)
+        if len(usable) >= MIN_VARIANCE_LAYERS:
+            quarter = max(1, len(usable) // DEPTH_SIDES)
             shrink = (np.exp(np.log(variance[usable[-quarter:]]).mean())
                       / np.exp(np.log(variance[usable[:quarter]]).mean()))
             if shrink < t.activation_variance_shrink:

@@ -26,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 from .alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from .alert_table import spec as alert_spec
 from .regimes import REGIMES, code
-from .thresholds import Thresholds
+from .thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
 
 #: Prometheus scrape interval of deploy/prometheus/prometheus.yml, in seconds. Prometheus sees
 #: per-layer statistics once per scrape, so "N sampled steps in a row" becomes N scrapes.
@@ -40,8 +40,6 @@ HISTORY_WINDOW = "10m"
 RECENT_WINDOW = "2m"
 #: Scrape job of the trainers (prometheus.yml), for TrainerDown.
 TRAINER_JOB = "gradwatch"
-#: sigma of a normal distribution from its interquartile range.
-IQR_PER_SIGMA = 1.349
 #: Per-layer metrics that get a depth-labelled twin, gradwatch:<name>:by_depth, so dashboards
 #: order layers by depth (the series sort by the zero-padded depth label).
 DEPTH_ORDERED_METRICS = (
@@ -142,16 +140,16 @@ def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
 def vanishing_recording_rules() -> list[tuple[str, str]]:
     """Mean log gradient norm of the input-side and output-side quarters of the layers (by
     depth; a quarter is at least one layer), as the in-process GradientVanishing computes."""
-    quarter = "clamp_min(floor(gradwatch_layers / 4), 1)"
+    quarter = f"clamp_min(floor(gradwatch_layers / {DEPTH_SIDES}), 1)"
     depth = "gradwatch_layer_depth"
     sides = {
         "input": f"{depth} < on ({BY_RUN}) group_left () {quarter}",
         "output": f"{depth} >= on ({BY_RUN}) group_left () (gradwatch_layers - {quarter})",
     }
     return [(f"gradwatch:grad_norm:log_mean_{side}_quarter",
-             # an exact zero is total collapse (the detectors' 1e-30 floor)
+             # an exact zero is total collapse (the detectors' floor)
              f"avg by ({BY_RUN}) (ln(clamp_min(max by ({BY_RUN_LAYER}) (gradwatch_grad_norm),"
-             f" 1e-30))"
+             f" {GRAD_NORM_FLOOR!r}))"
              f" and on ({BY_RUN_LAYER}) ({selector}))")
             for side, selector in sides.items()]
 

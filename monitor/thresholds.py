@@ -11,6 +11,15 @@ from dataclasses import dataclass, field, fields
 
 from .validation import check_int, check_number
 
+# Fixed numbers the detectors and the generated rules share (not tunable: no judgement in them)
+#: sigma of a normal distribution from its interquartile range: IQR / IQR_PER_SIGMA.
+IQR_PER_SIGMA = 1.349
+#: Floor of a gradient norm before its log: an exact zero is total collapse, not -inf.
+GRAD_NORM_FLOOR = 1e-30
+#: The depth profile's sides are the input-side and output-side 1 / DEPTH_SIDES of the
+#: layers (a quarter, at least one layer each).
+DEPTH_SIDES = 4
+
 
 def _t(default: float, why: str, *, low: float = 0.0, high: float = math.inf) -> float:
     return field(default=default, metadata={"why": why, "low": low, "high": high})
