@@ -62,9 +62,8 @@ def group_summaries(x: np.ndarray, defined: np.ndarray, edges: np.ndarray
         part = x[depths]
         bad = ~np.isfinite(part)
         top = depths[np.argmax(bad)] if bad.any() else depths[np.argmax(part)]
-        result.append((int(a), int(b) - 1, {
-            "min": float(np.min(part)), "median": float(np.median(part)),
-            "max": float(np.max(part)), "argmax": float(top)}))
+        figures = (np.min(part), np.median(part), np.max(part), top)
+        result.append((int(a), int(b) - 1, dict(zip(GROUP_STATS, map(float, figures)))))
     return result
 
 

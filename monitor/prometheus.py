@@ -12,6 +12,7 @@ and non-finite values are exported as such (NaN, +Inf and -Inf are valid exposit
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -67,6 +68,29 @@ def histogram_buckets(thresholds: Thresholds) -> list[float]:
     return sorted({10.0 ** e for e in range(-6, 7)} | {float(thresholds.explosion_norm)})
 
 
+class NormHistogram:
+    """Every step's global gradient norm in the buckets of ``histogram_buckets``, so that a
+    one-step spike between two scrapes is still counted. A non-finite norm is above every
+    bound (only in the +Inf bucket) and kept out of the sum."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.bounds = histogram_buckets(thresholds)
+        self.sum = 0.0
+        self._counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, norm: float) -> None:
+        if math.isfinite(norm):
+            self._counts[int(np.searchsorted(self.bounds, norm))] += 1
+            self.sum += norm
+        else:
+            self._counts[-1] += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """(le, cumulative count) of every bucket, +Inf last."""
+        return [(_le(bound), count) for bound, count in
+                zip([*self.bounds, math.inf], itertools.accumulate(self._counts))]
+
+
 class PrometheusSink:
     """Sink and collector of the ``gradwatch_*`` metrics, in its own registry.
 
@@ -107,9 +131,7 @@ class PrometheusSink:
         self.count_dropped: Callable[[], int] = lambda: 0
         self._lock = threading.Lock()
         self._scraped = threading.Condition(self._lock)
-        self._bounds = histogram_buckets(thresholds or Thresholds())
-        self._bucket_counts = [0] * (len(self._bounds) + 1)
-        self._norm_sum = 0.0
+        self._norms = NormHistogram(thresholds or Thresholds())
         self._latest: dict[str, float] = {}
         self._learning_rates: tuple[tuple[float, ...], ...] = ()
         self._snapshot: Snapshot | None = None
@@ -121,9 +143,8 @@ class PrometheusSink:
                           0))
         self._alerts: Counter[str] = Counter()
         self._regime = HEALTHY
-        self._clip_engaged = 0
-        self._skipped = 0
-        self._skipped_updates = 0
+        # steps counted by what the Pulse says: clipping engaged, AMP skipped, update undone
+        self._steps: Counter[str] = Counter()
         self._snapshots = 0
         self._rank_layers: set[str] = set()
         self._streak_free = True  # the latest global norm was finite
@@ -191,13 +212,6 @@ class PrometheusSink:
                     self._latest[name] = value
             if pulse.learning_rates:
                 self._learning_rates = pulse.learning_rates
-            if norm is not None and math.isfinite(norm):
-                self._bucket_counts[int(np.searchsorted(self._bounds, norm))] += 1
-                self._norm_sum += norm
-            elif norm is not None:
-                # above every bound (only the +Inf bucket), kept out of the sum
-                self._bucket_counts[-1] += 1
-                self._nonfinite_steps["gradient"] += 1
             if loss is not None and not math.isfinite(loss):
                 self._nonfinite_steps["loss"] += 1
                 self._nonfinite[(False, "loss", "", _kind(loss))] += 1
@@ -206,13 +220,12 @@ class PrometheusSink:
             if pulse.local_gradients_finite is False and self._streak_free:
                 self._nonfinite_steps["local_gradient"] += 1
             if norm is not None:
+                self._norms.observe(norm)
                 self._streak_free = math.isfinite(norm)
-            if pulse.grad_clip_engaged:
-                self._clip_engaged += 1
-            if skipped:
-                self._skipped += 1
-            if pulse.update_skipped:
-                self._skipped_updates += 1
+                self._nonfinite_steps["gradient"] += not self._streak_free
+            self._steps.update(grad_clip_engaged=bool(pulse.grad_clip_engaged),
+                               amp_skipped_steps=skipped,
+                               skipped_updates=bool(pulse.update_skipped))
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         export = local = None
@@ -306,12 +319,8 @@ class PrometheusSink:
             for group, value in enumerate(groups):
                 lr.add_metric([*shared, str(optimizer), str(group)], value)
         yield lr
-        buckets, cumulative = [], 0
-        for bound, count in zip([*self._bounds, math.inf], self._bucket_counts):
-            cumulative += count
-            buckets.append((_le(bound), cumulative))
         histogram = self._family("step_global_grad_norm")
-        histogram.add_metric(shared, buckets, self._norm_sum)
+        histogram.add_metric(shared, self._norms.buckets(), self._norms.sum)
         yield histogram
 
     def _layer_metrics(self) -> Iterator[Metric]:
@@ -345,23 +354,9 @@ class PrometheusSink:
             yield family
         yield group
         if self._shared is not None or self.rank_activations:
-            yield from self._leading_metrics(list(self._base.values()))
-
-    def _leading_metrics(self, base: list[str]) -> Iterator[Metric]:
-        """Attention and output-logit gauges of the latest Snapshot: of this rank's batch,
-        exported by rank 0 (every rank with ``rank_activations``)."""
-        snapshot = self._snapshot
-        for name in ATTENTION_GAUGES:
-            family = self._family(name)
-            for layer, value in zip(snapshot.attention_layers, getattr(snapshot, name)):
-                family.add_metric([*base, layer], value)
-            yield family
-        for name in OUTPUT_GAUGES:
-            family = self._family(name)
-            value = getattr(snapshot, name)
-            if not math.isnan(value):
-                family.add_metric(base, value)
-            yield family
+            # of this rank's batch: rank 0 exports them (every rank with rank_activations)
+            yield from _leading_metrics(self._snapshot, self._family,
+                                        list(self._base.values()))
 
     def _counters(self) -> Iterator[Metric]:
         base = list(self._base.values())
@@ -384,9 +379,9 @@ class PrometheusSink:
         yield alerts
         overhead = self._snapshot.overhead_seconds if self._snapshot else 0.0
         for name, value, labels in (
-            ("grad_clip_engaged", self._clip_engaged, self._shared),
-            ("amp_skipped_steps", self._skipped, self._shared),
-            ("skipped_updates", self._skipped_updates, self._base),
+            ("grad_clip_engaged", self._steps["grad_clip_engaged"], self._shared),
+            ("amp_skipped_steps", self._steps["amp_skipped_steps"], self._shared),
+            ("skipped_updates", self._steps["skipped_updates"], self._base),
             ("overhead_seconds", overhead, self._base),
             ("snapshots", self._snapshots, self._base),
             ("export_dropped", self.count_dropped(), self._base),
@@ -395,6 +390,22 @@ class PrometheusSink:
             if labels is not None:
                 family.add_metric(list(labels.values()), value)
             yield family
+
+
+def _leading_metrics(snapshot: Snapshot, family_of: Callable[[str], Metric],
+                     base: list[str]) -> Iterator[Metric]:
+    """The attention and output-logit gauges of ``snapshot``."""
+    for name in ATTENTION_GAUGES:
+        family = family_of(name)
+        for layer, value in zip(snapshot.attention_layers, getattr(snapshot, name)):
+            family.add_metric([*base, layer], value)
+        yield family
+    for name in OUTPUT_GAUGES:
+        family = family_of(name)
+        value = getattr(snapshot, name)
+        if not math.isnan(value):
+            family.add_metric(base, value)
+        yield family
 
 
 def _figures(snapshot: Snapshot, names: tuple[str, ...]
