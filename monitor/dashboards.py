@@ -192,25 +192,33 @@ def new_board(title: str, uid: str, description: str, with_layer: bool) -> dashb
     return variables(board, with_layer)
 
 
-def training_health(t: Thresholds) -> dashboard.Dashboard:
-    """Per run: regime, firing alerts, loss, gradient norm, non-finite values, AMP, liveness."""
+def regime_panel() -> statetimeline.Panel:
+    """The run's regime over time, coloured per REGIME_COLORS."""
     regime_map = model.ValueMap(options={
         str(code(name)): model.ValueMappingResult(text=name, color=REGIME_COLORS[name],
                                                   index=code(name))
         for name in REGIMES})
-    regime = (statetimeline.Panel().title("Regime").datasource(DATASOURCE)
-              .height(STATUS_HEIGHT).span(REGIME_WIDTH)
-              .with_target(query(f"gradwatch:regime:code{{{RUN}}}"))
-              .mappings([regime_map]).show_value(common_model.VisibilityMode.NEVER)
-              .description("healthy | vanishing | exploding | nonfinite, as the trainer "
-                           "judges it (gradwatch_regime)."))
-    alerts = (table.Panel().title("Firing alerts").datasource(DATASOURCE)
-              .height(STATUS_HEIGHT).span(FULL_WIDTH - REGIME_WIDTH)
-              .with_target(query(FIRING_ALERTS, instant_table=True))
-              .with_transformation(model.DataTransformerConfig(
-                  id_val="organize", options={"excludeByName": {
-                      "Time": True, "Value": True, "__name__": True, "alertstate": True}}))
-              .mappings(alert_mappings()).description(alerts_description()))
+    return (statetimeline.Panel().title("Regime").datasource(DATASOURCE)
+            .height(STATUS_HEIGHT).span(REGIME_WIDTH)
+            .with_target(query(f"gradwatch:regime:code{{{RUN}}}"))
+            .mappings([regime_map]).show_value(common_model.VisibilityMode.NEVER)
+            .description("healthy | vanishing | exploding | nonfinite, as the trainer "
+                         "judges it (gradwatch_regime)."))
+
+
+def firing_alerts_panel() -> table.Panel:
+    """The gradwatch alerts firing now, with their severity colour and runbook links."""
+    return (table.Panel().title("Firing alerts").datasource(DATASOURCE)
+            .height(STATUS_HEIGHT).span(FULL_WIDTH - REGIME_WIDTH)
+            .with_target(query(FIRING_ALERTS, instant_table=True))
+            .with_transformation(model.DataTransformerConfig(
+                id_val="organize", options={"excludeByName": {
+                    "Time": True, "Value": True, "__name__": True, "alertstate": True}}))
+            .mappings(alert_mappings()).description(alerts_description()))
+
+
+def training_health(t: Thresholds) -> dashboard.Dashboard:
+    """Per run: regime, firing alerts, loss, gradient norm, non-finite values, AMP, liveness."""
     heartbeat = (stat.Panel().title("Time since last step").datasource(DATASOURCE).unit("s")
                  .height(STATUS_HEIGHT).span(QUARTER_WIDTH)
                  .with_target(query(f"gradwatch:seconds_since_last_step{{{RUN}}}"))
@@ -219,7 +227,7 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
     board = new_board("gradwatch / Training health", "gradwatch-training-health",
                       "Per-run health of gradwatch-monitored trainings.", with_layer=False)
     panels = [
-        regime, alerts,
+        regime_panel(), firing_alerts_panel(),
         graph("Loss by rank", query(f"gradwatch_loss{{{RUN}}}")),
         graph("Global gradient norm (before clipping)",
               query(f"gradwatch_global_grad_norm{{{RUN}}}"),

@@ -215,10 +215,12 @@ def vanishing_layers(t: Thresholds, run: str = "") -> str:
 
 def alerts(t: Thresholds) -> list[Alert]:
     """The alert table's rule alerts, with their numbers taken from ``t``."""
+    return gradient_alerts(t) + loss_alerts(t) + liveness_alerts(t)
+
+
+def gradient_alerts(t: Thresholds) -> list[Alert]:
+    """Non-finite values, exploding and vanishing gradients."""
     vanishing_for = f"{int(t.vanishing_samples * SCRAPE_INTERVAL_SECONDS)}s"
-    level_rise = f"(gradwatch:loss:median{RECENT_WINDOW} / gradwatch:loss:median_before)"
-    spike = (f"(clamp_min(max by ({BY_RUN}) (gradwatch_loss), {t.loss_floor!r})"
-             f" / gradwatch:loss:median{HISTORY_WINDOW})")
     return [
         Alert(
             "NonFiniteValues",
@@ -252,6 +254,15 @@ def alerts(t: Thresholds) -> list[Alert]:
             for_=vanishing_for,
             culprits=(("layers", named_by("layer", vanishing_layers(t, run="%[1]s"))),),
         ),
+    ]
+
+
+def loss_alerts(t: Thresholds) -> list[Alert]:
+    """The loss's level and spikes, and the AMP loss scaler's overflow storms."""
+    level_rise = f"(gradwatch:loss:median{RECENT_WINDOW} / gradwatch:loss:median_before)"
+    spike = (f"(clamp_min(max by ({BY_RUN}) (gradwatch_loss), {t.loss_floor!r})"
+             f" / gradwatch:loss:median{HISTORY_WINDOW})")
+    return [
         Alert(
             "LossDivergence",
             f"max by (run) ({level_rise} > {t.loss_divergence_factor!r}"
@@ -279,6 +290,12 @@ def alerts(t: Thresholds) -> list[Alert]:
             f"{{{{ $value | humanize }}}} steps in {HISTORY_WINDOW} (alert at "
             f"{t.amp_skipped_steps!r}): fp16 values keep overflowing.",
         ),
+    ]
+
+
+def liveness_alerts(t: Thresholds) -> list[Alert]:
+    """A trainer that stopped stepping, or that Prometheus cannot scrape."""
+    return [
         Alert(
             "TrainingStalled",
             # a clean end is no stall (the Pushgateway keeps the last push of a kept run)
