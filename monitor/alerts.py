@@ -256,7 +256,7 @@ class AlertEngine:
         if isinstance(result, Finding):
             self._fire(result, monitor)
         elif result is Verdict.NEEDS_SAMPLING:
-            monitor.escalate(int(self._thresholds(monitor).escalation_steps))
+            monitor.escalate(self._thresholds(monitor).escalation_steps)
         elif result is Verdict.CLEAR:
             name = getattr(detector, "name", None)
             if name in self.active:

@@ -163,8 +163,8 @@ class GradientExplosion:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        self.history = History(int(thresholds.history_steps))
-        self.state = Sustained(1, int(thresholds.history_min_steps))
+        self.history = History(thresholds.history_steps)
+        self.state = Sustained(1, thresholds.history_min_steps)
         self.latest: Snapshot | None = None
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -201,13 +201,13 @@ class GradientExplosion:
         growth = self._growth(norm)
         if growth is not None:
             reasons.append((f"growing {growth:.3g}x per step over the last "
-                            f"{int(t.explosion_growth_steps)} steps", t.explosion_growth_factor))
+                            f"{t.explosion_growth_steps} steps", t.explosion_growth_factor))
         self.history.add(norm, anomalous=bool(reasons) or self.state.on)
         return self.state.verdict(bool(reasons), lambda: self._finding(pulse, reasons))
 
     def _growth(self, norm: float) -> float | None:
         """Geometric mean growth per step when every one of the last steps grew enough."""
-        steps = int(self.t.explosion_growth_steps)
+        steps = self.t.explosion_growth_steps
         raw = self.history.raw
         if len(raw) < steps:
             return None
@@ -292,7 +292,7 @@ class _LossJudge:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        self.state = Sustained(1, int(thresholds.history_min_steps))
+        self.state = Sustained(1, thresholds.history_min_steps)
         self.seen = 0
 
     def _log_loss(self, pulse: Pulse) -> float | None:
@@ -332,7 +332,7 @@ class LossSpike(_LossJudge):
 
     def __init__(self, thresholds: Thresholds) -> None:
         super().__init__(thresholds)
-        self.history = RollingLevel(int(thresholds.history_steps))
+        self.history = RollingLevel(thresholds.history_steps)
         self.bar = math.log(thresholds.loss_spike_factor)
 
     def on_pulse(self, pulse: Pulse) -> Result:
@@ -373,8 +373,8 @@ class LossDivergence(_LossJudge):
 
     def __init__(self, thresholds: Thresholds) -> None:
         super().__init__(thresholds)
-        self.recent: deque[float] = deque(maxlen=int(thresholds.loss_divergence_steps))
-        self.before = RollingLevel(int(thresholds.history_steps))
+        self.recent: deque[float] = deque(maxlen=thresholds.loss_divergence_steps)
+        self.before = RollingLevel(thresholds.history_steps)
         self.bar = math.log(thresholds.loss_divergence_factor)
 
     def on_pulse(self, pulse: Pulse) -> Result:
@@ -427,7 +427,7 @@ class NonFiniteValues:
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
         self.pending: Pulse | None = None  # first non-finite Pulse not yet reported
-        self.state = Sustained(1, int(thresholds.escalation_steps))
+        self.state = Sustained(1, thresholds.escalation_steps)
 
     def on_pulse(self, pulse: Pulse) -> Result:
         if not self._bad_series(pulse) or pulse.amp_skipped:
@@ -546,7 +546,7 @@ class AmpOverflowStorm:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        self.window: deque[tuple[bool, float]] = deque(maxlen=int(thresholds.history_steps))
+        self.window: deque[tuple[bool, float]] = deque(maxlen=thresholds.history_steps)
         self.low_headroom: tuple[str, ...] = ()
         self.calibrated = False
 
@@ -607,7 +607,7 @@ class LayerCondition:
         self.threshold = threshold
         self.measure, self.above, self.applies = measure, above, applies
         self.summary, self.description = summary, description
-        samples = int(thresholds.unit_warning_samples)
+        samples = thresholds.unit_warning_samples
         self.state = Sustained(samples, samples)
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -682,7 +682,7 @@ class GradientVanishing:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        samples = int(thresholds.vanishing_samples)
+        samples = thresholds.vanishing_samples
         self.state = Sustained(samples, samples)
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -733,7 +733,7 @@ class GradientVanishing:
                      f"{ratio:.2g}x the output side's gradient norm"),
             description=(
                 f"Input-side gradient norms are {ratio:.2g}x the output side's ({reference:.3g})"
-                f" for {int(self.t.vanishing_samples)} samples in a row. Affected layers "
+                f" for {self.t.vanishing_samples} samples in a row. Affected layers "
                 f"(gradient norm): {describe_layers(layers, norms[affected])}.{update_text} "
                 f"Likely causes seen: {'; '.join(causes) or 'none visible in the statistics'}. "
                 "See the gradwatch_grad_norm depth profile."),

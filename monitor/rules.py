@@ -220,7 +220,7 @@ def alerts(t: Thresholds) -> list[Alert]:
 
 def gradient_alerts(t: Thresholds) -> list[Alert]:
     """Non-finite values, exploding and vanishing gradients."""
-    vanishing_for = f"{int(t.vanishing_samples * SCRAPE_INTERVAL_SECONDS)}s"
+    vanishing_for = f"{t.vanishing_samples * SCRAPE_INTERVAL_SECONDS}s"
     return [
         Alert(
             "NonFiniteValues",
@@ -339,7 +339,7 @@ def leading_alerts(t: Thresholds) -> list[Alert]:
     """Leading indicators of transformer instability and skip-on-spike, by level (the
     trainer's detectors also judge growth and drift, which need the sample history); one
     alert per run, the worst modules named."""
-    leading_for = f"{int(t.leading_samples * SCRAPE_INTERVAL_SECONDS)}s"
+    leading_for = f"{t.leading_samples * SCRAPE_INTERVAL_SECONDS}s"
     attention = f"gradwatch_attention_logit_max > {t.attention_logit_level!r}"
     return [
         Alert(
