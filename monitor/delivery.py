@@ -281,9 +281,9 @@ class AlertmanagerSink:
 
     Alertmanager identifies an alert by its labels. A firing alert is posted with
     ``startsAt`` and an ``endsAt`` ``ENDS_AT_RESENDS * resend_interval`` in the future, and
-    re-posted every ``resend_interval`` seconds while active, so Alertmanager never auto-resolves it; when
-    the run stops sending (crash, end), it resolves on its own once that ``endsAt`` passes,
-    as it does for Prometheus. A resolution is posted with ``endsAt`` = resolution time.
+    re-posted every ``resend_interval`` seconds while active, so Alertmanager never
+    auto-resolves it; when the run stops sending (crash, end), it resolves on its own once
+    that ``endsAt`` passes, as it does for Prometheus. A resolution is posted with ``endsAt`` = resolution time.
 
     Args:
         url: Alertmanager base URL, e.g. ``http://alertmanager:9093``.
@@ -319,7 +319,8 @@ class AlertmanagerSink:
     def payload(self, alert: Alert, now: float | None = None) -> dict[str, object]:
         """The API v2 postable alert."""
         now = time.time() if now is None else now
-        ends = alert.ends_at if alert.status != FIRING else now + ENDS_AT_RESENDS * self.resend_interval
+        lease = now + ENDS_AT_RESENDS * self.resend_interval
+        ends = alert.ends_at if alert.status != FIRING else lease
         body: dict[str, object] = {
             "labels": alert.labels(self.world_size),
             "annotations": alert.annotations(self.world_size),

@@ -252,14 +252,15 @@ class PrometheusSink:
             # [source, layer, kind], as NonFiniteValues counts them (an AMP-skipped step's
             # gradients left out)
             counts = nonfinite_counts(snapshot).astype(np.int64)
-            for s, l, k in zip(*np.nonzero(counts)):
+            for s, depth, k in zip(*np.nonzero(counts)):
                 source = NONFINITE_SOURCES[s]
                 shared = source in SYNCHRONISED_SOURCES
                 if shared and self._shared is None:
                     continue  # rank 0 exports it: the same on every rank
-                layer = snapshot.layers[l] if shared else self._rank_layer(snapshot.layers[l])
+                name = snapshot.layers[depth]
+                layer = name if shared else self._rank_layer(name)
                 self._nonfinite[(shared, source, layer, NONFINITE_KINDS[k])] \
-                    += int(counts[s, l, k])
+                    += int(counts[s, depth, k])
 
     def _rank_layer(self, layer: str) -> str:
         """The ``layer`` label of a rank's own non-finite count: past the first

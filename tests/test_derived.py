@@ -3,6 +3,7 @@ by the sinks: clip engagement, a depth group's pooled update ratio, the run's re
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -13,10 +14,12 @@ from torch import nn
 
 from gradwatch.monitor import Monitor, PrometheusSink, Pulse
 from gradwatch.monitor.alerts import AlertEngine
+from gradwatch.monitor.forensics import ForensicsSink
 from gradwatch.monitor.derived import CLIP_TOLERANCE, clip_engaged, group_update_ratio
 from gradwatch.monitor.regimes import REGIMES, code, worst
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
+from .test_detect_delivery import make_alert as alert
 from .helpers import close, sample, samples
 
 
@@ -30,7 +33,7 @@ def test_clip_engaged_only_when_clipping_reduced_the_norm():
     assert clip_engaged(math.inf, 1.0, skipped_by_scaler=True) is False
 
 
-def test_pulses_carry_the_decision_and_the_sink_counts_it():
+def test_pulses_carry_the_decision_and_the_sinks_write_it(tmp_path):
     pulses = [Pulse(0, 0.0, 1.0, 5.0, clipped_grad_norm=1.0),  # engaged
               Pulse(1, 1.0, 1.0, 0.5, clipped_grad_norm=0.5),  # below the threshold
               Pulse(2, 2.0, 1.0, 5.0),  # clipping not tracked
@@ -45,6 +48,16 @@ def test_pulses_carry_the_decision_and_the_sink_counts_it():
         sink.on_pulse(p)
     parsed = samples(generate_latest(sink.registry).decode())
     assert sample(parsed, "gradwatch_grad_clip_engaged_total") == 2
+    assert sample(parsed, "gradwatch_amp_skipped_steps_total") == 1
+    # a forensics bundle writes the same decisions the counters counted
+    forensics = ForensicsSink(tmp_path)
+    for p in pulses:
+        forensics.on_pulse(p)
+    forensics.on_alert(alert(status="firing", severity="critical"))
+    (path,) = forensics.written
+    bundle = json.loads(path.read_text())["pulses"]
+    assert [p["grad_clip_engaged"] for p in bundle] == [True, False, None, False, True]
+    assert [p["amp_skipped"] for p in bundle] == [False, False, False, True, False]
 
 
 def test_group_update_ratio_pools_the_norms():
