@@ -17,11 +17,15 @@ import numpy as np
 CLIP_TOLERANCE = 1e-6
 
 
-def amp_skipped(loss: float | None, loss_scale: float | None, optimizer_stepped: bool) -> bool:
+def scaler_skipped(loss_scale: float | None, optimizer_stepped: bool) -> bool:
+    """A step whose optimizer step the AMP GradScaler skipped (its gradients overflowed)."""
+    return loss_scale is not None and not optimizer_stepped
+
+
+def amp_skipped(loss: float | None, skipped_by_scaler: bool) -> bool:
     """A step the GradScaler skipped with a finite loss: its overflowed gradients are the
     scaler's business (it lowers the scale and retries), not a divergence."""
-    return (loss_scale is not None and not optimizer_stepped
-            and loss is not None and math.isfinite(loss))
+    return skipped_by_scaler and loss is not None and math.isfinite(loss)
 
 
 def clip_engaged(global_grad_norm: float | None, clipped_grad_norm: float | None,

@@ -556,7 +556,7 @@ class AmpOverflowStorm:
         self.calibrated = self.calibrated or pulse.optimizer_stepped
         if not self.calibrated:
             return Verdict.CLEAR
-        self.window.append((not pulse.optimizer_stepped, pulse.loss_scale))
+        self.window.append((pulse.scaler_skipped, pulse.loss_scale))
         skipped = sum(1 for s, _ in self.window if s)
         if skipped < self.t.amp_skipped_steps:
             return Verdict.CLEAR

@@ -192,7 +192,6 @@ class PrometheusSink:
 
     def on_pulse(self, pulse: Pulse) -> None:
         norm, loss = pulse.global_grad_norm, pulse.loss
-        skipped = not pulse.optimizer_stepped and pulse.loss_scale is not None
         if pulse.amp_skipped:
             norm = None  # overflowed gradients the GradScaler skipped: its business, no alarm
         with self._lock:
@@ -224,7 +223,7 @@ class PrometheusSink:
                 self._streak_free = math.isfinite(norm)
                 self._nonfinite_steps["gradient"] += not self._streak_free
             self._steps.update(grad_clip_engaged=bool(pulse.grad_clip_engaged),
-                               amp_skipped_steps=skipped,
+                               amp_skipped_steps=pulse.scaler_skipped,
                                skipped_updates=bool(pulse.update_skipped))
 
     def on_snapshot(self, snapshot: Snapshot) -> None:

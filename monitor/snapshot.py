@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .derived import amp_skipped, clip_engaged
+from .derived import amp_skipped, clip_engaged, scaler_skipped
 
 #: Sources of non-finite values, in the order of the ``nonfinite`` arrays' first axis.
 NONFINITE_SOURCES = ("gradient", "activation", "parameter")
@@ -41,9 +41,10 @@ class Pulse:
             came from).
         update_skipped: with skip-on-spike on, whether the step's optimizer update was
             undone because its loss or gradient norm was an outlier (None: off).
-        amp_skipped: decided from the above (monitor/derived.py), not passed: a step the
-            GradScaler skipped with a finite loss (its overflowed gradients are the
-            scaler's business).
+        scaler_skipped: decided from the above (monitor/derived.py), not passed: the AMP
+            GradScaler skipped the optimizer step (its gradients overflowed).
+        amp_skipped: decided, not passed: the GradScaler skipped the step with a finite
+            loss (its overflowed gradients are the scaler's business, not a divergence).
         grad_clip_engaged: decided from the above, not passed: whether clipping reduced
             the global norm (None: clipping not tracked or no gradients).
     """
@@ -58,12 +59,15 @@ class Pulse:
     learning_rates: tuple[tuple[float, ...], ...] = ()
     local_gradients_finite: bool | None = None
     update_skipped: bool | None = None
+    scaler_skipped: bool = field(init=False)
     amp_skipped: bool = field(init=False)
     grad_clip_engaged: bool | None = field(init=False)
 
     def __post_init__(self) -> None:
         # decided once here, where every Pulse is built, so no sink re-judges them
-        skipped = amp_skipped(self.loss, self.loss_scale, self.optimizer_stepped)
+        by_scaler = scaler_skipped(self.loss_scale, self.optimizer_stepped)
+        skipped = amp_skipped(self.loss, by_scaler)
+        object.__setattr__(self, "scaler_skipped", by_scaler)
         object.__setattr__(self, "amp_skipped", skipped)
         object.__setattr__(self, "grad_clip_engaged", clip_engaged(
             self.global_grad_norm, self.clipped_grad_norm, skipped))

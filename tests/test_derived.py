@@ -40,15 +40,18 @@ def test_pulses_carry_the_decision_and_the_sinks_write_it(tmp_path):
               # overflowed fp16 gradients the GradScaler skipped: never applied
               Pulse(3, 3.0, 1.0, math.inf, clipped_grad_norm=math.nan, loss_scale=2.0 ** 15,
                     optimizer_stepped=False),
-              Pulse(4, 4.0, 1.0, 3.0, clipped_grad_norm=1.0)]  # engaged
-    assert [p.grad_clip_engaged for p in pulses] == [True, False, None, False, True]
-    assert [p.amp_skipped for p in pulses] == [False, False, False, True, False]
+              Pulse(4, 4.0, 1.0, 3.0, clipped_grad_norm=1.0),  # engaged
+              # skipped by the scaler too, but a NaN loss is no overflow to leave to it
+              Pulse(5, 5.0, math.nan, math.inf, loss_scale=2.0 ** 14, optimizer_stepped=False)]
+    assert [p.grad_clip_engaged for p in pulses] == [True, False, None, False, True, None]
+    assert [p.scaler_skipped for p in pulses] == [False, False, False, True, False, True]
+    assert [p.amp_skipped for p in pulses] == [False, False, False, True, False, False]
     sink = PrometheusSink("r")
     for p in pulses:
         sink.on_pulse(p)
     parsed = samples(generate_latest(sink.registry).decode())
     assert sample(parsed, "gradwatch_grad_clip_engaged_total") == 2
-    assert sample(parsed, "gradwatch_amp_skipped_steps_total") == 1
+    assert sample(parsed, "gradwatch_amp_skipped_steps_total") == 2
     # a forensics bundle writes the same decisions the counters counted
     forensics = ForensicsSink(tmp_path)
     for p in pulses:
@@ -56,8 +59,8 @@ def test_pulses_carry_the_decision_and_the_sinks_write_it(tmp_path):
     forensics.on_alert(alert(status="firing", severity="critical"))
     (path,) = forensics.written
     bundle = json.loads(path.read_text())["pulses"]
-    assert [p["grad_clip_engaged"] for p in bundle] == [True, False, None, False, True]
-    assert [p["amp_skipped"] for p in bundle] == [False, False, False, True, False]
+    assert [p["grad_clip_engaged"] for p in bundle] == [True, False, None, False, True, None]
+    assert [p["amp_skipped"] for p in bundle] == [False, False, False, True, False, False]
 
 
 def test_group_update_ratio_pools_the_norms():
