@@ -24,8 +24,19 @@ from ..monitor.pushgateway import PushgatewayPusher
 from ..monitor.responses import SkipOnSpike
 from ..monitor.tensorboard import TensorBoardSink
 from ..monitor.thresholds import Thresholds
-from ..monitor.validation import (check_bool, check_file, check_int, check_positive, check_text,
-                                check_url)
+from ..monitor.validation import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_credentials,
+    check_file,
+    check_instance,
+    check_int,
+    check_names,
+    check_positive,
+    check_text,
+    check_url,
+)
 
 from ._lightning import CALLBACK_BASES, tensorboard_writer
 
@@ -198,8 +209,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         if prometheus_port is not None:
             check_int("prometheus_port", prometheus_port, low=0, high=65535)
         check_text("prometheus_addr", prometheus_addr, optional=False)
-        if port_in_use not in ("error", "warn"):
-            raise ValueError(f'port_in_use must be "error" or "warn", got {port_in_use!r}')
+        check_choice("port_in_use", port_in_use, ("error", "warn"))
         for name, path in (("prometheus_tls_cert", prometheus_tls_cert),
                            ("prometheus_tls_key", prometheus_tls_key),
                            ("prometheus_tls_client_ca", prometheus_tls_client_ca)):
@@ -215,19 +225,13 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             check_url(name, url)
         check_positive("push_interval", push_interval)
         check_int("max_exported_layers", max_exported_layers, low=1)
-        if on_alert is not None and not callable(on_alert):
-            raise ValueError(f"on_alert must be callable, got {on_alert!r}")
-        if skip_on_spike is not None and not isinstance(skip_on_spike, SkipOnSpike):
-            raise ValueError(f"skip_on_spike must be a monitor.SkipOnSpike or None, got "
-                             f"{skip_on_spike!r}")
-        if isinstance(checkpoint_on, str) or not set(checkpoint_on) <= set(ALERT_NAMES):
-            raise ValueError(f"checkpoint_on must be a collection of alert names from "
-                             f"{sorted(ALERT_NAMES)}, got {checkpoint_on!r}")
+        check_callable("on_alert", on_alert, optional=True)
+        check_instance("skip_on_spike", skip_on_spike, SkipOnSpike)
+        check_names("checkpoint_on", checkpoint_on, ALERT_NAMES)
         if checkpoint_on and not alerts:
             raise ValueError("checkpoint_on needs alerts=True")
         check_text("checkpoint_dir", checkpoint_dir)
-        if thresholds is not None and not isinstance(thresholds, Thresholds):
-            raise ValueError(f"thresholds must be a monitor.Thresholds, got {thresholds!r}")
+        check_instance("thresholds", thresholds, Thresholds)
         self.run_name = run_name
         self.every_n_steps = every_n_steps
         self.prometheus_port = prometheus_port
@@ -466,12 +470,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
 def _basic_auth_handler(credentials: tuple[str, str] | None):
     """A prometheus_client push handler adding basic auth, or None."""
+    credentials = check_credentials("pushgateway_basic_auth", credentials)
     if credentials is None:
         return None
-    if not isinstance(credentials, (tuple, list)) or len(credentials) != 2 or not all(
-            isinstance(x, str) and x for x in credentials):
-        raise ValueError("pushgateway_basic_auth must be a (username, password) pair of "
-                         "non-empty strings")
     username, password = credentials
 
     def handler(url, method, timeout, headers, data):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .regimes import EXPLODING, NONFINITE, VANISHING
+
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
-VANISHING, EXPLODING, NONFINITE = "vanishing", "exploding", "nonfinite"
 #: Where an alert is raised: in the training process, by the Prometheus rules, or both.
 IN_PROCESS, RULES = "in-process", "rules"
 #: Default base of the runbook links (``runbook_url`` = base + "#" + anchor). Alert

@@ -17,30 +17,26 @@ from typing import TYPE_CHECKING
 
 from .alert_table import (
     CRITICAL,
-    EXPLODING,
     IN_PROCESS_NAMES,
     INFO,
-    NONFINITE,
     RUNBOOK_BASE_URL,
-    VANISHING,
     WARNING,
     check_runbook_base_url,
 )
 from .alert_table import spec as alert_spec
 from .detectors import Finding, Verdict, default_detectors, describe_layers
 from .export import WarnOnce
+from .regimes import worst
 from .remedies import remedy_in_context
 from .snapshot import Pulse, Snapshot
 from .thresholds import Thresholds
+from .validation import check_int, check_names
 
 if TYPE_CHECKING:
     from torch import nn
 
 SEVERITIES = (CRITICAL, WARNING, INFO)
 FIRING, RESOLVED = "firing", "resolved"
-HEALTHY = "healthy"
-#: Regimes from best to worst; the worst active one is the engine's regime.
-REGIMES = (HEALTHY, VANISHING, EXPLODING, NONFINITE)
 #: Every alert name the engine can raise (the alert table's in-process rows).
 ALERT_NAMES = IN_PROCESS_NAMES
 
@@ -94,6 +90,9 @@ class Alert:
     ends_at: float | None
     runbook_url: str = ""
     checkpoint: str | None = None  # checkpoint-on-alert: the file the state is saved to
+    #: the engine's regime (the worst active one) once this event applied: decided by the
+    #: AlertEngine, written as such by the sinks (None: not raised by an engine)
+    run_regime: str | None = None
 
     def labels(self, world_size: int = 1) -> dict[str, str]:
         """Alertmanager labels (its identity), those of the Prometheus rules' copy: one
@@ -177,17 +176,9 @@ class AlertEngine:
         detectors: Sequence[object] | None = None,
         runbook_base_url: str = RUNBOOK_BASE_URL,
     ) -> None:
-        if isinstance(history_size, bool) or not isinstance(history_size, int) or (
-                history_size < 1):
-            raise ValueError(f"history_size must be an integer >= 1, got {history_size!r}")
-        if isinstance(stop_on, str):
-            raise ValueError(f"stop_on must be a collection of alert names, got {stop_on!r}")
-        self.stop_on = frozenset(stop_on)
+        check_int("history_size", history_size, low=1)
         known = set(ALERT_NAMES) | {getattr(d, "name", "") for d in detectors or ()}
-        unknown = self.stop_on - known
-        if unknown:
-            raise ValueError(f"stop_on has unknown alert names {sorted(unknown)}; "
-                             f"known: {sorted(known)}")
+        self.stop_on = check_names("stop_on", stop_on, known)
         self.thresholds = thresholds
         self.runbook_base_url = check_runbook_base_url(runbook_base_url)
         self._last_pulse: Pulse | None = None  # the context of a remedy (clipping)
@@ -237,8 +228,7 @@ class AlertEngine:
 
     @property
     def regime(self) -> str:
-        regimes = [a.regime for a in self.active.values() if a.regime in REGIMES]
-        return max(regimes, key=REGIMES.index, default=HEALTHY)
+        return worst(a.regime for a in self.active.values())
 
     # ------------------------------------------------------------------ internals
 
@@ -266,7 +256,7 @@ class AlertEngine:
         if isinstance(result, Finding):
             self._fire(result, monitor)
         elif result is Verdict.NEEDS_SAMPLING:
-            monitor.escalate(int(self._thresholds(monitor).escalation_steps))
+            monitor.escalate(self._thresholds(monitor).escalation_steps)
         elif result is Verdict.CLEAR:
             name = getattr(detector, "name", None)
             if name in self.active:
@@ -292,7 +282,7 @@ class AlertEngine:
             ends_at=None, runbook_url=runbook_link(finding.name, self.runbook_base_url),
             checkpoint=finding.checkpoint)
         self.active[alert.name] = alert
-        self._emit(alert, monitor)
+        alert = self._emit(alert, monitor)
         if alert.name in self.stop_on:
             self.should_stop = True
         return alert
@@ -302,6 +292,11 @@ class AlertEngine:
         self._emit(dataclasses.replace(firing, status=RESOLVED, step=step,
                                        ends_at=max(when, firing.starts_at)), monitor)
 
-    def _emit(self, alert: Alert, monitor) -> None:
+    def _emit(self, alert: Alert, monitor) -> Alert:
+        """Publishes ``alert`` (already applied to ``active``) with the regime it leaves."""
+        alert = dataclasses.replace(alert, run_regime=self.regime)
+        if alert.name in self.active:
+            self.active[alert.name] = alert
         self.history.append(alert)
         monitor.publish("on_alert", alert)
+        return alert

@@ -28,7 +28,8 @@ from grafana_foundation_sdk.models import prometheus as prometheus_model
 
 from .alert_table import RULE_NAMES, CRITICAL, INFO, WARNING
 from .alert_table import spec as alert_spec
-from .rules import COUNTER_WINDOW, HISTORY_WINDOW, REGIMES, counted_in
+from .regimes import REGIMES, code
+from .rules import COUNTER_WINDOW, HISTORY_WINDOW, counted_in
 from .thresholds import Thresholds
 
 DASHBOARDS_DIR = Path("dashboards")
@@ -44,6 +45,17 @@ NONFINITE_COLORS = {"NaN": "purple", "+Inf": "dark-red", "-Inf": "dark-blue"}
 HUGE = 1e300
 #: Layer rows of the depth x time map on one screen (its height fits them at 1-2 px each).
 MAP_ROWS = 1024
+#: Grafana's grid is FULL_WIDTH columns wide: charts take half of it (two side by side),
+#: small figures a quarter; the status row (regime, firing alerts, heartbeat) is lower.
+FULL_WIDTH = 24
+HALF_WIDTH, QUARTER_WIDTH = FULL_WIDTH // 2, FULL_WIDTH // 4
+CHART_HEIGHT, STATUS_HEIGHT = 8, 6
+#: The regime timeline's share of its row; the firing alerts' table takes the rest.
+REGIME_WIDTH = 14
+#: Height of the depth x time map: a full screen of layer rows.
+MAP_HEIGHT = 24
+#: Slant of the depth profiles' layer names, so that long names fit under their bars.
+LABEL_ROTATION = -45
 #: Series legend of a run (rank only shows when the world size is above 1).
 RUN_LEGEND = "{{run}} {{rank}}"
 #: Layers legend: the zero-padded depth first, so the legend reads in depth order.
@@ -99,12 +111,12 @@ def log_scale() -> common.ScaleDistributionConfig:
 
 def graph(title: str, *targets: prometheus.Dataquery, unit: str = "short", log: bool = False,
           lines: dashboard.ThresholdsConfig | None = None, band: bool = False,
-          width: int = 12, description: str | None = None,
+          width: int = HALF_WIDTH, description: str | None = None,
           per_layer: bool = False) -> timeseries.Panel:
     """A time series panel; ``lines`` are drawn as threshold lines (or a band);
     ``per_layer`` panels name non-finite values in their colour."""
-    panel = (timeseries.Panel().title(title).datasource(DATASOURCE).unit(unit).height(8)
-             .span(width).legend(common.VizLegendOptions().show_legend(True)
+    panel = (timeseries.Panel().title(title).datasource(DATASOURCE).unit(unit)
+             .height(CHART_HEIGHT).span(width).legend(common.VizLegendOptions().show_legend(True)
                                  .display_mode(common_model.LegendDisplayMode.LIST)
                                  .placement(common_model.LegendPlacement.BOTTOM)))
     for target in targets:
@@ -180,31 +192,42 @@ def new_board(title: str, uid: str, description: str, with_layer: bool) -> dashb
     return variables(board, with_layer)
 
 
+def regime_panel() -> statetimeline.Panel:
+    """The run's regime over time, coloured per REGIME_COLORS."""
+    regime_map = model.ValueMap(options={
+        str(code(name)): model.ValueMappingResult(text=name, color=REGIME_COLORS[name],
+                                                  index=code(name))
+        for name in REGIMES})
+    return (statetimeline.Panel().title("Regime").datasource(DATASOURCE)
+            .height(STATUS_HEIGHT).span(REGIME_WIDTH)
+            .with_target(query(f"gradwatch:regime:code{{{RUN}}}"))
+            .mappings([regime_map]).show_value(common_model.VisibilityMode.NEVER)
+            .description("healthy | vanishing | exploding | nonfinite, as the trainer "
+                         "judges it (gradwatch_regime)."))
+
+
+def firing_alerts_panel() -> table.Panel:
+    """The gradwatch alerts firing now, with their severity colour and runbook links."""
+    return (table.Panel().title("Firing alerts").datasource(DATASOURCE)
+            .height(STATUS_HEIGHT).span(FULL_WIDTH - REGIME_WIDTH)
+            .with_target(query(FIRING_ALERTS, instant_table=True))
+            .with_transformation(model.DataTransformerConfig(
+                id_val="organize", options={"excludeByName": {
+                    "Time": True, "Value": True, "__name__": True, "alertstate": True}}))
+            .mappings(alert_mappings()).description(alerts_description()))
+
+
 def training_health(t: Thresholds) -> dashboard.Dashboard:
     """Per run: regime, firing alerts, loss, gradient norm, non-finite values, AMP, liveness."""
-    regime_map = model.ValueMap(options={
-        str(code): model.ValueMappingResult(text=name, color=REGIME_COLORS[name], index=code)
-        for code, name in enumerate(REGIMES)})
-    regime = (statetimeline.Panel().title("Regime").datasource(DATASOURCE).height(6).span(14)
-              .with_target(query(f"gradwatch:regime:code{{{RUN}}}"))
-              .mappings([regime_map]).show_value(common_model.VisibilityMode.NEVER)
-              .description("healthy | vanishing | exploding | nonfinite, as the trainer "
-                           "judges it (gradwatch_regime)."))
-    alerts = (table.Panel().title("Firing alerts").datasource(DATASOURCE).height(6).span(10)
-              .with_target(query(FIRING_ALERTS, instant_table=True))
-              .with_transformation(model.DataTransformerConfig(
-                  id_val="organize", options={"excludeByName": {
-                      "Time": True, "Value": True, "__name__": True, "alertstate": True}}))
-              .mappings(alert_mappings()).description(alerts_description()))
     heartbeat = (stat.Panel().title("Time since last step").datasource(DATASOURCE).unit("s")
-                 .height(6).span(6)
+                 .height(STATUS_HEIGHT).span(QUARTER_WIDTH)
                  .with_target(query(f"gradwatch:seconds_since_last_step{{{RUN}}}"))
                  .thresholds(steps((None, "green"), (t.stalled_seconds, "red")))
                  .description(explain(t, "stalled_seconds")))
     board = new_board("gradwatch / Training health", "gradwatch-training-health",
                       "Per-run health of gradwatch-monitored trainings.", with_layer=False)
     panels = [
-        regime, alerts,
+        regime_panel(), firing_alerts_panel(),
         graph("Loss by rank", query(f"gradwatch_loss{{{RUN}}}")),
         graph("Global gradient norm (before clipping)",
               query(f"gradwatch_global_grad_norm{{{RUN}}}"),
@@ -228,13 +251,13 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
         graph("Learning rate", query(f"gradwatch_learning_rate{{{RUN}}}",
                                      RUN_LEGEND + " {{optimizer}}/{{group}}"), log=True),
         graph("Steps per second", query(f"gradwatch:steps_per_second:deriv{COUNTER_WINDOW}"
-                                        f"{{{RUN}}}"), width=6),
+                                        f"{{{RUN}}}"), width=QUARTER_WIDTH),
         heartbeat,
         graph("Step time by rank (stragglers)", query(f"gradwatch_step_seconds{{{RUN}}}"),
               query(f"max by (run) (gradwatch_step_seconds{{{RUN}}})"
                     f" / min by (run) (gradwatch_step_seconds{{{RUN}}})",
                     "{{run}} slowest / fastest", "B"),
-              unit="s", width=24,
+              unit="s", width=FULL_WIDTH,
               description="Wall-clock time of each rank's latest step, and the ratio of the "
                           "slowest rank's to the fastest's: every rank waits for the slowest "
                           "at each all-reduce."),
@@ -284,13 +307,14 @@ def leading_layer_panels(t: Thresholds) -> list[timeseries.Panel]:
 
 def depth_profile(title: str, metric: str, log: bool) -> barchart.Panel:
     """Latest value of a per-layer metric, one bar per layer, input layer first."""
-    panel = (barchart.Panel().title(title).datasource(DATASOURCE).height(8).span(12)
+    panel = (barchart.Panel().title(title).datasource(DATASOURCE)
+             .height(CHART_HEIGHT).span(HALF_WIDTH)
              .with_target(query(latest(f"gradwatch:{metric}:by_depth{{{LAYER}}}"),
                                 instant_table=True))
              .mappings(nonfinite_mappings())
              .with_transformation(model.DataTransformerConfig(
                  id_val="sortBy", options={"sort": [{"field": "depth"}]}))
-             .x_field("layer").x_tick_label_rotation(-45)
+             .x_field("layer").x_tick_label_rotation(LABEL_ROTATION)
              .description("Latest sampled step in the time range (still shown after the "
                           "run ended); bars in forward (depth) order."))
     return panel.scale_distribution(log_scale()) if log else panel
@@ -301,7 +325,7 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
     ratio = t.vanishing_depth_ratio
     grad_map = (statetimeline.Panel()
                 .title("Gradient norm relative to the output side, by layer (depth x time)")
-                .datasource(DATASOURCE).height(24).span(24)
+                .datasource(DATASOURCE).height(MAP_HEIGHT).span(FULL_WIDTH)
                 # the output-side quarter's geometric mean: what GradientVanishing compares to
                 .with_target(query(f"log10(gradwatch:grad_norm:by_depth{{{LAYER}}}"
                                    " / on (run, rank) group_left ()"

@@ -24,10 +24,18 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from .alerts import FIRING, Alert
+from .validation import check_callable, check_credentials, check_int, check_positive
 
 log = logging.getLogger("gradwatch")
 alert_log = logging.getLogger("gradwatch.alerts")
 
+#: A firing alert's endsAt lies this many resend intervals ahead: Alertmanager resolves it
+#: by itself once that many re-posts are missed (a crashed run), never after one late post.
+ENDS_AT_RESENDS = 4
+#: Client errors worth a retry (Request Timeout, Too Many Requests); other 4xx never succeed.
+RETRIED_CLIENT_ERRORS = (408, 429)
+#: Factor of the retry delay after each failure (exponential backoff, up to max_backoff).
+BACKOFF_GROWTH = 2
 _LEVELS = {"critical": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO}
 
 
@@ -56,8 +64,7 @@ class CallableAlertSink:
     """Calls ``fn(alert)`` for each Alert (on the export thread)."""
 
     def __init__(self, fn: Callable[[Alert], object]) -> None:
-        if not callable(fn):
-            raise ValueError(f"fn must be callable, got {fn!r}")
+        check_callable("fn", fn)
         self.fn = fn
 
     def on_alert(self, alert: Alert) -> None:
@@ -96,10 +103,11 @@ class HttpPoster:
         parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"url must be an http(s) URL, got {redact(url)!r}")
-        for name, value in (("max_queue", max_queue), ("timeout", timeout),
-                            ("backoff", backoff), ("max_backoff", max_backoff)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        check_int("max_queue", max_queue, low=1)
+        for name, value in (("timeout", timeout), ("backoff", backoff),
+                            ("max_backoff", max_backoff)):
+            check_positive(name, value)
+        basic_auth = check_credentials("basic_auth", basic_auth)
         if parsed.username is not None:  # user:password@ in the URL becomes basic auth
             if basic_auth is not None or bearer_token is not None:
                 raise ValueError("url has credentials and basic_auth/bearer_token too: give one")
@@ -109,11 +117,8 @@ class HttpPoster:
             url = urllib.parse.urlunsplit(parsed._replace(netloc=host))
         if basic_auth is not None and bearer_token is not None:
             raise ValueError("basic_auth and bearer_token are exclusive: give one")
-        if basic_auth is not None and (len(basic_auth) != 2 or not all(
-                isinstance(x, str) for x in basic_auth)):
-            raise ValueError("basic_auth must be a (user, password) pair of strings")
-        if periodic is not None and not periodic[0] > 0:
-            raise ValueError(f"periodic interval must be positive, got {periodic[0]!r}")
+        if periodic is not None:
+            check_positive("periodic interval", periodic[0])
         try:
             self.context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         except (OSError, ssl.SSLError) as exc:
@@ -131,7 +136,7 @@ class HttpPoster:
         self.dropped = 0
         self.sent = 0
         self._queue: deque[object] = deque()
-        self._max_queue = int(max_queue)
+        self._max_queue = max_queue
         self._cond = threading.Condition()
         self._closing = False  # deliver what is pending, accept nothing new
         self._stopped = False  # give up on what is pending
@@ -211,7 +216,7 @@ class HttpPoster:
                         self.dropped += 1
                     if not self._stopped:
                         self._cond.wait(delay)
-                    delay = min(delay * 2, self.max_backoff)
+                    delay = min(delay * BACKOFF_GROWTH, self.max_backoff)
                 self._cond.notify_all()
 
     def _post(self, document: object) -> bool:
@@ -231,7 +236,7 @@ class HttpPoster:
                                         context=self.context) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
-            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+            if 400 <= exc.code < 500 and exc.code not in RETRIED_CLIENT_ERRORS:
                 log.warning("gradwatch: %s rejected an alert document (HTTP %d): dropped",
                             self.where, exc.code)
                 self._count("dropped")
@@ -275,10 +280,10 @@ class AlertmanagerSink:
     """Sends Alerts to Alertmanager's API v2 (``POST <url>/api/v2/alerts``).
 
     Alertmanager identifies an alert by its labels. A firing alert is posted with
-    ``startsAt`` and an ``endsAt`` ``4 * resend_interval`` in the future, and re-posted every
-    ``resend_interval`` seconds while active, so Alertmanager never auto-resolves it; when
-    the run stops sending (crash, end), it resolves on its own once that ``endsAt`` passes,
-    as it does for Prometheus. A resolution is posted with ``endsAt`` = resolution time.
+    ``startsAt`` and an ``endsAt`` ``ENDS_AT_RESENDS * resend_interval`` in the future, and
+    re-posted every ``resend_interval`` seconds while active, so Alertmanager never
+    auto-resolves it; when the run stops sending (crash, end), it resolves on its own once
+    that ``endsAt`` passes, as it does for Prometheus. A resolution is posted with ``endsAt`` = resolution time.
 
     Args:
         url: Alertmanager base URL, e.g. ``http://alertmanager:9093``.
@@ -291,10 +296,7 @@ class AlertmanagerSink:
 
     def __init__(self, url: str, *, world_size: int = 1, generator_url: str = "",
                  resend_interval: float = 60.0, **http) -> None:
-        if isinstance(resend_interval, bool) or not isinstance(
-                resend_interval, (int, float)) or not resend_interval > 0:
-            raise ValueError(f"resend_interval must be a positive number, got "
-                             f"{resend_interval!r}")
+        check_positive("resend_interval", resend_interval)
         self.world_size = world_size
         self.generator_url = generator_url
         self.resend_interval = float(resend_interval)
@@ -317,7 +319,8 @@ class AlertmanagerSink:
     def payload(self, alert: Alert, now: float | None = None) -> dict[str, object]:
         """The API v2 postable alert."""
         now = time.time() if now is None else now
-        ends = alert.ends_at if alert.status != FIRING else now + 4 * self.resend_interval
+        lease = now + ENDS_AT_RESENDS * self.resend_interval
+        ends = alert.ends_at if alert.status != FIRING else lease
         body: dict[str, object] = {
             "labels": alert.labels(self.world_size),
             "annotations": alert.annotations(self.world_size),

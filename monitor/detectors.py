@@ -24,9 +24,22 @@ import numpy as np
 from .alert_table import CRITICAL, EXPLODING, INFO, NONFINITE, VANISHING, WARNING  # noqa: F401
 from .alert_table import spec as alert_spec
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
-from .thresholds import Thresholds
+from .thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
 
 FP16_MAX = 65504.0
+#: Denominator floor of the ratios printed in alert texts: a zero peak or sigma prints as a
+#: huge ratio, never a ZeroDivisionError.
+RATIO_FLOOR = 1e-300
+#: Layers an alert text names before "and N more".
+DESCRIBED_LAYERS = 8
+#: Within this fraction of its bar (in log loss), a rise judged on the approximate rolling
+#: level is judged again on the exact window: the approximation is off by far less.
+EXACT_LEVEL_MARGIN = 0.5
+#: Fewest layers with a gradient norm that make a depth profile: an input side, an output
+#: side and one layer between.
+MIN_PROFILE_LAYERS = 3
+#: Fewest layers with an activation variance whose two sides can be compared.
+MIN_VARIANCE_LAYERS = 2
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,7 @@ class History:
 
 
 def describe_layers(layers: Sequence[str], values: Sequence[float] | None = None,
-                    limit: int = 8) -> str:
+                    limit: int = DESCRIBED_LAYERS) -> str:
     """'a (1.2), b (3.4) and 3 more' for descriptions (values optional)."""
     items = list(layers) if values is None else [
         f"{name} ({value:.3g})" for name, value in zip(layers, values)]
@@ -150,8 +163,8 @@ class GradientExplosion:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        self.history = History(int(thresholds.history_steps))
-        self.state = Sustained(1, int(thresholds.history_min_steps))
+        self.history = History(thresholds.history_steps)
+        self.state = Sustained(1, thresholds.history_min_steps)
         self.latest: Snapshot | None = None
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -183,18 +196,18 @@ class GradientExplosion:
             peak = max(baseline)
             bar = t.explosion_spike_factor * peak
             if norm > bar:
-                reasons.append((f"{norm / max(peak, 1e-300):.3g}x the max of the last "
+                reasons.append((f"{norm / max(peak, RATIO_FLOOR):.3g}x the max of the last "
                                 f"{len(baseline)} normal steps ({peak:.3g})", bar))
         growth = self._growth(norm)
         if growth is not None:
             reasons.append((f"growing {growth:.3g}x per step over the last "
-                            f"{int(t.explosion_growth_steps)} steps", t.explosion_growth_factor))
+                            f"{t.explosion_growth_steps} steps", t.explosion_growth_factor))
         self.history.add(norm, anomalous=bool(reasons) or self.state.on)
         return self.state.verdict(bool(reasons), lambda: self._finding(pulse, reasons))
 
     def _growth(self, norm: float) -> float | None:
         """Geometric mean growth per step when every one of the last steps grew enough."""
-        steps = int(self.t.explosion_growth_steps)
+        steps = self.t.explosion_growth_steps
         raw = self.history.raw
         if len(raw) < steps:
             return None
@@ -240,7 +253,7 @@ def robust_level(log_losses: Iterable[float]) -> tuple[float, float]:
         high = min(low + 1, last)
         return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
-    return quantile(0.5), (quantile(0.75) - quantile(0.25)) / 1.349
+    return quantile(0.5), (quantile(0.75) - quantile(0.25)) / IQR_PER_SIGMA
 
 
 class RollingLevel:
@@ -279,7 +292,7 @@ class _LossJudge:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        self.state = Sustained(1, int(thresholds.history_min_steps))
+        self.state = Sustained(1, thresholds.history_min_steps)
         self.seen = 0
 
     def _log_loss(self, pulse: Pulse) -> float | None:
@@ -319,7 +332,7 @@ class LossSpike(_LossJudge):
 
     def __init__(self, thresholds: Thresholds) -> None:
         super().__init__(thresholds)
-        self.history = RollingLevel(int(thresholds.history_steps))
+        self.history = RollingLevel(thresholds.history_steps)
         self.bar = math.log(thresholds.loss_spike_factor)
 
     def on_pulse(self, pulse: Pulse) -> Result:
@@ -329,7 +342,7 @@ class LossSpike(_LossJudge):
         t, spike = self.t, False
         if not self.warming_up and len(self.history) >= t.history_min_steps:
             median, sigma = self.history.level()
-            if value - median > self.bar / 2:  # near the bar: judge on the exact window
+            if value - median > self.bar * EXACT_LEVEL_MARGIN:
                 median, sigma = self.history.level(exact=True)
             rise = value - median
             spike = rise > self.bar and rise > t.loss_noise_sigmas * sigma
@@ -341,7 +354,7 @@ class LossSpike(_LossJudge):
             pulse, t.loss_spike_factor,
             f"Loss {pulse.loss:.4g} at step {pulse.step}: a spike {ratio:.3g}x the median",
             f"The loss is {ratio:.3g}x the median of the last {len(self.history)} steps "
-            f"({math.exp(median):.4g}), {rise / max(sigma, 1e-300):.3g} robust sigmas of "
+            f"({math.exp(median):.4g}), {rise / max(sigma, RATIO_FLOOR):.3g} robust sigmas of "
             "log(loss) above it: one step far off where the loss stands."))
 
 
@@ -360,8 +373,8 @@ class LossDivergence(_LossJudge):
 
     def __init__(self, thresholds: Thresholds) -> None:
         super().__init__(thresholds)
-        self.recent: deque[float] = deque(maxlen=int(thresholds.loss_divergence_steps))
-        self.before = RollingLevel(int(thresholds.history_steps))
+        self.recent: deque[float] = deque(maxlen=thresholds.loss_divergence_steps)
+        self.before = RollingLevel(thresholds.history_steps)
         self.bar = math.log(thresholds.loss_divergence_factor)
 
     def on_pulse(self, pulse: Pulse) -> Result:
@@ -375,7 +388,7 @@ class LossDivergence(_LossJudge):
         if self.warming_up or len(self.before) < t.history_min_steps:
             return self.state.verdict(False, lambda: None)
         reference, sigma = self.before.level()
-        if max(self.recent) - reference <= self.bar / 2:  # no median can be near the bar
+        if max(self.recent) - reference <= self.bar * EXACT_LEVEL_MARGIN:  # none near it
             return self.state.verdict(False, lambda: None)
         level, _ = robust_level(self.recent)
         reference, sigma = self.before.level(exact=True)
@@ -388,7 +401,7 @@ class LossDivergence(_LossJudge):
             f"The median loss of the last {len(self.recent)} steps ({math.exp(level):.4g}) is "
             f"{ratio:.3g}x the median of the {len(self.before)} steps before "
             f"({math.exp(reference):.4g}), above {t.loss_divergence_factor:g}x and "
-            f"{rise / max(sigma, 1e-300):.3g} robust sigmas of log(loss): the rise is "
+            f"{rise / max(sigma, RATIO_FLOOR):.3g} robust sigmas of log(loss): the rise is "
             "sustained, not a spike."))
 
 
@@ -414,10 +427,10 @@ class NonFiniteValues:
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
         self.pending: Pulse | None = None  # first non-finite Pulse not yet reported
-        self.state = Sustained(1, int(thresholds.escalation_steps))
+        self.state = Sustained(1, thresholds.escalation_steps)
 
     def on_pulse(self, pulse: Pulse) -> Result:
-        if not self._bad_series(pulse) or amp_skipped(pulse):
+        if not self._bad_series(pulse) or pulse.amp_skipped:
             if self.pending is None and not self.state.update(False):
                 return Verdict.CLEAR
             return None
@@ -504,18 +517,12 @@ class NonFiniteValues:
         )
 
 
-def amp_skipped(pulse: Pulse) -> bool:
-    """A step the GradScaler skipped: its overflowed gradients are the scaler's business."""
-    return (pulse.loss_scale is not None and not pulse.optimizer_stepped
-            and pulse.loss is not None and math.isfinite(pulse.loss))
-
-
 def nonfinite_counts(snapshot: Snapshot) -> np.ndarray:
     """[source, layer, kind] counts, without the gradients of an AMP-skipped step."""
     counts = np.nan_to_num(np.asarray(snapshot.nonfinite, dtype=np.float64))
     if counts.ndim != 3:
         return np.zeros((len(NONFINITE_SOURCES), 0, 3))
-    if amp_skipped(_pulse_of(snapshot)):
+    if _pulse_of(snapshot).amp_skipped:
         counts = counts.copy()
         counts[NONFINITE_SOURCES.index("gradient")] = 0
     return counts
@@ -539,7 +546,7 @@ class AmpOverflowStorm:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        self.window: deque[tuple[bool, float]] = deque(maxlen=int(thresholds.history_steps))
+        self.window: deque[tuple[bool, float]] = deque(maxlen=thresholds.history_steps)
         self.low_headroom: tuple[str, ...] = ()
         self.calibrated = False
 
@@ -549,7 +556,7 @@ class AmpOverflowStorm:
         self.calibrated = self.calibrated or pulse.optimizer_stepped
         if not self.calibrated:
             return Verdict.CLEAR
-        self.window.append((not pulse.optimizer_stepped, pulse.loss_scale))
+        self.window.append((pulse.scaler_skipped, pulse.loss_scale))
         skipped = sum(1 for s, _ in self.window if s)
         if skipped < self.t.amp_skipped_steps:
             return Verdict.CLEAR
@@ -600,7 +607,7 @@ class LayerCondition:
         self.threshold = threshold
         self.measure, self.above, self.applies = measure, above, applies
         self.summary, self.description = summary, description
-        samples = int(thresholds.unit_warning_samples)
+        samples = thresholds.unit_warning_samples
         self.state = Sustained(samples, samples)
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -675,7 +682,7 @@ class GradientVanishing:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        samples = int(thresholds.vanishing_samples)
+        samples = thresholds.vanishing_samples
         self.state = Sustained(samples, samples)
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -690,13 +697,13 @@ class GradientVanishing:
         # Layers whose forward never ran (e.g. an attention out_proj used through its weight)
         # have no known depth: they sit last in depth order, so keep them out of the profile.
         called = _finite(np.asarray(snapshot.activation_mean, dtype=np.float64))[:n]
-        if len(called) == n and (present & called).sum() >= 3:
+        if len(called) == n and (present & called).sum() >= MIN_PROFILE_LAYERS:
             present &= called
         present = np.flatnonzero(present)
-        if len(present) < 3:
+        if len(present) < MIN_PROFILE_LAYERS:
             return None  # too shallow to have a depth profile
-        logs = np.log(np.maximum(norms[present], 1e-30))  # an exact zero is total collapse
-        quarter = max(1, len(present) // 4)
+        logs = np.log(np.maximum(norms[present], GRAD_NORM_FLOOR))
+        quarter = max(1, len(present) // DEPTH_SIDES)
         reference = math.exp(logs[-quarter:].mean())
         ratio = math.exp(logs[:quarter].mean()) / reference
         if not ratio < self.t.vanishing_depth_ratio:
@@ -726,7 +733,7 @@ class GradientVanishing:
                      f"{ratio:.2g}x the output side's gradient norm"),
             description=(
                 f"Input-side gradient norms are {ratio:.2g}x the output side's ({reference:.3g})"
-                f" for {int(self.t.vanishing_samples)} samples in a row. Affected layers "
+                f" for {self.t.vanishing_samples} samples in a row. Affected layers "
                 f"(gradient norm): {describe_layers(layers, norms[affected])}.{update_text} "
                 f"Likely causes seen: {'; '.join(causes) or 'none visible in the statistics'}. "
                 "See the gradwatch_grad_norm depth profile."),
@@ -753,8 +760,8 @@ class GradientVanishing:
                           + describe_layers([layers[i] for i in dead_layers], dead[dead_layers]))
         variance = np.asarray(snapshot.activation_variance, dtype=np.float64)
         usable = np.flatnonzero(_finite(variance) & (variance > 0))
-        if len(usable) >= 2:
-            quarter = max(1, len(usable) // 4)
+        if len(usable) >= MIN_VARIANCE_LAYERS:
+            quarter = max(1, len(usable) // DEPTH_SIDES)
             shrink = (np.exp(np.log(variance[usable[-quarter:]]).mean())
                       / np.exp(np.log(variance[usable[:quarter]]).mean()))
             if shrink < t.activation_variance_shrink:

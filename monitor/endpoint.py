@@ -17,6 +17,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from .validation import check_credentials
+
 
 @dataclass(frozen=True)
 class EndpointSecurity:
@@ -38,13 +40,8 @@ class EndpointSecurity:
             raise ValueError("prometheus_tls_cert and prometheus_tls_key go together")
         if self.client_cafile and not self.certfile:
             raise ValueError("prometheus_tls_client_ca needs prometheus_tls_cert and _key")
-        auth = self.basic_auth
-        if auth is not None and (not isinstance(auth, (tuple, list)) or len(auth) != 2
-                                 or not all(isinstance(x, str) and x for x in auth)):
-            raise ValueError("prometheus_basic_auth must be a (username, password) pair of "
-                             "non-empty strings")
-        if auth is not None:
-            object.__setattr__(self, "basic_auth", tuple(auth))
+        object.__setattr__(self, "basic_auth",
+                           check_credentials("prometheus_basic_auth", self.basic_auth))
 
     def __repr__(self) -> str:
         return (f"EndpointSecurity(tls={self.certfile is not None}, "

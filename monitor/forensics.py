@@ -21,6 +21,7 @@ import numpy as np
 
 from .alerts import FIRING, SEVERITIES, Alert
 from .snapshot import Pulse, Snapshot
+from .validation import check_int, check_names
 
 
 class ForensicsSink:
@@ -38,14 +39,10 @@ class ForensicsSink:
 
     def __init__(self, directory: str | os.PathLike, *, pulses: int = 200, snapshots: int = 5,
                  severities: tuple[str, ...] = ("critical",)) -> None:
-        for name, value in (("pulses", pulses), ("snapshots", snapshots)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        unknown = set(severities) - set(SEVERITIES)
-        if unknown:
-            raise ValueError(f"severities has unknown values {sorted(unknown)}")
+        check_int("pulses", pulses, low=1)
+        check_int("snapshots", snapshots, low=1)
+        self.severities = check_names("severities", severities, SEVERITIES)
         self.directory = Path(directory)
-        self.severities = frozenset(severities)
         self.written: list[Path] = []
         self._pulses: deque[Pulse] = deque(maxlen=pulses)
         self._snapshots: deque[Snapshot] = deque(maxlen=snapshots)

@@ -39,8 +39,13 @@ log = logging.getLogger("gradwatch.init_audit")
 #: Longest alert text (summary + description) the audit writes; the details go to the debug
 #: log and to the WeightAudits.
 MESSAGE_CHARS = 300
-#: GPT-2 scales its residual projections' std 0.02 by 1/sqrt(2 n_layers); up to 48 layers.
+#: The std of the small-std transformer inits (BERT, GPT-2), whatever the fan.
+SMALL_STD = 0.02
+#: GPT-2 scales its residual projections' std SMALL_STD by 1/sqrt(2 n_layers); up to 48 layers.
 DEEPEST_SCALED_RESIDUAL = 48
+#: Floor of a weight variance before a ratio or log: an all-zero weight is infinitely far
+#: off every scheme, not a division by zero.
+VARIANCE_FLOOR = 1e-300
 
 
 def schemes(fan_in: int, fan_out: int) -> dict[str, float]:
@@ -50,8 +55,8 @@ def schemes(fan_in: int, fan_out: int) -> dict[str, float]:
         "LeCun/1/sqrt(d)": 1.0 / fan_in,
         "Xavier": 2.0 / (fan_in + fan_out),
         "He": 2.0 / fan_in,
-        "std 0.02": 0.02 ** 2,
-        "GPT-2 scaled residual": 0.02 ** 2 / (2 * DEEPEST_SCALED_RESIDUAL),
+        "std 0.02": SMALL_STD ** 2,
+        "GPT-2 scaled residual": SMALL_STD ** 2 / (2 * DEEPEST_SCALED_RESIDUAL),
     }
 
 
@@ -87,7 +92,7 @@ class WeightAudit:
         return self._ratio_to(self.known[self.nearest])
 
     def _ratio_to(self, variance: float) -> float:
-        return max(self.variance, 1e-300) / variance
+        return max(self.variance, VARIANCE_FLOOR) / variance
 
     def detail(self) -> str:
         return (f"{self.name}: Var(W)={self.variance:.3g}, {self.ratio:.3g}x {self.nearest} "
@@ -152,13 +157,14 @@ def _audit_one(name: str, weight: torch.Tensor, activation: nn.Module | None) ->
     rows = values.reshape(weight.shape[0], -1)
     # identical rows, or a constant (e.g. all-zero) single row: nothing tells units apart
     symmetric = bool((rows == rows[:1]).all()) and (weight.shape[0] > 1 or variance == 0.0)
-    xavier, he = 2.0 / (fan_in + fan_out), 2.0 / fan_in
+    known = schemes(fan_in, fan_out)
+    xavier, he = known["Xavier"], known["He"]
     relu_like = activation is not None and saturation_kind(activation) == SATURATION_NONE
     return WeightAudit(
         name=name, fan_in=fan_in, fan_out=fan_out,
         activation=type(activation).__name__ if activation is not None else "none",
         variance=variance, xavier=xavier, he=he, expected=he if relu_like else xavier,
-        symmetric=symmetric, known=schemes(fan_in, fan_out))
+        symmetric=symmetric, known=known)
 
 
 def audit_initialization(model: nn.Module, thresholds: Thresholds | None = None,
@@ -187,7 +193,7 @@ def audit_initialization(model: nn.Module, thresholds: Thresholds | None = None,
     off = [a for a in audits if not a.symmetric and math.isfinite(a.ratio)
            and not 1 / factor <= a.ratio <= factor]
     if off:
-        worst = max(off, key=lambda a: abs(math.log(max(a.ratio, 1e-300))))
+        worst = max(off, key=lambda a: abs(math.log(max(a.ratio, VARIANCE_FLOOR))))
         side = "above" if worst.ratio > 1 else "below"
         findings.append(_finding(
             INIT_SCALE, off, step, now, value=worst.ratio, threshold=factor,

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .derived import group_update_ratio
+
 #: Statistics of a depth group, in export order; ``argmax`` is the depth of the max.
 GROUP_STATS = ("min", "median", "max", "argmax")
+#: The extra statistic of the update ratio's groups: the group's own ratio, its updated
+#: parameters taken as one set (``derived.group_update_ratio``).
+POOLED = "pooled"
 #: What makes a layer offending: how far its value is from the model's median, in decades.
 SCORED = ("grad_norm", "update_ratio", "activation_variance")
 
@@ -57,9 +62,8 @@ def group_summaries(x: np.ndarray, defined: np.ndarray, edges: np.ndarray
         part = x[depths]
         bad = ~np.isfinite(part)
         top = depths[np.argmax(bad)] if bad.any() else depths[np.argmax(part)]
-        result.append((int(a), int(b) - 1, {
-            "min": float(np.min(part)), "median": float(np.median(part)),
-            "max": float(np.max(part)), "argmax": float(top)}))
+        figures = (np.min(part), np.median(part), np.max(part), top)
+        result.append((int(a), int(b) - 1, dict(zip(GROUP_STATS, map(float, figures)))))
     return result
 
 
@@ -72,7 +76,8 @@ class LayerExport:
     """
 
     def __init__(self, layers: tuple[str, ...], values: dict[str, np.ndarray],
-                 defined: dict[str, np.ndarray], max_layers: int, depth_groups: int) -> None:
+                 defined: dict[str, np.ndarray], max_layers: int, depth_groups: int,
+                 update_norms: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.layers, self.values, self.defined = layers, values, defined
         n = len(layers)
         self.kept = np.arange(n)
@@ -82,3 +87,14 @@ class LayerExport:
             edges = group_edges(n, depth_groups)
             self.groups = {name: group_summaries(values[name], defined[name], edges)
                            for name in values}
+            if update_norms is not None and "update_ratio" in self.groups:
+                pool_update_ratios(self.groups["update_ratio"], defined["update_ratio"],
+                                   *update_norms)
+
+
+def pool_update_ratios(groups: list[tuple[int, int, dict[str, float]]], updated: np.ndarray,
+                       update_norm: np.ndarray, updated_weight_norm: np.ndarray) -> None:
+    """Adds each update-ratio group's POOLED ratio, over its ``updated`` layers, in place."""
+    for first, last, stats in groups:
+        depths = np.flatnonzero(updated[first:last + 1]) + first
+        stats[POOLED] = group_update_ratio(update_norm[depths], updated_weight_norm[depths])

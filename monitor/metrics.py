@@ -101,7 +101,8 @@ _SPECS = (
           "the most offending ones have their own series).", "layers", SAMPLED, "constant"),
     _spec("layer_group", "gauge", "Models deeper than max_exported_layers: min, median, max "
           "and argmax (the depth of the max) of a per-layer statistic (metric) over the "
-          "layers of a depth group (depth_group: first-last depth).", "as metric", SAMPLED,
+          "layers of a depth group (depth_group: first-last depth); for update_ratio also "
+          "pooled, the group's own ratio over its updated parameters.", "as metric", SAMPLED,
           "as the per-layer metric", ("metric", "depth_group", "stat")),
     _spec("regime", "gauge", "1 for the run's current regime (worst firing alert): healthy, "
           "vanishing, exploding or nonfinite.", "one-hot", "on alert", "healthy",

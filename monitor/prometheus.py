@@ -12,6 +12,7 @@ and non-finite values are exported as such (NaN, +Inf and -Inf are valid exposit
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -27,33 +28,23 @@ from prometheus_client.core import (
     Metric,
 )
 
-from .detectors import amp_skipped, nonfinite_counts
+from .detectors import nonfinite_counts
 from .endpoint import EndpointSecurity, linger, serve, stop
-from .layer_budget import GROUP_STATS, LayerExport
+from .fields import (
+    ACTIVATION_GAUGES,
+    ATTENTION_GAUGES,
+    BY_NAME,
+    LAYER_GAUGES,
+    OUTPUT_GAUGES,
+    SYNCHRONISED_LAYER_GAUGES,
+)
+from .layer_budget import LayerExport
 from .metrics import spec
+from .regimes import HEALTHY, REGIMES
 from .snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import Thresholds
 from .validation import check_int
 
-#: Per-layer gauges of the parameters, their gradients and updates: the same on every rank.
-SYNCHRONISED_LAYER_GAUGES = ("grad_norm", "weight_norm", "update_ratio", "update_grad_cosine",
-                             "adam_eps_dominated_ratio")
-#: Per-layer gauges of the activations: each rank's own batch.
-ACTIVATION_GAUGES = (
-    "activation_mean",
-    "activation_variance",
-    "activation_saturation_ratio",
-    "activation_dead_ratio",
-    "activation_max_abs",
-)
-#: Per-layer gauges, named like the Snapshot attribute they export.
-LAYER_GAUGES = SYNCHRONISED_LAYER_GAUGES + ACTIVATION_GAUGES
-#: The non-finite sources whose values make a NaN gauge a real NaN (not "not measured").
-GAUGE_SOURCES = {"grad_norm": ("gradient",), "weight_norm": ("parameter",),
-                 "update_ratio": ("gradient", "parameter"),
-                 "update_grad_cosine": ("gradient", "parameter"),
-                 "adam_eps_dominated_ratio": ("gradient",)} | {
-    name: ("activation",) for name in ACTIVATION_GAUGES}
 #: Non-finite sources that are the same on every rank (after the all-reduce).
 SYNCHRONISED_SOURCES = ("gradient", "parameter")
 #: Per-step gauges of each rank, and those the same on every rank.
@@ -65,21 +56,39 @@ RANK_NONFINITE_LAYERS = 8
 DEEPER_LAYERS = "(deeper layers)"
 #: Longest wait at a clean end for the scrape that reads gradwatch_run_finished.
 LINGER_SECONDS = 35.0
-#: Per-attention-module gauges (label ``layer``: the module that computed attention).
-ATTENTION_GAUGES = ("attention_logit_max", "attention_entropy")
-#: Gauges of the output logits.
-OUTPUT_GAUGES = ("output_logit_logsumexp", "output_logit_max")
 _FAMILIES = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily,
              "histogram": HistogramMetricFamily}
 #: The ``rank`` label value of what is the same on every rank (or over all ranks' batches),
 #: exported by rank 0 alone.
 WORLD_RANK = "all"
-REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 
 
 def histogram_buckets(thresholds: Thresholds) -> list[float]:
     """Upper bounds of the global-norm histogram: decades 1e-6..1e6 plus the explosion norm."""
     return sorted({10.0 ** e for e in range(-6, 7)} | {float(thresholds.explosion_norm)})
+
+
+class NormHistogram:
+    """Every step's global gradient norm in the buckets of ``histogram_buckets``, so that a
+    one-step spike between two scrapes is still counted. A non-finite norm is above every
+    bound (only in the +Inf bucket) and kept out of the sum."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.bounds = histogram_buckets(thresholds)
+        self.sum = 0.0
+        self._counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, norm: float) -> None:
+        if math.isfinite(norm):
+            self._counts[int(np.searchsorted(self.bounds, norm))] += 1
+            self.sum += norm
+        else:
+            self._counts[-1] += 1
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """(le, cumulative count) of every bucket, +Inf last."""
+        return [(_le(bound), count) for bound, count in
+                zip([*self.bounds, math.inf], itertools.accumulate(self._counts))]
 
 
 class PrometheusSink:
@@ -122,9 +131,7 @@ class PrometheusSink:
         self.count_dropped: Callable[[], int] = lambda: 0
         self._lock = threading.Lock()
         self._scraped = threading.Condition(self._lock)
-        self._bounds = histogram_buckets(thresholds or Thresholds())
-        self._bucket_counts = [0] * (len(self._bounds) + 1)
-        self._norm_sum = 0.0
+        self._norms = NormHistogram(thresholds or Thresholds())
         self._latest: dict[str, float] = {}
         self._learning_rates: tuple[tuple[float, ...], ...] = ()
         self._snapshot: Snapshot | None = None
@@ -135,10 +142,9 @@ class PrometheusSink:
             dict.fromkeys(("loss", "gradient") + (("local_gradient",) if self._multi else ()),
                           0))
         self._alerts: Counter[str] = Counter()
-        self._active_regimes: dict[str, str] = {}
-        self._clip_engaged = 0
-        self._skipped = 0
-        self._skipped_updates = 0
+        self._regime = HEALTHY
+        # steps counted by what the Pulse says: clipping engaged, AMP skipped, update undone
+        self._steps: Counter[str] = Counter()
         self._snapshots = 0
         self._rank_layers: set[str] = set()
         self._streak_free = True  # the latest global norm was finite
@@ -186,8 +192,7 @@ class PrometheusSink:
 
     def on_pulse(self, pulse: Pulse) -> None:
         norm, loss = pulse.global_grad_norm, pulse.loss
-        skipped = not pulse.optimizer_stepped and pulse.loss_scale is not None
-        if amp_skipped(pulse):
+        if pulse.amp_skipped:
             norm = None  # overflowed gradients the GradScaler skipped: its business, no alarm
         with self._lock:
             previous = self._latest.get("last_step_timestamp_seconds")
@@ -206,13 +211,6 @@ class PrometheusSink:
                     self._latest[name] = value
             if pulse.learning_rates:
                 self._learning_rates = pulse.learning_rates
-            if norm is not None and math.isfinite(norm):
-                self._bucket_counts[int(np.searchsorted(self._bounds, norm))] += 1
-                self._norm_sum += norm
-            elif norm is not None:
-                # above every bound (only the +Inf bucket), kept out of the sum
-                self._bucket_counts[-1] += 1
-                self._nonfinite_steps["gradient"] += 1
             if loss is not None and not math.isfinite(loss):
                 self._nonfinite_steps["loss"] += 1
                 self._nonfinite[(False, "loss", "", _kind(loss))] += 1
@@ -221,14 +219,12 @@ class PrometheusSink:
             if pulse.local_gradients_finite is False and self._streak_free:
                 self._nonfinite_steps["local_gradient"] += 1
             if norm is not None:
+                self._norms.observe(norm)
                 self._streak_free = math.isfinite(norm)
-            clipped = pulse.clipped_grad_norm
-            if clipped is not None and norm is not None and clipped < norm * (1 - 1e-6):
-                self._clip_engaged += 1
-            if skipped:
-                self._skipped += 1
-            if pulse.update_skipped:
-                self._skipped_updates += 1
+                self._nonfinite_steps["gradient"] += not self._streak_free
+            self._steps.update(grad_clip_engaged=bool(pulse.grad_clip_engaged),
+                               amp_skipped_steps=pulse.scaler_skipped,
+                               skipped_updates=bool(pulse.update_skipped))
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         export = local = None
@@ -244,7 +240,7 @@ class PrometheusSink:
             else:
                 more = ({}, {})
             export = LayerExport(snapshot.layers, values | more[0], defined | more[1],
-                                 self.max_layers, self.depth_groups)
+                                 self.max_layers, self.depth_groups, _update_norms(snapshot))
         if self.rank_activations:
             local = LayerExport(snapshot.layers, *_figures(snapshot, ACTIVATION_GAUGES),
                                 self.max_layers, self.depth_groups)
@@ -255,14 +251,15 @@ class PrometheusSink:
             # [source, layer, kind], as NonFiniteValues counts them (an AMP-skipped step's
             # gradients left out)
             counts = nonfinite_counts(snapshot).astype(np.int64)
-            for s, l, k in zip(*np.nonzero(counts)):
+            for s, depth, k in zip(*np.nonzero(counts)):
                 source = NONFINITE_SOURCES[s]
                 shared = source in SYNCHRONISED_SOURCES
                 if shared and self._shared is None:
                     continue  # rank 0 exports it: the same on every rank
-                layer = snapshot.layers[l] if shared else self._rank_layer(snapshot.layers[l])
+                name = snapshot.layers[depth]
+                layer = name if shared else self._rank_layer(name)
                 self._nonfinite[(shared, source, layer, NONFINITE_KINDS[k])] \
-                    += int(counts[s, l, k])
+                    += int(counts[s, depth, k])
 
     def _rank_layer(self, layer: str) -> str:
         """The ``layer`` label of a rank's own non-finite count: past the first
@@ -279,10 +276,8 @@ class PrometheusSink:
         with self._lock:
             if alert.status == "firing":
                 self._alerts[alert.name] += 1
-                if alert.regime:
-                    self._active_regimes[alert.name] = alert.regime
-            else:
-                self._active_regimes.pop(alert.name, None)
+            if alert.run_regime is not None:  # the engine's, once this event applied
+                self._regime = alert.run_regime
 
     # ------------------------------------------------------------------ collector
 
@@ -324,17 +319,9 @@ class PrometheusSink:
             for group, value in enumerate(groups):
                 lr.add_metric([*shared, str(optimizer), str(group)], value)
         yield lr
-        buckets, cumulative = [], 0
-        for bound, count in zip([*self._bounds, math.inf], self._bucket_counts):
-            cumulative += count
-            buckets.append((_le(bound), cumulative))
         histogram = self._family("step_global_grad_norm")
-        histogram.add_metric(shared, buckets, self._norm_sum)
+        histogram.add_metric(shared, self._norms.buckets(), self._norms.sum)
         yield histogram
-
-    def _regime(self) -> str:
-        active = set(self._active_regimes.values())
-        return next((r for r in reversed(REGIMES) if r in active), "healthy")
 
     def _layer_metrics(self) -> Iterator[Metric]:
         exports = [(list(labels.values()), export) for labels, export in (
@@ -362,35 +349,20 @@ class PrometheusSink:
                     if defined[position]:
                         family.add_metric([*labels, export.layers[position]], values[position])
                 for first, last, stats in export.groups.get(name, ()):
-                    for stat in GROUP_STATS:
-                        group.add_metric([*labels, name, f"{first}-{last}", stat], stats[stat])
+                    for stat, value in stats.items():
+                        group.add_metric([*labels, name, f"{first}-{last}", stat], value)
             yield family
         yield group
         if self._shared is not None or self.rank_activations:
-            yield from self._leading_metrics(list(self._base.values()))
-
-    def _leading_metrics(self, base: list[str]) -> Iterator[Metric]:
-        """Attention and output-logit gauges of the latest Snapshot: of this rank's batch,
-        exported by rank 0 (every rank with ``rank_activations``)."""
-        snapshot = self._snapshot
-        for name in ATTENTION_GAUGES:
-            family = self._family(name)
-            for layer, value in zip(snapshot.attention_layers, getattr(snapshot, name)):
-                family.add_metric([*base, layer], value)
-            yield family
-        for name in OUTPUT_GAUGES:
-            family = self._family(name)
-            value = getattr(snapshot, name)
-            if not math.isnan(value):
-                family.add_metric(base, value)
-            yield family
+            # of this rank's batch: rank 0 exports them (every rank with rank_activations)
+            yield from _leading_metrics(self._snapshot, self._family,
+                                        list(self._base.values()))
 
     def _counters(self) -> Iterator[Metric]:
         base = list(self._base.values())
         regime = self._family("regime")
-        current = self._regime()
         for name in REGIMES:
-            regime.add_metric([*base, name], float(name == current))
+            regime.add_metric([*base, name], float(name == self._regime))
         yield regime
         nonfinite = self._family("nonfinite")
         shared = list((self._shared or {}).values())
@@ -407,9 +379,9 @@ class PrometheusSink:
         yield alerts
         overhead = self._snapshot.overhead_seconds if self._snapshot else 0.0
         for name, value, labels in (
-            ("grad_clip_engaged", self._clip_engaged, self._shared),
-            ("amp_skipped_steps", self._skipped, self._shared),
-            ("skipped_updates", self._skipped_updates, self._base),
+            ("grad_clip_engaged", self._steps["grad_clip_engaged"], self._shared),
+            ("amp_skipped_steps", self._steps["amp_skipped_steps"], self._shared),
+            ("skipped_updates", self._steps["skipped_updates"], self._base),
             ("overhead_seconds", overhead, self._base),
             ("snapshots", self._snapshots, self._base),
             ("export_dropped", self.count_dropped(), self._base),
@@ -420,19 +392,43 @@ class PrometheusSink:
             yield family
 
 
+def _leading_metrics(snapshot: Snapshot, family_of: Callable[[str], Metric],
+                     base: list[str]) -> Iterator[Metric]:
+    """The attention and output-logit gauges of ``snapshot``."""
+    for name in ATTENTION_GAUGES:
+        family = family_of(name)
+        for layer, value in zip(snapshot.attention_layers, getattr(snapshot, name)):
+            family.add_metric([*base, layer], value)
+        yield family
+    for name in OUTPUT_GAUGES:
+        family = family_of(name)
+        value = getattr(snapshot, name)
+        if not math.isnan(value):
+            family.add_metric(base, value)
+        yield family
+
+
 def _figures(snapshot: Snapshot, names: tuple[str, ...]
              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Values of ``names`` and where each is defined: a NaN is exported only when the
     layer's source held non-finite values (a real NaN), never for "not measured"."""
-    bad = {source: snapshot.nonfinite_by_source(source) > 0 for source in NONFINITE_SOURCES}
+    bad = dict(zip(NONFINITE_SOURCES, snapshot.nonfinite.sum(axis=2) > 0))
     values, defined = {}, {}
     for name in names:
         x = getattr(snapshot, name)
         if x.shape != (len(snapshot.layers),):  # a statistic the Snapshot does not carry
             x = np.full(len(snapshot.layers), np.nan)
-        sourced = np.logical_or.reduce([bad[s] for s in GAUGE_SOURCES[name]])
+        sourced = np.logical_or.reduce([bad[s] for s in BY_NAME[name].sources])
         values[name], defined[name] = x, ~np.isnan(x) | sourced
     return values, defined
+
+
+def _update_norms(snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each layer's update norm and updated-weight norm, when the Snapshot carries them."""
+    layers = (len(snapshot.layers),)
+    if snapshot.update_norm.shape == layers == snapshot.updated_weight_norm.shape:
+        return snapshot.update_norm, snapshot.updated_weight_norm
+    return None
 
 
 def _kind(value: float) -> str:

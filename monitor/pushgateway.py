@@ -37,7 +37,6 @@ class PushgatewayPusher:
         self.url, self.registry, self.grouping_key = url, registry, dict(grouping_key)
         self.job, self.interval, self.keep, self.timeout = job, interval, keep, timeout
         self._handler_kwargs = {"handler": handler} if handler is not None else {}
-        self.pushes = 0
         self._warn = WarnOnce()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gradwatch-push", daemon=True)
@@ -53,7 +52,6 @@ class PushgatewayPusher:
             self._warn("push", "gradwatch: push to the Pushgateway %s failed (reported once): %r",
                        self.url, exc)
             return False
-        self.pushes += 1
         return True
 
     def close(self, clean: bool = True) -> None:

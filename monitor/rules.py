@@ -25,7 +25,8 @@ from prometheus_client.utils import floatToGoString
 
 from .alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from .alert_table import spec as alert_spec
-from .thresholds import Thresholds
+from .regimes import REGIMES, code
+from .thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
 
 #: Prometheus scrape interval of deploy/prometheus/prometheus.yml, in seconds. Prometheus sees
 #: per-layer statistics once per scrape, so "N sampled steps in a row" becomes N scrapes.
@@ -39,10 +40,6 @@ HISTORY_WINDOW = "10m"
 RECENT_WINDOW = "2m"
 #: Scrape job of the trainers (prometheus.yml), for TrainerDown.
 TRAINER_JOB = "gradwatch"
-#: sigma of a normal distribution from its interquartile range.
-IQR_PER_SIGMA = 1.349
-#: Regimes of the gradwatch_regime one-hot gauge, in the order of gradwatch:regime:code.
-REGIMES = ("healthy", "vanishing", "exploding", "nonfinite")
 #: Per-layer metrics that get a depth-labelled twin, gradwatch:<name>:by_depth, so dashboards
 #: order layers by depth (the series sort by the zero-padded depth label).
 DEPTH_ORDERED_METRICS = (
@@ -143,16 +140,16 @@ def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
 def vanishing_recording_rules() -> list[tuple[str, str]]:
     """Mean log gradient norm of the input-side and output-side quarters of the layers (by
     depth; a quarter is at least one layer), as the in-process GradientVanishing computes."""
-    quarter = "clamp_min(floor(gradwatch_layers / 4), 1)"
+    quarter = f"clamp_min(floor(gradwatch_layers / {DEPTH_SIDES}), 1)"
     depth = "gradwatch_layer_depth"
     sides = {
         "input": f"{depth} < on ({BY_RUN}) group_left () {quarter}",
         "output": f"{depth} >= on ({BY_RUN}) group_left () (gradwatch_layers - {quarter})",
     }
     return [(f"gradwatch:grad_norm:log_mean_{side}_quarter",
-             # an exact zero is total collapse (the detectors' 1e-30 floor)
+             # an exact zero is total collapse (the detectors' floor)
              f"avg by ({BY_RUN}) (ln(clamp_min(max by ({BY_RUN_LAYER}) (gradwatch_grad_norm),"
-             f" 1e-30))"
+             f" {GRAD_NORM_FLOOR!r}))"
              f" and on ({BY_RUN_LAYER}) ({selector}))")
             for side, selector in sides.items()]
 
@@ -161,7 +158,7 @@ def recording_rules(thresholds: Thresholds) -> list[dict]:
     """Recording rules: what the alerts build on and what makes dashboards cheap."""
     le = explosion_bucket_label(thresholds)
     regime_code = " or ".join(
-        f'gradwatch_regime{{regime="{regime}"}} * {code}' for code, regime in enumerate(REGIMES)
+        f'gradwatch_regime{{regime="{regime}"}} * {code(regime)}' for regime in REGIMES
     )
     # count_values turns the depth into a label; zero-padding makes label order numeric order.
     # by (run, layer): rank 0 exports the depth once (rank "all"), every rank's series join it
@@ -218,10 +215,12 @@ def vanishing_layers(t: Thresholds, run: str = "") -> str:
 
 def alerts(t: Thresholds) -> list[Alert]:
     """The alert table's rule alerts, with their numbers taken from ``t``."""
-    vanishing_for = f"{int(t.vanishing_samples * SCRAPE_INTERVAL_SECONDS)}s"
-    level_rise = f"(gradwatch:loss:median{RECENT_WINDOW} / gradwatch:loss:median_before)"
-    spike = (f"(clamp_min(max by ({BY_RUN}) (gradwatch_loss), {t.loss_floor!r})"
-             f" / gradwatch:loss:median{HISTORY_WINDOW})")
+    return gradient_alerts(t) + loss_alerts(t) + liveness_alerts(t)
+
+
+def gradient_alerts(t: Thresholds) -> list[Alert]:
+    """Non-finite values, exploding and vanishing gradients."""
+    vanishing_for = f"{t.vanishing_samples * SCRAPE_INTERVAL_SECONDS}s"
     return [
         Alert(
             "NonFiniteValues",
@@ -255,6 +254,15 @@ def alerts(t: Thresholds) -> list[Alert]:
             for_=vanishing_for,
             culprits=(("layers", named_by("layer", vanishing_layers(t, run="%[1]s"))),),
         ),
+    ]
+
+
+def loss_alerts(t: Thresholds) -> list[Alert]:
+    """The loss's level and spikes, and the AMP loss scaler's overflow storms."""
+    level_rise = f"(gradwatch:loss:median{RECENT_WINDOW} / gradwatch:loss:median_before)"
+    spike = (f"(clamp_min(max by ({BY_RUN}) (gradwatch_loss), {t.loss_floor!r})"
+             f" / gradwatch:loss:median{HISTORY_WINDOW})")
+    return [
         Alert(
             "LossDivergence",
             f"max by (run) ({level_rise} > {t.loss_divergence_factor!r}"
@@ -282,6 +290,12 @@ def alerts(t: Thresholds) -> list[Alert]:
             f"{{{{ $value | humanize }}}} steps in {HISTORY_WINDOW} (alert at "
             f"{t.amp_skipped_steps!r}): fp16 values keep overflowing.",
         ),
+    ]
+
+
+def liveness_alerts(t: Thresholds) -> list[Alert]:
+    """A trainer that stopped stepping, or that Prometheus cannot scrape."""
+    return [
         Alert(
             "TrainingStalled",
             # a clean end is no stall (the Pushgateway keeps the last push of a kept run)
@@ -325,7 +339,7 @@ def leading_alerts(t: Thresholds) -> list[Alert]:
     """Leading indicators of transformer instability and skip-on-spike, by level (the
     trainer's detectors also judge growth and drift, which need the sample history); one
     alert per run, the worst modules named."""
-    leading_for = f"{int(t.leading_samples * SCRAPE_INTERVAL_SECONDS)}s"
+    leading_for = f"{t.leading_samples * SCRAPE_INTERVAL_SECONDS}s"
     attention = f"gradwatch_attention_logit_max > {t.attention_logit_level!r}"
     return [
         Alert(

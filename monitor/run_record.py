@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .prometheus import LAYER_GAUGES, REGIMES
+from .fields import LAYER_GAUGES, TAG_PREFIX
+from .regimes import NONFINITE, worst
 from .snapshot import NONFINITE_SOURCES
 from .tensorboard import ALERTS_TAG, LAYERS_TAG, parse_fenced_json
 
-PREFIX = "gradwatch/"
 EVENT_FILE_PREFIX = "events.out.tfevents"
 #: torch's SummaryWriter.add_text stores text under ``<tag>/text_summary``.
 TEXT_SUFFIX = "/text_summary"
@@ -82,10 +82,10 @@ class RunRecord:
     def verdict(self) -> str:
         """The worst regime (``REGIMES`` order) the alerts reported, or ``nonfinite`` when
         non-finite values were recorded whatever the alerts say; ``healthy`` otherwise."""
-        seen = [REGIMES.index(a["regime"]) for a in self.alerts if a.get("regime") in REGIMES]
+        seen = [a.get("regime") for a in self.alerts]
         if any(len(self.nonfinite_steps(source)) for source in NONFINITE_SOURCES + ("loss",)):
-            seen.append(REGIMES.index("nonfinite"))
-        return REGIMES[max(seen, default=0)]
+            seen.append(NONFINITE)
+        return worst(seen)
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
@@ -110,23 +110,23 @@ def load_run(run_dir: str | os.PathLike) -> RunRecord:
         raise NoGradwatchData(f"{path}: no TensorBoard event files{hint}")
     accumulator = _read_events(path)
     tags = accumulator.Tags()
-    scalar_tags = [t for t in tags["scalars"] if t.startswith(PREFIX)]
+    scalar_tags = [t for t in tags["scalars"] if t.startswith(TAG_PREFIX)]
     text_tags = {tag.removesuffix(TEXT_SUFFIX): tag for tag in tags["tensors"]
                  if tag.removesuffix(TEXT_SUFFIX) in (LAYERS_TAG, ALERTS_TAG)}
     if not scalar_tags and not text_tags:
         raise NoGradwatchData(f"{path}: TensorBoard event files without gradwatch data "
-                              f"(no {PREFIX}* tags; was TrainingDiagnostics in the callbacks?)")
+                              f"(no {TAG_PREFIX}* tags; was TrainingDiagnostics in the callbacks?)")
 
     per_layer: dict[str, dict[str, dict[int, float]]] = {name: {} for name in LAYER_GAUGES}
     series: dict[str, Series] = {}
     for tag in scalar_tags:
         events = {e.step: e.value for e in accumulator.Scalars(tag)}  # a rewrite wins
-        statistic, _, layer = tag.removeprefix(PREFIX).partition("/")
+        statistic, _, layer = tag.removeprefix(TAG_PREFIX).partition("/")
         if statistic in LAYER_GAUGES and layer:
             per_layer[statistic][layer] = events
         else:
             steps = np.asarray(sorted(events), dtype=int)
-            series[tag.removeprefix(PREFIX)] = Series(
+            series[tag.removeprefix(TAG_PREFIX)] = Series(
                 steps, np.asarray([events[s] for s in steps], dtype=float))
 
     texts = {tag: _texts(accumulator, stored) for tag, stored in text_tags.items()}

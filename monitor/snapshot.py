@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .derived import amp_skipped, clip_engaged, scaler_skipped
+
 #: Sources of non-finite values, in the order of the ``nonfinite`` arrays' first axis.
 NONFINITE_SOURCES = ("gradient", "activation", "parameter")
 #: Kinds of non-finite values, in the order of the ``nonfinite`` arrays' last axis.
@@ -39,6 +41,12 @@ class Pulse:
             came from).
         update_skipped: with skip-on-spike on, whether the step's optimizer update was
             undone because its loss or gradient norm was an outlier (None: off).
+        scaler_skipped: decided from the above (monitor/derived.py), not passed: the AMP
+            GradScaler skipped the optimizer step (its gradients overflowed).
+        amp_skipped: decided, not passed: the GradScaler skipped the step with a finite
+            loss (its overflowed gradients are the scaler's business, not a divergence).
+        grad_clip_engaged: decided from the above, not passed: whether clipping reduced
+            the global norm (None: clipping not tracked or no gradients).
     """
 
     step: int
@@ -51,6 +59,18 @@ class Pulse:
     learning_rates: tuple[tuple[float, ...], ...] = ()
     local_gradients_finite: bool | None = None
     update_skipped: bool | None = None
+    scaler_skipped: bool = field(init=False)
+    amp_skipped: bool = field(init=False)
+    grad_clip_engaged: bool | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        # decided once here, where every Pulse is built, so no sink re-judges them
+        by_scaler = scaler_skipped(self.loss_scale, self.optimizer_stepped)
+        skipped = amp_skipped(self.loss, by_scaler)
+        object.__setattr__(self, "scaler_skipped", by_scaler)
+        object.__setattr__(self, "amp_skipped", skipped)
+        object.__setattr__(self, "grad_clip_engaged", clip_engaged(
+            self.global_grad_norm, self.clipped_grad_norm, skipped))
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,12 @@ class Snapshot:
             logit and the mean softmax entropy of its rows (nats).
         output_logit_logsumexp, output_logit_max: of the output logits (``lm_head`` or the
             last Linear): the mean log-partition log Z over the batch, and the max logit.
+        update_norm: per layer, ||W_after - W_before|| over the layer's updated params (NaN
+            where not updated), the numerator of ``update_ratio``.
+        updated_weight_norm: per layer, ||W_before|| over the layer's updated params (NaN
+            where not updated), the denominator of ``update_ratio``: with ``update_norm``,
+            what a group of layers' update ratio is computed from
+            (``derived.group_update_ratio``).
     """
 
     run: str
@@ -121,12 +147,10 @@ class Snapshot:
     attention_entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     output_logit_logsumexp: float = math.nan
     output_logit_max: float = math.nan
+    update_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    updated_weight_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def pulse(self) -> Pulse:
         """This step's own Pulse."""
         return self.pulses[-1]
-
-    def nonfinite_by_source(self, source: str) -> np.ndarray:
-        """Per-layer count of non-finite values (all kinds) of one source."""
-        return self.nonfinite[NONFINITE_SOURCES.index(source)].sum(axis=1)

@@ -17,12 +17,19 @@ import re
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 
-from .prometheus import ATTENTION_GAUGES, LAYER_GAUGES, OUTPUT_GAUGES
+from .fields import (
+    ATTENTION_GAUGES,
+    LAYER_FIELDS,
+    LAYER_GAUGES,
+    OUTPUT_GAUGES,
+    PULSE_SCALARS,
+    TAG_PREFIX,
+    tag,
+)
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 
-PULSE_SCALARS = ("loss", "global_grad_norm", "clipped_grad_norm", "loss_scale")
-LAYERS_TAG = "gradwatch/layers"
-ALERTS_TAG = "gradwatch/alerts"
+LAYERS_TAG = tag("layers")
+ALERTS_TAG = tag("alerts")
 
 
 class TensorBoardSink:
@@ -53,12 +60,12 @@ class TensorBoardSink:
         return self.writer.log_dir if hasattr(self.writer, "log_dir") else self.writer.logdir
 
     def on_pulse(self, pulse: Pulse) -> None:
-        scalars = {f"gradwatch/{name}": value for name in PULSE_SCALARS
+        scalars = {tag(name): value for name in PULSE_SCALARS
                    if (value := getattr(pulse, name)) is not None}
         for optimizer, groups in enumerate(pulse.learning_rates):
             for group, lr in enumerate(groups):
                 if not math.isnan(lr):
-                    scalars[f"gradwatch/learning_rate/{optimizer}/{group}"] = lr
+                    scalars[tag(f"learning_rate/{optimizer}/{group}")] = lr
         self._write_scalars(scalars, pulse.step)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
@@ -67,18 +74,18 @@ class TensorBoardSink:
                 self.writer.add_custom_scalars(custom_scalars_layout())
             self.writer.add_text(LAYERS_TAG, fenced_json(list(snapshot.layers)), snapshot.step)
             self._layers_written = snapshot.layers
-        scalars = {f"gradwatch/{name}/{layer}": value for name in LAYER_GAUGES
-                   for layer, value in zip(snapshot.layers, getattr(snapshot, name))
+        scalars = {field.tag(layer): value for field in LAYER_FIELDS
+                   for layer, value in zip(snapshot.layers, getattr(snapshot, field.name))
                    if not math.isnan(value)}
         nonfinite = snapshot.nonfinite.sum(axis=(1, 2))
         for source, value in zip(NONFINITE_SOURCES, nonfinite):
-            scalars[f"gradwatch/nonfinite/{source}"] = value
-        scalars["gradwatch/overhead_seconds"] = snapshot.overhead_seconds
+            scalars[tag(f"nonfinite/{source}")] = value
+        scalars[tag("overhead_seconds")] = snapshot.overhead_seconds
         # issue 17: attention per module, output logits
         for name in ATTENTION_GAUGES:
-            scalars.update({f"gradwatch/{name}/{module}": value for module, value in
+            scalars.update({tag(f"{name}/{module}"): value for module, value in
                             zip(snapshot.attention_layers, getattr(snapshot, name))})
-        scalars.update({f"gradwatch/{name}": getattr(snapshot, name) for name in OUTPUT_GAUGES
+        scalars.update({tag(name): getattr(snapshot, name) for name in OUTPUT_GAUGES
                         if not math.isnan(getattr(snapshot, name))})
         self._write_scalars(scalars, snapshot.step)
 
@@ -95,9 +102,6 @@ class TensorBoardSink:
 
     def on_alert(self, alert) -> None:
         self.writer.add_text(ALERTS_TAG, fenced_json(dataclasses.asdict(alert)), alert.step)
-
-    def flush(self) -> None:
-        self.writer.flush()
 
     def close(self) -> None:
         if self._owned:
@@ -117,8 +121,9 @@ def parse_fenced_json(text: str) -> object:
 
 def custom_scalars_layout() -> dict:
     """One multiline chart per statistic, each showing every layer."""
+    prefix = re.escape(TAG_PREFIX)
     charts = {
-        name: ["Multiline", [f"^gradwatch/{re.escape(name)}/"]] for name in LAYER_GAUGES
+        name: ["Multiline", [f"^{prefix}{re.escape(name)}/"]] for name in LAYER_GAUGES
     }
-    charts["per-step figures"] = ["Multiline", [f"^gradwatch/({'|'.join(PULSE_SCALARS)})$"]]
+    charts["per-step figures"] = ["Multiline", [f"^{prefix}({'|'.join(PULSE_SCALARS)})$"]]
     return {"gradwatch": charts}

@@ -9,9 +9,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from .validation import check_int, check_number
+
+# Fixed numbers the detectors and the generated rules share (not tunable: no judgement in them)
+#: sigma of a normal distribution from its interquartile range: IQR / IQR_PER_SIGMA.
+IQR_PER_SIGMA = 1.349
+#: Floor of a gradient norm before its log: an exact zero is total collapse, not -inf.
+GRAD_NORM_FLOOR = 1e-30
+#: The depth profile's sides are the input-side and output-side 1 / DEPTH_SIDES of the
+#: layers (a quarter, at least one layer each).
+DEPTH_SIDES = 4
+
 
 def _t(default: float, why: str, *, low: float = 0.0, high: float = math.inf) -> float:
     return field(default=default, metadata={"why": why, "low": low, "high": high})
+
+
+def _count(default: int, why: str, *, low: int, high: int) -> int:
+    """A threshold that counts steps or samples: an integer in [low, high]."""
+    return field(default=default, metadata={"why": why, "low": low, "high": high,
+                                            "integer": True})
 
 
 @dataclass(frozen=True)
@@ -39,7 +56,7 @@ class Thresholds:
         "layers': 0.25^5 ~ 1e-3 is five sigmoid layers' worth of decay (THEORY 1-2).",
         high=1.0,
     )
-    vanishing_samples: float = _t(
+    vanishing_samples: int = _count(
         3, "Sampled steps in a row the depth profile must stay collapsed before alerting: "
         "one sample can be a transient.", low=1, high=1000)
     activation_variance_shrink: float = _t(
@@ -62,18 +79,18 @@ class Thresholds:
     explosion_growth_factor: float = _t(
         2.0, "Global norm growing by at least this factor per step over explosion_growth_steps "
         "steps is exponential growth (THEORY 1).", low=1.0)
-    explosion_growth_steps: float = _t(
+    explosion_growth_steps: int = _count(
         4, "Consecutive growing steps that make exponential growth.", low=2, high=1000)
-    history_steps: float = _t(
+    history_steps: int = _count(
         100, "Steps of recent history that spikes are judged against (THEORY 5).",
         low=2, high=100_000)
-    history_min_steps: float = _t(
+    history_min_steps: int = _count(
         10, "Steps of history needed before a spike can be judged against it: the first "
         "steps of training are no baseline.", low=1, high=100_000)
     loss_floor: float = _t(
         1e-6, "Losses below this are judged as this: near zero (a fitted batch, float32 "
         "rounding) a tenfold rise of 1e-9 is noise, not divergence.", low=0.0, high=1.0)
-    loss_warmup_steps: float = _t(
+    loss_warmup_steps: int = _count(
         100, "Steps before the loss is judged: the first steps (warm-up, Adam's early "
         "overshoot) are no baseline.", low=0, high=100_000)
     loss_spike_factor: float = _t(
@@ -90,7 +107,7 @@ class Thresholds:
         2.0, "The rise of log(loss) that is divergence must also exceed this many robust "
         "sigmas of the history's log(loss), so the noise of small batches is no rise.",
         low=0.0)
-    loss_divergence_steps: float = _t(
+    loss_divergence_steps: int = _count(
         20, "Steps whose median is the loss's current level: over half of them must be "
         "high, which is the persistence before a page.", low=2, high=10_000)
     saturation_ratio: float = _t(
@@ -98,9 +115,9 @@ class Thresholds:
         high=1.0)
     dead_ratio: float = _t(
         0.9, "Fraction of exact-zero ReLU outputs above which a layer is mostly dead.", high=1.0)
-    unit_warning_samples: float = _t(
+    unit_warning_samples: int = _count(
         5, "Sampled steps in a row before a saturation or dead-unit warning.", low=1, high=1000)
-    amp_skipped_steps: float = _t(
+    amp_skipped_steps: int = _count(
         5, "Skipped (overflowed) AMP steps within history_steps that make an overflow storm; "
         "a scaler skips one now and then by design.", low=1, high=100_000)
     fp16_headroom_bits: float = _t(
@@ -111,7 +128,7 @@ class Thresholds:
         "way, is a bad initialisation (THEORY 3).", low=1.0)
     stalled_seconds: float = _t(
         300.0, "No step for this long while the trainer is up: TrainingStalled.", low=1.0)
-    escalation_steps: float = _t(
+    escalation_steps: int = _count(
         5, "Steps fully sampled after a non-finite value appears on an unsampled step.",
         low=1, high=10_000)
     # leading indicators of transformer instability (issue 17)
@@ -135,20 +152,17 @@ class Thresholds:
         0.5, "Median over layers of the fraction of Adam elements with sqrt(v_hat) <= 10 eps "
         "above this: eps, not the gradient, sets the steps (AdamUpdateDecorrelation).",
         high=1.0)
-    leading_samples: float = _t(
+    leading_samples: int = _count(
         3, "Sampled steps in a row a leading indicator must hold before alerting.", low=1,
         high=1000)
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"Thresholds.{f.name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"Thresholds.{f.name} must be finite, got {value!r}")
             low, high = f.metadata["low"], f.metadata["high"]
-            if not low <= value <= high:
-                raise ValueError(f"Thresholds.{f.name} must be in [{low}, {high}], got {value!r}")
+            if f.metadata.get("integer"):
+                check_int(f"Thresholds.{f.name}", getattr(self, f.name), low=low, high=high)
+            else:
+                check_number(f"Thresholds.{f.name}", getattr(self, f.name), low=low, high=high)
 
     @classmethod
     def from_file(cls, path: str) -> Thresholds:

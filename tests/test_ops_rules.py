@@ -114,10 +114,13 @@ def any_thresholds():
 
     from hypothesis import strategies as st
 
-    return st.builds(Thresholds, **{
-        f.name: st.floats(min_value=f.metadata["low"], max_value=min(f.metadata["high"], 1e12),
-                          allow_nan=False, allow_infinity=False)
-        for f in fields(Thresholds)})
+    def allowed(f):  # counts of steps or samples are integers
+        if f.metadata.get("integer"):
+            return st.integers(min_value=f.metadata["low"], max_value=f.metadata["high"])
+        return st.floats(min_value=f.metadata["low"], max_value=min(f.metadata["high"], 1e12),
+                         allow_nan=False, allow_infinity=False)
+
+    return st.builds(Thresholds, **{f.name: allowed(f) for f in fields(Thresholds)})
 
 
 def test_rules_for_any_valid_thresholds_pass_promtool(promtool, tmp_path):

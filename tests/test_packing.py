@@ -60,6 +60,8 @@ def test_every_field_is_packed_by_name_in_depth_order():
     np.testing.assert_array_equal(snapshot.grad_norm, [nan, 1.0, 2.0])
     np.testing.assert_array_equal(snapshot.weight_norm, [30.0, 10.0, 20.0])
     np.testing.assert_allclose(snapshot.update_ratio, [nan, 0.01, 0.02])
+    np.testing.assert_array_equal(snapshot.update_norm, [nan, 0.1, 0.4])
+    np.testing.assert_array_equal(snapshot.updated_weight_norm, [nan, 10.0, 20.0])
     # a and b: their activation module's record; c: its own output
     np.testing.assert_array_equal(snapshot.activation_mean, [0.0, 0.25, 0.5])
     np.testing.assert_array_equal(snapshot.activation_variance, [1.0, 0.25, 0.25])

@@ -1,0 +1,58 @@
+"""Figures decided once from a step's host data, and carried on its Pulse or Snapshot.
+
+Sinks only write what they are handed: whether clipping engaged, whether the GradScaler
+skipped the step, a depth group's update ratio are decided here, by pure functions over
+plain floats and numpy arrays, so the Prometheus exposition, TensorBoard, forensics bundles
+and the detectors cannot judge them differently. No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Relative margin below the unclipped norm that counts as "clipping reduced the norm": the
+#: clipped norm is re-measured in float32, so an untouched norm can differ by rounding.
+CLIP_TOLERANCE = 1e-6
+
+
+def scaler_skipped(loss_scale: float | None, optimizer_stepped: bool) -> bool:
+    """A step whose optimizer step the AMP GradScaler skipped (its gradients overflowed)."""
+    return loss_scale is not None and not optimizer_stepped
+
+
+def amp_skipped(loss: float | None, skipped_by_scaler: bool) -> bool:
+    """A step the GradScaler skipped with a finite loss: its overflowed gradients are the
+    scaler's business (it lowers the scale and retries), not a divergence."""
+    return skipped_by_scaler and loss is not None and math.isfinite(loss)
+
+
+def clip_engaged(global_grad_norm: float | None, clipped_grad_norm: float | None,
+                 skipped_by_scaler: bool = False) -> bool | None:
+    """Whether gradient clipping reduced the global norm (beyond CLIP_TOLERANCE); None when
+    clipping is not tracked or no gradient was seen, False on a step the GradScaler skipped
+    (its overflowed gradients were never applied)."""
+    if clipped_grad_norm is None or global_grad_norm is None:
+        return None
+    if skipped_by_scaler:
+        return False
+    return clipped_grad_norm < global_grad_norm * (1 - CLIP_TOLERANCE)
+
+
+def group_update_ratio(update_norm: np.ndarray, updated_weight_norm: np.ndarray) -> float:
+    """||delta W|| / ||W|| of a group of updated layers as ONE parameter set:
+    sqrt(sum ||delta W_l||^2) / sqrt(sum ||W_l||^2), from each layer's update norm and the
+    norm of its updated parameters before the step (a partly frozen layer counts only what
+    the optimizer moved).
+
+    A big layer weighs by its size, as in the ratio of the whole group; an average of the
+    layers' ratios would let a tiny bias outvote a frozen-but-for-its-bias block. NaN for
+    no layer; a NaN or Inf norm (a layer whose values overflowed) propagates.
+    """
+    update_norm = np.asarray(update_norm, dtype=np.float64)
+    weights = np.asarray(updated_weight_norm, dtype=np.float64)
+    if not len(update_norm):
+        return math.nan
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return float(np.sqrt(np.sum(update_norm ** 2)) / np.sqrt(np.sum(weights ** 2)))
