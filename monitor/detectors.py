@@ -17,6 +17,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Finding:
     checkpoint: str | None = None
 
 
-def table_fields(name: str) -> dict[str, object]:
+def table_fields(name: str) -> dict[str, Any]:
     """The Finding fields the alert table decides: severity, regime and remedy."""
     spec = alert_spec(name)
     return {"severity": spec.severity, "regime": spec.regime, "remedy": spec.remedy}

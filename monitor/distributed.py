@@ -14,9 +14,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
+
+#: A DDP communication hook: (state, bucket) -> the future of the reduced bucket
+CommHook = Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]
 
 
 def active_world(world_size: int) -> bool:
@@ -44,7 +48,7 @@ def is_sharded(tensor: torch.Tensor) -> bool:
     return any(type(p).__name__ == "Shard" for p in placements)
 
 
-def nonfinite_check_hook(flag: Callable[[], torch.Tensor | None]):
+def nonfinite_check_hook(flag: Callable[[], torch.Tensor | None]) -> CommHook:
     """A DDP communication hook that flags non-finite LOCAL gradients, then all-reduces.
 
     ``flag()`` returns the 0-d device tensor of the step in progress (or None); the check
@@ -53,7 +57,7 @@ def nonfinite_check_hook(flag: Callable[[], torch.Tensor | None]):
     """
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    def hook(state, bucket):
+    def hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         target = flag()
         if target is not None:
             low, high = torch.aminmax(bucket.buffer())

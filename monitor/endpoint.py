@@ -10,12 +10,16 @@ import atexit
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 @dataclass(frozen=True)
@@ -63,14 +67,14 @@ class EndpointSecurity:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args) -> None:  # scrapes are not worth a log line
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not worth a log line
         pass
 
 
-def _with_basic_auth(app, username: str, password: str):
+def _with_basic_auth(app: WSGIApplication, username: str, password: str) -> WSGIApplication:
     expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
-    def guarded(environ, start_response):
+    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         given = environ.get("HTTP_AUTHORIZATION", "")
         if not hmac.compare_digest(given.encode(), expected.encode()):
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="gradwatch"'),

@@ -36,7 +36,7 @@ class ForensicsSink:
         ValueError: a bad option, naming it.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, pulses: int = 200, snapshots: int = 5,
+    def __init__(self, directory: str | os.PathLike[str], *, pulses: int = 200, snapshots: int = 5,
                  severities: tuple[str, ...] = ("critical",)) -> None:
         for name, value in (("pulses", pulses), ("snapshots", snapshots)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import cast
 
 
 def _t(default: float, why: str, *, low: float = 0.0, high: float = math.inf) -> float:
@@ -171,4 +172,4 @@ class Thresholds:
     @classmethod
     def documented(cls) -> dict[str, tuple[float, str]]:
         """Every threshold with its default and its reason, for docs and generators."""
-        return {f.name: (f.default, f.metadata["why"]) for f in fields(cls)}
+        return {f.name: (cast(float, f.default), f.metadata["why"]) for f in fields(cls)}
