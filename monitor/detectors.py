@@ -140,7 +140,8 @@ class GradientExplosion:
     Fires on any of: the norm above ``explosion_norm`` (absolute); above
     ``explosion_spike_factor`` x the max of the recent non-anomalous norms (a spike, once
     ``history_min_steps`` are known); or growing by ``explosion_growth_factor`` per step for
-    ``explosion_growth_steps`` steps in a row (exponential growth, THEORY 1), which is what
+    ``explosion_growth_steps`` steps in a row (exponential growth, see
+    docs/theory.md § Vanishing and exploding gradients), which is what
     precedes an overflow to Inf/NaN. Clears after ``history_min_steps`` calm steps.
     Names as culprits the ``CULPRITS`` layers with the largest gradient norms at the latest
     sampled step (the Prometheus rule's ``layers`` annotation lists the same).
