@@ -12,14 +12,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
-
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 @dataclass(frozen=True)
@@ -71,10 +68,14 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _with_basic_auth(app: WSGIApplication, username: str, password: str) -> WSGIApplication:
+#: A WSGI application: (environ, start_response) -> the body
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _with_basic_auth(app: WSGIApp, username: str, password: str) -> WSGIApp:
     expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
-    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         given = environ.get("HTTP_AUTHORIZATION", "")
         if not hmac.compare_digest(given.encode(), expected.encode()):
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="gradwatch"'),
