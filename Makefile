@@ -1,11 +1,17 @@
-.PHONY: demo test bench cardinality setup setup-test
+.PHONY: demo test lint bench cardinality setup setup-test
 
 # The two commands of the README: each installs what it needs, then runs.
 demo: setup
 	.venv/bin/gradwatch demo
 
-test: setup-test
+test: lint
 	.venv/bin/python -m pytest -q
+
+# Seconds, and first in `make test`: ruff (a conservative rule set) and mypy (strict on the
+# core); settings in pyproject.toml
+lint: setup-test
+	.venv/bin/python -m ruff check
+	scripts/typecheck.sh
 
 # The overhead benchmark (issue 6): ~15 min on CPU, writes docs/benchmarks.md; then the
 # cardinality section (issue 16), which the overhead report does not carry

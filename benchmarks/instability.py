@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -199,8 +200,8 @@ def train(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10, obs
             tokens = data[step % len(data)]
             for group in optimizer.param_groups:
                 group["lr"] = r.lr * min(1.0, (step + 1) / 20)
-            loss = monitored_step(monitor, step, optimizer, lambda: lm_loss(
-                model, tokens, r.z_loss, r.label_smoothing))
+            loss = monitored_step(monitor, step, optimizer, partial(
+                lm_loss, model, tokens, r.z_loss, r.label_smoothing))
             losses.append(loss.item())
     finally:
         torch.set_num_threads(threads)

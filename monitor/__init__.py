@@ -5,6 +5,7 @@ delivery) can be imported without torch.
 """
 
 from importlib import import_module
+from typing import Any
 
 _EXPORTS = {
     "Monitor": ".monitor",
@@ -22,7 +23,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(import_module(_EXPORTS[name], __name__), name)

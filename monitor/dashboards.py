@@ -340,8 +340,9 @@ def layers(t: Thresholds) -> dashboard.Dashboard:
                 .show_value(common_model.VisibilityMode.NEVER)
                 .description("Rows are layers, input side on top; colour: log10 of the layer's "
                              "gradient norm over the output-side quarter's geometric mean. Blue below "
-                             f"log10 vanishing_depth_ratio = {math.log10(ratio):g} (vanishing, "
-                             f"THEORY 1), red above {-math.log10(ratio):g} (growing toward "
+                             f"log10 vanishing_depth_ratio = {math.log10(ratio):g} (vanishing, see "
+                             "docs/theory.md § Vanishing and exploding gradients), "
+                             f"red above {-math.log10(ratio):g} (growing toward "
                              "the input: exploding), "
                              + ", ".join(f"{c} {v}" for v, c in NONFINITE_COLORS.items())
                              + ". " + explain(t, "vanishing_depth_ratio")))

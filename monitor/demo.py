@@ -83,7 +83,8 @@ def make_module(scenario: Scenario):
 
     pl = lightning_package()
 
-    class DemoModel(pl.LightningModule):
+    # the base is whichever Lightning is installed, known only at run time
+    class DemoModel(pl.LightningModule):  # type: ignore[name-defined]
         def __init__(self):
             super().__init__()
             self.net = scenario.build()

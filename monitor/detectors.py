@@ -17,11 +17,13 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 # the severity and regime names, re-exported for detectors built on this module
-from .alert_table import CRITICAL, EXPLODING, INFO, NONFINITE, VANISHING, WARNING  # noqa: F401
+from .alert_table import CRITICAL, INFO, WARNING  # noqa: F401
+from .regimes import EXPLODING, NONFINITE, VANISHING  # noqa: F401
 from .alert_table import spec as alert_spec
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 from .thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
@@ -62,7 +64,7 @@ class Finding:
     checkpoint: str | None = None
 
 
-def table_fields(name: str) -> dict[str, object]:
+def table_fields(name: str) -> dict[str, Any]:
     """The Finding fields the alert table decides: severity, regime and remedy."""
     spec = alert_spec(name)
     return {"severity": spec.severity, "regime": spec.regime, "remedy": spec.remedy}
@@ -152,7 +154,8 @@ class GradientExplosion:
     Fires on any of: the norm above ``explosion_norm`` (absolute); above
     ``explosion_spike_factor`` x the max of the recent non-anomalous norms (a spike, once
     ``history_min_steps`` are known); or growing by ``explosion_growth_factor`` per step for
-    ``explosion_growth_steps`` steps in a row (exponential growth, THEORY 1), which is what
+    ``explosion_growth_steps`` steps in a row (exponential growth, see
+    docs/theory.md § Vanishing and exploding gradients), which is what
     precedes an overflow to Inf/NaN. Clears after ``history_min_steps`` calm steps.
     Names as culprits the ``CULPRITS`` layers with the largest gradient norms at the latest
     sampled step (the Prometheus rule's ``layers`` annotation lists the same).

@@ -11,12 +11,17 @@
   the norms of the unsharded model.
 """
 
-from __future__ import annotations
-
+# Annotations are evaluated here (no `from __future__ import annotations`): DDP compares a
+# communication hook's annotations with the real dist.GradBucket and Future classes.
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    #: A DDP communication hook: (state, bucket) -> the future of the reduced bucket
+    CommHook = Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]
 
 
 def active_world(world_size: int) -> bool:
@@ -44,7 +49,7 @@ def is_sharded(tensor: torch.Tensor) -> bool:
     return any(type(p).__name__ == "Shard" for p in placements)
 
 
-def nonfinite_check_hook(flag: Callable[[], torch.Tensor | None]):
+def nonfinite_check_hook(flag: Callable[[], torch.Tensor | None]) -> "CommHook":
     """A DDP communication hook that flags non-finite LOCAL gradients, then all-reduces.
 
     ``flag()`` returns the 0-d device tensor of the step in progress (or None); the check
@@ -53,7 +58,7 @@ def nonfinite_check_hook(flag: Callable[[], torch.Tensor | None]):
     """
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-    def hook(state, bucket):
+    def hook(state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         target = flag()
         if target is not None:
             low, high = torch.aminmax(bucket.buffer())

@@ -10,8 +10,9 @@ import atexit
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -60,14 +61,18 @@ class EndpointSecurity:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args) -> None:  # scrapes are not worth a log line
+    def log_message(self, format: str, *args: object) -> None:  # scrapes are not worth a log line
         pass
 
 
-def _with_basic_auth(app, username: str, password: str):
+#: A WSGI application: (environ, start_response) -> the body
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _with_basic_auth(app: WSGIApp, username: str, password: str) -> WSGIApp:
     expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
-    def guarded(environ, start_response):
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         given = environ.get("HTTP_AUTHORIZATION", "")
         if not hmac.compare_digest(given.encode(), expected.encode()):
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="gradwatch"'),

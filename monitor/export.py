@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .snapshot import Pulse, Snapshot
@@ -52,7 +53,7 @@ class ExportWorker:
     def __init__(self, sinks: list[Sink], max_queue: int = 10_000) -> None:
         self.sinks = list(sinks)
         self.dropped = 0
-        self._queue: deque[tuple[str, list]] = deque()
+        self._queue: deque[tuple[str, Sequence[object]]] = deque()
         self._max_queue = max_queue
         self._cond = threading.Condition()
         self._busy = False
@@ -65,7 +66,7 @@ class ExportWorker:
         """Queue ``sink.<method>(item)`` for every sink that has it; never blocks."""
         self.submit_each(method, [item])
 
-    def submit_each(self, method: str, items: list) -> None:
+    def submit_each(self, method: str, items: Sequence[object]) -> None:
         """Queue ``sink.<method>(item)`` for each of ``items``, in order, as ONE queue entry
         (one wake-up of the export thread); never blocks."""
         with self._cond:

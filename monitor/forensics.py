@@ -37,7 +37,7 @@ class ForensicsSink:
         ValueError: a bad option, naming it.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, pulses: int = 200, snapshots: int = 5,
+    def __init__(self, directory: str | os.PathLike[str], *, pulses: int = 200, snapshots: int = 5,
                  severities: tuple[str, ...] = ("critical",)) -> None:
         check_int("pulses", pulses, low=1)
         check_int("snapshots", snapshots, low=1)

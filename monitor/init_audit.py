@@ -1,4 +1,5 @@
-"""Initialisation audit: run once over the model, before the first step (THEORY 3).
+"""Initialisation audit: run once over the model, before the first step (see
+docs/theory.md § Xavier and He initialisation).
 
 Per layer weight (a parameter with 2 or more dimensions: Linear, Conv, Hugging Face's
 transposed Conv1D, attention projections, recurrent matrices; embeddings are lookups and are

@@ -81,7 +81,7 @@ class LayerExport:
         self.layers, self.values, self.defined = layers, values, defined
         n = len(layers)
         self.kept = np.arange(n)
-        self.groups: dict[str, list] = {}
+        self.groups: dict[str, list[tuple[int, int, dict[str, float]]]] = {}
         if n > max_layers:
             self.kept = offending_layers(values, defined, max_layers)
             edges = group_edges(n, depth_groups)

@@ -91,7 +91,7 @@ class LayerIndex:
     depth_order: list[int] = field(default_factory=list)
     param_position: dict[int, int] = field(default_factory=dict)
     #: parameters of lazy modules not materialised yet (not indexed).
-    lazy: list[nn.Parameter] = field(default_factory=list)
+    lazy: list[torch.Tensor] = field(default_factory=list)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> LayerIndex:
@@ -100,7 +100,7 @@ class LayerIndex:
         params: list[nn.Parameter] = []
         param_position: dict[int, int] = {}
         pairs: list[tuple[int, int]] = []
-        lazy: list[nn.Parameter] = []
+        lazy: list[torch.Tensor] = []
         for name, module in model.named_modules():
             own = [p for p in module._parameters.values() if p is not None]
             lazy += [p for p in own if is_lazy(p)]

@@ -8,6 +8,7 @@ Every metric also carries the labels ``run`` and, when the world size is above 1
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .thresholds import Thresholds
@@ -29,7 +30,8 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
 
 
-def _spec(name, kind, help, unit, cadence, healthy, labels=()) -> MetricSpec:
+def _spec(name: str, kind: str, help: str, unit: str, cadence: str, healthy: str,
+          labels: Iterable[str] = ()) -> MetricSpec:
     return MetricSpec(f"gradwatch_{name}", kind, help, unit, cadence, healthy, tuple(labels))
 
 

@@ -253,7 +253,7 @@ class Monitor:
         self._optimizers.remove()
         self.exporter.close(timeout)
 
-    def ddp_comm_hook(self):
+    def ddp_comm_hook(self) -> distributed.CommHook:
         """A DDP communication hook (``ddp_model.register_comm_hook(None, hook)``) that
         notes, per step, whether THIS rank's gradients were non-finite before the all-reduce:
         the Pulses of the rank a NaN came from say ``local_gradients_finite=False``."""
@@ -263,6 +263,7 @@ class Monitor:
 
     def _end_step(self) -> None:
         state, ring = self._current, self._ring
+        assert state is not None, "inside a step"
         ring.rows.append(state.ring_row(
             self.grad_scaler, clipped=self.track_clipping and not self._watched.any_sharded,
             local_check=self._local_check_installed, skip=self.skip_on_spike is not None))

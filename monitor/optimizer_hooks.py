@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -56,8 +57,9 @@ class OptimizerHooks:
         self._handles += [optimizer.register_step_pre_hook(self._timed(self._before)),
                           optimizer.register_step_post_hook(self._timed(self._after))]
 
-    def _timed(self, hook: StepHook):
-        def timed_hook(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    def _timed(self, hook: StepHook) -> Callable[..., None]:
+        def timed_hook(optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> None:
             start = time.perf_counter()
             hook(optimizer)
             self._stopwatch.add_since(start)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 class Stopwatch:
@@ -18,15 +21,15 @@ class Stopwatch:
         self.seconds += time.perf_counter() - start
 
 
-def timed(method: Callable) -> Callable:
+def timed(method: Method) -> Method:
     """Adds the wall time of a method's body to its object's ``stopwatch``."""
 
     @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             return method(self, *args, **kwargs)
         finally:
             self.stopwatch.add_since(start)
 
-    return wrapper
+    return cast(Method, wrapper)

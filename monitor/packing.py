@@ -18,6 +18,7 @@ tested without training. The arrays, per layer in registration order:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,20 +58,21 @@ class SampleFacts:
 
 
 def pack_snapshot(host: Mapping[str, np.ndarray], facts: SampleFacts,
-                  extra: Mapping[str, object] | None = None) -> Snapshot:
+                  extra: Mapping[str, Any] | None = None) -> Snapshot:
     """The Snapshot of a sampled step (with the world's view when ``host`` has one);
     ``extra``: further Snapshot fields, as they are."""
     world = None
     if "world_activation" in host:
         world = Snapshot(**_layer_fields(host, facts, view="world_"), rank=-1)
-    updates = {name: _ordered(np.where(facts.updated, host[f"layer_{name}"], np.nan), facts)
-               for name in ("update_grad_cosine", "adam_eps_dominated_ratio")}
+    updates: dict[str, Any] = {
+        name: _ordered(np.where(facts.updated, host[f"layer_{name}"], np.nan), facts)
+        for name in ("update_grad_cosine", "adam_eps_dominated_ratio")}
     return Snapshot(**_layer_fields(host, facts, view=""), rank=facts.rank, world=world,
                     **updates, **(extra or {}))
 
 
 def _layer_fields(host: Mapping[str, np.ndarray], facts: SampleFacts,
-                  view: str) -> dict[str, object]:
+                  view: str) -> dict[str, Any]:
     """The Snapshot fields of one view ("": this rank's activations, "world_": all ranks')."""
     own = host[view + "layer_output"]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -102,7 +104,7 @@ def _layer_fields(host: Mapping[str, np.ndarray], facts: SampleFacts,
 
 
 def _activation_fields(own: np.ndarray, act: np.ndarray,
-                       facts: SampleFacts) -> dict[str, np.ndarray]:
+                       facts: SampleFacts) -> dict[str, Any]:
     """A layer's activation: that of the activation module after it, else its own output."""
     chosen = np.where(facts.has_activation[:, None], act, own)
     field = ActivationField
@@ -121,8 +123,9 @@ def _activation_fields(own: np.ndarray, act: np.ndarray,
 
 
 def _max_abs(records: np.ndarray) -> np.ndarray:
-    return np.maximum(np.abs(records[:, ActivationField.MIN]),
-                      np.abs(records[:, ActivationField.MAX]))
+    largest: np.ndarray = np.maximum(np.abs(records[:, ActivationField.MIN]),
+                                     np.abs(records[:, ActivationField.MAX]))
+    return largest
 
 
 def _nonfinite_origin(record_nonfinite: np.ndarray, record_modules: tuple[str, ...]) -> str:

@@ -65,7 +65,7 @@ class ParamTable:
         params = [watched[k].detach() for k in kept]
         if params:
             self._before[id(optimizer)] = ([positions[k] for k in kept],
-                                           torch._foreach_mul(params, 1.0))
+                                           list(torch._foreach_mul(params, 1.0)))
 
     def record_update(self, optimizer: torch.optim.Optimizer) -> None:
         """After ``optimizer`` stepped: the norms of its update, then the copy is freed."""
@@ -73,7 +73,7 @@ class ParamTable:
         if saved is None:
             return
         positions, before = saved
-        params = [self.watched.params[i] for i in positions]
+        params: list[torch.Tensor] = [self.watched.params[i] for i in positions]
         index = self.watched.index_of(positions)
         values = self.values
         values[ParamRow.UPDATED_WEIGHT_SQ].index_copy_(0, index, values[ParamRow.WEIGHT_SQ][index])

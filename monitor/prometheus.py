@@ -353,7 +353,7 @@ class PrometheusSink:
                         group.add_metric([*labels, name, f"{first}-{last}", stat], value)
             yield family
         yield group
-        if self._shared is not None or self.rank_activations:
+        if self._snapshot is not None and (self._shared is not None or self.rank_activations):
             # of this rank's batch: rank 0 exports them (every rank with rank_activations)
             yield from _leading_metrics(self._snapshot, self._family,
                                         list(self._base.values()))

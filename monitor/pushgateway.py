@@ -7,11 +7,17 @@ training nothing and is reported once. At a clean end the group is deleted, unle
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, delete_from_gateway, push_to_gateway
+from prometheus_client.exposition import default_handler
 
 from .export import WarnOnce
 from .validation import check_positive, check_url
+
+#: prometheus_client's push handler: (url, method, timeout, headers, data) -> the request
+PushHandler = Callable[[str, str, float | None, list[tuple[str, str]], bytes],
+                      Callable[[], None]]
 
 
 class PushgatewayPusher:
@@ -31,12 +37,12 @@ class PushgatewayPusher:
 
     def __init__(self, url: str, registry: CollectorRegistry, grouping_key: dict[str, str],
                  job: str = "gradwatch", interval: float = 10.0, keep: bool = False,
-                 timeout: float = 5.0, handler=None) -> None:
+                 timeout: float = 5.0, handler: PushHandler | None = None) -> None:
         check_url("pushgateway_url", url)
         check_positive("push_interval", interval)
         self.url, self.registry, self.grouping_key = url, registry, dict(grouping_key)
         self.job, self.interval, self.keep, self.timeout = job, interval, keep, timeout
-        self._handler_kwargs = {"handler": handler} if handler is not None else {}
+        self._handler = handler or default_handler
         self._warn = WarnOnce()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gradwatch-push", daemon=True)
@@ -47,7 +53,7 @@ class PushgatewayPusher:
         try:
             push_to_gateway(self.url, job=self.job, registry=self.registry,
                             grouping_key=self.grouping_key, timeout=self.timeout,
-                            **self._handler_kwargs)
+                            handler=self._handler)
         except Exception as exc:
             self._warn("push", "gradwatch: push to the Pushgateway %s failed (reported once): %r",
                        self.url, exc)
@@ -62,7 +68,7 @@ class PushgatewayPusher:
         if clean and not self.keep:
             try:
                 delete_from_gateway(self.url, job=self.job, grouping_key=self.grouping_key,
-                                    timeout=self.timeout, **self._handler_kwargs)
+                                    timeout=self.timeout, handler=self._handler)
             except Exception as exc:
                 self._warn("delete", "gradwatch: deleting the Pushgateway group failed: %r", exc)
         else:

@@ -12,8 +12,13 @@ Two pieces of context change the advice:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+from .detectors import Finding
 from .snapshot import Pulse
+
+if TYPE_CHECKING:
+    from .alerts import Alert
 
 #: Findings that come first in a divergence, in causal order, and what their cause needs.
 CAUSES = ("LossDivergence", "LossSpike", "GradientExplosion")
@@ -29,7 +34,7 @@ def clipping_engaged(pulse: Pulse | None) -> bool:
     return pulse.clipped_grad_norm < pulse.global_grad_norm * (1 - 1e-6)
 
 
-def remedy_in_context(finding, earlier: Sequence, pulse: Pulse | None) -> str:
+def remedy_in_context(finding: Finding, earlier: Sequence[Alert], pulse: Pulse | None) -> str:
     """The remedy of ``finding`` given the ``earlier`` firing Alerts of the run and the
     latest Pulse. Unknown (custom) alert names keep the detector's own remedy."""
     clauses = [c for c in finding.remedy.split("; ") if c]
@@ -42,7 +47,7 @@ def remedy_in_context(finding, earlier: Sequence, pulse: Pulse | None) -> str:
         chain = ", then ".join(f"{a.name} at step {a.step}" for a in causes[:3])
         lead.append(f"{LOWER_LR} and resume from a checkpoint before step {causes[0].step}: "
                     f"{chain} came first, so this is the end of a divergence, not bad data")
-    if clipped:
+    if clipped and pulse is not None:
         lead.append(f"gradient clipping is on (norm clipped to {pulse.clipped_grad_norm:.3g}) "
                     f"and gradients are still {pulse.global_grad_norm:.3g}: fix the "
                     "initialisation scale or lower the learning rate, clipping harder will "

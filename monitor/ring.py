@@ -114,6 +114,7 @@ class PulseRing:
 
     def alarming(self, row: int) -> bool:
         """A row (on a CPU: host memory, free to read) that must be judged at once."""
+        assert self.host is not None, "on a CPU only"
         values, column = self.host[row], RingColumn
         return not (math.isfinite(values[column.LOSS])
                     and values[column.GRAD_SQ] <= self._alarm_squared_norm  # NaN compares False
@@ -124,6 +125,7 @@ class PulseRing:
 
     def unread(self) -> torch.Tensor:
         """The device rows not read yet."""
+        assert self.tensor is not None, "ensure() made the ring"
         return self.tensor[self.read:len(self.rows)]
 
     def drain(self, host_rows: np.ndarray | None = None, in_progress: int | None = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prometheus_client.utils import floatToGoString
@@ -90,7 +91,7 @@ def named_by(label: str, selector: str) -> str:
 
 def explosion_bucket_label(thresholds: Thresholds) -> str:
     """The ``le`` label of the explosion_norm bucket, spelled as prometheus_client spells it."""
-    return floatToGoString(thresholds.explosion_norm)
+    return str(floatToGoString(thresholds.explosion_norm))
 
 
 def counted_in(counter: str, window: str) -> str:
@@ -154,7 +155,7 @@ def vanishing_recording_rules() -> list[tuple[str, str]]:
             for side, selector in sides.items()]
 
 
-def recording_rules(thresholds: Thresholds) -> list[dict]:
+def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
     """Recording rules: what the alerts build on and what makes dashboards cheap."""
     le = explosion_bucket_label(thresholds)
     regime_code = " or ".join(
@@ -239,7 +240,7 @@ def gradient_alerts(t: Thresholds) -> list[Alert]:
             f"max by (run) (gradwatch:steps_above_explosion_norm:increase{COUNTER_WINDOW}) > 0",
             f"{{{{ $value | humanize }}}} steps in the last {COUNTER_WINDOW} of run "
             f"{{{{ $labels.run }}}}{LAYER_TEXT} had a global gradient norm above "
-            f"{floatToGoString(t.explosion_norm)}.",
+            f"{explosion_bucket_label(t)}.",
             culprits=(("layers", named_by("layer", 'gradwatch_grad_norm{run="%s"}')),),
         ),
         Alert(
@@ -394,10 +395,10 @@ def summary_template(name: str) -> str:
     return alert_spec(name).summary.format(**SUMMARY_FIELDS)
 
 
-def alerting_rule(alert: Alert, runbook_base_url: str = RUNBOOK_BASE_URL) -> dict:
+def alerting_rule(alert: Alert, runbook_base_url: str = RUNBOOK_BASE_URL) -> dict[str, Any]:
     """One alert in Prometheus' rule-file shape, its table row filling in the rest."""
     spec = alert_spec(alert.name)
-    rule = {"alert": alert.name, "expr": alert.expr}
+    rule: dict[str, Any] = {"alert": alert.name, "expr": alert.expr}
     if alert.for_ != "0s":
         rule["for"] = alert.for_
     rule["labels"] = {"severity": spec.severity} | (
@@ -411,7 +412,8 @@ def alerting_rule(alert: Alert, runbook_base_url: str = RUNBOOK_BASE_URL) -> dic
     return rule
 
 
-def rule_groups(thresholds: Thresholds, runbook_base_url: str = RUNBOOK_BASE_URL) -> dict:
+def rule_groups(thresholds: Thresholds,
+                runbook_base_url: str = RUNBOOK_BASE_URL) -> dict[str, Any]:
     """The whole rule file as a dict.
 
     One group: rules of a group are evaluated in order, so every alert reads the recording

@@ -61,7 +61,9 @@ class Sampler:
                rank: int) -> Snapshot:
         """End the step's hooks; its ONE transfer (after ONE ``gather`` across ranks)
         reads the ring's rows too, as Pulses."""
-        table, tracer, device = state.table, self.tracer, ring.tensor.device
+        table, tracer = state.table, self.tracer
+        assert table is not None and ring.tensor is not None, "a sampled step has its table"
+        device = ring.tensor.device
         table.measure_weights()
         tracer.detach()
         table.release()
@@ -85,13 +87,14 @@ class Sampler:
         return pack_snapshot(host, facts, self.attention.read(host["attention"]))
 
     def _facts(self, state: StepState, ring: PulseRing, run: str, rank: int) -> SampleFacts:
-        records, layers = self.tracer.records, self.layers
+        records, layers, table = self.tracer.records, self.layers, state.table
+        assert records is not None and table is not None, "a sampled step's own"
         has_activation, saturates = records.saturating_activations(len(layers))
         return SampleFacts(
             run=run, rank=rank, step=state.step, time=time.time(),
             layers=tuple(layers.ordered_names()), depth_order=tuple(layers.depth_order),
-            has_grad=self.watched.layer_mask(state.table.has_grad),
-            updated=self.watched.layer_mask(state.table.updated),
+            has_grad=self.watched.layer_mask(table.has_grad),
+            updated=self.watched.layer_mask(table.updated),
             has_activation=has_activation, saturates=saturates,
             record_modules=records.modules(), pulses=ring.take_pulses(),
             overhead_seconds=self.stopwatch.seconds)

@@ -14,7 +14,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -67,7 +67,8 @@ class FirstUse(TorchFunctionMode):
         self.pending = dict(layer_of_param)
         self.layers_called = layers_called
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if self.pending:
             for leaf in tree_leaves((args, kwargs)):
@@ -136,7 +137,7 @@ class ForwardTracer:
         self.records: Records | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._first_use: FirstUse | None = None
-        self._eager_stance: object | None = None
+        self._eager_stance: Any = None  # torch.compiler's stance context
 
     def index(self, layers: LayerIndex) -> None:
         """What to trace in ``layers`` (again each time the layers are indexed)."""
@@ -152,9 +153,11 @@ class ForwardTracer:
 
     def attach(self, trace_all: bool, handles: list[torch.utils.hooks.RemovableHandle]) -> None:
         """Hooks on for one sampled step (and ``handles`` to remove with them)."""
-        if trace_all and self._traced_all is None:
-            self._traced_all = traceable_modules(self.model, self.layers, all_modules=True)
-        trace = self._traced_all if trace_all else self.traced
+        trace = self.traced
+        if trace_all:
+            if self._traced_all is None:
+                self._traced_all = traceable_modules(self.model, self.layers, all_modules=True)
+            trace = self._traced_all
         self.records = Records(trace)
         if self._compiled and hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
             # torch.compile does not guard on hooks: hooks traced into a graph would split
@@ -183,11 +186,11 @@ class ForwardTracer:
         records.last_layer = -1
         if not self._forward_order_known and self._container_params and self._first_use is None:
             self._first_use = FirstUse(self._container_params, records.layers_called)
-            self._first_use.__enter__()
+            self._first_use.__enter__()  # type: ignore[no-untyped-call]  # torch's
 
     def _after_model_forward(self, module: nn.Module, args: object, output: object) -> None:
         if self._first_use is not None:
-            self._first_use.__exit__(None, None, None)
+            self._first_use.__exit__(None, None, None)  # type: ignore[no-untyped-call]
             self._first_use = None
 
     def _on_forward(self, slot: int, module: nn.Module, args: object, output: object) -> None:
@@ -213,8 +216,10 @@ class ForwardTracer:
 
     def learn_forward_order(self) -> None:
         """The first sampled step's call order is the layers' depth order."""
-        if not self._forward_order_known and self.records.layers_called:
-            self.layers.set_forward_order(self.records.layers_called)
+        records = self.records
+        assert records is not None, "after attach()"
+        if not self._forward_order_known and records.layers_called:
+            self.layers.set_forward_order(records.layers_called)
             self._forward_order_known = True
 
     def finish(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -222,6 +227,7 @@ class ForwardTracer:
         the activations after them, combined in ONE pass; and each record's count of
         non-finite values (to tell where the first one came from)."""
         records, n_layers = self.records, len(self.layers)
+        assert records is not None, "after attach()"
         if records.raw:
             completed = probes.complete_records(torch.stack(records.raw),
                                                 torch.tensor(records.counts, device=device))

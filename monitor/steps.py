@@ -31,7 +31,7 @@ def _host_float(value: object) -> float:
     """A learning rate as a float; NaN for a tensor on an accelerator (reading it would sync)."""
     if isinstance(value, torch.Tensor) and value.device.type != "cpu":
         return math.nan
-    return float(value)
+    return float(value)  # type: ignore[arg-type]  # a float, an int or a CPU tensor
 
 
 @dataclass
@@ -87,7 +87,7 @@ class StepState:
         if self.table is not None:
             self.table.add_gradients(positions, squares, grads)
 
-    def _add_materialised(self, lazy: list[torch.nn.Parameter]) -> None:
+    def _add_materialised(self, lazy: list[torch.Tensor]) -> None:
         """Gradients of lazy parameters materialised by this step's forward count in its
         global norm (their layers are indexed from the next step)."""
         self.lazy_seen = True
@@ -141,7 +141,7 @@ class StepState:
         """The host-side facts of the step's row, as it ends (the AMP scale copied in)."""
         scale = getattr(grad_scaler, "_scale", None)  # a tensor: reading it needs no sync
         has_scale = isinstance(scale, torch.Tensor)
-        if has_scale:
+        if isinstance(scale, torch.Tensor):
             self.cells[RingColumn.SCALE].copy_(scale.reshape(-1)[0], non_blocking=True)
         return RingRow(
             step=self.step, time=time.time(),

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 TARGETS_DIR = Path("deploy/prometheus/targets")
 
 
 def target_group(host: str, port: int, ranks: int = 1,
-                 labels: dict[str, str] | None = None) -> list[dict]:
+                 labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The file_sd document for one node: ``ranks`` ports from ``port`` on."""
     if not host or any(c in host for c in "/ :"):
         raise ValueError(f"host must be a host name or address, got {host!r}")
@@ -27,7 +28,7 @@ def target_group(host: str, port: int, ranks: int = 1,
 
 
 def write_targets(host: str, port: int, ranks: int = 1, labels: dict[str, str] | None = None,
-                  directory: str | os.PathLike = TARGETS_DIR) -> Path:
+                  directory: str | os.PathLike[str] = TARGETS_DIR) -> Path:
     """Write ``<directory>/<host>.json`` atomically (Prometheus may read it at any time)."""
     path = Path(directory) / f"{host}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import cast
 
 from .validation import check_int, check_number
 
@@ -42,18 +43,20 @@ class Thresholds:
     sigmoid_flat: float = _t(
         0.018,
         "sigmoid(x) < 0.018 or > 0.982 means |x| > 4, where its derivative s(1-s) < 0.018: "
-        "the flat region that cuts the gradient (THEORY 2).",
+        "the flat region that cuts the gradient (see docs/theory.md § Sigmoid saturation).",
         high=0.5,
     )
     tanh_flat: float = _t(
         0.97,
-        "|tanh(x)| > 0.97 means |x| > 2.1, where its derivative 1 - y^2 < 0.06 (THEORY 2).",
+        "|tanh(x)| > 0.97 means |x| > 2.1, where its derivative 1 - y^2 < 0.06 (see "
+        "docs/theory.md § Sigmoid saturation).",
         high=1.0,
     )
     vanishing_depth_ratio: float = _t(
         1e-3,
         "Gradient norm of the input-side layers below this fraction of the output-side "
-        "layers': 0.25^5 ~ 1e-3 is five sigmoid layers' worth of decay (THEORY 1-2).",
+        "layers': 0.25^5 ~ 1e-3 is five sigmoid layers' worth of decay (see docs/theory.md "
+        "§ Sigmoid saturation).",
         high=1.0,
     )
     vanishing_samples: int = _count(
@@ -62,27 +65,31 @@ class Thresholds:
     activation_variance_shrink: float = _t(
         0.1, "Activation variance of the output-side layers below this fraction of the "
         "input-side layers': the forward-pass face of vanishing, since Var(activation) "
-        "should stay about the same across depth (THEORY 3).", high=1.0)
+        "should stay about the same across depth (see docs/theory.md § Xavier and He "
+        "initialisation).", high=1.0)
     update_ratio_low: float = _t(
         1e-4,
         "||dW||/||W|| below this means the layer is barely learning; ~1e-3 is typical of "
-        "healthy SGD/Adam training (THEORY 5).",
+        "healthy SGD/Adam training (see docs/theory.md § Update-to-weight ratio).",
     )
     update_ratio_high: float = _t(
-        1e-2, "||dW||/||W|| above this means the layer is being thrown around (THEORY 5).")
+        1e-2, "||dW||/||W|| above this means the layer is being thrown around (see "
+        "docs/theory.md § Update-to-weight ratio).")
     explosion_norm: float = _t(
         1e4, "Global gradient norm above this is exploding in absolute terms, whatever "
         "the history.", low=1e-12)
     explosion_spike_factor: float = _t(
         10.0, "Global norm above this many times the max of the recent window is a spike "
-        "(Megatron's rule of thumb, THEORY 5).", low=1.0)
+        "(Megatron's rule of thumb, see docs/theory.md § Loss spikes).", low=1.0)
     explosion_growth_factor: float = _t(
         2.0, "Global norm growing by at least this factor per step over explosion_growth_steps "
-        "steps is exponential growth (THEORY 1).", low=1.0)
+        "steps is exponential growth (see docs/theory.md § Vanishing and exploding "
+        "gradients).", low=1.0)
     explosion_growth_steps: int = _count(
         4, "Consecutive growing steps that make exponential growth.", low=2, high=1000)
     history_steps: int = _count(
-        100, "Steps of recent history that spikes are judged against (THEORY 5).",
+        100, "Steps of recent history that spikes are judged against (see docs/theory.md § "
+        "Loss spikes).",
         low=2, high=100_000)
     history_min_steps: int = _count(
         10, "Steps of history needed before a spike can be judged against it: the first "
@@ -125,7 +132,8 @@ class Thresholds:
         high=16)
     init_variance_factor: float = _t(
         8.0, "Weight variance off the Xavier/He expectation by more than this factor, either "
-        "way, is a bad initialisation (THEORY 3).", low=1.0)
+        "way, is a bad initialisation (see docs/theory.md § Xavier and He initialisation).",
+        low=1.0)
     stalled_seconds: float = _t(
         300.0, "No step for this long while the trainer is up: TrainingStalled.", low=1.0)
     escalation_steps: int = _count(
@@ -185,4 +193,4 @@ class Thresholds:
     @classmethod
     def documented(cls) -> dict[str, tuple[float, str]]:
         """Every threshold with its default and its reason, for docs and generators."""
-        return {f.name: (f.default, f.metadata["why"]) for f in fields(cls)}
+        return {f.name: (cast(float, f.default), f.metadata["why"]) for f in fields(cls)}

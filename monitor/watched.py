@@ -39,7 +39,7 @@ def warn_skip_off_for_shards() -> None:
 class _OptimizerParams(NamedTuple):
     group_sizes: tuple[int, ...]  # renewed when they change
     positions: list[int]
-    params: list[nn.Parameter]
+    params: list[torch.Tensor]  # the nn.Parameters themselves
 
 
 class WatchedParams:
@@ -60,7 +60,7 @@ class WatchedParams:
         self.any_sharded = any(sharded)  # a host bool: testing the tensor would sync
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self._norm_options: dict[str, bool] = {}
-        self._norm_key: tuple | None = None
+        self._norm_key: tuple[torch.device, torch.dtype | None] | None = None
         self._index: dict[tuple[int, ...], torch.Tensor] = {}
         self._by_optimizer: dict[int, _OptimizerParams] = {}
         # positions of parameters with sparse gradients: of modules built for them, and
@@ -104,7 +104,8 @@ class WatchedParams:
             return None
         return self.sharded.to(self.device)[self.index_of(positions)]
 
-    def of_optimizer(self, optimizer: torch.optim.Optimizer | None) -> tuple[list[int], list]:
+    def of_optimizer(self, optimizer: torch.optim.Optimizer | None
+                     ) -> tuple[list[int], list[torch.Tensor]]:
         """Positions and parameters watched through ``optimizer`` (all for None), cached:
         this runs every step; a change of the param groups' sizes renews it."""
         groups = () if optimizer is None else tuple(len(g["params"]) for g in
@@ -126,11 +127,11 @@ class WatchedParams:
         """Positions and gradients of ``optimizer``'s parameters not ``observed`` yet in the
         step (then added to it); sparse gradients as their values."""
         positions, params = self.of_optimizer(optimizer)
-        grads = [p.grad if p.requires_grad else None for p in params]  # frozen: stale grad
-        if observed or any(g is None for g in grads):
-            kept = [k for k, (i, g) in enumerate(zip(positions, grads))
-                    if g is not None and i not in observed]
-            positions, grads = [positions[k] for k in kept], [grads[k] for k in kept]
+        found = [p.grad if p.requires_grad else None for p in params]  # frozen: stale grad
+        kept = [k for k, (i, g) in enumerate(zip(positions, found))
+                if g is not None and i not in observed]
+        positions = [positions[k] for k in kept]
+        grads: list[torch.Tensor] = [g for g in (found[k] for k in kept) if g is not None]
         observed.update(positions)
         if sampled:  # a parameter's gradient layout is that of its module: looked at here
             self.sparse_grads.difference_update(positions)

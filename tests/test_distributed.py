@@ -34,7 +34,7 @@ def single_process_reference(steps: int):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     data = torch.utils.data.DataLoader(regression_data(), batch_size=64)
     recorder = OutputRecorder({"net.0": net[1], "net.2": net[3], "net.4": net[4]})
-    for step, (x, y) in zip(range(steps), data):
+    for _, (x, y) in zip(range(steps), data):
         recorder.clear()
         loss = ((net(x) - y) ** 2).mean()
         optimizer.zero_grad()

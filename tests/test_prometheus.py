@@ -62,7 +62,7 @@ def test_deep_models_export_depth_group_summaries_and_the_worst_layers():
     assert len(kept) == keep and {"block.7", "block.33"} <= kept
     for layer in kept:  # the true depth, so the depth order and the input side still hold
         assert sample(parsed, "gradwatch_layer_depth", layer=layer) == layers.index(layer)
-    for g, (first, last) in enumerate(((0, 9), (10, 19), (20, 29), (30, 39))):
+    for first, last in ((0, 9), (10, 19), (20, 29), (30, 39)):
         part = grad[first:last + 1]
         where = {"metric": "grad_norm", "depth_group": f"{first}-{last}"}
         assert close(sample(parsed, "gradwatch_layer_group", stat="min", **where), part.min())
@@ -135,7 +135,7 @@ def test_ranks_export_once_what_is_the_same_everywhere():
         sink.on_snapshot(ranked_snapshot(rank, layers, variance))
     parsed = {rank: exposition(sink) for rank, sink in sinks.items()}
     assert layer_series(parsed[1]) == set()  # rank 1: no per-layer duplicate
-    ranks = {dict(labels).get("rank") for labels in (l for _, l in parsed[1])}
+    ranks = {dict(labels).get("rank") for labels in (labels for _, labels in parsed[1])}
     assert ranks == {"1"}
     for rank in (0, 1):  # what differs: each rank's own
         assert sample(parsed[rank], "gradwatch_loss", rank=str(rank)) == rank

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
+from functools import partial
 
 import numpy as np
 import pytest
@@ -19,7 +20,6 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.instability import (ADAM_RUNS, LEADING, OUTPUT_RUNS, RUNS, TinyDecoder,
                                     lm_loss, monitored_step, run_alerts, token_batches)
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.alerts import AlertEngine
 from gradwatch.monitor.detectors import Finding, Verdict
 from gradwatch.monitor.thresholds import Thresholds
 from gradwatch.monitor.transformer_detectors import AdamUpdateDecorrelation, OutputLogitDivergence
@@ -36,7 +36,7 @@ def run_monitored(model, optimizer, batches, step_fn):
     """A plain loop under a Monitor sampling every step; the last Snapshot."""
     monitor = Monitor(model, optimizers=[optimizer], every_n_steps=1)
     for step, batch in enumerate(batches):
-        monitored_step(monitor, step, optimizer, lambda: step_fn(model, batch))
+        monitored_step(monitor, step, optimizer, partial(step_fn, model, batch))
     monitor.close()
     return monitor.last_snapshot
 
@@ -154,7 +154,7 @@ def test_update_grad_cosine_and_adam_eps_ratio_equal_a_direct_computation():
     snapshot = run_monitored(model, optimizer, batches, step_fn)
     grads = seen["grads"]
     ratios = []
-    for index, layer in enumerate((0, 2, 4)):
+    for layer in (0, 2, 4):
         params = list(model[layer].parameters())
         k = [i for i, p in enumerate(model.parameters()) if any(p is q for q in params)]
         descent = torch.cat([(seen["before"][i] - p.detach()).flatten()
@@ -198,7 +198,7 @@ def test_the_new_statistics_add_no_host_sync_and_do_not_change_training():
         with profile(activities=[ProfilerActivity.CPU]) as profiler, copies:
             for step, tokens in enumerate(batches):
                 if monitor:
-                    monitored_step(monitor, step, optimizer, lambda: lm_loss(model, tokens))
+                    monitored_step(monitor, step, optimizer, partial(lm_loss, model, tokens))
                 else:
                     lm_loss(model, tokens).backward()
                     optimizer.step()
