@@ -17,6 +17,7 @@ from torch import nn
 import pytest
 
 from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.alerts import Alert
 from gradwatch.monitor.demo import he, mlp
 from gradwatch.monitor.prometheus import LAYER_GAUGES
 from gradwatch.monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
@@ -477,3 +478,67 @@ def test_one_layer_heatmap_has_room_for_its_axis_label(demo_runs):
     label = re.search(r'class="axis-label" transform="rotate\(-90[^"]*"\>([^<]+)<', heatmap)
     font = ImageFont.truetype("DejaVuSans.ttf", 11.5)   # the page's font, as fc-match gives it
     assert font.getlength(unescape(label.group(1))) <= float(plot.group(2))
+
+
+# --- a folder reused by several runs --------------------------------------------------------
+
+def vanishing_alert(step: int) -> Alert:
+    return Alert("GradientVanishing", "warning", "firing", "demo/vanishing", 0, step,
+                 ("encoder",), 1e-4, 1e-3, "Gradients vanish toward the input", "", "remedy",
+                 "vanishing", None, time.time(), None)
+
+
+def write_run(folder: Path, steps: range, scale: float, alert_step: int | None = None) -> None:
+    """One run's TensorBoard writer, as a training run leaves it: a snapshot every other
+    step and the loss every step (``scale`` tells the runs apart)."""
+    layers = ("encoder", "decoder")
+    sink = TensorBoardSink(log_dir=str(folder))
+    for step in steps:
+        sink.on_pulse(Pulse(step=step, time=time.time(), loss=scale * (step + 1),
+                            global_grad_norm=scale))
+        if step % 2 == 0:
+            sink.on_snapshot(snapshot(step, layers, [scale, 2 * scale]))
+        if step == alert_step:
+            sink.on_alert(vanishing_alert(step))
+    sink.close()
+
+
+def test_a_rerun_into_the_same_folder_reports_the_latest_run_alone(tmp_path):
+    for scale in (1.0, 2.0, 3.0):   # the demo run three times into one folder
+        write_run(tmp_path, range(6), scale, alert_step=4)
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 3
+    record = load_run(tmp_path)
+    assert record.replaced_runs == 2
+    assert [(a["name"], a["step"]) for a in record.alerts] == [("GradientVanishing", 4)]
+    assert record.series["loss"].values.tolist() == [3.0 * (s + 1) for s in range(6)]
+    assert record.statistics["grad_norm"][0].tolist() == [3.0, 3.0, 3.0]
+    html = render_report(record, Thresholds())
+    assert html.count('class="alert-row') == 1
+    assert "earlier runs in this folder" in html and "2, replaced by this one from step 0" in html
+
+
+def test_a_resumed_run_keeps_the_history_before_its_first_step(tmp_path):
+    write_run(tmp_path, range(10), 1.0, alert_step=2)
+    write_run(tmp_path, range(6, 12), 5.0)   # resumed from a checkpoint at step 6
+    record = load_run(tmp_path)
+    assert record.replaced_runs == 1
+    loss = record.series["loss"]
+    assert loss.steps.tolist() == list(range(12))
+    assert loss.values.tolist() == [s + 1.0 for s in range(6)] + [5.0 * (s + 1) for s in
+                                                                   range(6, 12)]
+    assert record.sampled_steps.tolist() == [0, 2, 4, 6, 8, 10]
+    assert record.statistics["grad_norm"][0].tolist() == [1.0, 1.0, 1.0, 5.0, 5.0, 5.0]
+    assert [a["step"] for a in record.alerts] == [2]   # before the resume: history
+
+
+def test_writers_open_at_the_same_time_are_one_run(tmp_path):
+    layers = ("encoder", "decoder")
+    scalars, alerts = (TensorBoardSink(log_dir=str(tmp_path)) for _ in range(2))
+    scalars.on_snapshot(snapshot(0, layers, [1.0, 2.0]))
+    alerts.on_alert(vanishing_alert(0))   # a second writer, e.g. every rank into one folder
+    scalars.on_snapshot(snapshot(2, layers, [1.0, 2.0]))
+    alerts.close()
+    scalars.close()
+    record = load_run(tmp_path)
+    assert record.replaced_runs == 0 and len(record.alerts) == 1
+    assert record.sampled_steps.tolist() == [0, 2]
