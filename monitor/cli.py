@@ -132,7 +132,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gradwatch", formatter_class=_HelpFormatter, description="Training diagnostics for PyTorch Lightning: per-layer "
+        prog="gradwatch", formatter_class=_HelpFormatter,
+        description="Training diagnostics for PyTorch Lightning: per-layer "
         "gradient, activation and update statistics, alerts, dashboards.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

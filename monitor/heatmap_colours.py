@@ -79,7 +79,8 @@ class ThresholdColours:
         rows = {"vanishing": (self.axis.lo, t.explosion_norm),
                 "healthy": (self.axis.lo, t.explosion_norm),
                 "exploding": (t.explosion_norm, self.axis.hi)}
-        labels = {"vanishing": f"vanishing: < {format_value(t.vanishing_depth_ratio)}× output side",
+        ratio = format_value(t.vanishing_depth_ratio)
+        labels = {"vanishing": f"vanishing: < {ratio}× output side",
                   "healthy": "healthy",
                   "exploding": f"exploding: > explosion_norm {format_value(t.explosion_norm)}"}
         bar = Chart(self.axis, Scale(0, len(BANDS)), title="regime (hue, by the Thresholds) and "

@@ -1,7 +1,8 @@
 """`gradwatch report`: one self-contained HTML page that diagnoses a run at a glance.
 
 The page shows, from the run's TensorBoard event files: the gradient-norm heatmap over depth
-and step (vanishing and exploding gradients are visible as colour gradients along depth),
+and step (coloured by regime bands fixed by the Thresholds: vanishing and exploding cells
+have their own hues, the same in every report; `heatmap_colours`),
 loss and global gradient norm on log scales with the explosion thresholds, update ratios and
 activation statistics by depth, and the alert timeline with remedies. Inline CSS and SVG
 only: it opens offline, from a file, in any browser.
@@ -129,6 +130,7 @@ def write_reports(path: str | os.PathLike, thresholds: Thresholds | None = None,
 
 def render_report(record: RunRecord, thresholds: Thresholds, colours: str = "thresholds") -> str:
     """The report page of ``record`` as an HTML string (``colours`` as in `write_report`)."""
+    check_mode(colours)
     captions = {
         "thresholds": "Each cell is one layer's gradient L2 norm at one sampled step. Hue: "
         "the regime by the thresholds (the same in every report): purple rows near the input "
@@ -505,7 +507,8 @@ def _empty(message: str) -> str:
 
 
 def _thresholds_used(thresholds: Thresholds) -> str:
-    names = ("explosion_norm", "vanishing_depth_ratio", "explosion_spike_factor", "loss_spike_factor", "history_steps",
+    names = ("explosion_norm", "vanishing_depth_ratio", "explosion_spike_factor",
+             "loss_spike_factor", "history_steps",
              "update_ratio_low", "update_ratio_high", "saturation_ratio", "dead_ratio")
     return ", ".join(f"{n} = {getattr(thresholds, n):g}" for n in names)
 
