@@ -1,15 +1,36 @@
 """The `gradwatch` command line.
 
-Exit codes: 0 success, 1 a check failed (doctor), 2 bad input (a message says which).
+Exit codes: 0 success, 1 a check failed (doctor), 2 bad input or a missing optional package
+(one line says which). Generators (``rules``, ``dashboards``, ``targets``, ``metrics-doc``)
+print to stdout unless ``--out`` names a place, so nothing lands in the current directory
+unasked; ``--out -`` is stdout everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .alert_table import RUNBOOK_BASE_URL
+from .alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
+from .heatmap_colours import COLOUR_MODES
+
+STDOUT = "-"
+#: Optional packages -> the extra that installs them.
+EXTRAS = {"grafana_foundation_sdk": "dashboards", "lightning": "lightning",
+          "jsonargparse": "cli"}
+
+
+def _emit(text: str, out: str) -> None:
+    """``text`` to stdout (``out`` is ``-``) or into the file ``out``."""
+    if out == STDOUT:
+        sys.stdout.write(text)
+        return
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
 
 
 def _thresholds(args: argparse.Namespace):
@@ -28,38 +49,51 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import find_runs, write_report, write_reports
+    from .report import find_runs, load_run, render_report, write_report, write_reports
 
     path = Path(args.path)
+    if args.out == STDOUT:
+        _emit(render_report(load_run(path), _thresholds(args), args.colours), STDOUT)
+        return 0
     if args.out or (path.is_dir() and path in find_runs(path)):
-        written = [write_report(path, args.out, _thresholds(args))]
+        written = [write_report(path, args.out, _thresholds(args), args.colours)]
     else:
-        written = write_reports(path, _thresholds(args))
+        written = write_reports(path, _thresholds(args), args.colours)
     for report in written:
         print(f"wrote {report}")
     return 0
 
 
 def _rules(args: argparse.Namespace) -> int:
-    from .rules import write_rules
+    from .rules import render_rules
 
-    print(f"wrote {write_rules(args.out, _thresholds(args), args.runbook_base_url)}")
+    check_runbook_base_url(args.runbook_base_url)
+    _emit(render_rules(_thresholds(args), args.runbook_base_url), args.out)
     return 0
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    from .dashboards import write_dashboards
+    from .dashboards import render_dashboards, write_dashboards
 
+    if args.out == STDOUT:   # several files: one JSON object, file name -> dashboard
+        boards = {name: json.loads(text) for name, text in render_dashboards(
+            _thresholds(args)).items()}
+        _emit(json.dumps(boards, indent=2, sort_keys=True) + "\n", STDOUT)
+        return 0
     for path in write_dashboards(args.out, _thresholds(args)):
         print(f"wrote {path}")
     return 0
 
 
 def _targets(args: argparse.Namespace) -> int:
-    from .targets import write_targets
+    from .targets import target_group, write_targets
 
     labels = dict(_key_value(item) for item in args.label)
-    print(f"wrote {write_targets(args.host, args.port, args.ranks, labels, args.out)}")
+    if args.out == STDOUT:
+        group = target_group(args.host, args.port, args.ranks, labels)
+        _emit(json.dumps(group, indent=2) + "\n", STDOUT)
+    else:
+        print(f"wrote {write_targets(args.host, args.port, args.ranks, labels, args.out)}")
     return 0
 
 
@@ -83,23 +117,29 @@ def _doctor(args: argparse.Namespace) -> int:
 def _metrics_doc(args: argparse.Namespace) -> int:
     from .metrics import render_markdown
 
-    text = render_markdown()
-    if args.out == "-":
-        sys.stdout.write(text)
-    else:
-        Path(args.out).write_text(text, encoding="utf-8")
-        print(f"wrote {args.out}")
+    _emit(render_markdown(), args.out)
     return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, []) or action.help is None:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gradwatch", description="Training diagnostics for PyTorch Lightning: per-layer "
+        prog="gradwatch", formatter_class=_HelpFormatter,
+        description="Training diagnostics for PyTorch Lightning: per-layer "
         "gradient, activation and update statistics, alerts, dashboards.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler, help: str, description: str, thresholds: bool = False):
-        sub = commands.add_parser(name, help=help, description=description)
+        sub = commands.add_parser(name, help=help, description=description,
+                                  formatter_class=_HelpFormatter)
         sub.set_defaults(handler=handler)
         if thresholds:
             sub.add_argument("--thresholds", metavar="FILE",
@@ -110,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "catches", "Train a healthy, a vanishing, an exploding and a diverging "
                    "(NaN) model with TrainingDiagnostics; print alerts as they fire, a verdict "
                    "table, and where the TensorBoard logs and HTML reports are.")
-    demo.add_argument("--out", default="gradwatch_demo", help="TensorBoard log directory")
+    demo.add_argument("--out", default="gradwatch_demo",
+                      help="TensorBoard log directory (created): one run folder per model")
     demo.add_argument("--port", type=int, default=9400,
                       help="serve /metrics on this port during the runs (0: any free port)")
     demo.add_argument("--every-n-steps", type=int, default=10,
@@ -128,19 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
                      thresholds=True)
     report.add_argument("path", help="a run directory (e.g. lightning_logs/version_0) or a "
                         "folder of runs")
-    report.add_argument("--out", help="output file (default: <run>/gradwatch-report.html)")
+    report.add_argument("--out", help="output file, - for stdout (default: "
+                        "<run>/gradwatch-report.html, in each run of a folder of runs)")
+    report.add_argument("--colours", choices=COLOUR_MODES, default="thresholds",
+                        help="heatmap colours: regime bands fixed by the thresholds (the same "
+                        "in every report) or relative to this run's range")
 
     rules = command("rules", _rules, "write the Prometheus alert and recording rules",
                     "Generate the rules from the Thresholds.", thresholds=True)
-    rules.add_argument("--out", default="deploy/prometheus/rules/gradwatch.rules.yml")
+    rules.add_argument("--out", default=STDOUT, metavar="FILE", help="the rule file "
+                       "(the repository's is deploy/prometheus/rules/gradwatch.rules.yml), "
+                       "- for stdout")
     rules.add_argument("--runbook-base-url", default=RUNBOOK_BASE_URL,
                        help="where docs/runbook.md is served: each alert's runbook_url is "
-                            "this plus #<alert name lower-cased> (default: %(default)s)")
+                            "this plus #<alert name lower-cased>")
 
     dashboards = command("dashboards", _dashboards, "write the Grafana dashboards",
                          "Generate the Grafana dashboards (JSON) from the Thresholds.",
                          thresholds=True)
-    dashboards.add_argument("--out", default="dashboards", help="output folder")
+    dashboards.add_argument("--out", default=STDOUT, metavar="FOLDER", help="folder for one "
+                            "JSON file per dashboard (the repository's is dashboards/); - prints "
+                            "them as one JSON object, file name -> dashboard")
 
     targets = command("targets", _targets, "write a Prometheus file_sd target file for a node",
                       "Write <out>/<host>.json listing host:port+r for every local rank r; "
@@ -150,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--ranks", type=int, default=1, help="processes on the node")
     targets.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                          help="extra target label (repeatable)")
-    targets.add_argument("--out", default="deploy/prometheus/targets", help="target folder")
+    targets.add_argument("--out", default=STDOUT, metavar="FOLDER", help="the folder "
+                         "Prometheus watches (the compose stack's is deploy/prometheus/targets)"
+                         " for <host>.json; - prints the file's JSON")
 
     doctor = command("doctor", _doctor, "check the path from trainer to alert",
                      "Check: thresholds valid, the trainer's /metrics reachable, Prometheus "
@@ -165,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     doc = command("metrics-doc", _metrics_doc, "write the metrics reference",
                   "Render every gradwatch_* metric with its meaning, unit, labels and healthy "
                   "range as markdown (docs/metrics.md).")
-    doc.add_argument("--out", default="docs/metrics.md", help="output path, - for stdout")
+    doc.add_argument("--out", default=STDOUT, metavar="FILE",
+                     help="output file (the repository's is docs/metrics.md), - for stdout")
     return parser
 
 
@@ -173,6 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top not in EXTRAS:
+            raise   # not an optional package: a broken install, shown in full
+        print(f"gradwatch {args.command}: needs the optional package {top}: "
+              f"pip install 'gradwatch[{EXTRAS[top]}]'", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"gradwatch {args.command}: {exc}", file=sys.stderr)
         return 2

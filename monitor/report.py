@@ -1,7 +1,8 @@
 """`gradwatch report`: one self-contained HTML page that diagnoses a run at a glance.
 
 The page shows, from the run's TensorBoard event files: the gradient-norm heatmap over depth
-and step (vanishing and exploding gradients are visible as colour gradients along depth),
+and step (coloured by regime bands fixed by the Thresholds: vanishing and exploding cells
+have their own hues, the same in every report; `heatmap_colours`),
 loss and global gradient norm on log scales with the explosion thresholds, update ratios and
 activation statistics by depth, and the alert timeline with remedies. Inline CSS and SVG
 only: it opens offline, from a file, in any browser.
@@ -19,13 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from .run_record import NoGradwatchData, RunRecord, Series, find_runs, load_run
-from .svg import (MISSING_FILL, NONFINITE_FILL, Chart, LegendEntry, Scale, colour_at,
-                  format_value, pattern_defs)
+from .heatmap_colours import COLOUR_MODES, check_mode, heatmap_colours, output_side_reference
+from .svg import MISSING_FILL, NONFINITE_FILL, Chart, LegendEntry, Scale, format_value, pattern_defs
 from .snapshot import NONFINITE_SOURCES
 from .thresholds import Thresholds
 
-__all__ = ["NoGradwatchData", "RunRecord", "find_runs", "load_run", "render_report",
-           "write_report", "write_reports"]
+__all__ = ["COLOUR_MODES", "NoGradwatchData", "RunRecord", "find_runs", "load_run",
+           "render_report", "write_report", "write_reports"]
 
 REPORT_NAME = "gradwatch-report.html"
 #: Heatmap size limits: deeper models are shown as contiguous depth groups, longer runs as
@@ -84,34 +85,42 @@ DEPTH_PROFILES = (
 
 
 def write_report(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None,
-                 thresholds: Thresholds | None = None) -> Path:
+                 thresholds: Thresholds | None = None, colours: str = "thresholds") -> Path:
     """Writes the HTML report of one run; returns its path.
 
     Args:
         run_dir: the run directory (where the event files are), e.g.
             ``lightning_logs/version_0``.
         out_path: where to write (default ``<run_dir>/gradwatch-report.html``).
-        thresholds: the numbers drawn as threshold lines (default ``Thresholds()``).
+        thresholds: the numbers drawn as threshold lines and colour bands (default
+            ``Thresholds()``).
+        colours: the heatmap's colours: ``"thresholds"`` (regime bands fixed by the
+            thresholds, the same in every run) or ``"relative"`` (this run's range).
 
     Raises:
         NoGradwatchData: (a ValueError) ``run_dir`` holds no gradwatch data.
+        ValueError: an unknown ``colours``.
     """
+    check_mode(colours)
     record = load_run(run_dir)
     out = Path(out_path) if out_path is not None else Path(run_dir) / REPORT_NAME
-    out.write_text(render_report(record, thresholds or Thresholds()), encoding="utf-8")
+    out.write_text(render_report(record, thresholds or Thresholds(), colours), encoding="utf-8")
     return out
 
 
-def write_reports(path: str | os.PathLike, thresholds: Thresholds | None = None) -> list[Path]:
+def write_reports(path: str | os.PathLike, thresholds: Thresholds | None = None,
+                  colours: str = "thresholds") -> list[Path]:
     """Writes a report into every run directory at or below ``path`` that has gradwatch data.
 
     Raises:
         NoGradwatchData: no run at or below ``path`` has gradwatch data.
+        ValueError: an unknown ``colours``.
     """
+    check_mode(colours)
     written = []
     for run_dir in find_runs(path):
         try:
-            written.append(write_report(run_dir, thresholds=thresholds))
+            written.append(write_report(run_dir, thresholds=thresholds, colours=colours))
         except NoGradwatchData:
             continue  # e.g. a sibling run logged without TrainingDiagnostics
     if not written:
@@ -119,13 +128,20 @@ def write_reports(path: str | os.PathLike, thresholds: Thresholds | None = None)
     return written
 
 
-def render_report(record: RunRecord, thresholds: Thresholds) -> str:
-    """The report page of ``record`` as an HTML string."""
+def render_report(record: RunRecord, thresholds: Thresholds, colours: str = "thresholds") -> str:
+    """The report page of ``record`` as an HTML string (``colours`` as in `write_report`)."""
+    check_mode(colours)
+    captions = {
+        "thresholds": "Each cell is one layer's gradient L2 norm at one sampled step. Hue: "
+        "the regime by the thresholds (the same in every report): purple rows near the input "
+        "are vanishing gradients, orange-red cells exploding ones; lightness: the norm, darker "
+        "is larger.",
+        "relative": "Each cell is one layer's gradient L2 norm at one sampled step, coloured "
+        "over this run's own range (log scale): compare layers and steps within this run, "
+        "not across runs."}
     sections = [
-        _section("Gradient norm by depth and step", gradient_heatmap(record),
-                 "Each cell is one layer's gradient L2 norm at one sampled step (log colour "
-                 "scale). Vanishing gradients show as dark rows near the input that spread "
-                 "upwards; exploding ones as the whole column turning bright."),
+        _section("Gradient norm by depth and step", gradient_heatmap(record, thresholds, colours),
+                 captions[colours]),
         _section("Loss and global gradient norm", _grid(per_step_charts(record, thresholds)),
                  "Every step, log scales. Dashed: the levels the detectors judge by; vertical "
                  "lines: alerts firing."),
@@ -158,6 +174,9 @@ def _header(record: RunRecord) -> str:
     counts = ", ".join(f"{source} {count}" for source, count in nonfinite.items() if count)
     if counts:
         facts.append(("steps with non-finite values", counts))
+    if record.replaced_runs:   # a reused folder: say whose events these are
+        facts.append(("earlier runs in this folder", f"{record.replaced_runs}, replaced by "
+                      f"this one from step {record.steps[0] if len(record.steps) else 0}"))
     facts_html = "".join(f"<div><dt>{escape(k)}</dt><dd>{escape(v)}</dd></div>" for k, v in facts)
     why = ("worst regime reported by the alerts" if record.alerts else "no alerts recorded")
     if counts:
@@ -172,17 +191,23 @@ def _header(record: RunRecord) -> str:
 
 # --- gradient heatmap -----------------------------------------------------------------------
 
-def gradient_heatmap(record: RunRecord, max_rows: int = MAX_HEATMAP_ROWS,
+def gradient_heatmap(record: RunRecord, thresholds: Thresholds, colours: str = "thresholds",
+                     max_rows: int = MAX_HEATMAP_ROWS,
                      max_columns: int = MAX_HEATMAP_COLUMNS) -> str:
-    """The layer x sampled-step heatmap of gradient norms, with its colour legend."""
-    matrix = record.statistics["grad_norm"]
-    if np.isnan(matrix).all():
+    """The layer x sampled-step heatmap of gradient norms, with its colour legend.
+
+    Columns sit at their steps on a linear step axis (a cell spans half-way to its
+    neighbours), so irregular sampling (denser after an anomaly) keeps the ticks even.
+    """
+    per_layer = record.statistics["grad_norm"]
+    if np.isnan(per_layer).all():
         return _empty("No per-layer gradient norms were recorded.")
-    matrix, groups = group_rows(matrix, record.layers, max_rows)
-    columns = subsample_columns(matrix.shape[1], max_columns)
-    matrix, steps = matrix[:, columns], record.sampled_steps[columns]
+    columns = subsample_columns(per_layer.shape[1], max_columns)
+    per_layer, steps = per_layer[:, columns], record.sampled_steps[columns]
+    reference = output_side_reference(per_layer)
+    matrix, groups = group_rows(per_layer, record.layers, max_rows)
     nonfinite_steps = set(record.nonfinite_steps("gradient").tolist())
-    colours = Scale.fit(matrix[matrix > 0], log=True)
+    colouring = heatmap_colours(colours, thresholds, matrix)
 
     rows = len(groups)
     cell_height = max(3.0, min(26.0, 560.0 / rows))
@@ -190,22 +215,27 @@ def gradient_heatmap(record: RunRecord, max_rows: int = MAX_HEATMAP_ROWS,
     y_ticks = _layer_ticks([first for first, _ in groups], most=int(rows * cell_height / 13),
                            offset=0.5)
     left = min(250, 34 + 6 * max(len(label) for _, label in y_ticks))
-    chart = Chart(Scale(0, len(steps)), Scale(0, rows), title="Gradient norm per layer",
-                  x_label="sampled step", y_label="depth (input at the bottom)",
-                  x_ticks=[(j + 0.5, str(steps[j])) for j in _every_kth(len(steps), 12)],
-                  y_ticks=y_ticks,
-                  width=1120, height=int(rows * cell_height) + 88, left=left)
+    edges = cell_edges(steps)
+    x = Scale(edges[0], edges[-1])
+    chart = Chart(x, Scale(0, rows), title="Gradient norm per layer", x_label="step",
+                  y_label="depth (input at the bottom)", x_ticks=x.ticks(10, whole=True),
+                  y_ticks=y_ticks, width=1120, height=int(rows * cell_height) + 88, left=left)
     for i, (first, last) in enumerate(groups):
         label = first if first == last else f"{first}…{last}"
         for j, step in enumerate(steps):
             value = matrix[i, j]
             # No value at a step with non-finite gradients: the norm was NaN (not written).
             nan_norm = np.isnan(value) and step in nonfinite_steps
-            chart.rect(j, j + 1, i, i + 1, NONFINITE_FILL if nan_norm else
-                       _cell_fill(value, colours), f"{label} · step {step} · grad norm "
-                       f"{'NaN: non-finite gradients' if nan_norm else format_value(value)}",
-                       css_class="cell", data={"layer": label, "step": str(step),
-                                               "value": repr(float(value))})
+            if np.isfinite(value):
+                fill, band = colouring.fill(value, reference[j])
+            else:
+                fill = NONFINITE_FILL if nan_norm or np.isinf(value) else MISSING_FILL
+                band = "nonfinite" if fill == NONFINITE_FILL else "missing"
+            shown = "NaN: non-finite gradients" if nan_norm else format_value(value)
+            chart.rect(edges[j], edges[j + 1], i, i + 1, fill,
+                       f"{label} · step {step} · grad norm {shown} ({band})", css_class="cell",
+                       data={"layer": label, "step": str(step), "value": repr(float(value)),
+                             "band": band})
     notes = []
     if len(groups) < len(record.layers):
         notes.append(f"{len(record.layers)} layers shown as {len(groups)} contiguous depth "
@@ -213,22 +243,19 @@ def gradient_heatmap(record: RunRecord, max_rows: int = MAX_HEATMAP_ROWS,
     if len(steps) < len(record.sampled_steps):
         notes.append(f"{len(steps)} of {len(record.sampled_steps)} sampled steps shown, evenly "
                      f"spaced, the latest included.")
-    return (chart.svg() + colour_legend(colours)
+    return (chart.svg() + colouring.legend()
             + "".join(f'<p class="note">{escape(n)}</p>' for n in notes))
 
 
-def colour_legend(colours: Scale) -> str:
-    """The heatmap's colour bar, with the swatches of non-finite and missing cells."""
-    bar = Chart(colours, Scale(0, 1), title="colour scale (log)", x_label="gradient L2 norm",
-                y_label="", y_ticks=[], width=560, height=100, left=20)
-    edges = np.linspace(0, 1, 65)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        bar.rect(_at(colours, lo), _at(colours, hi), 0, 1, colour_at((lo + hi) / 2),
-                 f"{format_value(_at(colours, lo))}–{format_value(_at(colours, hi))}")
-    bar.legend += [LegendEntry(NONFINITE_FILL, "NaN or ±Inf"),
-                   LegendEntry(MISSING_FILL, "not measured"),
-                   LegendEntry(colour_at(0), f"≤ {format_value(colours.lo)}")]
-    return f'<div class="colour-legend">{bar.svg()}</div>'
+def cell_edges(steps: np.ndarray) -> np.ndarray:
+    """Edges of the cells centred on ``steps``: half-way between neighbours, and as wide
+    again at both ends (one step wide for a lone step)."""
+    centres = np.asarray(steps, dtype=float)
+    if len(centres) == 1:
+        return centres + [-0.5, 0.5]
+    middles = (centres[:-1] + centres[1:]) / 2
+    return np.concatenate([[2 * centres[0] - middles[0]], middles,
+                           [2 * centres[-1] - middles[-1]]])
 
 
 def group_rows(matrix: np.ndarray, layers: Sequence[str],
@@ -259,19 +286,6 @@ def subsample_columns(count: int, max_columns: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, max_columns).round().astype(int))
 
 
-def _cell_fill(value: float, colours: Scale) -> str:
-    if np.isnan(value):
-        return MISSING_FILL
-    if np.isinf(value):
-        return NONFINITE_FILL
-    return colour_at(colours.fraction(value))
-
-
-def _at(scale: Scale, fraction: float) -> float:
-    """The value at ``fraction`` of a log scale (inverse of Scale.fraction)."""
-    return scale.lo * (scale.hi / scale.lo) ** fraction
-
-
 # --- per-step charts ------------------------------------------------------------------------
 
 def per_step_charts(record: RunRecord, thresholds: Thresholds) -> list[str]:
@@ -290,8 +304,9 @@ def per_step_charts(record: RunRecord, thresholds: Thresholds) -> list[str]:
         y = Scale.fit(np.concatenate([s.values for s, *_ in present] + [spike.values]),
                       log=True, include=[level for _, level in rules])
         title = spec.title if y.log else f"{spec.title} (linear: values ≤ 0)"
-        chart = Chart(Scale.fit(record.steps), y, title=title, x_label="step",
-                      y_label=spec.y_label, width=540, height=280)
+        x = Scale.fit(record.steps)
+        chart = Chart(x, y, title=title, x_label="step", y_label=spec.y_label,
+                      x_ticks=x.ticks(whole=True), width=540, height=280)
         for series, name, colour, dashed in present:
             thinned = thin(series)
             chart.line(thinned.steps, thinned.values, colour, name, dashed=dashed)
@@ -394,8 +409,9 @@ def alert_timeline(record: RunRecord) -> str:
         return table
     names = list(dict.fromkeys(name for name, *_ in spans))
     first, last = int(record.steps[0]), int(record.steps[-1])
-    chart = Chart(Scale(first, max(last, first + 1)), Scale(0, len(names)),
-                  title="Alert timeline", x_label="step", y_label="",
+    x = Scale(first, max(last, first + 1))
+    chart = Chart(x, Scale(0, len(names)), title="Alert timeline", x_label="step", y_label="",
+                  x_ticks=x.ticks(whole=True),
                   y_ticks=[(len(names) - i - 0.5, n) for i, n in enumerate(names)],
                   width=1120, height=88 + 26 * len(names),
                   left=min(260, 20 + 7 * max(len(n) for n in names)))
@@ -491,7 +507,8 @@ def _empty(message: str) -> str:
 
 
 def _thresholds_used(thresholds: Thresholds) -> str:
-    names = ("explosion_norm", "explosion_spike_factor", "loss_spike_factor", "history_steps",
+    names = ("explosion_norm", "vanishing_depth_ratio", "explosion_spike_factor",
+             "loss_spike_factor", "history_steps",
              "update_ratio_low", "update_ratio_high", "saturation_ratio", "dead_ratio")
     return ", ".join(f"{n} = {getattr(thresholds, n):g}" for n in names)
 
@@ -525,7 +542,7 @@ h2 { margin: 0 0 4px; font-size: 17px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 6px; }
 svg.chart { width: 100%; height: auto; display: block; }
 rect.cell, .colour-legend rect { shape-rendering: crispEdges; }   /* no seams between cells */
-.colour-legend { max-width: 560px; }
+.colour-legend { max-width: 760px; }
 .chart-title { font-weight: 600; font-size: 13px; fill: var(--ink); }
 .tick, .legend, .rule-label { font-size: 11px; fill: var(--muted); }
 .rule-label { font-weight: 600; }

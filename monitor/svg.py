@@ -106,8 +106,9 @@ class Scale:
             position = (value - self.lo) / (self.hi - self.lo)
         return min(max(position, 0.0), 1.0)
 
-    def ticks(self, most: int = 6) -> list[tuple[float, str]]:
-        """Tick positions and labels: decades on a log scale, 1-2-5 steps on a linear one."""
+    def ticks(self, most: int = 6, whole: bool = False) -> list[tuple[float, str]]:
+        """Tick positions and labels: decades on a log scale, evenly spaced 1-2-5 steps on a
+        linear one (whole numbers only when ``whole``, e.g. training steps)."""
         if self.log:
             first, last = round(math.log10(self.lo)), round(math.log10(self.hi))
             stride = max(1, math.ceil((last - first) / most))
@@ -116,9 +117,15 @@ class Scale:
         raw = (self.hi - self.lo) / most
         magnitude = 10.0 ** math.floor(math.log10(raw))
         step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+        step = max(step, 1.0) if whole else step
         start = math.ceil(self.lo / step) * step
         count = int((self.hi - start) / step + 1e-9) + 1
         return [(start + i * step, f"{start + i * step:.6g}") for i in range(count)]
+
+
+def label_length(text: str) -> int:
+    """Pixel length of an axis label (11.5 px sans-serif: about 6.5 px a character)."""
+    return math.ceil(6.5 * len(text))
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,8 @@ class Chart:
         x_label, y_label: axis titles.
         x_ticks, y_ticks: explicit (position, label) ticks, e.g. layer names; default: the
             scale's own ticks.
-        width, height: of the whole SVG in pixels (it scales to its container's width).
+        width, height: of the whole SVG in pixels (it scales to its container's width); the
+            height grows to fit the rotated y label along the plot (a one-row heatmap).
         left: margin for the y tick labels (wider for layer names).
     """
 
@@ -150,8 +158,9 @@ class Chart:
         self.title, self.x_label, self.y_label = title, x_label, y_label
         self.x_ticks = list(x.ticks() if x_ticks is None else x_ticks)
         self.y_ticks = list(y.ticks() if y_ticks is None else y_ticks)
-        self.width, self.height = width, height
+        self.width = width
         self.left, self.right, self.top, self.bottom = left, 18, 46, 42
+        self.height = max(height, self.top + self.bottom + label_length(y_label) + 8)
         self.marks: list[str] = []
         self.legend: list[LegendEntry] = []
 

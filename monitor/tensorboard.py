@@ -1,8 +1,13 @@
 """TensorBoard export: scalars grouped per statistic, plus a custom-scalars layout.
 
 Tags: ``gradwatch/<statistic>/<layer>`` for per-layer statistics (sampled steps) and
-``gradwatch/<figure>`` for per-step figures. The custom-scalars layout puts every layer of a
-statistic in one chart ("gradwatch" category of the Custom Scalars tab). Two text tags make
+``gradwatch/<figure>`` for per-step figures. Figures that span decades are written a second
+time as their base-10 logarithm, ``gradwatch/log10_<statistic>/<layer>`` and
+``gradwatch/log10_<figure>`` (`LOG10_STATISTICS`, `LOG10_FIGURES`; finite positive values
+only), since TensorBoard's axes are linear. The custom-scalars layout (Custom Scalars tab)
+has a category per statistic, log10 where there is one, with a chart per depth group of at
+most `LAYERS_PER_CHART` layers, input side first, so the few lines of a chart are told
+apart by their tags and a group's depth by its chart. Two text tags make
 the run readable by programs too (``gradwatch report``): ``gradwatch/layers`` holds the
 layer names in depth order as JSON, and ``gradwatch/alerts`` one JSON object per alert
 event (in a fenced block, so TensorBoard shows it readably).
@@ -30,6 +35,14 @@ from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 
 LAYERS_TAG = tag("layers")
 ALERTS_TAG = tag("alerts")
+LOG10_PREFIX = "log10_"
+#: Per-layer statistics and per-step figures also written as log10 (they span decades).
+LOG10_STATISTICS = ("grad_norm", "update_ratio", "activation_variance")
+LOG10_FIGURES = ("loss", "global_grad_norm")
+#: Lines per custom-scalars chart (few enough to tell apart), and the most charts per
+#: statistic (a deeper model gets larger depth groups).
+LAYERS_PER_CHART = 4
+MAX_CHARTS_PER_STATISTIC = 16
 
 
 class TensorBoardSink:
@@ -66,17 +79,20 @@ class TensorBoardSink:
             for group, lr in enumerate(groups):
                 if not math.isnan(lr):
                     scalars[tag(f"learning_rate/{optimizer}/{group}")] = lr
+        scalars.update(log10_scalars({name: getattr(pulse, name) for name in LOG10_FIGURES}))
         self._write_scalars(scalars, pulse.step)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.layers != self._layers_written:
-            if not self._layers_written:
-                self.writer.add_custom_scalars(custom_scalars_layout())
+            self.writer.add_custom_scalars(custom_scalars_layout(snapshot.layers))
             self.writer.add_text(LAYERS_TAG, fenced_json(list(snapshot.layers)), snapshot.step)
             self._layers_written = snapshot.layers
         scalars = {field.tag(layer): value for field in LAYER_FIELDS
                    for layer, value in zip(snapshot.layers, getattr(snapshot, field.name))
                    if not math.isnan(value)}
+        scalars.update(log10_scalars({f"{name}/{layer}": value for name in LOG10_STATISTICS
+                                      for layer, value in zip(snapshot.layers,
+                                                              getattr(snapshot, name))}))
         nonfinite = snapshot.nonfinite.sum(axis=(1, 2))
         for source, value in zip(NONFINITE_SOURCES, nonfinite):
             scalars[tag(f"nonfinite/{source}")] = value
@@ -119,11 +135,35 @@ def parse_fenced_json(text: str) -> object:
     return json.loads(text.strip().removeprefix("```json").removesuffix("```"))
 
 
-def custom_scalars_layout() -> dict:
-    """One multiline chart per statistic, each showing every layer."""
-    prefix = re.escape(TAG_PREFIX)
-    charts = {
-        name: ["Multiline", [f"^{prefix}{re.escape(name)}/"]] for name in LAYER_GAUGES
-    }
-    charts["per-step figures"] = ["Multiline", [f"^{prefix}({'|'.join(PULSE_SCALARS)})$"]]
-    return {"gradwatch": charts}
+def log10_scalars(values: dict[str, float | None]) -> dict[str, float]:
+    """``gradwatch/log10_<name>`` tags of the finite positive ``values`` (a logarithm of the
+    others is no number: their plain tags hold them)."""
+    return {f"{TAG_PREFIX}{LOG10_PREFIX}{name}": math.log10(value)
+            for name, value in values.items()
+            if value is not None and math.isfinite(value) and value > 0}
+
+
+def custom_scalars_layout(layers: tuple[str, ...]) -> dict:
+    """The Custom Scalars tab: the per-step figures, then a category per layer statistic
+    with a multiline chart per depth group (log10 tags where they exist)."""
+    prefix, figures = re.escape(TAG_PREFIX), "|".join(PULSE_SCALARS)
+    layout = {"gradwatch: per step": {
+        "loss and global gradient norm (log10)": [
+            "Multiline", [f"^{prefix}{LOG10_PREFIX}({'|'.join(LOG10_FIGURES)})$"]],
+        "per-step figures": ["Multiline", [f"^{prefix}({figures})$"]]}}
+    groups = depth_groups(len(layers))
+    for name in LAYER_GAUGES:
+        shown = f"{LOG10_PREFIX}{name}" if name in LOG10_STATISTICS else name
+        layout[f"gradwatch: {shown}"] = {
+            f"{shown} · layers {start + 1}–{stop} of {len(layers)}: {layers[start]}"
+            + (f" … {layers[stop - 1]}" if stop - start > 1 else ""):
+            ["Multiline", [f"^{prefix}{shown}/({'|'.join(map(re.escape, layers[start:stop]))})$"]]
+            for start, stop in groups}
+    return layout
+
+
+def depth_groups(count: int) -> list[tuple[int, int]]:
+    """(start, stop) of contiguous groups of at most ``LAYERS_PER_CHART`` layers (more when
+    that would make over ``MAX_CHARTS_PER_STATISTIC`` groups), input side first."""
+    size = max(LAYERS_PER_CHART, -(-count // MAX_CHARTS_PER_STATISTIC))
+    return [(start, min(start + size, count)) for start in range(0, count, size)]

@@ -13,6 +13,7 @@ import importlib.util
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,24 @@ def diverging_scrape_target():
     training = TrainingTarget(run="diverging-run", scenario="diverging")
     yield training.target
     training.close()
+
+
+@dataclass(frozen=True)
+class DemoRuns:
+    """`gradwatch demo` run once: its process result and its output folder."""
+
+    result: subprocess.CompletedProcess
+    out: Path
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory) -> DemoRuns:
+    """The four demo trainings (healthy, vanishing, exploding, nan), trained once for every
+    test that reads them (about 25 s on 2 cores)."""
+    from .helpers import gradwatch_cli
+
+    root = tmp_path_factory.mktemp("demo")
+    # COLUMNS: one line per row of the verdict table, so the remedies are read whole
+    result = gradwatch_cli("demo", "--out", str(root / "demo"), "--port", "0", "--no-progress",
+                           cwd=root, timeout=400, COLUMNS="250")
+    return DemoRuns(result, root / "demo")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import urllib.request
 
 import numpy as np
@@ -94,3 +97,14 @@ def read_scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
 
 def close(a: float, b: float, rel: float = 1e-4) -> bool:
     return bool(np.isclose(a, b, rtol=rel, atol=1e-7))
+
+
+def gradwatch_cli(*args: str, cwd=None, timeout: float = 120, code: str | None = None,
+                  **env: str) -> subprocess.CompletedProcess:
+    """The `gradwatch` command line in a subprocess, as a user runs it; ``code`` runs first in
+    that interpreter (e.g. to make an optional package's import fail for real)."""
+    prelude = f"{code}\n" if code else ""
+    script = (f"import sys\n{prelude}from gradwatch.monitor.cli import main\n"
+              f"sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout, env={**os.environ, **env})

@@ -130,8 +130,9 @@ def test_tensorboard_without_logger_and_custom_layout(tmp_path):
     event = accumulator.Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
     layout = layout_pb2.Layout()
     layout.ParseFromString(event.tensor_proto.string_val[0])
-    titles = {chart.title for category in layout.category for chart in category.chart}
-    assert {"grad_norm", "activation_variance", "update_ratio"} <= titles
+    titles = {category.title for category in layout.category}
+    assert {"gradwatch: log10_grad_norm", "gradwatch: log10_activation_variance",
+            "gradwatch: log10_update_ratio"} <= titles
 
 
 def test_gradient_accumulation_and_run_name(tmp_path):

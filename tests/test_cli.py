@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gradwatch.monitor import rules
+from gradwatch.monitor.cli import main
 from gradwatch.monitor.dashboards import render_dashboards
+
+from .helpers import gradwatch_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("demo", "report", "rules", "dashboards", "targets", "doctor", "metrics-doc")
 
 
-def gradwatch(*args: str, cwd: Path | None = None, timeout: float = 120):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "gradwatch.monitor.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd or ROOT, timeout=timeout)
+def gradwatch(*args: str, cwd: Path | None = None, timeout: float = 120, code: str | None = None,
+              **env: str):
+    return gradwatch_cli(*args, cwd=cwd or ROOT, timeout=timeout, code=code, **env)
 
 
 @pytest.mark.parametrize("command", ("", *COMMANDS))
@@ -103,10 +102,8 @@ def test_doctor_against_the_real_stack(prometheus_server, alertmanager_server, s
     assert "[skip] Alertmanager reachable" in dead.stdout
 
 
-def test_demo_shows_the_four_verdicts(tmp_path, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "250")  # one line per row: the remedies are read whole
-    result = gradwatch("demo", "--out", str(tmp_path / "demo"), "--port", "0", "--no-progress",
-                       cwd=tmp_path, timeout=400)
+def test_demo_shows_the_four_verdicts(demo_runs):
+    result = demo_runs.result
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout[result.stdout.index("what each run looked like"):]
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
@@ -122,8 +119,8 @@ def test_demo_shows_the_four_verdicts(tmp_path, monkeypatch):
     assert "FIRING GradientVanishing" in result.stdout
     assert "FIRING NonFiniteValues" in result.stdout
     for run in rows:
-        assert (tmp_path / "demo" / run / "gradwatch-report.html").is_file()
-        assert list((tmp_path / "demo" / run).glob("events.out.tfevents.*"))
+        assert (demo_runs.out / run / "gradwatch-report.html").is_file()
+        assert list((demo_runs.out / run).glob("events.out.tfevents.*"))
     assert "tensorboard --logdir" in result.stdout
 
 
@@ -144,3 +141,62 @@ def test_report_command_writes_a_report_per_run(tmp_path):
         assert "<svg" in report.read_text()
     single = gradwatch("report", str(runs / "version_0"), "--out", str(tmp_path / "one.html"))
     assert single.returncode == 0 and (tmp_path / "one.html").is_file()
+
+
+# --- where output goes, defaults, optional packages (issue 15) ------------------------------
+
+GENERATORS = {   # command line -> what it prints
+    ("rules",): lambda: (ROOT / rules.RULES_PATH).read_text(),
+    ("metrics-doc",): lambda: (ROOT / "docs" / "metrics.md").read_text(),
+    ("targets", "--host", "node7", "--ranks", "2"): lambda: json.dumps(
+        [{"targets": ["node7:9400", "node7:9401"], "labels": {}}], indent=2) + "\n",
+    ("dashboards",): lambda: json.dumps(
+        {name: json.loads(text) for name, text in render_dashboards().items()}, indent=2,
+        sort_keys=True) + "\n",
+}
+
+
+@pytest.mark.parametrize("command", GENERATORS, ids=lambda c: c[0])
+@pytest.mark.parametrize("out", ([], ["--out", "-"]), ids=("default", "dash"))
+def test_generators_print_to_stdout_and_write_nothing_unasked(command, out, tmp_path,
+                                                             monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)   # in-process main(): the console script's own entry point
+    assert main([*command, *out]) == 0
+    assert capsys.readouterr().out == GENERATORS[command]()
+    assert list(tmp_path.iterdir()) == []   # no ./deploy, ./dashboards, ./docs, nor a "-"
+
+
+def test_report_to_stdout_writes_no_file(demo_runs, tmp_path):
+    run = demo_runs.out / "healthy"
+    before = sorted(p.name for p in run.iterdir())
+    result = gradwatch("report", str(run), "--out", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<!DOCTYPE html>") and "healthy" in result.stdout
+    assert sorted(p.name for p in run.iterdir()) == before and list(tmp_path.iterdir()) == []
+    bad = gradwatch("report", str(run), "--colours", "rainbow", cwd=tmp_path)
+    assert bad.returncode == 2 and "--colours" in bad.stderr
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("rules", "(default: -)"), ("dashboards", "(default: -)"), ("targets", "(default: 9400)"),
+    ("metrics-doc", "(default: -)"), ("doctor", "(default: 5.0)"),
+    ("report", "(default: thresholds)"), ("demo", "(default: gradwatch_demo)")])
+def test_help_shows_the_defaults(command, shown, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")   # argparse wraps at the terminal's width
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert shown in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_missing_optional_package_is_one_line_and_exit_2(tmp_path):
+    # None in sys.modules makes the import fail for real (ModuleNotFoundError)
+    result = gradwatch("dashboards", "--out", str(tmp_path / "boards"),
+                       code="sys.modules['grafana_foundation_sdk'] = None")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "gradwatch dashboards: needs the optional package grafana_foundation_sdk: "
+        "pip install 'gradwatch[dashboards]'"]
+    assert not (tmp_path / "boards").exists()

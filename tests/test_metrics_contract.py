@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_committed_metrics_doc_is_generated_from_the_code():
     assert (ROOT / "docs" / "metrics.md").read_text() == render_markdown(), \
-        "docs/metrics.md is stale: run `gradwatch metrics-doc`"
+        "docs/metrics.md is stale: run `gradwatch metrics-doc --out docs/metrics.md`"
 
 
 def test_a_real_run_exposes_exactly_the_documented_metrics(tmp_path):

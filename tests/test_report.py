@@ -17,6 +17,7 @@ from torch import nn
 import pytest
 
 from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.alerts import Alert
 from gradwatch.monitor.demo import he, mlp
 from gradwatch.monitor.prometheus import LAYER_GAUGES
 from gradwatch.monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
@@ -330,3 +331,214 @@ def test_screenshot_is_a_picture(vanishing_html, vanishing_run, tmp_path):
     # Every colour of the heatmap's cells is on screen: the heatmap really was painted.
     fills = {fill for *_, fill in cells(vanishing_html)}
     assert {tuple(int(f[i:i + 2], 16) for i in (1, 3, 5)) for f in fills} <= painted
+
+
+# --- the four demo runs, told apart by their heatmaps (issue 15) ------------------------------
+
+DEMO_RUNS = ("healthy", "vanishing", "exploding", "nan")
+#: Hue ranges (degrees) of the regime bands, as a reader names the colours on screen.
+HUE_BANDS = {"vanishing": (250, 300), "healthy": (100, 170), "exploding": (12, 45)}
+NONFINITE_HATCH = ("#d62728", "#ffd6d6")   # the hatch's two colours (svg.pattern_defs)
+
+
+def demo_record(demo_runs, run: str) -> RunRecord:
+    assert demo_runs.result.returncode == 0, demo_runs.result.stderr[-3000:]
+    return load_run(demo_runs.out / run)
+
+
+def expected_bands(grad_norm: np.ndarray, t: Thresholds) -> np.ndarray:
+    """Each cell's regime as the detectors judge it: above explosion_norm; below
+    vanishing_depth_ratio x the output-side quarter's geometric mean (3+ layers)."""
+    bands = np.full(grad_norm.shape, "healthy", dtype=object)
+    for j, column in enumerate(grad_norm.T):
+        finite = column[np.isfinite(column)]
+        if len(finite) >= 3:
+            reference = np.exp(np.mean(np.log(finite[-max(1, len(finite) // 4):])))
+            bands[column < t.vanishing_depth_ratio * reference, j] = "vanishing"
+        bands[column > t.explosion_norm, j] = "exploding"
+    bands[~np.isfinite(grad_norm)] = "missing-or-nonfinite"
+    return bands
+
+
+def test_cell_bands_are_judged_by_the_thresholds(demo_runs):
+    t = Thresholds()
+    found = {}
+    for run in DEMO_RUNS:
+        record = demo_record(demo_runs, run)
+        html = render_report(record, t)
+        bands = dict(((unescape(layer), int(step)), band) for layer, step, band in re.findall(
+            r'<rect class="cell" data-layer="([^"]*)" data-step="(\d+)" data-value="[^"]*" '
+            r'data-band="([^"]*)"', html))
+        grad_norm = np.full((len(record.layers), len(record.sampled_steps)), np.nan)
+        for i, layer in enumerate(record.layers):   # straight from TensorBoard's reader
+            for step, value in read_scalars(str(demo_runs.out / run)).get(
+                    f"gradwatch/grad_norm/{layer}", []):
+                grad_norm[i, list(record.sampled_steps).index(step)] = value
+        expected = expected_bands(grad_norm, t)
+        for i, layer in enumerate(record.layers):
+            for j, step in enumerate(record.sampled_steps):
+                band = bands[(layer, int(step))]
+                want = expected[i, j]
+                assert band == want or (want == "missing-or-nonfinite"
+                                        and band in ("missing", "nonfinite")), (run, layer, step)
+        found[run] = {b: list(bands.values()).count(b) / len(bands) for b in set(bands.values())}
+    assert found["healthy"] == {"healthy": 1.0}
+    assert found["exploding"] == {"exploding": 1.0}
+    assert 0.3 < found["vanishing"]["vanishing"] < 1.0
+    assert found["nan"]["nonfinite"] > 0.3 and found["nan"]["exploding"] > 0.2
+
+
+def test_relative_colours_are_the_option_that_hides_the_regime(demo_runs):
+    """Relative colours are each run's own range: an exploding cell gets the colour of a
+    healthy cell 100 000 times smaller, which is why they are not the default."""
+    runs = {}
+    for run in ("healthy", "exploding"):
+        html = render_report(demo_record(demo_runs, run), Thresholds(), colours="relative")
+        assert 'data-band="relative"' in html and "this run's range" in unescape(html)
+        runs[run] = [(value, np.asarray([int(fill[i:i + 2], 16) for i in (1, 3, 5)]))
+                     for _, _, value, fill in cells(html)]
+    distance, healthy, exploding = min(
+        (float(np.linalg.norm(a - b)), u, v) for u, a in runs["healthy"]
+        for v, b in runs["exploding"])
+    assert distance < 25 and exploding / healthy > 1e5, (distance, healthy, exploding)
+    with pytest.raises(ValueError, match="colours"):
+        render_report(demo_record(demo_runs, "healthy"), Thresholds(), colours="rainbow")
+
+
+def hue_shares(pixels: np.ndarray) -> dict[str, float]:
+    """Share of each band's hue, and of the non-finite hatch, among the pixels."""
+    import colorsys
+
+    hsl = np.asarray([colorsys.rgb_to_hls(*(pixel / 255.0)) for pixel in pixels])
+    hue, saturation = hsl[:, 0] * 360, hsl[:, 2]
+    coloured = saturation > 0.25
+    shares = {band: float(np.mean(coloured & (lo <= hue) & (hue <= hi)))
+              for band, (lo, hi) in HUE_BANDS.items()}
+    shares["nonfinite"] = float(np.mean(coloured & ((hue < 8) | (hue > 345))))
+    return shares
+
+
+def heatmap_pixels(image: np.ndarray, fills: set[str]) -> np.ndarray:
+    """The pixels of the heatmap's plot area: the first block of rows painted with its cell
+    colours (the legend below it is separated by the axis), within their columns."""
+    packed = (image[:, :, 0] << 16) | (image[:, :, 1] << 8) | image[:, :, 2]
+    rows = np.flatnonzero(np.isin(packed, [int(f[1:], 16) for f in fills]).any(axis=1))
+    end = next((k for k in range(1, len(rows)) if rows[k] - rows[k - 1] > 3), len(rows))
+    top, bottom = rows[0], rows[end - 1] + 1
+    # the columns of the cells and of the hatched ones (the verdict box has the hatch's red)
+    hit = np.isin(packed[top:bottom], [int(f[1:], 16) for f in fills | set(NONFINITE_HATCH)])
+    columns = np.flatnonzero(hit.any(axis=0))
+    return image[top:bottom, columns[0]:columns[-1] + 1].reshape(-1, 3).astype(float)
+
+
+def test_screenshots_of_the_four_demo_reports_differ_in_colour_band(demo_runs, tmp_path):
+    from PIL import Image
+
+    shares = {}
+    for run in DEMO_RUNS:
+        page = write_report(demo_runs.out / run)
+        fills = {fill for *_, fill in cells(page.read_text(encoding="utf-8"))
+                 if fill.startswith("#")}
+        chromium("--window-size=1300,1100", "--force-color-profile=srgb",
+                 f"--screenshot={run}.png", page.resolve().as_uri(), cwd=tmp_path)
+        image = np.asarray(Image.open(tmp_path / f"{run}.png").convert("RGB")).astype(int)
+        pixels = heatmap_pixels(image, fills)
+        shares[run] = hue_shares(pixels[:: max(1, len(pixels) // 40_000)])
+    assert shares["healthy"]["healthy"] > 0.95, shares
+    assert shares["exploding"]["exploding"] > 0.95, shares
+    assert shares["vanishing"]["vanishing"] > 0.3 and shares["vanishing"]["healthy"] > 0.3, shares
+    assert shares["nan"]["nonfinite"] > 0.2 and shares["nan"]["exploding"] > 0.2, shares
+    dominant = {run: max(HUE_BANDS, key=shares[run].get) for run in ("healthy", "exploding")}
+    assert dominant == {"healthy": "healthy", "exploding": "exploding"}
+
+
+def test_heatmap_step_ticks_are_even_round_numbers(demo_runs):
+    record = demo_record(demo_runs, "nan")
+    assert len(set(np.diff(record.sampled_steps))) > 1   # sampled densely after the NaN
+    heatmap = render_report(record, Thresholds()).split('<svg class="chart"')[1]
+    ticks = [(float(x), int(label)) for x, label in re.findall(
+        r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle" class="tick">(\d+)</text>',
+        heatmap)]
+    assert len(ticks) >= 4
+    positions, labels = np.asarray(ticks).T
+    assert len(set(np.diff(labels))) == 1 and np.diff(labels)[0] in (1, 2, 5, 10, 20, 50)
+    assert np.ptp(np.diff(positions)) < 0.2   # evenly spaced on screen too
+    cell_steps = {step for _, step, _, _ in cells(heatmap)}
+    assert cell_steps == set(record.sampled_steps.tolist())
+
+
+def test_one_layer_heatmap_has_room_for_its_axis_label(demo_runs):
+    from PIL import ImageFont
+
+    record = demo_record(demo_runs, "nan")
+    assert len(record.layers) == 1
+    heatmap = render_report(record, Thresholds()).split('<svg class="chart"')[1]
+    plot = re.search(r'<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" '
+                     r'fill="#fff"', heatmap)
+    label = re.search(r'class="axis-label" transform="rotate\(-90[^"]*"\>([^<]+)<', heatmap)
+    font = ImageFont.truetype("DejaVuSans.ttf", 11.5)   # the page's font, as fc-match gives it
+    assert font.getlength(unescape(label.group(1))) <= float(plot.group(2))
+
+
+# --- a folder reused by several runs --------------------------------------------------------
+
+def vanishing_alert(step: int) -> Alert:
+    return Alert("GradientVanishing", "warning", "firing", "demo/vanishing", 0, step,
+                 ("encoder",), 1e-4, 1e-3, "Gradients vanish toward the input", "", "remedy",
+                 "vanishing", None, time.time(), None)
+
+
+def write_run(folder: Path, steps: range, scale: float, alert_step: int | None = None) -> None:
+    """One run's TensorBoard writer, as a training run leaves it: a snapshot every other
+    step and the loss every step (``scale`` tells the runs apart)."""
+    layers = ("encoder", "decoder")
+    sink = TensorBoardSink(log_dir=str(folder))
+    for step in steps:
+        sink.on_pulse(Pulse(step=step, time=time.time(), loss=scale * (step + 1),
+                            global_grad_norm=scale))
+        if step % 2 == 0:
+            sink.on_snapshot(snapshot(step, layers, [scale, 2 * scale]))
+        if step == alert_step:
+            sink.on_alert(vanishing_alert(step))
+    sink.close()
+
+
+def test_a_rerun_into_the_same_folder_reports_the_latest_run_alone(tmp_path):
+    for scale in (1.0, 2.0, 3.0):   # the demo run three times into one folder
+        write_run(tmp_path, range(6), scale, alert_step=4)
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 3
+    record = load_run(tmp_path)
+    assert record.replaced_runs == 2
+    assert [(a["name"], a["step"]) for a in record.alerts] == [("GradientVanishing", 4)]
+    assert record.series["loss"].values.tolist() == [3.0 * (s + 1) for s in range(6)]
+    assert record.statistics["grad_norm"][0].tolist() == [3.0, 3.0, 3.0]
+    html = render_report(record, Thresholds())
+    assert html.count('class="alert-row') == 1
+    assert "earlier runs in this folder" in html and "2, replaced by this one from step 0" in html
+
+
+def test_a_resumed_run_keeps_the_history_before_its_first_step(tmp_path):
+    write_run(tmp_path, range(10), 1.0, alert_step=2)
+    write_run(tmp_path, range(6, 12), 5.0)   # resumed from a checkpoint at step 6
+    record = load_run(tmp_path)
+    assert record.replaced_runs == 1
+    loss = record.series["loss"]
+    assert loss.steps.tolist() == list(range(12))
+    assert loss.values.tolist() == [s + 1.0 for s in range(6)] + [5.0 * (s + 1) for s in
+                                                                   range(6, 12)]
+    assert record.sampled_steps.tolist() == [0, 2, 4, 6, 8, 10]
+    assert record.statistics["grad_norm"][0].tolist() == [1.0, 1.0, 1.0, 5.0, 5.0, 5.0]
+    assert [a["step"] for a in record.alerts] == [2]   # before the resume: history
+
+
+def test_writers_open_at_the_same_time_are_one_run(tmp_path):
+    layers = ("encoder", "decoder")
+    scalars, alerts = (TensorBoardSink(log_dir=str(tmp_path)) for _ in range(2))
+    scalars.on_snapshot(snapshot(0, layers, [1.0, 2.0]))
+    alerts.on_alert(vanishing_alert(0))   # a second writer, e.g. every rank into one folder
+    scalars.on_snapshot(snapshot(2, layers, [1.0, 2.0]))
+    alerts.close()
+    scalars.close()
+    record = load_run(tmp_path)
+    assert record.replaced_runs == 0 and len(record.alerts) == 1
+    assert record.sampled_steps.tolist() == [0, 2]
