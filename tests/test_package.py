@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import TINY_MODULE_SOURCE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 USER_SCRIPT = """
@@ -31,21 +33,7 @@ assert Monitor.__module__ == "gradwatch.monitor.monitor"
 assert gradwatch.__file__.startswith(SITE), gradwatch.__file__
 assert gradwatch.monitor.alerts.__file__.startswith(SITE)
 
-
-class Model(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-
-    def training_step(self, batch, batch_idx):
-        return self.net(batch).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.randn(32, 4), batch_size=8)
-
+""" + TINY_MODULE_SOURCE + """
 
 torch.manual_seed(0)
 diagnostics = TrainingDiagnostics(every_n_steps=1, prometheus_port=None, thresholds=Thresholds())

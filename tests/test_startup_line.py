@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 
 from gradwatch import TrainingDiagnostics
 
-from .helpers import sample, samples, scrape
+from .helpers import TINY_MODULE_SOURCE, sample, samples, scrape
 from .lightning_models import regression_module, trainer
 
 URL = re.compile(r"/metrics (http://127\.0\.0\.1:(\d+)/metrics)")
@@ -77,21 +77,7 @@ from gradwatch import TrainingDiagnostics
 
 torch.set_num_threads(1)
 
-
-class Model(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.net(batch).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.randn(16, 4), batch_size=8)
-
+""" + TINY_MODULE_SOURCE + """
 
 diagnostics = TrainingDiagnostics(prometheus_port=0, tensorboard=False)
 for fit in range(2):
