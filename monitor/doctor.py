@@ -187,8 +187,9 @@ def find_target(prometheus_url: str, metrics_url: str | None, run: str | None,
     """The scrape target of this trainer, found by resolved address and port or by the
     ``run`` label of its series; it must be up."""
     if run:
-        query = f'up and on(instance, job) gradwatch_step{{run="{run}"}}'
-        for series in _api(prometheus_url, "/api/v1/query", timeout, query=query)["data"]["result"]:
+        query = f"up and on(instance, job) gradwatch_step{{run={json.dumps(run)}}}"
+        answer = _api(prometheus_url, "/api/v1/query", timeout, query=query)
+        for series in answer["data"]["result"]:
             if series["value"][1] == "1":
                 labels = series["metric"]
                 return (f"target {labels.get('instance')} (job {labels.get('job')}) up, "

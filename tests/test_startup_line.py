@@ -20,7 +20,8 @@ URL = re.compile(r"/metrics (http://127\.0\.0\.1:(\d+)/metrics)")
 
 
 def startup_lines(records) -> list[str]:
-    return [r.getMessage() for r in records if r.name == "gradwatch" and "/metrics" in r.getMessage()]
+    messages = [r.getMessage() for r in records if r.name == "gradwatch"]
+    return [m for m in messages if "/metrics" in m]
 
 
 class ScrapeNamedUrl(pl.Callback):
@@ -94,5 +95,6 @@ def test_startup_line_is_shown_by_default_once_per_fit(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     shown = [int(m.group(2)) for m in URL.finditer(result.stderr)]
-    bound = [int(line.split()[1]) for line in result.stdout.splitlines() if line.startswith("bound")]
+    bound = [int(line.split()[1]) for line in result.stdout.splitlines()
+             if line.startswith("bound")]
     assert shown == bound and len(bound) == 2, result.stderr
