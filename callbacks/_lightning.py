@@ -7,6 +7,7 @@ their own, so TrainingDiagnostics derives from every one that is installed.
 from __future__ import annotations
 
 import importlib
+import logging
 
 
 def _installed(module: str, attribute: str) -> list[type]:
@@ -45,3 +46,15 @@ def tensorboard_writer(trainer):
         if isinstance(logger, TENSORBOARD_LOGGERS):
             return logger.experiment
     return None
+
+
+def show_info_lines(logger: logging.Logger) -> None:
+    """Make ``logger``'s INFO lines visible when nobody configured logging, as Lightning
+    does for ``lightning.pytorch`` (its own stderr handler, not propagated); once the
+    user has configured logging (a root handler), their configuration decides."""
+    if logging.getLogger().hasHandlers() or logger.handlers:
+        return
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(logging.StreamHandler())
+    logger.propagate = False

@@ -14,7 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from ..monitor.alerts import ALERT_NAMES, Alert, AlertEngine
-from ..monitor.delivery import AlertmanagerSink, CallableAlertSink, LoggingAlertSink, WebhookSink
+from ..monitor.delivery import (AlertmanagerSink, CallableAlertSink, LoggingAlertSink,
+                                WebhookSink, redact)
 from ..monitor.endpoint import EndpointSecurity
 from ..monitor.export import Sink
 from ..monitor.forensics import ForensicsSink
@@ -38,7 +39,7 @@ from ..monitor.validation import (
     check_url,
 )
 
-from ._lightning import CALLBACK_BASES, tensorboard_writer
+from ._lightning import CALLBACK_BASES, show_info_lines, tensorboard_writer
 
 log = logging.getLogger("gradwatch")
 
@@ -109,6 +110,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     ``gradwatch_regime``, and optionally to Alertmanager, a webhook and your callable,
     from background threads: nothing on the training thread waits on the network.
 
+    At set-up, rank 0 logs one line (logger ``gradwatch``, INFO; shown on stderr like
+    Lightning's own lines when logging is not configured) saying where to look: the
+    ``/metrics`` URL actually bound (also ``prometheus_url``), the TensorBoard directory,
+    ``every_n_steps`` and where alerts go.
+
     Args:
         run_name: the ``run`` label. Default: ``<logger name>/version_<n>`` of the Trainer's
             logger, else ``run-<timestamp>``.
@@ -167,9 +173,12 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     Example::
 
-        from . import TrainingDiagnostics
-        trainer = Trainer(callbacks=[TrainingDiagnostics(prometheus_port=9400)])
-        trainer.fit(model)    # then: curl 127.0.0.1:9400/metrics
+        from gradwatch import TrainingDiagnostics
+
+        diagnostics = TrainingDiagnostics(prometheus_port=0)   # any free port
+        trainer = Trainer(callbacks=[diagnostics])
+        trainer.fit(model)    # the log names it: "gradwatch: ... /metrics http://127.0.0.1:..."
+        diagnostics.prometheus_url    # the same URL, from setup on
     """
 
     def __init__(
@@ -278,11 +287,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     @property
     def prometheus_url(self) -> str | None:
-        """The served ``/metrics`` URL, once set up."""
+        """The ``/metrics`` URL actually served (with ``prometheus_port=0``, the port the
+        system chose), from ``setup`` on; None without an endpoint. Also in the start-up
+        line of the ``gradwatch`` log."""
         if self.bound_port is None:
             return None
         scheme = "https" if self.endpoint_security.certfile else "http"
-        return f"{scheme}://{self.prometheus_addr}:{self.bound_port}/metrics"
+        host = f"[{self.prometheus_addr}]" if ":" in self.prometheus_addr else self.prometheus_addr
+        return f"{scheme}://{host}:{self.bound_port}/metrics"
 
     # ------------------------------------------------------------------ set-up / tear-down
 
@@ -350,6 +362,32 @@ class TrainingDiagnostics(*CALLBACK_BASES):
                                             interval=self.push_interval,
                                             keep=self.pushgateway_keep,
                                             handler=self.pushgateway_handler)
+        if trainer.is_global_zero:
+            show_info_lines(log)
+            log.info("gradwatch: %s", self._where_to_look(run))
+
+    def _where_to_look(self, run: str) -> str:
+        """The start-up line: where this fit's figures and alerts go."""
+        metrics = self.prometheus_url or "off"
+        if self.pusher is not None:
+            metrics += f", pushed to {redact(self.pushgateway_url)}"
+        tensorboard = self.tensorboard_sink.log_dir if self.tensorboard_sink else "off"
+        return (f"run {run!r}, /metrics {metrics}, TensorBoard {tensorboard}, "
+                f"every_n_steps={self.every_n_steps}, alerts -> {self._alert_destinations()}")
+
+    def _alert_destinations(self) -> str:
+        if self.engine is None:
+            return "off"
+        where = ["log (gradwatch.alerts)"]
+        if self.alertmanager_url:
+            where.append(f"Alertmanager {redact(self.alertmanager_url)}")
+        if self.webhook_url:
+            where.append(f"webhook {redact(self.webhook_url)}")
+        if self.on_alert is not None:
+            where.append(f"on_alert {getattr(self.on_alert, '__qualname__', 'callable')}")
+        if self.forensics_dir:
+            where.append(f"forensics {self.forensics_dir}")
+        return ", ".join(where)
 
     def _alert_sinks(self, world_size: int) -> list[Sink]:
         sinks: list[Sink] = [LoggingAlertSink()]

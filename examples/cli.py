@@ -1,9 +1,9 @@
-"""gradwatch configured from YAML with LightningCLI.
+"""gradwatch configured from YAML with LightningCLI (needs pip install 'gradwatch[cli]').
 
     python examples/cli.py fit --config examples/cli_config.yaml
 """
 
-from lightning.pytorch.cli import LightningCLI
+from pytorch_lightning.cli import LightningCLI
 from lightning_train import RegressionData, RegressionModel
 
 if __name__ == "__main__":

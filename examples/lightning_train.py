@@ -1,19 +1,20 @@
-"""gradwatch with a Lightning Trainer: one callback.
+"""gradwatch with a Lightning Trainer: one callback (runs on the base install).
 
     python examples/lightning_train.py --steps 300 --port 9400
 
 serves /metrics on 127.0.0.1:9400 while it trains; TensorBoard: tensorboard --logdir lightning_logs
+With the `lightning` package instead of `pytorch_lightning`: import lightning.pytorch as pl.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import lightning.pytorch as pl
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch import TrainingDiagnostics
 
 
 class RegressionModel(pl.LightningModule):

@@ -1,4 +1,4 @@
-"""gradwatch in a plain PyTorch training loop (no Lightning).
+"""gradwatch in a plain PyTorch training loop (no Lightning; runs on the base install).
 
     python examples/plain_pytorch.py --steps 200 --port 9400 --log-dir runs/plain
 

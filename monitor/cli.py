@@ -108,7 +108,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
 
     checks = run_checks(args.metrics_url, args.prometheus_url, args.alertmanager_url,
-                        args.thresholds, args.timeout)
+                        args.thresholds, args.timeout, args.wait, args.test_alert)
     for check in checks:
         print(check.line())
     return 1 if any(check.ok is False for check in checks) else 0
@@ -205,13 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = command("doctor", _doctor, "check the path from trainer to alert",
                      "Check: thresholds valid, the trainer's /metrics reachable, Prometheus "
-                     "scraping it, the alert rules loaded, Alertmanager reachable. One "
-                     "pass/FAIL/skip line each; exit code 1 when a check fails.",
+                     "scraping it, the alert rules loaded, Prometheus's Alertmanager, "
+                     "Alertmanager reachable, and (--test-alert) a test alert delivered to "
+                     "the receiver. One pass/FAIL/skip line each, a failure with its fix; "
+                     "exit code 1 when a check fails.",
                      thresholds=True)
     doctor.add_argument("--metrics-url", help="e.g. http://127.0.0.1:9400/metrics")
     doctor.add_argument("--prometheus-url", help="e.g. http://127.0.0.1:9090")
     doctor.add_argument("--alertmanager-url", help="e.g. http://127.0.0.1:9093")
     doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    doctor.add_argument("--wait", type=float, default=30.0,
+                        help="seconds to wait for the trainer's first step and for the test "
+                             "alert's delivery")
+    doctor.add_argument("--test-alert", action="store_true",
+                        help="post a test alert to Alertmanager (resolved right after) and "
+                             "check that its receiver is notified")
 
     doc = command("metrics-doc", _metrics_doc, "write the metrics reference",
                   "Render every gradwatch_* metric with its meaning, unit, labels and healthy "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what gradwatch needs on a fresh machine into .venv (idempotent).
-#   scripts/setup.sh          the package and its runtime dependencies (the demo)
+#   scripts/setup.sh          the package, its runtime dependencies and the demo extra
 #   scripts/setup.sh test     plus test tools and, as root, Debian's Prometheus binaries
 #                             and Chromium (renders the HTML report in the tests)
 set -euo pipefail
@@ -9,8 +9,9 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # torch is pinned by constraints.txt (a CPU wheel); pyproject keeps a range for users
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-extra=""
-[ "${1:-}" = "test" ] && extra="[test]"
+# the demo extra (rich) lives in this .venv only: a base install never brings it
+extra="[demo]"
+[ "${1:-}" = "test" ] && extra="[demo,test]"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".${extra}"
 if [ "${1:-}" = "test" ]; then
   need=()

@@ -12,6 +12,24 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
+#: A tiny LightningModule as script source (``pl``, ``torch`` and ``nn`` imported before it),
+#: for the tests that train in a fresh process.
+TINY_MODULE_SOURCE = """
+class Model(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.randn(32, 4), batch_size=8)
+"""
+
 
 def regression_data(n: int = 256, features: int = 8, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)

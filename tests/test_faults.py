@@ -3,6 +3,7 @@ training itself failing. Real Lightning runs, real sockets and servers."""
 
 from __future__ import annotations
 
+import errno
 import http.server
 import logging
 import shutil
@@ -323,7 +324,17 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_a_full_disk_does_not_hurt_training(tmp_path, full_disk, caplog):
+@pytest.fixture
+def thread_errors():
+    """The exceptions that end background threads during the test, captured (instead of
+    pytest's warning with a full traceback) for the test to judge."""
+    caught: list[threading.ExceptHookArgs] = []
+    before, threading.excepthook = threading.excepthook, caught.append
+    yield caught
+    threading.excepthook = before
+
+
+def test_a_full_disk_does_not_hurt_training(tmp_path, full_disk, caplog, thread_errors):
     bare, _ = train([], tmp_path / "bare", steps=60, pace=0, zero_init=False)
     diagnostics = TrainingDiagnostics(every_n_steps=1, tensorboard_dir=str(full_disk / "tb"))
     with caplog.at_level(logging.WARNING, logger="gradwatch"):
@@ -334,3 +345,6 @@ def test_a_full_disk_does_not_hurt_training(tmp_path, full_disk, caplog):
     assert shutil.disk_usage(full_disk).free == 0  # the disk really filled up
     messages = [r.getMessage() for r in caplog.records if r.name == "gradwatch"]
     assert len([m for m in messages if "No space left" in m]) == 1, messages
+    # TensorBoard's own writer thread dies of the full disk too; nothing else may fail
+    assert all(isinstance(e.exc_value, OSError) and e.exc_value.errno == errno.ENOSPC
+               for e in thread_errors), [repr(e.exc_value) for e in thread_errors]

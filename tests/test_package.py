@@ -8,7 +8,12 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from email.parser import Parser
 from pathlib import Path
+
+import pytest
+
+from .helpers import TINY_MODULE_SOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,21 +33,7 @@ assert Monitor.__module__ == "gradwatch.monitor.monitor"
 assert gradwatch.__file__.startswith(SITE), gradwatch.__file__
 assert gradwatch.monitor.alerts.__file__.startswith(SITE)
 
-
-class Model(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-
-    def training_step(self, batch, batch_idx):
-        return self.net(batch).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.randn(32, 4), batch_size=8)
-
+""" + TINY_MODULE_SOURCE + """
 
 torch.manual_seed(0)
 diagnostics = TrainingDiagnostics(every_n_steps=1, prometheus_port=None, thresholds=Thresholds())
@@ -53,16 +44,23 @@ print("layers", list(snapshot.layers), "step", snapshot.step)
 """
 
 
-def built_wheel(tmp_path: Path) -> Path:
-    out = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(out), str(ROOT)], check=True, capture_output=True, timeout=300)
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> tuple[Path, str]:
+    """The wheel built offline from this checkout, and pip's output while building it."""
+    out = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-w", str(out), str(ROOT)],
+                           check=True, capture_output=True, text=True, timeout=300)
     (wheel,) = out.glob("gradwatch-*.whl")
-    return wheel
+    return wheel, built.stdout + built.stderr
 
 
-def test_wheel_holds_only_the_gradwatch_package(tmp_path):
-    wheel = built_wheel(tmp_path)
+@pytest.fixture(scope="module")
+def wheel(build) -> Path:
+    return build[0]
+
+
+def test_wheel_holds_only_the_gradwatch_package(wheel):
     top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"gradwatch"}
     names = zipfile.ZipFile(wheel).namelist()
@@ -71,8 +69,7 @@ def test_wheel_holds_only_the_gradwatch_package(tmp_path):
     assert "gradwatch/callbacks/training_diagnostics.py" in names
 
 
-def test_installed_beside_a_users_callbacks_and_monitor_modules(tmp_path):
-    wheel = built_wheel(tmp_path)
+def test_installed_beside_a_users_callbacks_and_monitor_modules(tmp_path, wheel):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -86,6 +83,7 @@ def test_installed_beside_a_users_callbacks_and_monitor_modules(tmp_path):
             and not name.startswith("_")} == {"gradwatch"}
     # torch, Lightning and the rest come from this environment, after the fresh venv's own
     # site-packages (so the wheel's gradwatch is the one imported, not this checkout's)
+    # (sys.path also holds those a .pth file of this environment added)
     dependencies = [sysconfig.get_paths()["purelib"], *site.getsitepackages(),
                     *(path for path in sys.path if path.endswith("site-packages"))]
     (venv_site / "zz_dependencies.pth").write_text("\n".join(dict.fromkeys(dependencies)) + "\n")
@@ -103,3 +101,16 @@ def test_installed_beside_a_users_callbacks_and_monitor_modules(tmp_path):
     cli = subprocess.run([str(venv / "bin" / "gradwatch"), "--help"], cwd=project,
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0 and "doctor" in cli.stdout, cli.stderr[-2000:]
+
+
+def test_wheel_declares_the_license_as_spdx_and_ships_it(build):
+    wheel, output = build
+    names = zipfile.ZipFile(wheel).namelist()
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    fields = Parser().parsestr(zipfile.ZipFile(wheel).read(metadata).decode())
+    assert fields["License-Expression"] == "Apache-2.0" and fields["License"] is None
+    (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    text = zipfile.ZipFile(wheel).read(license_file).decode()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a stub
+    assert "deprecat" not in output.lower(), output

@@ -46,12 +46,12 @@ class TrainingTarget:
     """A training in a background thread; ``target`` is its host:port once serving."""
 
     def __init__(self, run: str, scenario: str = "healthy", steps: int = 400,
-                 step_seconds: float = 0.05) -> None:
+                 step_seconds: float = 0.05, port: int = 0, addr: str = "127.0.0.1") -> None:
         if scenario not in ("healthy", "diverging"):
             raise ValueError(f"unknown scenario {scenario!r}")
         self.run, self.scenario, self.steps, self.step_seconds = run, scenario, steps, step_seconds
-        self.diagnostics = TrainingDiagnostics(run_name=run, every_n_steps=1, prometheus_port=0,
-                                               tensorboard=False)
+        self.diagnostics = TrainingDiagnostics(run_name=run, every_n_steps=1, prometheus_port=port,
+                                               prometheus_addr=addr, tensorboard=False)
         self._serving, self._release = threading.Event(), threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._train, name=f"training-{run}", daemon=True)

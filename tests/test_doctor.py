@@ -1,0 +1,134 @@
+"""`gradwatch doctor` against the real Prometheus and Alertmanager binaries: the whole path
+passes whatever name Prometheus knows the trainer under, it waits for a trainer that is
+still starting, and each failure mode explains itself with its fix."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from gradwatch.monitor import doctor, rules
+from gradwatch.monitor.doctor import TEST_ALERT, run_checks, same_endpoint
+
+from .conftest import binary
+from .ops_servers import free_port, get_json, prometheus_config, start_prometheus, wait_until
+from .test_package import ROOT
+from .training_target import TrainingTarget
+
+WEBHOOK_ROUTE = {"receiver": "hook", "group_wait": "1s", "group_interval": "1s",
+                 "repeat_interval": "1h", "group_by": ["alertname", "run"]}
+
+
+def webhook_config(url: str) -> dict:
+    return {"route": WEBHOOK_ROUTE,
+            "receivers": [{"name": "hook", "webhook_configs": [{"url": url}]}]}
+
+
+def by_name(checks) -> dict[str, doctor.Check]:
+    return {check.name: check for check in checks}
+
+
+@pytest.mark.parametrize("a, b", [
+    ("localhost:9400", "http://127.0.0.1:9400/metrics"),
+    ("host.docker.internal:9400", "http://127.0.0.1:9400/metrics"),
+    ("http://[::1]:9400/metrics", "localhost:9400"),
+])
+def test_one_listener_under_several_names(a, b):
+    assert same_endpoint(a, b)
+
+
+@pytest.mark.parametrize("a, b", [
+    ("127.0.0.1:9401", "http://127.0.0.1:9400/metrics"),
+    ("192.0.2.77:9400", "http://127.0.0.1:9400/metrics"),  # another machine (TEST-NET-1)
+])
+def test_different_listeners(a, b):
+    assert not same_endpoint(a, b, local={"127.0.0.1", "::1", "0.0.0.0"})
+
+
+def test_the_whole_path_passes_under_another_name(prometheus_server, alertmanager_server,
+                                                   webhook_receiver, scrape_target):
+    alertmanager = alertmanager_server(webhook_config(webhook_receiver.url))
+    port = scrape_target.rpartition(":")[2]
+    # Prometheus knows the trainer as localhost:PORT; the user names it 127.0.0.1:PORT
+    prometheus = prometheus_server([f"localhost:{port}"], rule_files=[ROOT / rules.RULES_PATH],
+                                   alertmanager_url=alertmanager.url)
+    prometheus.wait_for('gradwatch_step{run="healthy-run"}')
+    checks = run_checks(f"http://127.0.0.1:{port}/metrics", prometheus.url, alertmanager.url,
+                        wait=30, test_alert=True)
+    assert all(check.ok for check in checks), [c.line() for c in checks]
+    assert f"localhost:{port}" in by_name(checks)["Prometheus scraping the trainer"].detail
+    assert "run='healthy-run'" in by_name(checks)["metrics endpoint reachable"].detail
+    delivered = webhook_receiver.wait_for_alert(timeout=10, alertname=TEST_ALERT)
+    assert delivered["labels"]["severity"] == "info"
+    # resolved right after: no test alert stays active
+    wait_until(lambda: not [a for a in alertmanager.alerts()
+                            if a["labels"]["alertname"] == TEST_ALERT], 10,
+               "the test alert resolved")
+
+
+def test_it_waits_for_a_trainer_that_is_still_starting():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    found: dict = {}
+    doctor_thread = threading.Thread(
+        target=lambda: found.update(doctor.read_trainer(url, timeout=2, wait=120)))
+    doctor_thread.start()
+    time.sleep(1.0)  # the doctor is already polling a port nothing listens on
+    training = TrainingTarget(run="late-run", port=port)
+    try:
+        doctor_thread.join(120)
+    finally:
+        training.close()
+    assert found["run"] == "late-run" and int(found["step"]) >= 0
+
+
+def test_each_failure_of_the_prometheus_side_says_its_fix(tmp_path):
+    address = doctor.outbound_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    port = free_port()  # nothing listens there, on any address
+    config = prometheus_config({"gradwatch": [f"{address}:{port}"]}, (), None, False)
+    prometheus = start_prometheus(binary("prometheus"), tmp_path, config)
+    try:
+        def scraped_once() -> bool:
+            targets = get_json(prometheus.url + "/api/v1/targets")["data"]["activeTargets"]
+            return bool(targets) and all(t["health"] != "unknown" for t in targets)
+
+        wait_until(scraped_once, 30, "a first scrape")
+        checks = by_name(run_checks(f"http://127.0.0.1:{port}/metrics", prometheus.url,
+                                    f"http://127.0.0.1:{free_port()}", timeout=2, wait=1,
+                                    test_alert=True))
+        with pytest.raises(doctor.Failed) as no_target:
+            doctor.find_target(prometheus.url, f"http://127.0.0.1:{free_port()}/metrics", None, 2)
+    finally:
+        prometheus.stop()
+    lines = {name: check.line() for name, check in checks.items()}
+    assert checks["thresholds valid"].ok
+    assert "nothing answered within 1s" in lines["metrics endpoint reachable"]
+    assert "log line" in lines["metrics endpoint reachable"]
+    scraping = lines["Prometheus scraping the trainer"]
+    assert scraping.startswith("[FAIL]") and f"{address}:{port}" in scraping
+    assert "refused" in scraping and "prometheus_addr" in scraping
+    assert "gradwatch rules" in lines["alert rules loaded"]
+    assert "rule_files" in lines["alert rules loaded"]
+    assert "alerting.alertmanagers" in lines["Prometheus sends alerts to Alertmanager"]
+    assert "[FAIL] Alertmanager reachable" in lines["Alertmanager reachable"]
+    assert "unreachable" in lines["Alertmanager reachable"]
+    assert lines["test alert reaches the receiver"].startswith("[skip]")
+    assert "gradwatch targets --host host.docker.internal" in str(no_target.value)
+    assert f"{address}:{port}" in str(no_target.value)  # the targets it does have
+
+
+def test_a_test_alert_without_delivery_says_why(alertmanager_server):
+    nowhere = alertmanager_server({"route": {"receiver": "null"},
+                                   "receivers": [{"name": "null"}]})
+    check = by_name(run_checks(alertmanager_url=nowhere.url, wait=5, test_alert=True))
+    line = check["test alert reaches the receiver"].line()
+    assert line.startswith("[FAIL]") and "receiver null, which has no integration" in line
+
+    dead = alertmanager_server(webhook_config(f"http://127.0.0.1:{free_port()}/alerts"))
+    check = by_name(run_checks(alertmanager_url=dead.url, wait=20, test_alert=True))
+    line = check["test alert reaches the receiver"].line()
+    assert line.startswith("[FAIL]") and "could not deliver to receiver hook (webhook)" in line
