@@ -19,7 +19,7 @@ from .heatmap_colours import COLOUR_MODES
 STDOUT = "-"
 #: Optional packages -> the extra that installs them.
 EXTRAS = {"grafana_foundation_sdk": "dashboards", "lightning": "lightning",
-          "jsonargparse": "cli"}
+          "jsonargparse": "cli", "rich": "demo"}
 
 
 def _emit(text: str, out: str) -> None:

@@ -135,12 +135,9 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
         scenarios: tuple[Scenario, ...] = SCENARIOS, progress: bool = True,
         alertmanager_url: str | None = None, pushgateway_url: str | None = None) -> list[dict]:
     """Train every scenario; return one summary per run."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # rich is no base dependency: it would restyle every user's Trainer
-        raise ValueError("the demo prints with rich, in the demo extra: "
-                         "pip install 'gradwatch[demo]' (make demo installs it)") from None
+    # rich is in the demo extra, no base dependency: installed, it restyles every user's Trainer
+    from rich.console import Console
+    from rich.table import Table
 
     from ..callbacks import TrainingDiagnostics
     from ..callbacks._lightning import lightning_package
