@@ -1,4 +1,4 @@
-"""TrainingDiagnostics: the Lightning callback. Thin glue: hooks -> monitor.Monitor."""
+"""TrainingDiagnostics: the Lightning callback. Thin glue: hooks -> gradwatch's Monitor."""
 
 from __future__ import annotations
 
@@ -9,37 +9,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client.exposition import basic_auth_handler
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from ..monitor.alerts import ALERT_NAMES, Alert, AlertEngine
-from ..monitor.delivery import (AlertmanagerSink, CallableAlertSink, LoggingAlertSink,
-                                WebhookSink, redact)
+from ..monitor.alerts import Alert, AlertEngine
 from ..monitor.endpoint import EndpointSecurity
-from ..monitor.export import Sink
-from ..monitor.forensics import ForensicsSink
 from ..monitor.monitor import Monitor
-from ..monitor.prometheus import PrometheusSink
-from ..monitor.pushgateway import PushgatewayPusher
 from ..monitor.responses import SkipOnSpike
-from ..monitor.tensorboard import TensorBoardSink
 from ..monitor.thresholds import Thresholds
-from ..monitor.validation import (
-    check_bool,
-    check_callable,
-    check_choice,
-    check_credentials,
-    check_file,
-    check_instance,
-    check_int,
-    check_names,
-    check_positive,
-    check_text,
-    check_url,
-)
 
-from ._lightning import CALLBACK_BASES, show_info_lines, tensorboard_writer
+from ._lightning import CALLBACK_BASES, show_info_lines
+from .arguments import check_arguments
+from .checkpoints import AlertCheckpoints
+from .wiring import FitExports, build_exports, metrics_url, startup_line
 
 log = logging.getLogger("gradwatch")
 
@@ -47,13 +29,11 @@ log = logging.getLogger("gradwatch")
 class TrainingDiagnostics(*CALLBACK_BASES):
     r"""Per-layer training diagnostics, exported to TensorBoard and Prometheus.
 
-    Works with a ``Trainer`` from ``lightning.pytorch`` and from ``pytorch_lightning``.
-    Every step (always on, no host sync): the loss and the global gradient norm.
-    Every ``every_n_steps`` steps and on the fit's last step (sampled): the full per-layer
-    statistics below, copied to the host in one transfer; forward passes of a validation
-    that runs inside an accumulation window are not counted. Each ``fit`` starts fresh (a
-    reused callback keeps no detector history nor stop request). A "layer" is a module that directly owns parameters, named by
-    its qualified name and ordered by depth (forward order).
+    For a ``Trainer`` of ``lightning.pytorch`` or ``pytorch_lightning``. Every step (no host
+    sync): the loss and the global gradient norm. Every ``every_n_steps`` steps and the fit's
+    last (sampled): the per-layer statistics below, in one transfer (a validation inside an
+    accumulation window is not counted). Each ``fit`` starts fresh. A "layer" is a module
+    that directly owns parameters, by qualified name, in depth (forward) order.
 
     Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1: what is
     the same on every rank comes once, from rank 0, as ``rank="all"``; NaN and Inf are
@@ -82,88 +62,68 @@ class TrainingDiagnostics(*CALLBACK_BASES):
       cos(update, gradient); share of Adam elements with sqrt(v_hat) <= 10 eps
     - ``gradwatch_skipped_updates_total``: updates undone by ``skip_on_spike``
     - ``gradwatch_global_grad_norm``, ``gradwatch_loss``, ``gradwatch_step``,
-      ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``:
-      latest step
-    - ``gradwatch_step_global_grad_norm``: histogram of every step's global norm (one-step
-      spikes between scrapes stay visible)
+      ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``
+    - ``gradwatch_step_global_grad_norm``: histogram of every step's global norm
     - ``gradwatch_clipped_grad_norm``, ``gradwatch_grad_clip_engaged_total``: with clipping
     - ``gradwatch_amp_loss_scale``, ``gradwatch_amp_skipped_steps_total``: with "16-mixed"
     - ``gradwatch_nonfinite_total{source,layer,kind}``: NaN/+Inf/-Inf values seen in
       gradients, activations, parameters (sampled steps) and the loss (every step)
     - ``gradwatch_nonfinite_steps_total{source}``: steps with a non-finite loss or gradient
     - ``gradwatch_overhead_seconds_total``: the monitor's own time on the training thread
-    - ``gradwatch_snapshots_total``, ``gradwatch_export_dropped_total``, and
-      ``gradwatch_regime{regime}``, ``gradwatch_alerts_total{alertname}`` (alerts)
+    - ``gradwatch_snapshots_total``, ``gradwatch_export_dropped_total``,
+      ``gradwatch_regime{regime}``, ``gradwatch_alerts_total{alertname}``
 
-    TensorBoard: the same figures as ``gradwatch/<statistic>/<layer>`` scalars, with a custom
-    scalars layout (one chart per statistic, all layers), in the Trainer's TensorBoardLogger
-    run when there is one, else in ``tensorboard_dir``.
+    TensorBoard: the same figures as ``gradwatch/<statistic>/<layer>`` (and log10) scalars
+    with a custom-scalars layout, in the Trainer's TensorBoardLogger run, else ``tensorboard_dir``.
 
-    Alerts (``docs/runbook.md``; the alert table ``monitor/alert_table.py``): an
-    initialisation audit before the first step, then NonFiniteValues, GradientExplosion,
-    LossDivergence, LossSpike, AmpOverflowStorm (every step) and GradientVanishing,
-    ActivationSaturation, DeadUnits, Fp16HeadroomLow and the leading indicators
-    AttentionLogitGrowth, OutputLogitDivergence, AdamUpdateDecorrelation (sampled steps),
-    UpdateSkipped (with ``skip_on_spike``),
-    each saying what happened, where (step, layers, rank) and what to try. They go to the
-    log (logger ``gradwatch.alerts``), TensorBoard, ``gradwatch_alerts_total`` and
-    ``gradwatch_regime``, and optionally to Alertmanager, a webhook and your callable,
-    from background threads: nothing on the training thread waits on the network.
+    Alerts (docs/alerts.md): the initialisation audit, then every alert of the alert table
+    (NonFiniteValues, GradientExplosion, LossSpike, GradientVanishing, ... and the leading
+    indicators of transformer instability), each saying what happened, where (step, layers,
+    rank) and what to try: to the log (``gradwatch.alerts``), TensorBoard and Prometheus, and
+    optionally to Alertmanager, a webhook and your callable, from background threads.
 
-    At set-up, rank 0 logs one line (logger ``gradwatch``, INFO; shown on stderr like
-    Lightning's own lines when logging is not configured) saying where to look: the
-    ``/metrics`` URL actually bound (also ``prometheus_url``), the TensorBoard directory,
-    ``every_n_steps`` and where alerts go.
+    At set-up rank 0 logs where to look (logger ``gradwatch``, INFO, on stderr unless logging
+    is configured): the ``/metrics`` URL bound (``prometheus_url``), TensorBoard, alerts.
 
     Args:
         run_name: the ``run`` label. Default: ``<logger name>/version_<n>`` of the Trainer's
             logger, else ``run-<timestamp>``.
         every_n_steps: full per-layer statistics every this many optimizer steps.
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
-            processes, port + local rank). None: no endpoint. At a clean end a scraped
-            endpoint lingers in the background (``fit`` does not wait) for one more scrape (at
-            most two scrape intervals, 35 s), which reads ``gradwatch_run_finished 1``: no
-            TrainerDown page for a finished run. The next fit on the port takes it over.
+            processes, port + local rank). None: no endpoint. After a clean end it lingers in
+            the background (at most 35 s) for one last scrape of ``gradwatch_run_finished 1``.
         prometheus_addr: the address to bind; loopback unless you open it on purpose.
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
         prometheus_tls_client_ca: also require client certificates signed by this CA.
         prometheus_basic_auth: (username, password) required to read /metrics.
-        port_in_use: when ``prometheus_port`` cannot be bound at setup: ``"error"`` (default:
-            a ValueError before the first step, nothing lost) or ``"warn"`` (one warning,
-            training goes on without the endpoint; the other exports still work).
+        port_in_use: when ``prometheus_port`` cannot be bound: ``"error"`` (a ValueError at
+            setup, nothing lost) or ``"warn"`` (training goes on without the endpoint).
         tensorboard: write TensorBoard scalars.
         tensorboard_dir: where to write them when the Trainer has no TensorBoardLogger
             (default ``gradwatch_logs/<run_name>``).
-        pushgateway_url: also push the metrics there (grouping key run + rank), for jobs too
-            short to be scraped.
+        pushgateway_url: also push the metrics there (grouping key run + rank).
         push_interval: seconds between pushes.
         pushgateway_keep: keep the Pushgateway group after a clean end (default: delete it).
         pushgateway_basic_auth: (username, password) for the Pushgateway.
-        max_exported_layers: cap on ``layer`` label values; deeper models export the
-            this many most offending layers and ``gradwatch_layer_group`` depth-group summaries
-            (min, median, max, argmax); TensorBoard keeps every layer.
+        max_exported_layers: cap on ``layer`` label values; deeper models export this many
+            most offending layers and ``gradwatch_layer_group`` depth-group summaries.
         rank_activations: with several ranks, every rank also exports the activations of
             its own batch (default: rank 0 exports them over all ranks' batches only).
-        update_ratio: measure update ratios (a transient copy of the updated parameters
-            during the optimizer step of sampled steps).
+        update_ratio: measure update ratios (a transient copy of the parameters, sampled steps).
         thresholds: numbers used to judge saturation and by the detectors.
         alerts: run the detectors (default True).
-        alertmanager_url: also send alerts to this Alertmanager (API v2), e.g.
-            ``http://127.0.0.1:9093``; resolved alerts get their ``endsAt``. Credentials in
-            the URL (``https://user:password@host``) become basic auth and are never logged.
+        alertmanager_url: also send alerts to this Alertmanager (API v2); credentials in the
+            URL (``https://user:password@host``) become basic auth, never logged.
         webhook_url: also POST every alert event as JSON there.
         on_alert: also call this with every Alert event (on the export thread).
         stop_on: alert names that stop training cleanly (``trainer.should_stop``), e.g.
             ``("NonFiniteValues",)``. Default: keep training and alert.
-        forensics_dir: write a JSON bundle (recent Pulses and Snapshots, the step, the alert)
-            there for each critical alert, to reproduce it.
-        skip_on_spike: a ``monitor.SkipOnSpike``: undo, on the device and without a host
-            sync, the optimizer update of a step whose loss or global gradient norm is an
-            outlier (counted in ``gradwatch_skipped_updates_total``, alert UpdateSkipped).
-            Default None: off, and training is bit-identical to a run without gradwatch.
-        checkpoint_on: alert names that save a checkpoint when they fire, through
-            ``trainer.save_checkpoint`` at the end of that step (for a leading indicator,
-            before the loss diverges); the Alert names the file. Default: none.
+        forensics_dir: write a JSON bundle of the history there for each critical alert.
+        skip_on_spike: a ``gradwatch.SkipOnSpike``: undo on the device (no host sync) the
+            update of a step whose loss or gradient norm is an outlier. None (default): off,
+            and training is bit-identical to a run without gradwatch.
+        checkpoint_on: alert names that save a checkpoint (``trainer.save_checkpoint``, at
+            the end of the step) when they fire; the Alert names the file.
         checkpoint_dir: where those checkpoints go (default
             ``<trainer.default_root_dir>/gradwatch_checkpoints``).
 
@@ -213,69 +173,20 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         checkpoint_dir: str | None = None,
     ) -> None:
         super().__init__()
-        check_text("run_name", run_name)
-        check_int("every_n_steps", every_n_steps, low=1)
-        if prometheus_port is not None:
-            check_int("prometheus_port", prometheus_port, low=0, high=65535)
-        check_text("prometheus_addr", prometheus_addr, optional=False)
-        check_choice("port_in_use", port_in_use, ("error", "warn"))
-        for name, path in (("prometheus_tls_cert", prometheus_tls_cert),
-                           ("prometheus_tls_key", prometheus_tls_key),
-                           ("prometheus_tls_client_ca", prometheus_tls_client_ca)):
-            check_file(name, path)
-        for name, flag in (("tensorboard", tensorboard), ("pushgateway_keep", pushgateway_keep),
-                           ("update_ratio", update_ratio), ("alerts", alerts),
-                           ("rank_activations", rank_activations)):
-            check_bool(name, flag)
-        check_text("tensorboard_dir", tensorboard_dir)
-        check_text("forensics_dir", forensics_dir)
-        for name, url in (("pushgateway_url", pushgateway_url),
-                          ("alertmanager_url", alertmanager_url), ("webhook_url", webhook_url)):
-            check_url(name, url)
-        check_positive("push_interval", push_interval)
-        check_int("max_exported_layers", max_exported_layers, low=1)
-        check_callable("on_alert", on_alert, optional=True)
-        check_instance("skip_on_spike", skip_on_spike, SkipOnSpike)
-        check_names("checkpoint_on", checkpoint_on, ALERT_NAMES)
-        if checkpoint_on and not alerts:
-            raise ValueError("checkpoint_on needs alerts=True")
-        check_text("checkpoint_dir", checkpoint_dir)
-        check_instance("thresholds", thresholds, Thresholds)
-        self.run_name = run_name
-        self.every_n_steps = every_n_steps
-        self.prometheus_port = prometheus_port
-        self.prometheus_addr = prometheus_addr
-        self.port_in_use = port_in_use
+        arguments = {name: value for name, value in locals().items()
+                     if name not in ("self", "__class__")}
+        check_arguments(arguments)  # a wrong argument fails here, named
+        self.__dict__.update(arguments)  # every argument readable under its own name
+        self.thresholds = thresholds or Thresholds()
+        self.stop_on = tuple(stop_on)
         self.endpoint_security = EndpointSecurity(
             prometheus_tls_cert, prometheus_tls_key, prometheus_tls_client_ca,
             prometheus_basic_auth)
-        self.pushgateway_handler = _basic_auth_handler(pushgateway_basic_auth)
-        self.tensorboard = tensorboard
-        self.tensorboard_dir = tensorboard_dir
-        self.pushgateway_url = pushgateway_url
-        self.push_interval = float(push_interval)
-        self.pushgateway_keep = pushgateway_keep
-        self.max_exported_layers = max_exported_layers
-        self.rank_activations = rank_activations
-        self.update_ratio = update_ratio
-        self.thresholds = thresholds or Thresholds()
-        self.alertmanager_url = alertmanager_url
-        self.webhook_url = webhook_url
-        self.on_alert = on_alert
-        self.forensics_dir = forensics_dir
-        self.skip_on_spike = skip_on_spike
-        self.checkpoint_on = frozenset(checkpoint_on)
-        self.checkpoint_dir = checkpoint_dir
-        self._checkpoints_due: list[str] = []
-        self._checkpoint_root = "."
         # built now so that a wrong stop_on fails at construction; anew for every fit
         self.engine = AlertEngine(self.thresholds, stop_on=stop_on) if alerts else None
-        self.stop_on = tuple(stop_on)
+        self.checkpoints = AlertCheckpoints(frozenset(checkpoint_on))
         self.monitor: Monitor | None = None
-        self.prometheus: PrometheusSink | None = None
-        self.tensorboard_sink: TensorBoardSink | None = None
-        self.pusher: PushgatewayPusher | None = None
-        self.bound_port: int | None = None
+        self.exports = FitExports()
         self._step_started_at: int | None = None
         self._final_step: int | None = None
         self._final_snapshot = None
@@ -288,13 +199,14 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     @property
     def prometheus_url(self) -> str | None:
         """The ``/metrics`` URL actually served (with ``prometheus_port=0``, the port the
-        system chose), from ``setup`` on; None without an endpoint. Also in the start-up
-        line of the ``gradwatch`` log."""
-        if self.bound_port is None:
-            return None
-        scheme = "https" if self.endpoint_security.certfile else "http"
-        host = f"[{self.prometheus_addr}]" if ":" in self.prometheus_addr else self.prometheus_addr
-        return f"{scheme}://{host}:{self.bound_port}/metrics"
+        system chose), from ``setup`` on; None without an endpoint."""
+        return metrics_url(self.prometheus_addr, self.bound_port, self.endpoint_security)
+
+    # this fit's exporters (None when off, or before the first fit)
+    prometheus = property(lambda self: self.exports.prometheus)
+    bound_port = property(lambda self: self.exports.bound_port)
+    tensorboard_sink = property(lambda self: self.exports.tensorboard_sink)
+    pusher = property(lambda self: self.exports.pusher)
 
     # ------------------------------------------------------------------ set-up / tear-down
 
@@ -303,103 +215,26 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         if stage != "fit" or self.monitor is not None:
             return
         run = self.run_name or _default_run_name(trainer)
-        multi = trainer.world_size > 1
         # every fit starts fresh: no detector history, no stop request, no figures of the last
         if self.engine is not None:
             self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on,
-                                      checkpoint_path=self._checkpoint_path)
-        self._checkpoints_due = []
-        self._checkpoint_root = self.checkpoint_dir or os.path.join(
-            trainer.default_root_dir, "gradwatch_checkpoints")
-        self.prometheus = self.tensorboard_sink = self.pusher = None
-        self.bound_port = self._step_started_at = self._final_snapshot = None
-        sinks: list[Sink] = []
-        if self.prometheus_port is not None or self.pushgateway_url:
-            self.prometheus = PrometheusSink(run, trainer.global_rank if multi else None,
-                                             self.max_exported_layers, self.thresholds,
-                                             rank_activations=self.rank_activations)
-            sinks.append(self.prometheus)
-        if self.prometheus_port is not None:
-            port = self.prometheus_port + (trainer.local_rank if self.prometheus_port else 0)
-            try:
-                self.bound_port = self.prometheus.serve(port, self.prometheus_addr,
-                                                        self.endpoint_security)
-            except OSError as exc:
-                problem = (f"prometheus_port {port} on prometheus_addr "
-                           f"{self.prometheus_addr!r} cannot be served: {exc}")
-                if self.port_in_use == "error":
-                    raise ValueError(problem) from exc
-                log.warning("gradwatch: %s; training goes on without /metrics", problem)
-        if self.tensorboard and (trainer.is_global_zero or self.tensorboard_dir):
-            writer = None if self.tensorboard_dir else tensorboard_writer(trainer)
-            log_dir = self.tensorboard_dir or f"gradwatch_logs/{run}"
-            try:
-                self.tensorboard_sink = TensorBoardSink(writer, log_dir)
-                sinks.append(self.tensorboard_sink)
-            except OSError as exc:  # monitoring must not stop the training
-                log.warning("gradwatch: TensorBoard export off: cannot write %s (%r)",
-                            log_dir, exc)
-        if self.engine is not None:
-            sinks += self._alert_sinks(trainer.world_size)
+                                      checkpoint_path=self.checkpoints.path_for)
+        self.checkpoints.start(self.checkpoint_dir or os.path.join(
+            trainer.default_root_dir, "gradwatch_checkpoints"))
+        self._step_started_at = self._final_snapshot = None
+        self.exports = build_exports(self, trainer, run)
         self.monitor = Monitor(
-            pl_module,
-            run_name=run,
-            every_n_steps=self.every_n_steps,
-            sinks=sinks,
+            pl_module, run_name=run, every_n_steps=self.every_n_steps, sinks=self.exports.sinks,
             observers=[self.engine] if self.engine is not None else [],
-            update_ratio=self.update_ratio,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
-            thresholds=self.thresholds,
-            skip_on_spike=self.skip_on_spike.renewed() if self.skip_on_spike else None,
-        )
+            update_ratio=self.update_ratio, rank=trainer.global_rank,
+            world_size=trainer.world_size, thresholds=self.thresholds,
+            skip_on_spike=self.skip_on_spike.renewed() if self.skip_on_spike else None)
         if self.prometheus is not None:
             exporter = self.monitor.exporter
             self.prometheus.count_dropped = lambda: exporter.dropped
-        if self.pushgateway_url:
-            key = {"run": run} | ({"rank": str(trainer.global_rank)} if multi else {})
-            self.pusher = PushgatewayPusher(self.pushgateway_url, self.prometheus.registry, key,
-                                            interval=self.push_interval,
-                                            keep=self.pushgateway_keep,
-                                            handler=self.pushgateway_handler)
         if trainer.is_global_zero:
             show_info_lines(log)
-            log.info("gradwatch: %s", self._where_to_look(run))
-
-    def _where_to_look(self, run: str) -> str:
-        """The start-up line: where this fit's figures and alerts go."""
-        metrics = self.prometheus_url or "off"
-        if self.pusher is not None:
-            metrics += f", pushed to {redact(self.pushgateway_url)}"
-        tensorboard = self.tensorboard_sink.log_dir if self.tensorboard_sink else "off"
-        return (f"run {run!r}, /metrics {metrics}, TensorBoard {tensorboard}, "
-                f"every_n_steps={self.every_n_steps}, alerts -> {self._alert_destinations()}")
-
-    def _alert_destinations(self) -> str:
-        if self.engine is None:
-            return "off"
-        where = ["log (gradwatch.alerts)"]
-        if self.alertmanager_url:
-            where.append(f"Alertmanager {redact(self.alertmanager_url)}")
-        if self.webhook_url:
-            where.append(f"webhook {redact(self.webhook_url)}")
-        if self.on_alert is not None:
-            where.append(f"on_alert {getattr(self.on_alert, '__qualname__', 'callable')}")
-        if self.forensics_dir:
-            where.append(f"forensics {self.forensics_dir}")
-        return ", ".join(where)
-
-    def _alert_sinks(self, world_size: int) -> list[Sink]:
-        sinks: list[Sink] = [LoggingAlertSink()]
-        if self.on_alert is not None:
-            sinks.append(CallableAlertSink(self.on_alert))
-        if self.alertmanager_url:
-            sinks.append(AlertmanagerSink(self.alertmanager_url, world_size=world_size))
-        if self.webhook_url:
-            sinks.append(WebhookSink(self.webhook_url, world_size=world_size))
-        if self.forensics_dir:
-            sinks.append(ForensicsSink(self.forensics_dir))
-        return sinks
+            log.info("gradwatch: %s", startup_line(self, self.exports, run))
 
     @override
     def on_train_start(self, trainer, pl_module) -> None:
@@ -422,7 +257,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.monitor.end_step()
         if self.engine is not None:
             self.engine.flush(self.monitor)  # a NaN on the very last steps is still reported
-        self._save_checkpoints(trainer)
+        self.checkpoints.save_due(trainer)
         self.monitor.flush()  # the last steps reach the sinks while /metrics is still served
 
     @override
@@ -484,39 +319,9 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         # under gradient accumulation the step ends only when the optimizer has stepped
         if trainer.global_step != self._step_started_at:
             self.monitor.end_step()
-            self._save_checkpoints(trainer)
+            self.checkpoints.save_due(trainer)
             if self.engine is not None and self.engine.should_stop:
                 trainer.should_stop = True
-
-    def _checkpoint_path(self, finding) -> str | None:
-        """Checkpoint-on-alert: the file for an alert about to fire (saved after the step)."""
-        if finding.name not in self.checkpoint_on:
-            return None
-        path = os.path.join(self._checkpoint_root,
-                            f"gradwatch-{finding.name}-step{finding.step}.ckpt")
-        self._checkpoints_due.append(path)
-        return path
-
-    def _save_checkpoints(self, trainer) -> None:
-        due, self._checkpoints_due = self._checkpoints_due, []
-        for path in due:
-            try:
-                trainer.save_checkpoint(path)
-            except Exception as exc:  # monitoring must not stop the training
-                log.warning("gradwatch: checkpoint-on-alert could not save %s: %r", path, exc)
-
-
-def _basic_auth_handler(credentials: tuple[str, str] | None):
-    """A prometheus_client push handler adding basic auth, or None."""
-    credentials = check_credentials("pushgateway_basic_auth", credentials)
-    if credentials is None:
-        return None
-    username, password = credentials
-
-    def handler(url, method, timeout, headers, data):
-        return basic_auth_handler(url, method, timeout, headers, data, username, password)
-
-    return handler
 
 
 def _final_step(trainer) -> int | None:

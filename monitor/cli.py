@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from .heatmap_colours import COLOUR_MODES
@@ -130,23 +132,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or ""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gradwatch", formatter_class=_HelpFormatter,
-        description="Training diagnostics for PyTorch Lightning: per-layer "
-        "gradient, activation and update statistics, alerts, dashboards.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], int],
+             help: str, description: str, thresholds: bool = False) -> argparse.ArgumentParser:
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name, help=help, description=description, formatter_class=_HelpFormatter)
+    sub.set_defaults(handler=handler)
+    if thresholds:
+        sub.add_argument("--thresholds", metavar="FILE",
+                         help="YAML/JSON file of Thresholds overrides (name: value)")
+    return sub
 
-    def command(name: str, handler, help: str, description: str, thresholds: bool = False):
-        sub = commands.add_parser(name, help=help, description=description,
-                                  formatter_class=_HelpFormatter)
-        sub.set_defaults(handler=handler)
-        if thresholds:
-            sub.add_argument("--thresholds", metavar="FILE",
-                             help="YAML/JSON file of Thresholds overrides (name: value)")
-        return sub
 
-    demo = command("demo", _demo, "train four small models on CPU and show what gradwatch "
+def _add_demo(commands: Any) -> None:
+    demo = _command(commands, "demo", _demo, "train four small models on CPU and show what gradwatch "
                    "catches", "Train a healthy, a vanishing, an exploding and a diverging "
                    "(NaN) model with TrainingDiagnostics; print alerts as they fire, a verdict "
                    "table, and where the TensorBoard logs and HTML reports are.")
@@ -162,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pushgateway-url", help="push metrics there (default: "
                       "http://127.0.0.1:9091 when it answers)")
 
-    report = command("report", _report, "write the HTML report of a finished run",
+
+def _add_report(commands: Any) -> None:
+    report = _command(commands, "report", _report, "write the HTML report of a finished run",
                      "Write a self-contained HTML report (gradient-norm heatmap over depth x "
                      "step, activations by depth, loss and norm, alert timeline) from a run's "
                      "TensorBoard event files; a folder of runs gets one report per run.",
@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="heatmap colours: regime bands fixed by the thresholds (the same "
                         "in every report) or relative to this run's range")
 
-    rules = command("rules", _rules, "write the Prometheus alert and recording rules",
+
+def _add_rules(commands: Any) -> None:
+    rules = _command(commands, "rules", _rules, "write the Prometheus alert and recording rules",
                     "Generate the rules from the Thresholds.", thresholds=True)
     rules.add_argument("--out", default=STDOUT, metavar="FILE", help="the rule file "
                        "(the repository's is deploy/prometheus/rules/gradwatch.rules.yml), "
@@ -184,14 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where docs/runbook.md is served: each alert's runbook_url is "
                             "this plus #<alert name lower-cased>")
 
-    dashboards = command("dashboards", _dashboards, "write the Grafana dashboards",
+
+def _add_dashboards(commands: Any) -> None:
+    dashboards = _command(commands, "dashboards", _dashboards, "write the Grafana dashboards",
                          "Generate the Grafana dashboards (JSON) from the Thresholds.",
                          thresholds=True)
     dashboards.add_argument("--out", default=STDOUT, metavar="FOLDER", help="folder for one "
                             "JSON file per dashboard (the repository's is dashboards/); - prints "
                             "them as one JSON object, file name -> dashboard")
 
-    targets = command("targets", _targets, "write a Prometheus file_sd target file for a node",
+
+def _add_targets(commands: Any) -> None:
+    targets = _command(commands, "targets", _targets, "write a Prometheus file_sd target file for a node",
                       "Write <out>/<host>.json listing host:port+r for every local rank r; "
                       "Prometheus picks it up without a restart.")
     targets.add_argument("--host", required=True, help="the node's host name or address")
@@ -203,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "Prometheus watches (the compose stack's is deploy/prometheus/targets)"
                          " for <host>.json; - prints the file's JSON")
 
-    doctor = command("doctor", _doctor, "check the path from trainer to alert",
+
+def _add_doctor(commands: Any) -> None:
+    doctor = _command(commands, "doctor", _doctor, "check the path from trainer to alert",
                      "Check: thresholds valid, the trainer's /metrics reachable, Prometheus "
                      "scraping it, the alert rules loaded, Prometheus's Alertmanager, "
                      "Alertmanager reachable, and (--test-alert) a test alert delivered to "
@@ -221,11 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="post a test alert to Alertmanager (resolved right after) and "
                              "check that its receiver is notified")
 
-    doc = command("metrics-doc", _metrics_doc, "write the metrics reference",
+
+def _add_metrics_doc(commands: Any) -> None:
+    doc = _command(commands, "metrics-doc", _metrics_doc, "write the metrics reference",
                   "Render every gradwatch_* metric with its meaning, unit, labels and healthy "
                   "range as markdown (docs/metrics.md).")
     doc.add_argument("--out", default=STDOUT, metavar="FILE",
                      help="output file (the repository's is docs/metrics.md), - for stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradwatch", formatter_class=_HelpFormatter,
+        description="Training diagnostics for PyTorch Lightning: per-layer "
+        "gradient, activation and update statistics, alerts, dashboards.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_demo, _add_report, _add_rules, _add_dashboards, _add_targets, _add_doctor,
+                _add_metrics_doc):
+        add(commands)
     return parser
 
 

@@ -137,7 +137,6 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     """Train every scenario; return one summary per run."""
     # rich is in the demo extra, no base dependency: installed, it restyles every user's Trainer
     from rich.console import Console
-    from rich.table import Table
 
     from ..callbacks import TrainingDiagnostics
     from ..callbacks._lightning import lightning_package
@@ -184,6 +183,14 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
         report = write_report(logger.log_dir)
         summaries.append(summarize(scenario.name, diagnostics.engine, report, logger.log_dir))
 
+    _print_verdicts(console, summaries, out_dir)
+    return summaries
+
+
+def _print_verdicts(console, summaries: list[dict], out_dir: str) -> None:
+    """The verdict table of the runs, and where their logs and reports are."""
+    from rich.table import Table
+
     table = Table(title="gradwatch demo: what each run looked like", show_lines=True)
     for column in ("run", "regime", "first alert", "culprit layers", "what to try"):
         table.add_column(column, overflow="fold")
@@ -196,7 +203,6 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     console.print(f"TensorBoard: tensorboard --logdir {out_dir}")
     for s in summaries:
         console.print(f"  {s['run']}: report {s['report']}")
-    return summaries
 
 
 def _Announce(console, diagnostics):

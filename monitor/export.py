@@ -11,21 +11,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, TypeAlias
 
-from .snapshot import Pulse, Snapshot
 
 log = logging.getLogger("gradwatch")
 
 
-class Sink(Protocol):
-    """Where Pulses and Snapshots go. Called on the export thread only."""
-
-    def on_pulse(self, pulse: Pulse) -> None: ...
-
-    def on_snapshot(self, snapshot: Snapshot) -> None: ...
-
-    def close(self) -> None: ...
+#: Where Pulses, Snapshots and Alerts go: any object with some of ``on_pulse(pulse)``,
+#: ``on_snapshot(snapshot)``, ``on_alert(alert)`` and ``close()``. The export thread calls
+#: those a sink has (an alert sink has no ``on_pulse``), and nothing else does.
+Sink: TypeAlias = object
 
 
 class WarnOnce:
@@ -97,7 +92,9 @@ class ExportWorker:
         self._thread.join(timeout)
         for sink in self.sinks:
             try:
-                sink.close()
+                close = getattr(sink, "close", None)
+                if close is not None:
+                    close()
             except Exception as exc:  # a failing sink must not break shutdown
                 # the same failure as during the run (a full disk, say) is not news
                 self._warn(f"{type(sink).__name__}:{type(exc).__name__}",
