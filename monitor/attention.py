@@ -35,6 +35,8 @@ MAX_QUERY_ROWS = 64
 _SOFTMAXES = (F.softmax, torch.softmax, torch.Tensor.softmax)
 # per call: max logit, summed row entropy, rows
 _CALL_FIELDS = 3
+# output logits: summed log Z, rows, max logit, summed row mean
+_HEAD_FIELDS = 4
 
 
 class _AttentionMode(TorchFunctionMode):
@@ -240,15 +242,17 @@ class AttentionProbe:
         logits = output.detach().float()
         log_z = torch.logsumexp(logits, dim=-1)
         self._head.append(torch.stack([log_z.sum(), log_z.new_tensor(float(log_z.numel())),
-                                       logits.max()]))
+                                       logits.max(), logits.mean(dim=-1).sum()]))
 
     def values(self, device: torch.device) -> torch.Tensor:
-        """[sum log Z, rows, max logit, then per site: max logit, entropy sum, rows]."""
+        """[sum log Z, rows, max logit, sum of row mean logits, then per site: max logit,
+        entropy sum, rows]."""
         if self._head:
             head = torch.stack(self._head).to(device)
-            head = torch.stack([head[:, 0].sum(), head[:, 1].sum(), head[:, 2].max()])
+            head = torch.stack([head[:, 0].sum(), head[:, 1].sum(), head[:, 2].max(),
+                                head[:, 3].sum()])
         else:
-            head = torch.tensor([math.nan, 0.0, math.nan], device=device)
+            head = torch.tensor([math.nan, 0.0, math.nan, math.nan], device=device)
         sites = torch.zeros(len(self.sites), _CALL_FIELDS, device=device)
         if self._calls:
             calls = torch.stack(self._calls).to(device)
@@ -267,13 +271,14 @@ class AttentionProbe:
 
     def read(self, host) -> dict[str, object]:
         """Snapshot fields from the host copy of ``values``."""
-        log_z_sum, rows, logit_max = host[:3]
-        sites = host[3:].reshape(-1, _CALL_FIELDS)
+        log_z_sum, rows, logit_max, mean_sum = host[:_HEAD_FIELDS]
+        sites = host[_HEAD_FIELDS:].reshape(-1, _CALL_FIELDS)
         seen = sites[:, 2] > 0
         with_rows = sites[:, 2].clip(min=1)
         return {
             "output_logit_logsumexp": float(log_z_sum / rows) if rows else math.nan,
             "output_logit_max": float(logit_max) if rows else math.nan,
+            "output_logit_mean": float(mean_sum / rows) if rows else math.nan,
             "attention_layers": tuple(s for s, ok in zip(self.sites, seen) if ok),
             "attention_logit_max": sites[seen, 0],
             "attention_entropy": (sites[:, 1] / with_rows)[seen],

@@ -93,6 +93,8 @@ class Snapshot:
             logit and the mean softmax entropy of its rows (nats).
         output_logit_logsumexp, output_logit_max: of the output logits (``lm_head`` or the
             last Linear): the mean log-partition log Z over the batch, and the max logit.
+        output_logit_mean: the mean output logit (over the batch and the vocabulary): the
+            shared shift of the logits, which the cross-entropy loss cannot see.
     """
 
     run: str
@@ -121,6 +123,7 @@ class Snapshot:
     attention_entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     output_logit_logsumexp: float = math.nan
     output_logit_max: float = math.nan
+    output_logit_mean: float = math.nan
 
     @property
     def pulse(self) -> Pulse:

@@ -125,8 +125,9 @@ class Thresholds:
         30.0, "|mean log Z| of the output logits above this is output-logit divergence "
         "(log V at initialisation is about 11 for a 50k vocabulary).", low=1.0)
     output_logsumexp_drift: float = _t(
-        10.0, "|log Z| drifting by this many nats within history_steps sampled steps is "
-        "output-logit divergence.", low=0.1)
+        10.0, "|log Z| drifting by this many nats within history_steps sampled steps, carried "
+        "by the logits' shared shift (their mean; confidence moves log Z too, not the shift), "
+        "is output-logit divergence.", low=0.1)
     update_grad_cosine_low: float = _t(
         0.05, "Dashboards' band: a median over layers of cos(update, gradient) below this "
         "means the updates no longer follow the gradient (context of AdamUpdateDecorrelation; "

@@ -73,6 +73,7 @@ def test_attention_and_output_logit_statistics_of_sdpa_equal_a_direct_computatio
     log_z = torch.logsumexp(logits.double(), dim=-1).mean().item()
     assert snapshot.output_logit_logsumexp == pytest.approx(log_z, rel=1e-6)
     assert snapshot.output_logit_max == pytest.approx(logits.max().item(), rel=1e-6)
+    assert snapshot.output_logit_mean == pytest.approx(logits.double().mean().item(), abs=1e-6)
 
 
 class MhaModel(nn.Module):
@@ -292,17 +293,27 @@ def judge(detector, snapshots) -> list[str]:
             for r in map(detector.on_snapshot, snapshots)]
 
 
-def test_output_logit_divergence_fires_on_drift_or_level_after_leading_samples():
-    def run(log_zs):
+def test_output_logit_divergence_judges_the_shift_of_the_logits_not_the_confidence():
+    def run(log_zs, shifts):
         return judge(OutputLogitDivergence(Thresholds()), [
-            dataclasses.replace(make_snapshot(i), output_logit_logsumexp=z)
-            for i, z in enumerate(log_zs)])
+            dataclasses.replace(make_snapshot(i), output_logit_logsumexp=z,
+                                output_logit_mean=m)
+            for i, (z, m) in enumerate(zip(log_zs, shifts))])
 
     healthy = [4.3 + 0.01 * i + 0.3 * math.sin(i) for i in range(200)]  # slow drift, noise
-    assert set(run(healthy)) == {"clear"}
+    assert set(run(healthy, [0.0] * 200)) == {"clear"}
+    # a model growing confident: log Z 3 -> 25, its mean logit unmoved (the old rule fired)
+    confident = [3.0 + 0.22 * i for i in range(100)]
+    assert set(run(confident, [0.3 * math.sin(i) for i in range(100)])) == {"clear"}
+    # z-loss at work: the shift falls while the confidence rises, log Z stays near 0
+    assert set(run([3.0] * 100, [-0.2 * i for i in range(100)])) == {"clear"}
     drifting = [5.0] * 10 + [5.0 + 2.0 * i for i in range(1, 10)]  # 10 nats after 6 samples
-    assert run(drifting)[10:] == ["clear"] * 7 + ["fire"] * 2
-    assert run([-40.0] * 4) == ["clear", "clear", "fire", "fire"]  # |log Z| above 30
+    assert run(drifting, [x - 5.0 for x in drifting])[10:] == ["clear"] * 7 + ["fire"] * 2
+    falling = [-x for x in drifting]  # the same drift below 0
+    assert run(falling, [x + 5.0 for x in falling])[10:] == ["clear"] * 7 + ["fire"] * 2
+    assert run([-40.0] * 4, [0.0] * 4) == ["clear", "clear", "fire", "fire"]  # above 30
+    # without the shift (a Snapshot of another version): the level rule alone
+    assert set(run(drifting, [math.nan] * len(drifting))) == {"clear"}
 
 
 def test_adam_update_decorrelation_follows_the_median_not_one_layer():
