@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.instability import (ADAM_RUNS, LEADING, OUTPUT_RUNS, RUNS, TinyDecoder,
                                     lm_loss, monitored_step, run_alerts, token_batches)
 from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.attention import MAX_QUERY_ROWS, MAX_SEQUENCES
 from gradwatch.monitor.alerts import AlertEngine
 from gradwatch.monitor.detectors import Finding, Verdict
 from gradwatch.monitor.thresholds import Thresholds
@@ -61,9 +62,11 @@ def test_attention_and_output_logit_statistics_of_sdpa_equal_a_direct_computatio
     with torch.no_grad():
         logits = model(tokens[:, :-1])
     assert snapshot.attention_layers == ("blocks.0", "blocks.1")
+    assert tokens.shape[0] > MAX_SEQUENCES  # the attention figures: the first sequences
     for i, block in enumerate(model.blocks):
-        b, s, _ = captured[i].shape
-        q, k, _ = captured[i].view(b, s, 3, block.heads, -1).unbind(2)
+        qkv = captured[i][:MAX_SEQUENCES]
+        b, s, _ = qkv.shape
+        q, k, _ = qkv.view(b, s, 3, block.heads, -1).unbind(2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool).tril(), -math.inf)
@@ -74,6 +77,51 @@ def test_attention_and_output_logit_statistics_of_sdpa_equal_a_direct_computatio
     assert snapshot.output_logit_logsumexp == pytest.approx(log_z, rel=1e-6)
     assert snapshot.output_logit_max == pytest.approx(logits.max().item(), rel=1e-6)
     assert snapshot.output_logit_mean == pytest.approx(logits.double().mean().item(), abs=1e-6)
+
+
+class LongAttention(nn.Module):
+    """One causal SDPA call over the projections of ``x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qk = nn.Linear(8, 16)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        q, k = self.qk(x).view(*x.shape[:2], 2, 2, 4).transpose(1, 3).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, k, is_causal=True)
+        return self.head(out.transpose(1, 2).reshape(x.shape))
+
+
+@pytest.mark.parametrize("interception", ["sdpa", "softmax"])
+def test_long_sequences_are_measured_on_evenly_spaced_rows_of_the_first_sequences(
+        interception):
+    torch.manual_seed(0)
+    model = LongAttention()
+    if interception == "softmax":  # the way Hugging Face eager attention computes it
+        def eager(q, k, v, is_causal):
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).triu(1)
+            return scores.masked_fill(causal, -math.inf).softmax(dim=-1) @ v
+        patch = pytest.MonkeyPatch()
+        patch.setattr(F, "scaled_dot_product_attention", eager)
+    x = torch.randn(7, 150, 8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    try:
+        snapshot = run_monitored(model, optimizer, [x], lambda m, x: m(x).square().mean())
+    finally:
+        if interception == "softmax":
+            patch.undo()
+    with torch.no_grad():
+        q, k = model.qk(x).view(7, 150, 2, 2, 4).transpose(1, 3).unbind(1)
+    rows = torch.linspace(0, 149, MAX_QUERY_ROWS).round().long()
+    scores = (q[:MAX_SEQUENCES] @ k[:MAX_SEQUENCES].transpose(-2, -1)) / 2.0
+    causal = torch.ones(150, 150, dtype=torch.bool).triu(1)
+    top, entropy = reference_attention(scores.masked_fill(causal, -math.inf)[:, :, rows])
+    assert snapshot.attention_logit_max[0] == pytest.approx(top, rel=1e-5)
+    assert snapshot.attention_entropy[0] == pytest.approx(entropy, rel=1e-5)
+    _, all_entropy = reference_attention(scores.masked_fill(causal, -math.inf))
+    assert abs(all_entropy - entropy) > 1e-3  # the test can tell the rows apart
 
 
 class MhaModel(nn.Module):
@@ -92,13 +140,14 @@ class MhaModel(nn.Module):
 def test_multihead_attention_is_intercepted_with_or_without_weights(need_weights):
     torch.manual_seed(0)
     model = MhaModel(need_weights)
-    x = torch.randn(3, 10, 16)
+    x = torch.randn(6, 10, 16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     snapshot = run_monitored(model, optimizer, [x], lambda m, x: m(x).square().mean())
     attn = model.attn
+    x = x[:MAX_SEQUENCES]  # what is measured
     with torch.no_grad():
-        q = (x @ attn.in_proj_weight[:16].T + attn.in_proj_bias[:16]).view(3, 10, 4, 4)
-        k = (x @ attn.in_proj_weight[16:32].T + attn.in_proj_bias[16:32]).view(3, 10, 4, 4)
+        q = (x @ attn.in_proj_weight[:16].T + attn.in_proj_bias[:16]).view(4, 10, 4, 4)
+        k = (x @ attn.in_proj_weight[16:32].T + attn.in_proj_bias[16:32]).view(4, 10, 4, 4)
         scores = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-2, -1) / 2.0
         _, weights = attn(x, x, x, need_weights=True, average_attn_weights=False)
     top, _ = reference_attention(scores)
