@@ -318,7 +318,7 @@ def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
 
 @pytest.mark.parametrize("runs, leading, steps", [
     (RUNS, "AttentionLogitGrowth", 300),
-    (ADAM_RUNS, "AdamUpdateDecorrelation", None),
+    (ADAM_RUNS, "AdamUpdateDecorrelation", 1200),  # seed 0 spikes at step 1120
 ], ids=["attention-logit growth", "Adam instability"])
 def test_the_leading_alert_leads_the_divergence_and_the_twins_stay_quiet(runs, leading, steps):
     """Seed 0. The attention reproduction holds on seeds 0-2; the Adam one does not
