@@ -170,7 +170,7 @@ def _query_rows(length: int, device: torch.device) -> torch.Tensor | None:
     return torch.linspace(0, length - 1, MAX_QUERY_ROWS, device=device).round().long()
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a few shapes per model; each [<= 64, keys] floats
 def _causal_bias(length: int, keys: int, device: torch.device) -> torch.Tensor:
     """[measured rows, keys]: -inf where a causal query may not attend, else 0."""
     causal = torch.ones(length, keys, dtype=torch.bool, device=device).triu(1)

@@ -85,7 +85,7 @@ def _eps_dominated(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
     out = torch.zeros(2, len(params), device=device)
     if not adam:
         return out
-    v = [_flat(local_shard(v)) for _, v, _ in adam]
+    v = [_flat(local_shard(second_moment)) for _, second_moment, _ in adam]
     # sqrt(v / (1 - beta2^t)) <= k eps  <=>  v <= (k eps)^2 (1 - beta2^t), per parameter
     step = _steps([optimizer.state[params[i]].get("step", 1) for i, _, _ in adam], device)
     beta2 = torch.tensor([g["betas"][1] for _, _, g in adam], device=device)
