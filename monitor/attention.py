@@ -18,6 +18,7 @@ tensor; the Monitor packs them into the sampled step's one transfer.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -30,11 +31,16 @@ from torch.overrides import TorchFunctionMode
 from .export import WarnOnce
 
 #: Query rows per attention call whose logits are measured: longer sequences are
-#: sub-sampled at evenly spaced positions (bounds the cost at rows x keys per head).
+#: sub-sampled at evenly spaced positions.
 MAX_QUERY_ROWS = 64
+#: Sequences per attention call whose logits are measured (the batch's first ones): with
+#: MAX_QUERY_ROWS, bounds the cost at sequences x heads x rows x keys.
+MAX_SEQUENCES = 4
 _SOFTMAXES = (F.softmax, torch.softmax, torch.Tensor.softmax)
 # per call: max logit, summed row entropy, rows
 _CALL_FIELDS = 3
+# output logits: summed log Z, max logit, summed logits, rows, logits
+_HEAD_FIELDS = 5
 
 
 class _AttentionMode(TorchFunctionMode):
@@ -70,19 +76,23 @@ class _AttentionMode(TorchFunctionMode):
 @torch.no_grad()
 def _sdpa_logits(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False,
                  scale=None, enable_gqa=False, **_) -> torch.Tensor:
-    """The pre-softmax logits of an SDPA call (masked entries -inf), query rows sub-sampled."""
+    """The pre-softmax logits of an SDPA call (masked entries -inf), sequences and query
+    rows sub-sampled."""
     rows = _query_rows(query.shape[-2], query.device)
-    q = query.detach().index_select(-2, rows).float()
-    k = key.detach().float()
+    q = _float(_rows(_sequences(query), rows))
+    k = _float(_sequences(key))
     if k.shape[-3] != q.shape[-3] and q.dim() >= 3:  # grouped-query attention
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
     factor = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    logits = (q @ k.transpose(-2, -1)) * factor
-    if is_causal:
-        keys = torch.arange(k.shape[-2], device=q.device)
-        logits = logits.masked_fill(keys[None, :] > rows[:, None], -math.inf)
+    # scale and causal mask fused into the product (a cached -inf bias)
+    bias = _causal_bias(query.shape[-2], k.shape[-2], q.device) if is_causal else \
+        _no_bias(q.device)
+    logits = torch.baddbmm(bias, q.reshape(-1, *q.shape[-2:]),
+                           k.reshape(-1, *k.shape[-2:]).transpose(-2, -1), alpha=factor)
+    logits = logits.view(*q.shape[:-1], k.shape[-2])
     if attn_mask is not None:
-        mask = attn_mask.detach().index_select(-2, rows) if attn_mask.shape[-2] > 1 else attn_mask
+        mask = _sequences(attn_mask.detach()) if attn_mask.dim() == 4 else attn_mask.detach()
+        mask = _rows(mask, rows) if mask.shape[-2] > 1 else mask
         logits = _masked(logits, mask, 0, disallowed=False)  # SDPA: True means attend
     return logits
 
@@ -101,6 +111,10 @@ def _mha_logits(*args, **kwargs) -> torch.Tensor:
     batched = query.dim() == 3
     if not batched:
         query, key = query.unsqueeze(1), key.unsqueeze(1)
+    rows = _query_rows(query.shape[0], query.device)
+    query, key = query[:, :MAX_SEQUENCES], key[:, :MAX_SEQUENCES]
+    if rows is not None:
+        query = query.index_select(0, rows)
     embed = query.shape[-1]
     bias = a["in_proj_bias"]
     bias_q, bias_k = (None, None) if bias is None else (bias[:embed], bias[embed:2 * embed])
@@ -120,14 +134,15 @@ def _mha_logits(*args, **kwargs) -> torch.Tensor:
     logits = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
     mask = a["attn_mask"]
     if mask is None and a["is_causal"]:
-        mask = torch.ones(length, keys, dtype=torch.bool, device=q.device).triu(1)
+        mask = torch.ones(a["query"].shape[0], keys, dtype=torch.bool, device=q.device).triu(1)
     if mask is not None:
         if mask.dim() == 3:
-            mask = mask.reshape(batch, heads, *mask.shape[1:])
-        logits = _masked(logits, mask, _pad_keys(mask, keys), disallowed=True)
+            mask = mask.reshape(-1, heads, *mask.shape[1:])[:batch]
+        logits = _masked(logits, _rows(mask, rows), _pad_keys(mask, keys), disallowed=True)
     padding = a["key_padding_mask"]
     if padding is not None:
-        padding = padding.reshape(batch, 1, 1, -1) if batched else padding.reshape(1, 1, 1, -1)
+        padding = padding[:batch].reshape(batch, 1, 1, -1) if batched else \
+            padding.reshape(1, 1, 1, -1)
         logits = _masked(logits, padding, _pad_keys(padding, keys), disallowed=True)
     return logits
 
@@ -147,26 +162,56 @@ def _masked(logits: torch.Tensor, mask: torch.Tensor, missing: int,
     return logits + mask.float()
 
 
-def _query_rows(length: int, device: torch.device) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _query_rows(length: int, device: torch.device) -> torch.Tensor | None:
+    """The query positions measured: None for all, else MAX_QUERY_ROWS evenly spaced."""
     if length <= MAX_QUERY_ROWS:
-        return torch.arange(length, device=device)
+        return None
     return torch.linspace(0, length - 1, MAX_QUERY_ROWS, device=device).round().long()
 
 
+@functools.lru_cache(maxsize=16)  # a few shapes per model; each [<= 64, keys] floats
+def _causal_bias(length: int, keys: int, device: torch.device) -> torch.Tensor:
+    """[measured rows, keys]: -inf where a causal query may not attend, else 0."""
+    causal = torch.ones(length, keys, dtype=torch.bool, device=device).triu(1)
+    bias = torch.zeros(length, keys, device=device).masked_fill(causal, -math.inf)
+    return _rows(bias, _query_rows(length, device))
+
+
+@functools.lru_cache(maxsize=16)
+def _no_bias(device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, 1, device=device)
+
+
+def _rows(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``x`` [..., queries, keys-or-features] at the query positions ``rows`` (None: all)."""
+    return x if rows is None else x.index_select(-2, rows)
+
+
+def _sequences(x: torch.Tensor) -> torch.Tensor:
+    """The first MAX_SEQUENCES of a batch-first [batch, heads, ...] tensor (a view)."""
+    return x[:MAX_SEQUENCES] if x.dim() == 4 and x.shape[0] > MAX_SEQUENCES else x
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
 @torch.no_grad()
-def attention_record(logits: torch.Tensor) -> torch.Tensor:
-    """[max logit, summed softmax entropy of the rows, rows] of one call's logits [..., keys];
+def attention_record(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(max logit, summed softmax entropy of the rows, rows) of one call's logits [..., keys]
+    (a softmax's input: sequences and rows sub-sampled here), in one pass over the logits;
     fully masked rows do not count. A NaN logit makes the max NaN."""
-    z = logits.detach().float()
-    if z.dim() > 2 and z.shape[-2] > MAX_QUERY_ROWS:
-        z = z.index_select(-2, _query_rows(z.shape[-2], z.device))
-    z = z.reshape(-1, z.shape[-1])
-    log_z = torch.logsumexp(z, dim=-1)
-    valid = log_z > -math.inf
-    p = torch.softmax(z, dim=-1)
-    expected = (p * torch.where(p > 0, z, 0.0)).sum(-1)
-    entropy = torch.where(valid, log_z - expected, 0.0)
-    return torch.stack([z.max(), entropy.sum(), valid.sum().to(z.dtype)])
+    z = logits
+    if z.dim() > 2:
+        z = _rows(_sequences(z), _query_rows(z.shape[-2], z.device))
+    z = _float(z)
+    top = z.amax(dim=-1, keepdim=True)  # per row
+    p = (z - top).exp_()  # a fully masked row: -inf - -inf, NaN
+    p = p.div_(p.sum(dim=-1, keepdim=True))
+    # -sum p log p with 0 log 0 = 0; nansum: fully masked rows do not count
+    entropy = torch.special.entr(p).nansum()
+    return top.max(), entropy, (top > -math.inf).sum(dtype=z.dtype)
 
 
 def output_head(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -193,14 +238,16 @@ class AttentionProbe:
         self.sites: list[str] = []  # attention modules, in the order first seen
         self.paused = False
         self._stack: list[str] = []
-        self._calls: list[torch.Tensor] = []
+        self._calls: list[torch.Tensor] = []  # _CALL_FIELDS scalars per call
         self._call_sites: list[int] = []
-        self._head: list[torch.Tensor] = []
+        self._head: list[torch.Tensor] = []  # 3 scalars per forward
+        self._head_counts = [0, 0]  # rows, logits
         self._mode = _AttentionMode(self._record)
         self._mode_depth = 0
 
     def attach(self) -> list[torch.utils.hooks.RemovableHandle]:
         self._calls, self._call_sites, self._head, self._stack = [], [], [], []
+        self._head_counts = [0, 0]
         handles = []
         for name, module in self.model.named_modules():
             handles.append(module.register_forward_pre_hook(self._push(name or "model")))
@@ -230,34 +277,46 @@ class AttentionProbe:
         site = self._stack[-1] if self._stack else "model"
         if site not in self.sites:
             self.sites.append(site)
-        self._calls.append(attention_record(logits))
+        self._calls.extend(attention_record(logits))
         self._call_sites.append(self.sites.index(site))
 
     @torch.no_grad()
     def _on_head(self, module, args, output) -> None:
         if self.paused or not isinstance(output, torch.Tensor):
             return
-        logits = output.detach().float()
-        log_z = torch.logsumexp(logits, dim=-1)
-        self._head.append(torch.stack([log_z.sum(), log_z.new_tensor(float(log_z.numel())),
-                                       logits.max()]))
+        logits = _float(output)
+        self._head.extend((torch.logsumexp(logits, dim=-1).sum(), logits.amax(), logits.sum()))
+        rows = logits.numel() // max(logits.shape[-1], 1)
+        self._head_counts = [self._head_counts[0] + rows, self._head_counts[1] + logits.numel()]
 
     def values(self, device: torch.device) -> torch.Tensor:
-        """[sum log Z, rows, max logit, then per site: max logit, entropy sum, rows]."""
+        """[sum log Z, max logit, sum of logits, rows, logits, then per site: max logit,
+        entropy sum, rows]."""
         if self._head:
-            head = torch.stack(self._head).to(device)
-            head = torch.stack([head[:, 0].sum(), head[:, 1].sum(), head[:, 2].max()])
+            head = torch.stack(self._head).view(-1, 3)
+            if len(head) > 1:  # several forwards in the step
+                head = torch.stack([head[:, 0].sum(), head[:, 1].max(), head[:, 2].sum()])
+            head = torch.cat([head.reshape(-1).to(device),
+                              torch.tensor(self._head_counts, device=device, dtype=head.dtype)])
         else:
-            head = torch.tensor([math.nan, 0.0, math.nan], device=device)
+            head = torch.tensor([math.nan, math.nan, math.nan, 0.0, 0.0], device=device)
+        if self._calls and self._call_sites == list(range(len(self.sites))):
+            sites = torch.stack(self._calls).to(device)  # each site once, in order
+        else:
+            sites = self._per_site(device)
+        self._calls, self._call_sites, self._head, self._head_counts = [], [], [], [0, 0]
+        return torch.cat([head, sites])
+
+    def _per_site(self, device: torch.device) -> torch.Tensor:
+        """The calls' figures gathered per site: max of the maxima, sums of the rest."""
         sites = torch.zeros(len(self.sites), _CALL_FIELDS, device=device)
         if self._calls:
-            calls = torch.stack(self._calls).to(device)
+            calls = torch.stack(self._calls).view(-1, _CALL_FIELDS).to(device)
             index = torch.tensor(self._call_sites, device=device)
             sites[:, 0] = torch.full((len(self.sites),), -math.inf, device=device).scatter_reduce(
                 0, index, calls[:, 0], "amax")
             sites[:, 1:] = sites[:, 1:].index_add(0, index, calls[:, 1:])
-        self._calls, self._head = [], []
-        return torch.cat([head, sites.reshape(-1)])
+        return sites.reshape(-1)
 
     def detach(self) -> None:
         """Leave the mode if a failed forward left it on."""
@@ -267,13 +326,14 @@ class AttentionProbe:
 
     def read(self, host) -> dict[str, object]:
         """Snapshot fields from the host copy of ``values``."""
-        log_z_sum, rows, logit_max = host[:3]
-        sites = host[3:].reshape(-1, _CALL_FIELDS)
+        log_z_sum, logit_max, logit_sum, rows, elements = host[:_HEAD_FIELDS]
+        sites = host[_HEAD_FIELDS:].reshape(-1, _CALL_FIELDS)
         seen = sites[:, 2] > 0
         with_rows = sites[:, 2].clip(min=1)
         return {
             "output_logit_logsumexp": float(log_z_sum / rows) if rows else math.nan,
             "output_logit_max": float(logit_max) if rows else math.nan,
+            "output_logit_mean": float(logit_sum / elements) if rows else math.nan,
             "attention_layers": tuple(s for s, ok in zip(self.sites, seen) if ok),
             "attention_logit_max": sites[seen, 0],
             "attention_entropy": (sites[:, 1] / with_rows)[seen],

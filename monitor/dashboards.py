@@ -272,9 +272,10 @@ def leading_health_panels(t: Thresholds) -> list[timeseries.Panel]:
     """Issue 17: output logits, skip-on-spike, attention per module."""
     level = t.output_logsumexp_level
     return [
-        graph("Output logits: mean log Z and max",
+        graph("Output logits: mean log Z, max and mean",
               query(f"gradwatch_output_logit_logsumexp{{{RUN}}}", RUN_LEGEND + " log Z"),
               query(f"gradwatch_output_logit_max{{{RUN}}}", RUN_LEGEND + " max", "B"),
+              query(f"gradwatch_output_logit_mean{{{RUN}}}", RUN_LEGEND + " mean (shift)", "C"),
               lines=steps((None, "red"), (-level, "green"), (level, "red")),
               description=explain(t, "output_logsumexp_level", "output_logsumexp_drift")),
         graph(f"Skipped updates ({COUNTER_WINDOW}, skip-on-spike)",

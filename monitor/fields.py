@@ -63,7 +63,7 @@ BY_NAME = {f.name: f for f in LAYER_FIELDS}
 #: Per-attention-module figures (label ``layer``: the module that computed attention).
 ATTENTION_GAUGES = ("attention_logit_max", "attention_entropy")
 #: Figures of the output logits.
-OUTPUT_GAUGES = ("output_logit_logsumexp", "output_logit_max")
+OUTPUT_GAUGES = ("output_logit_logsumexp", "output_logit_max", "output_logit_mean")
 #: Pulse figures written as TensorBoard scalars ``gradwatch/<name>`` every step.
 PULSE_SCALARS = ("loss", "global_grad_norm", "clipped_grad_norm", "loss_scale")
 

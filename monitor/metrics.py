@@ -120,8 +120,9 @@ _SPECS = (
     # issue 17: leading indicators of transformer instability, skip-on-spike
     _spec("attention_logit_max", "gauge", "Max pre-softmax attention logit q.k/sqrt(d) of the "
           "module (label layer) that computed attention (F.scaled_dot_product_attention, "
-          "nn.MultiheadAttention, Hugging Face eager/sdpa attention), over all heads and at "
-          "most 64 evenly spaced query positions per call.", "logit", SAMPLED,
+          "nn.MultiheadAttention, Hugging Face eager/sdpa attention), sub-sampled to bound the "
+          "cost: over all heads, the batch's first 4 sequences and at most 64 evenly spaced "
+          "query positions per call.", "logit", SAMPLED,
           "in the tens; above {t.attention_logit_level} or growing "
           "{t.attention_logit_growth_factor}x is attention-logit growth", LAYER),
     _spec("attention_entropy", "gauge", "Mean softmax entropy of the module's attention rows "
@@ -129,11 +130,17 @@ _SPECS = (
           "well above 0; a collapse toward 0 comes with attention-logit growth", LAYER),
     _spec("output_logit_logsumexp", "gauge", "Mean over the batch of the log-partition log Z "
           "of the output logits (lm_head, else the last Linear with 2+ outputs).", "nats",
-          SAMPLED, "near log(vocabulary) or below, steady; |log Z| above "
-          "{t.output_logsumexp_level} or drifting {t.output_logsumexp_drift} nats is "
-          "output-logit divergence"),
+          SAMPLED, "near log(vocabulary) at first; it climbs as the model grows confident "
+          "(10+ nats on a low-entropy task is healthy); |log Z| above "
+          "{t.output_logsumexp_level}, or drifting {t.output_logsumexp_drift} nats through "
+          "the logits' shared shift (their mean, judged in-process), is output-logit "
+          "divergence"),
     _spec("output_logit_max", "gauge", "Max output logit.", "logit", SAMPLED,
           "steady; fast growth comes with output-logit divergence"),
+    _spec("output_logit_mean", "gauge", "Mean output logit over the batch and the "
+          "vocabulary: the logits' shared shift, which the softmax and the loss cannot see.",
+          "logit", SAMPLED, "steady (any offset); a drift of {t.output_logsumexp_drift} nats "
+          "that carries log Z with it is output-logit divergence"),
     _spec("update_grad_cosine", "gauge", "cos(W_before - W_after, grad) of the layer's last "
           "optimizer step.", "cosine", SAMPLED, "1 for plain SGD; clearly positive early "
           "(about 0.3-0.7), falling toward 0 near convergence (gradient noise); below "

@@ -119,6 +119,8 @@ class Snapshot:
             where not updated), the denominator of ``update_ratio``: with ``update_norm``,
             what a group of layers' update ratio is computed from
             (``derived.group_update_ratio``).
+        output_logit_mean: the mean output logit (over the batch and the vocabulary): the
+            shared shift of the logits, which the cross-entropy loss cannot see.
     """
 
     run: str
@@ -149,6 +151,7 @@ class Snapshot:
     output_logit_max: float = math.nan
     update_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     updated_weight_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    output_logit_mean: float = math.nan
 
     @property
     def pulse(self) -> Pulse:

@@ -147,11 +147,14 @@ class Thresholds:
         4.0, "Max attention logit growing by this factor over leading_samples samples (and "
         "above half of attention_logit_level) is steady growth.", low=1.0)
     output_logsumexp_level: float = _t(
-        30.0, "|mean log Z| of the output logits above this is output-logit divergence "
-        "(log V at initialisation is about 11 for a 50k vocabulary).", low=1.0)
+        100.0, "|mean log Z| of the output logits above this is output-logit divergence: "
+        "bf16 logits that large are spaced 0.5 apart, so the softmax is quantised. Not "
+        "lower: log Z carries the logits' arbitrary shared shift (pretrained models without "
+        "z-loss sit tens of nats from 0), which the drift rule judges instead.", low=1.0)
     output_logsumexp_drift: float = _t(
-        10.0, "|log Z| drifting by this many nats within history_steps sampled steps is "
-        "output-logit divergence.", low=0.1)
+        10.0, "|log Z| drifting by this many nats within history_steps sampled steps, carried "
+        "by the logits' shared shift (their mean; confidence moves log Z too, not the shift), "
+        "is output-logit divergence.", low=0.1)
     update_grad_cosine_low: float = _t(
         0.05, "Dashboards' band: a median over layers of cos(update, gradient) below this "
         "means the updates no longer follow the gradient (context of AdamUpdateDecorrelation; "

@@ -76,33 +76,41 @@ class AttentionLogitGrowth:
 
 
 class OutputLogitDivergence:
-    """The mean log-partition log Z of the output logits far from 0: |log Z| above
-    ``output_logsumexp_level``, or drifted by ``output_logsumexp_drift`` nats within the
-    last ``history_steps`` samples, for ``leading_samples`` samples in a row."""
+    """The output logits' log-partition log Z far from 0 through their shared shift: |mean
+    log Z| above ``output_logsumexp_level``, or, within the last ``history_steps`` samples,
+    |log Z| up by more than ``output_logsumexp_drift`` nats of which the shift (the mean
+    logit) carried as many, for ``leading_samples`` samples in a row.
+
+    log Z = mean logit + logsumexp(logits - mean logit). The second term grows as the model
+    becomes confident (a healthy classifier's log Z climbs 10 nats and more); the first is
+    the shift that the softmax, and so the loss, cannot see: only it drifts without bound
+    (what z-loss prevents). Judging the shift keeps confident healthy models quiet."""
 
     name = "OutputLogitDivergence"
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        self.recent: deque[float] = deque(maxlen=int(thresholds.history_steps))
+        self.recent: deque[tuple[float, float]] = deque(maxlen=int(thresholds.history_steps))
         samples = int(thresholds.leading_samples)
         self.state = Sustained(samples, samples)
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
-        log_z = snapshot.output_logit_logsumexp
+        log_z, shift = snapshot.output_logit_logsumexp, snapshot.output_logit_mean
         if math.isnan(log_z):
             return None
         t = self.t
         reasons = []
         if abs(log_z) > t.output_logsumexp_level:
             reasons.append(f"|log Z| above {t.output_logsumexp_level:g}")
-        if self.recent:
-            nearest = min(self.recent, key=lambda v: abs(v))
-            if abs(log_z) - abs(nearest) > t.output_logsumexp_drift:
-                reasons.append(f"drifted {abs(log_z) - abs(nearest):.3g} nats from "
-                               f"{nearest:.3g} within {len(self.recent)} samples")
-        if math.isfinite(log_z):
-            self.recent.append(log_z)
+        if self.recent and not math.isnan(shift):
+            early_z, early_shift = min(self.recent, key=lambda r: abs(r[0]))
+            away = math.copysign(1.0, log_z) * (shift - early_shift)
+            if min(abs(log_z) - abs(early_z), away) > t.output_logsumexp_drift:
+                reasons.append(f"the logits' shift moved {away:.3g} nats away from 0 (log Z "
+                               f"{early_z:.3g} -> {log_z:.3g}) within {len(self.recent)} "
+                               "samples")
+        if math.isfinite(log_z) and math.isfinite(shift):
+            self.recent.append((log_z, shift))
         return self.state.verdict(bool(reasons), lambda: self._finding(snapshot, reasons))
 
     def _finding(self, snapshot: Snapshot, reasons: list[str]) -> Finding:
@@ -113,9 +121,10 @@ class OutputLogitDivergence:
             description=(
                 f"The mean log-partition of the output logits is {log_z:.4g} "
                 f"({'; '.join(reasons)}); the max output logit is "
-                f"{snapshot.output_logit_max:.4g}. The softmax is invariant to a shift of the "
-                "logits, so nothing stops them from drifting until they overflow or "
-                "saturate. See gradwatch_output_logit_logsumexp."),
+                f"{snapshot.output_logit_max:.4g}, the mean {snapshot.output_logit_mean:.4g}. "
+                "The softmax is invariant to a shift of the logits, so nothing stops them "
+                "from drifting until they overflow or saturate. See "
+                "gradwatch_output_logit_logsumexp."),
         )
 
 

@@ -21,6 +21,9 @@ EPS_FACTOR = 10.0
 # per-parameter rows: <-delta, grad>, |delta|^2, |grad|^2, eps-dominated count, Adam elements
 _DOT, _DELTA_SQ, _GRAD_SQ, _EPS_COUNT, _ADAM_NUMEL = range(5)
 ROWS = 5
+#: Elements one batched reduction concatenates at most (whole parameters; a larger one is
+#: reduced alone): bounds the sampled step's extra memory at a few such buffers.
+BUCKET_ELEMENTS = 1 << 22
 
 
 def new_table(n_params: int, device: torch.device) -> torch.Tensor:
@@ -31,38 +34,82 @@ def new_table(n_params: int, device: torch.device) -> torch.Tensor:
 def record_update(table: torch.Tensor, optimizer: torch.optim.Optimizer, index: torch.Tensor,
                   params: list[torch.Tensor], descent: list[torch.Tensor]) -> None:
     """Fill ``table`` columns ``index`` for ``params`` after ``optimizer``'s step, given
-    their ``descent`` (W_before - W_after)."""
+    their ``descent`` (W_before - W_after). Parameters are reduced in buckets of
+    concatenated tensors, a few ops per bucket instead of per parameter."""
     # a sparse gradient (nn.Embedding(sparse=True)) densified: sampled steps only
     grads = [torch.zeros_like(p) if p.grad is None else
              p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
-    flat_d = [local_shard(d).reshape(-1).float() for d in descent]
-    flat_g = [local_shard(g.detach()).reshape(-1).float() for g in grads]
-    rows = [torch.stack([d.dot(g) for d, g in zip(flat_d, flat_g)]),
-            torch.stack([d.dot(d) for d in flat_d]),
-            torch.stack([g.dot(g) for g in flat_g])]
+    flat_d = [_flat(local_shard(d)) for d in descent]
+    flat_g = [_flat(local_shard(g)) for g in grads]  # under no_grad: no graph to detach
+    sums = [_products(flat_d[a:b], flat_g[a:b]).to(table.device) for a, b in _buckets(flat_d)]
+    rows = torch.cat([torch.cat(sums, dim=1), _eps_dominated(optimizer, params, table.device)])
+    table.index_copy_(1, index, rows)
+
+
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1)
+
+
+def _buckets(flat: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """[start, end) ranges of ``flat`` on one device, up to BUCKET_ELEMENTS elements each."""
+    ranges, start, size = [], 0, 0
+    for i, t in enumerate(flat):
+        if i > start and (size + t.numel() > BUCKET_ELEMENTS or t.device != flat[start].device):
+            ranges.append((start, i))
+            start, size = i, 0
+        size += t.numel()
+    return ranges + [(start, len(flat))] if flat else ranges
+
+
+def _products(descent: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    """[3, len(descent)]: <-delta, grad>, |delta|^2 and |grad|^2 of each parameter."""
+    d, g = torch.cat(descent).float(), torch.cat(grads).float()
+    return _segment_sums(torch.stack([d * g, d * d, g * g], dim=1), descent).T
+
+
+def _segment_sums(values: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Sums of the consecutive rows of ``values`` that belong to each of ``parts``."""
+    lengths = torch.tensor([p.numel() for p in parts], device=values.device)
+    # unsafe: skips the checks of lengths, which read them on the host (a sync)
+    return torch.segment_reduce(values, "sum", lengths=lengths, axis=0, unsafe=True)
+
+
+def _eps_dominated(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                   device: torch.device) -> torch.Tensor:
+    """[2, len(params)]: eps-dominated elements and elements of each Adam-family
+    parameter, 0 for the others."""
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    eps_rows = [_eps_dominated(optimizer.state.get(p, {}), groups.get(id(p), {}), p)
-                for p in params]
-    rows += [torch.stack([r[0] for r in eps_rows]).to(table.device),
-             torch.stack([r[1] for r in eps_rows]).to(table.device)]
-    table.index_copy_(1, index, torch.stack([r.to(table.device) for r in rows]))
+    adam = [(i, optimizer.state[p]["exp_avg_sq"], groups[id(p)]) for i, p in enumerate(params)
+            if isinstance(optimizer.state.get(p, {}).get("exp_avg_sq"), torch.Tensor)
+            and {"eps", "betas"} <= groups.get(id(p), {}).keys()]
+    out = torch.zeros(2, len(params), device=device)
+    if not adam:
+        return out
+    v = [_flat(local_shard(second_moment)) for _, second_moment, _ in adam]
+    # sqrt(v / (1 - beta2^t)) <= k eps  <=>  v <= (k eps)^2 (1 - beta2^t), per parameter
+    step = _steps([optimizer.state[params[i]].get("step", 1) for i, _, _ in adam], device)
+    beta2 = torch.tensor([g["betas"][1] for _, _, g in adam], device=device)
+    eps = torch.tensor([(EPS_FACTOR * g["eps"]) ** 2 for _, _, g in adam], device=device)
+    bound = eps * (1 - beta2 ** step)
+    counts = []
+    for a, b in _buckets(v):
+        elements = torch.cat(v[a:b]).float()
+        limits = bound[a:b].to(elements.device).repeat_interleave(
+            torch.tensor([t.numel() for t in v[a:b]], device=elements.device),
+            output_size=elements.numel())  # given: not read back from the device
+        counts.append(_segment_sums((elements <= limits).float(), v[a:b]).to(device))
+    columns = torch.tensor([i for i, _, _ in adam], device=device)
+    out[0].index_copy_(0, columns, torch.cat(counts))
+    out[1].index_copy_(0, columns, torch.tensor([float(t.numel()) for t in v], device=device))
+    return out
 
 
-def _eps_dominated(state: dict, group: dict, param: torch.Tensor):
-    """(eps-dominated elements, elements) of an Adam-family parameter, else (0, 0)."""
-    v = state.get("exp_avg_sq")
-    if not isinstance(v, torch.Tensor) or "eps" not in group or "betas" not in group:
-        zero = torch.zeros((), device=param.device)
-        return zero, zero
-    beta2 = group["betas"][1]
-    step = state.get("step", 1)
-    # sqrt(v / (1 - beta2^t)) <= k eps  <=>  v <= (k eps)^2 (1 - beta2^t); t may be a tensor
-    bias_correction = 1 - beta2 ** step if isinstance(step, torch.Tensor) else \
-        torch.tensor(1 - beta2 ** float(step), device=v.device)
-    bound = (EPS_FACTOR * group["eps"]) ** 2 * bias_correction.to(v.device, torch.float32)
-    v = local_shard(v)
-    count = (v.float() <= bound.to(v.device)).sum(dtype=torch.float32)
-    return count, torch.tensor(float(v.numel()), device=v.device)
+def _steps(steps: list, device: torch.device) -> torch.Tensor:
+    """Adam's step counts (tensors on the CPU or the device, or numbers), as one tensor."""
+    if all(isinstance(s, torch.Tensor) and s.device == steps[0].device for s in steps):
+        return torch.stack(steps).to(device, torch.float32)
+    return torch.stack([s.to(device, torch.float32) if isinstance(s, torch.Tensor)
+                        else torch.tensor(float(s), device=device) for s in steps])
 
 
 def per_layer(table: torch.Tensor, per_layer_sum) -> dict[str, torch.Tensor]:
