@@ -15,6 +15,12 @@ Example::
 
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the real types for type checkers and IDEs; loaded lazily at run time
+    from .callbacks import TrainingDiagnostics
+    from .monitor import (Alert, AlertEngine, Monitor, PrometheusSink, Pulse, PushgatewayPusher,
+                          SkipOnSpike, Snapshot, TensorBoardSink, Thresholds)
 from typing import Any
 
 try:
@@ -36,7 +42,20 @@ _EXPORTS = {
     "TensorBoardSink": ".monitor",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Alert",
+    "AlertEngine",
+    "Monitor",
+    "PrometheusSink",
+    "Pulse",
+    "PushgatewayPusher",
+    "SkipOnSpike",
+    "Snapshot",
+    "TensorBoardSink",
+    "Thresholds",
+    "TrainingDiagnostics",
+]
+assert sorted(_EXPORTS) == __all__  # the lazy names are the public ones
 
 
 def __getattr__(name: str) -> Any:

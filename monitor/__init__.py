@@ -5,7 +5,17 @@ delivery) can be imported without torch.
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real types for type checkers and IDEs; loaded lazily at run time
+    from .alerts import Alert, AlertEngine
+    from .monitor import Monitor
+    from .prometheus import PrometheusSink
+    from .pushgateway import PushgatewayPusher
+    from .responses import SkipOnSpike
+    from .snapshot import Pulse, Snapshot
+    from .tensorboard import TensorBoardSink
+    from .thresholds import Thresholds
 
 _EXPORTS = {
     "Monitor": ".monitor",
@@ -20,7 +30,19 @@ _EXPORTS = {
     "SkipOnSpike": ".responses",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Alert",
+    "AlertEngine",
+    "Monitor",
+    "PrometheusSink",
+    "Pulse",
+    "PushgatewayPusher",
+    "SkipOnSpike",
+    "Snapshot",
+    "TensorBoardSink",
+    "Thresholds",
+]
+assert sorted(_EXPORTS) == __all__  # the lazy names are the public ones
 
 
 def __getattr__(name: str) -> Any:
