@@ -170,10 +170,12 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
             alertmanager_url=alertmanager_url,
             pushgateway_url=pushgateway_url, pushgateway_keep=True)
         logger = pl.loggers.TensorBoardLogger(out_dir, name=scenario.name, version="")
-        callbacks = [diagnostics, _Announce(console, diagnostics)]
+        callbacks = [diagnostics]  # its start-up line names /metrics
         if progress:
             callbacks.append(pl.callbacks.RichProgressBar())
-        trainer = pl.Trainer(max_steps=scenario.steps, callbacks=callbacks, logger=logger,
+        # one epoch of scenario.steps batches (max_epochs too: the bar reads "Epoch 0/0")
+        trainer = pl.Trainer(max_steps=scenario.steps, max_epochs=1, callbacks=callbacks,
+                             logger=logger,
                              gradient_clip_val=scenario.clip,
                              enable_checkpointing=False, enable_model_summary=False,
                              enable_progress_bar=progress, accelerator="cpu", devices=1,
@@ -203,16 +205,3 @@ def _print_verdicts(console, summaries: list[dict], out_dir: str) -> None:
     console.print(f"TensorBoard: tensorboard --logdir {out_dir}")
     for s in summaries:
         console.print(f"  {s['run']}: report {s['report']}")
-
-
-def _Announce(console, diagnostics):
-    """A callback that prints the /metrics address once the endpoint is up."""
-    from ..callbacks._lightning import lightning_package
-
-    pl = lightning_package()
-
-    class Announce(pl.Callback):
-        def on_train_start(self, trainer, pl_module):
-            console.print(f"/metrics: {diagnostics.prometheus_url} (while it trains)")
-
-    return Announce()
