@@ -26,3 +26,21 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
             value = float(row[field])
             assert math.isfinite(value) and value > 0, (row["config"], field, value)
     assert "## Scale" in text and "/metrics" in text
+
+
+def test_step_cost_smoke_reports_time_and_ops(tmp_path):
+    from benchmarks import step_cost
+
+    output = tmp_path / "bench.md"
+    output.write_text("# report\n\n## Other\n\nkept\n")
+    step_cost.main(["--smoke", "--output", str(output)])
+    text = output.read_text()
+    assert "## Other\n\nkept" in text and step_cost.SECTION in text
+    time_row = re.search(r"^\| Python time \(us\) \| (\S+) \| (\S+) \| (\S+) \|", text, re.M)
+    ops_row = re.search(r"^\| aten ops \| (\S+) \| (\S+) \| (\S+) \|", text, re.M)
+    assert time_row and ops_row
+    hooks, norm, beyond = (float(v) for v in time_row.groups())
+    assert hooks > 0 and norm > 0 and math.isclose(beyond, hooks - norm, abs_tol=0.11)
+    ops, norm_ops, beyond_ops = (float(v) for v in ops_row.groups())
+    # the norm read of the tiny MLP's 10 gradients issues at least one op per gradient
+    assert norm_ops >= 10 and ops >= norm_ops and math.isclose(beyond_ops, ops - norm_ops, abs_tol=0.01)

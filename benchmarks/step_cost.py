@@ -1,0 +1,177 @@
+"""The fixed cost of an unsampled step (issue 18, item 1): gradwatch's own Python time and
+aten ops per step, beyond the gradient-norm read.
+
+A plain ``gradwatch.Monitor`` (defaults but ``every_n_steps``, set past the run so only
+step 0 is sampled) watches a tiny MLP, so the model costs next to nothing. Over ``steps``
+unsampled steps:
+
+- **Python time**: ``time.perf_counter`` around each of begin_step, observe_loss,
+  observe_gradients and end_step, summed per step (median over steps), and the time of
+  the gradient-norm read alone (``probes.squared_norms`` of the same gradients), so the
+  fixed cost is the difference.
+- **aten ops**: every op a ``TorchDispatchMode`` sees during the same hooks (ops issued by
+  gradwatch only: the training's own run outside them), and those of the norm read alone.
+
+Targets: <= 50 us of Python and <= 3 aten ops per unsampled step beyond the norm.
+
+    python -m benchmarks.step_cost [--output docs/benchmarks.md]
+    python -m benchmarks.step_cost --smoke   # a few steps, prints the section
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gradwatch.monitor import Monitor, probes
+
+from .cardinality import write_section
+
+SECTION = "## Fixed cost of an unsampled step"
+STEPS = 1000
+SMOKE_STEPS = 20
+WIDTH, DEPTH = 8, 4
+TARGET_MICROSECONDS = 50.0
+TARGET_OPS = 3
+
+
+class CountOps(TorchDispatchMode):
+    """Every aten op dispatched while on, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket.__name__)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass(frozen=True)
+class StepCost:
+    steps: int
+    hooks_us: float  # median per step, the four hooks together
+    norm_us: float  # median, the gradient-norm read alone
+    ops: float  # mean per step, issued in the hooks
+    norm_ops: float  # of the norm read alone
+    op_names: dict[str, float]  # mean per step, by name
+
+    @property
+    def fixed_us(self) -> float:
+        return self.hooks_us - self.norm_us
+
+    @property
+    def fixed_ops(self) -> float:
+        return self.ops - self.norm_ops
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(DEPTH):
+        layers += [nn.Linear(WIDTH, WIDTH), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(WIDTH, 1))
+
+
+def measure(steps: int = STEPS) -> StepCost:
+    """Python time and aten ops of gradwatch's hooks on ``steps`` unsampled steps."""
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, every_n_steps=2 * steps + 2, optimizers=[optimizer])
+    x, y = torch.randn(16, WIDTH), torch.randn(16, 1)
+    counter = CountOps()
+    hook_times: list[float] = []
+
+    def step(number: int, counted: bool) -> None:
+        spent = 0.0
+
+        def hook(call, *args) -> None:
+            nonlocal spent
+            if counted:
+                with counter:
+                    call(*args)
+                return
+            start = time.perf_counter()
+            call(*args)
+            spent += time.perf_counter() - start
+
+        hook(monitor.begin_step, number)
+        loss = nn.functional.mse_loss(model(x), y)
+        hook(monitor.observe_loss, loss)
+        loss.backward()
+        hook(monitor.observe_gradients, optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+        hook(monitor.end_step)
+        if not counted:
+            hook_times.append(spent)
+
+    step(0, counted=False)  # the sampled step 0, and warm-up
+    for number in range(1, steps + 1):
+        step(number, counted=False)
+    for number in range(steps + 1, 2 * steps + 1):
+        step(number, counted=True)
+    assert not any(monitor.is_sampled(n) for n in range(1, 2 * steps + 1)), "unsampled only"
+    monitor.close()
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    norm_times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        monitor._watched.squared_norms(grads)
+        norm_times.append(time.perf_counter() - start)
+    norm_counter = CountOps()
+    with norm_counter:
+        monitor._watched.squared_norms(grads)
+    return StepCost(
+        steps=steps, hooks_us=statistics.median(hook_times[1:]) * 1e6,
+        norm_us=statistics.median(norm_times) * 1e6,
+        ops=sum(counter.ops.values()) / steps, norm_ops=sum(norm_counter.ops.values()),
+        op_names={name: n / steps for name, n in counter.ops.most_common()})
+
+
+def render(cost: StepCost) -> str:
+    met_us = "yes" if cost.fixed_us <= TARGET_MICROSECONDS else "no"
+    met_ops = "yes" if cost.fixed_ops <= TARGET_OPS else "no"
+    ops = ", ".join(f"`{name}` {n:g}" for name, n in cost.op_names.items())
+    return "\n".join([
+        SECTION, "",
+        f"`python -m benchmarks.step_cost`: a plain `gradwatch.Monitor` on a tiny MLP "
+        f"({DEPTH} x Linear({WIDTH})+Tanh, SGD), {cost.steps} unsampled steps, one thread "
+        f"of a shared machine. Python time: `time.perf_counter` around begin_step, "
+        f"observe_loss, observe_gradients and end_step (median per step); aten ops: those a "
+        f"`TorchDispatchMode` sees inside them (mean per step). The norm read = "
+        f"`squared_norms` of the same gradients alone (on a CPU, float32: one BLAS dot "
+        f"each).", "",
+        "| per unsampled step | hooks | the norm read | beyond the norm | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+        f"| Python time (us) | {cost.hooks_us:.1f} | {cost.norm_us:.1f} | "
+        f"{cost.fixed_us:.1f} | <= {TARGET_MICROSECONDS:g} | {met_us} |",
+        f"| aten ops | {cost.ops:g} | {cost.norm_ops:g} | {cost.fixed_ops:g} | "
+        f"<= {TARGET_OPS} | {met_ops} |",
+        "", f"Ops per step, by name: {ops}.", "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_STEPS} steps, for CI")
+    parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
+    options = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    section = render(measure(SMOKE_STEPS if options.smoke else STEPS))
+    if options.output:
+        write_section(options.output, section)
+    print(section)
+    return section
+
+
+if __name__ == "__main__":
+    main()
