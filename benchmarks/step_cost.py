@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradwatch.monitor import Monitor, probes
 
+from . import instability
 from .cardinality import write_section
 
 SECTION = "## Fixed cost of an unsampled step"
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(1)
     section = render(measure(SMOKE_STEPS if options.smoke else STEPS))
     if options.output:
-        write_section(options.output, section)
+        write_section(options.output, section, before=instability.SECTION)
     print(section)
     return section
 
