@@ -141,7 +141,7 @@ def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
     if shards:
         tensors = [local_shard(t) for t in tensors]
     if cpu_float32:
-        flat = [t.reshape(-1) for t in tensors]
+        flat = [t if t.dim() == 1 else t.reshape(-1) for t in tensors]  # biases: no op
         return torch.stack([f.dot(f) for f in flat])
     # one fused _foreach_norm per device (and, with float64, for the float64 tensors apart)
     groups: dict[tuple[torch.device, bool], list[int]] = {}

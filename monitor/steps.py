@@ -34,6 +34,15 @@ def _host_float(value: object) -> float:
     return float(value)  # type: ignore[arg-type]  # a float, an int or a CPU tensor
 
 
+def _add_sum(cell: torch.Tensor, values: torch.Tensor, first: bool) -> None:
+    """Add the sum of ``values`` into a ring cell: into its 0 (a read row is zeroed) the
+    first time in the step, as ONE op (the sum written in place)."""
+    if first and values.device == cell.device:
+        torch.sum(values, dim=0, out=cell)
+    else:
+        cell.add_(values.sum())
+
+
 @dataclass
 class StepState:
     """The step in progress and its ring row's cells (one per RingColumn)."""
@@ -79,7 +88,7 @@ class StepState:
         squares = watched.squared_norms(grads)
         sharded = watched.sharded_mask(positions)
         if sharded is None:
-            self.cells[RingColumn.GRAD_SQ].add_(squares.sum())
+            _add_sum(self.cells[RingColumn.GRAD_SQ], squares, first=not self.grads_seen)
         else:  # shards: their squares are summed across ranks at the next regular sample
             self.cells[RingColumn.SHARDED_SQ].add_((squares * sharded).sum())
             self.cells[RingColumn.GRAD_SQ].add_((squares * ~sharded).sum())

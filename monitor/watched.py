@@ -42,6 +42,15 @@ class _OptimizerParams(NamedTuple):
     params: list[torch.Tensor]  # the nn.Parameters themselves
 
 
+def _unseen(positions: list[int], params: list[torch.Tensor], observed: set[int]
+            ) -> tuple[list[int], list[torch.Tensor]]:
+    """Positions and gradients of the parameters with a gradient, not ``observed``."""
+    found = [p.grad if p.requires_grad else None for p in params]  # frozen: stale grad
+    kept = [k for k, (i, g) in enumerate(zip(positions, found))
+            if g is not None and i not in observed]
+    return [positions[k] for k in kept], [g for g in (found[k] for k in kept) if g is not None]
+
+
 class WatchedParams:
     """Positions (in ``layers.params``) of the parameters watched, and their device tensors.
 
@@ -127,11 +136,11 @@ class WatchedParams:
         """Positions and gradients of ``optimizer``'s parameters not ``observed`` yet in the
         step (then added to it); sparse gradients as their values."""
         positions, params = self.of_optimizer(optimizer)
-        found = [p.grad if p.requires_grad else None for p in params]  # frozen: stale grad
-        kept = [k for k, (i, g) in enumerate(zip(positions, found))
-                if g is not None and i not in observed]
-        positions = [positions[k] for k in kept]
-        grads: list[torch.Tensor] = [g for g in (found[k] for k in kept) if g is not None]
+        # the usual step: the first read, every parameter has its gradient (one pass)
+        grads = [] if observed else [p.grad for p in params
+                                     if p.grad is not None and p.requires_grad]
+        if len(grads) != len(params):
+            positions, grads = _unseen(positions, params, observed)
         observed.update(positions)
         if sampled:  # a parameter's gradient layout is that of its module: looked at here
             self.sparse_grads.difference_update(positions)
