@@ -6,9 +6,10 @@ step 0 is sampled) watches a tiny MLP, so the model costs next to nothing. Over 
 unsampled steps:
 
 - **Python time**: ``time.perf_counter`` around each of begin_step, observe_loss,
-  observe_gradients and end_step, summed per step (median over steps), and the time of
-  the gradient-norm read alone (``probes.squared_norms`` of the same gradients), so the
-  fixed cost is the difference.
+  observe_gradients and end_step, summed per step, and the time of the gradient-norm
+  read alone (``squared_norms`` of gradients of the same shapes), so the fixed cost is the
+  difference: both timed in turn, in rounds, the median per step of the quietest round
+  (interference on a shared machine only adds time).
 - **aten ops**: every op a ``TorchDispatchMode`` sees during the same hooks (ops issued by
   gradwatch only: the training's own run outside them), and those of the norm read alone.
 
@@ -39,6 +40,7 @@ from .cardinality import write_section
 SECTION = "## Fixed cost of an unsampled step"
 STEPS = 1000
 SMOKE_STEPS = 20
+ROUNDS = 5
 WIDTH, DEPTH = 8, 4
 TARGET_MICROSECONDS = 50.0
 TARGET_OPS = 3
@@ -59,8 +61,9 @@ class CountOps(TorchDispatchMode):
 @dataclass(frozen=True)
 class StepCost:
     steps: int
-    hooks_us: float  # median per step, the four hooks together
-    norm_us: float  # median, the gradient-norm read alone
+    rounds: int
+    hooks_us: float  # median per step, the four hooks together (of the quietest round)
+    norm_us: float  # median, the gradient-norm read alone (of the quietest round)
     ops: float  # mean per step, issued in the hooks
     norm_ops: float  # of the norm read alone
     op_names: dict[str, float]  # mean per step, by name
@@ -82,7 +85,7 @@ def tiny_model() -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(WIDTH, 1))
 
 
-def measure(steps: int = STEPS) -> StepCost:
+def measure(steps: int = STEPS, rounds: int = ROUNDS) -> StepCost:
     """Python time and aten ops of gradwatch's hooks on ``steps`` unsampled steps."""
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -116,26 +119,35 @@ def measure(steps: int = STEPS) -> StepCost:
             hook_times.append(spent)
 
     step(0, counted=False)  # the sampled step 0, and warm-up
-    for number in range(1, steps + 1):
-        step(number, counted=False)
-    for number in range(steps + 1, 2 * steps + 1):
+    grads = [torch.ones_like(p) for p in model.parameters()]  # the norm read's input
+    per_round = max(1, steps // rounds)
+    hooks, norms = [], []
+    for first in range(1, rounds * per_round + 1, per_round):  # the two timed in turn
+        hook_times.clear()
+        for number in range(first, first + per_round):
+            step(number, counted=False)
+        hooks.append(statistics.median(hook_times))
+        norms.append(statistics.median(_seconds(monitor._watched.squared_norms, grads)
+                                       for _ in range(per_round)))
+    counted = range(rounds * per_round + 1, rounds * per_round + 1 + steps)
+    for number in counted:
         step(number, counted=True)
-    assert not any(monitor.is_sampled(n) for n in range(1, 2 * steps + 1)), "unsampled only"
+    assert not any(monitor.is_sampled(n) for n in range(1, counted[-1] + 1)), "unsampled only"
     monitor.close()
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-    norm_times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        monitor._watched.squared_norms(grads)
-        norm_times.append(time.perf_counter() - start)
     norm_counter = CountOps()
     with norm_counter:
         monitor._watched.squared_norms(grads)
+    # the least disturbed round: the machine is shared, interference only adds time
     return StepCost(
-        steps=steps, hooks_us=statistics.median(hook_times[1:]) * 1e6,
-        norm_us=statistics.median(norm_times) * 1e6,
+        steps=steps, rounds=rounds, hooks_us=min(hooks) * 1e6, norm_us=min(norms) * 1e6,
         ops=sum(counter.ops.values()) / steps, norm_ops=sum(norm_counter.ops.values()),
         op_names={name: n / steps for name, n in counter.ops.most_common()})
+
+
+def _seconds(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
 
 
 def render(cost: StepCost) -> str:
@@ -147,7 +159,8 @@ def render(cost: StepCost) -> str:
         f"`python -m benchmarks.step_cost`: a plain `gradwatch.Monitor` on a tiny MLP "
         f"({DEPTH} x Linear({WIDTH})+Tanh, SGD), {cost.steps} unsampled steps, one thread "
         f"of a shared machine. Python time: `time.perf_counter` around begin_step, "
-        f"observe_loss, observe_gradients and end_step (median per step); aten ops: those a "
+        f"observe_loss, observe_gradients and end_step (median per step, of the quietest "
+        f"of {cost.rounds} rounds, the norm read timed in turn with them); aten ops: those a "
         f"`TorchDispatchMode` sees inside them (mean per step). The norm read = "
         f"`squared_norms` of the same gradients alone (on a CPU, float32: one BLAS dot "
         f"each).", "",
