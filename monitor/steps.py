@@ -34,15 +34,6 @@ def _host_float(value: object) -> float:
     return float(value)  # type: ignore[arg-type]  # a float, an int or a CPU tensor
 
 
-def _add_sum(cell: torch.Tensor, values: torch.Tensor, first: bool) -> None:
-    """Add the sum of ``values`` into a ring cell: into its 0 (a read row is zeroed) the
-    first time in the step, as ONE op (the sum written in place)."""
-    if first and values.device == cell.device:
-        torch.sum(values, dim=0, out=cell)
-    else:
-        cell.add_(values.sum())
-
-
 @dataclass
 class StepState:
     """The step in progress and its ring row's cells (one per RingColumn)."""
@@ -85,14 +76,18 @@ class StepState:
         positions, grads = watched.unseen_gradients(optimizer, self.observed, self.sampled)
         if not grads:
             return
+        # the ring cell holds 0 until the step's first gradients (a read row is zeroed)
+        first, self.grads_seen = not self.grads_seen, True
+        if self.table is None and not watched.any_sharded:  # only the total is needed
+            watched.add_squared_sum(self.cells[RingColumn.GRAD_SQ], grads, first)
+            return
         squares = watched.squared_norms(grads)
-        sharded = watched.sharded_mask(positions)
-        if sharded is None:
-            _add_sum(self.cells[RingColumn.GRAD_SQ], squares, first=not self.grads_seen)
-        else:  # shards: their squares are summed across ranks at the next regular sample
+        if watched.any_sharded:  # shards: their squares are summed across ranks later
+            sharded = watched.sharded_mask(positions)
             self.cells[RingColumn.SHARDED_SQ].add_((squares * sharded).sum())
             self.cells[RingColumn.GRAD_SQ].add_((squares * ~sharded).sum())
-        self.grads_seen = True
+        else:
+            self.cells[RingColumn.GRAD_SQ].add_(squares.sum())
         if self.table is not None:
             self.table.add_gradients(positions, squares, grads)
 

@@ -90,13 +90,20 @@ class WatchedParams:
                 "shards": self.any_sharded,
                 "cpu_float32": all(p.device.type == "cpu" and p.dtype == torch.float32
                                    for p in params),
-                "float64": any(p.dtype == torch.float64 for p in params)}
+                "float64": any(p.dtype == torch.float64 for p in params),
+                "one_device": all(p.device == self.device for p in params)}
             self._norm_key = (self.device, dtype)
         return self.device
 
     def squared_norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Squared norms of gradients, weights or updates of these parameters."""
         return probes.squared_norms(tensors, **self._norm_options)
+
+    def add_squared_sum(self, cell: torch.Tensor, tensors: list[torch.Tensor],
+                        first: bool) -> None:
+        """Add the sum of the squared norms of these parameters' ``tensors`` into ``cell``
+        (``first``: it holds 0)."""
+        probes.add_squared_sum(cell, tensors, first, **self._norm_options)
 
     def index_of(self, positions: list[int]) -> torch.Tensor:
         """``positions`` as a device index tensor (cached: the same sets recur every step)."""
@@ -107,10 +114,8 @@ class WatchedParams:
             self._index[key] = index
         return index
 
-    def sharded_mask(self, positions: list[int]) -> torch.Tensor | None:
-        """Mask of the sharded ones among ``positions`` (None when nothing is sharded)."""
-        if not self.any_sharded:
-            return None
+    def sharded_mask(self, positions: list[int]) -> torch.Tensor:
+        """Mask of the sharded ones among ``positions``."""
         return self.sharded.to(self.device)[self.index_of(positions)]
 
     def of_optimizer(self, optimizer: torch.optim.Optimizer | None

@@ -36,11 +36,17 @@ def test_step_cost_smoke_reports_time_and_ops(tmp_path):
     step_cost.main(["--smoke", "--output", str(output)])
     text = output.read_text()
     assert "## Other\n\nkept" in text and step_cost.SECTION in text
-    time_row = re.search(r"^\| Python time \(us\) \| (\S+) \| (\S+) \| (\S+) \|", text, re.M)
-    ops_row = re.search(r"^\| aten ops \| (\S+) \| (\S+) \| (\S+) \|", text, re.M)
-    assert time_row and ops_row
-    hooks, norm, beyond = (float(v) for v in time_row.groups())
-    assert hooks > 0 and norm > 0 and math.isclose(beyond, hooks - norm, abs_tol=0.11)
-    ops, norm_ops, beyond_ops = (float(v) for v in ops_row.groups())
-    # the norm read of the tiny MLP's 10 gradients issues at least one op per gradient
-    assert norm_ops >= 10 and ops >= norm_ops and math.isclose(beyond_ops, ops - norm_ops, abs_tol=0.01)
+    for dtype in ("float32", "bfloat16"):
+        time_row = re.search(rf"^\| {dtype} \| Python time \(us\) \| (\S+) \| (\S+) \| (\S+) \|",
+                             text, re.M)
+        ops_row = re.search(rf"^\| {dtype} \| aten ops \| (\S+) \| (\S+) \| (\S+) \|",
+                            text, re.M)
+        assert time_row and ops_row, dtype
+        hooks, norm, beyond = (float(v) for v in time_row.groups())
+        assert hooks > 0 and norm > 0 and math.isclose(beyond, hooks - norm, abs_tol=0.11)
+        ops, norm_ops, beyond_ops = (float(v) for v in ops_row.groups())
+        assert norm_ops >= 1 and ops >= norm_ops
+        assert math.isclose(beyond_ops, ops - norm_ops, abs_tol=0.01)
+    # the float32 CPU path reads the tiny MLP's 10 gradients one BLAS dot at a time
+    norm_read = re.search(r"^\| float32 \| aten ops \| [\d.]+ \| (\d+) \|", text, re.M)
+    assert norm_read and int(norm_read[1]) >= 10
