@@ -190,15 +190,20 @@ def _met(met: bool) -> str:
     return "yes" if met else "no"
 
 
+def measured_section(smoke: bool = False) -> str:
+    """Measure both norm paths; the section (also part of benchmarks/overhead.py's report)."""
+    steps = SMOKE_STEPS if smoke else STEPS
+    return render({str(dtype).removeprefix("torch."): measure(steps, dtype=dtype)
+                   for dtype in DTYPES})
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_STEPS} steps, for CI")
     parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
     options = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps = SMOKE_STEPS if options.smoke else STEPS
-    section = render({str(dtype).removeprefix("torch."): measure(steps, dtype=dtype)
-                      for dtype in DTYPES})
+    section = measured_section(smoke=options.smoke)
     if options.output:
         write_section(options.output, section, before=instability.SECTION)
     print(section)

@@ -1,7 +1,8 @@
-"""The overhead benchmark runs end to end (``--smoke``: tiny sizes, one round, a few steps).
+"""The overhead and step-cost benchmarks run end to end (``--smoke``: tiny sizes, one round,
+a few steps).
 
-Checks the report's shape, not timings: a row per available configuration, and ratios that
-are positive finite numbers.
+Checks the reports' shape, not timings: a row per available configuration, and ratios that
+are positive finite numbers; the step cost's times and op counts, and their differences.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import overhead
+from benchmarks import overhead, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
@@ -26,11 +27,10 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
             value = float(row[field])
             assert math.isfinite(value) and value > 0, (row["config"], field, value)
     assert "## Scale" in text and "/metrics" in text
+    assert step_cost.SECTION in text and "| bfloat16 | aten ops |" in text
 
 
 def test_step_cost_smoke_reports_time_and_ops(tmp_path):
-    from benchmarks import step_cost
-
     output = tmp_path / "bench.md"
     output.write_text("# report\n\n## Other\n\nkept\n")
     step_cost.main(["--smoke", "--output", str(output)])
