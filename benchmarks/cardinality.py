@@ -116,14 +116,20 @@ def render(layers: int, counts: list[WorldCount], budgets: list[tuple[int, int, 
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the cardinality section of ``path``, leaving the rest alone."""
+def write_section(path: Path, section: str, before: str | None = None) -> None:
+    """Replace the section of ``path`` headed by ``section``'s first line, leaving the rest
+    alone; a new one goes in front of the section headed ``before`` (if there), else last."""
     text = path.read_text() if path.exists() else ""
-    start = text.find(SECTION)
+    heading = section.split("\n", 1)[0]
+    start = text.find(heading)
     if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
+        end = text.find(before) if before else -1
+        if end < 0:
+            text = text.rstrip("\n") + "\n\n" + section
+        else:
+            text = text[:end] + section.rstrip("\n") + "\n\n" + text[end:]
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     path.write_text(text)
 

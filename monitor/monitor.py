@@ -230,7 +230,8 @@ class Monitor:
     def observe_gradients(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Read the gradients (before clipping) of ``optimizer``'s params, or of all params."""
         if self._current is not None:
-            self._current.add_gradients(self._watched, optimizer)
+            with torch.no_grad():  # gradients with a graph (create_graph=True): their values
+                self._current.add_gradients(self._watched, optimizer)
 
     @timed
     def end_step(self) -> None:

@@ -127,7 +127,8 @@ def combine_records(records: torch.Tensor, group: torch.Tensor, n_groups: int) -
 
 
 def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
-                  cpu_float32: bool = False, float64: bool = False) -> torch.Tensor:
+                  cpu_float32: bool = False, float64: bool = False,
+                  one_device: bool = False) -> torch.Tensor:
     """float32 squared L2 norm of each tensor as one 1-D tensor; with ``shards``, of each
     DTensor's local shard.
 
@@ -135,14 +136,17 @@ def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
     dot product each, faster there than ``_foreach_norm``; otherwise one fused
     ``torch._foreach_norm`` per device, accumulated in float32; with ``float64`` (some
     tensors are float64, which ``_foreach_norm`` cannot narrow), those in float64.
+    ``one_device`` (the caller knows that every tensor is on one device): no look at each.
     """
     if not tensors:
         return torch.zeros(0)
     if shards:
         tensors = [local_shard(t) for t in tensors]
     if cpu_float32:
-        flat = [t.reshape(-1) for t in tensors]
+        flat = [t if t.dim() == 1 else t.reshape(-1) for t in tensors]  # biases: no op
         return torch.stack([f.dot(f) for f in flat])
+    if one_device and not float64:
+        return _fused_norms(tensors).square()
     # one fused _foreach_norm per device (and, with float64, for the float64 tensors apart)
     groups: dict[tuple[torch.device, bool], list[int]] = {}
     for i, t in enumerate(tensors):
@@ -161,6 +165,31 @@ def squared_norms(tensors: Sequence[torch.Tensor], shards: bool = False,
         out.index_copy_(0, index, torch.stack(parts).square().to(home, torch.float32,
                                                                  non_blocking=True))
     return out
+
+
+def add_squared_sum(cell: torch.Tensor, tensors: Sequence[torch.Tensor], first: bool,
+                    shards: bool = False, cpu_float32: bool = False, float64: bool = False,
+                    one_device: bool = False) -> None:
+    """Add the sum of the squared norms of ``tensors`` (options: ``squared_norms``') into
+    the 0-dim ``cell``; ``first``: the cell holds 0. On one device, not float64: one fused
+    norm, a stack and ONE dot into the cell, for every tensor together."""
+    if one_device and not (cpu_float32 or float64 or shards):
+        norms = _fused_norms(tensors)
+        if first and norms.device == cell.device:
+            torch.dot(norms, norms, out=cell)
+        else:
+            cell.add_(norms.dot(norms).to(cell.device))
+        return
+    squares = squared_norms(tensors, shards, cpu_float32, float64, one_device)
+    if first and squares.device == cell.device:
+        torch.sum(squares, dim=0, out=cell)  # ONE op: the sum written in place
+    else:
+        cell.add_(squares.sum().to(cell.device))
+
+
+def _fused_norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The float32 L2 norms of tensors on one device, as one 1-D tensor (one fused op)."""
+    return torch.stack(torch._foreach_norm(list(tensors), 2, dtype=torch.float32))
 
 
 def sparse_values(tensor: torch.Tensor) -> torch.Tensor:

@@ -136,9 +136,9 @@ class PulseRing:
         if host_rows is None:
             if self.read == len(self.rows):
                 return
-            pending = self.unread()
-            # host memory already on a CPU device: a view, not a transfer
-            host_rows = pending.numpy() if pending.device.type == "cpu" else host_copy(pending)
+            # host memory already on a CPU device: a view, not a transfer (nor an op)
+            host_rows = (self.host[self.read:len(self.rows)] if self.host is not None
+                         else host_copy(self.unread()))
         for offset, values in enumerate(host_rows):
             pulse = pulse_from_row(self.rows[self.read + offset], values)
             self.pulses.append(pulse)
@@ -146,7 +146,11 @@ class PulseRing:
             self._on_pulse(pulse)
         self.read += len(host_rows)
         if in_progress is None or in_progress < self.read:
-            self.tensor[:len(self.rows)].zero_()  # ONE op for all rows read; add_ needs 0s
+            # add_ needs 0s: ONE op for all rows read (on a CPU, host memory: none)
+            if self.host is not None:
+                self.host[:len(self.rows)] = 0
+            else:
+                self.tensor[:len(self.rows)].zero_()
             self.rows, self.read = [], 0
         if time.monotonic() - self._exported_at >= PULSE_EXPORT_SECONDS:
             self.export()

@@ -76,14 +76,18 @@ class StepState:
         positions, grads = watched.unseen_gradients(optimizer, self.observed, self.sampled)
         if not grads:
             return
+        # the ring cell holds 0 until the step's first gradients (a read row is zeroed)
+        first, self.grads_seen = not self.grads_seen, True
+        if self.table is None and not watched.any_sharded:  # only the total is needed
+            watched.add_squared_sum(self.cells[RingColumn.GRAD_SQ], grads, first)
+            return
         squares = watched.squared_norms(grads)
-        sharded = watched.sharded_mask(positions)
-        if sharded is None:
-            self.cells[RingColumn.GRAD_SQ].add_(squares.sum())
-        else:  # shards: their squares are summed across ranks at the next regular sample
+        if watched.any_sharded:  # shards: their squares are summed across ranks later
+            sharded = watched.sharded_mask(positions)
             self.cells[RingColumn.SHARDED_SQ].add_((squares * sharded).sum())
             self.cells[RingColumn.GRAD_SQ].add_((squares * ~sharded).sum())
-        self.grads_seen = True
+        else:
+            self.cells[RingColumn.GRAD_SQ].add_(squares.sum())
         if self.table is not None:
             self.table.add_gradients(positions, squares, grads)
 

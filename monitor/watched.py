@@ -42,6 +42,15 @@ class _OptimizerParams(NamedTuple):
     params: list[torch.Tensor]  # the nn.Parameters themselves
 
 
+def _unseen(positions: list[int], params: list[torch.Tensor], observed: set[int]
+            ) -> tuple[list[int], list[torch.Tensor]]:
+    """Positions and gradients of the parameters with a gradient, not ``observed``."""
+    found = [p.grad if p.requires_grad else None for p in params]  # frozen: stale grad
+    kept = [k for k, (i, g) in enumerate(zip(positions, found))
+            if g is not None and i not in observed]
+    return [positions[k] for k in kept], [g for g in (found[k] for k in kept) if g is not None]
+
+
 class WatchedParams:
     """Positions (in ``layers.params``) of the parameters watched, and their device tensors.
 
@@ -81,13 +90,20 @@ class WatchedParams:
                 "shards": self.any_sharded,
                 "cpu_float32": all(p.device.type == "cpu" and p.dtype == torch.float32
                                    for p in params),
-                "float64": any(p.dtype == torch.float64 for p in params)}
+                "float64": any(p.dtype == torch.float64 for p in params),
+                "one_device": all(p.device == self.device for p in params)}
             self._norm_key = (self.device, dtype)
         return self.device
 
     def squared_norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Squared norms of gradients, weights or updates of these parameters."""
         return probes.squared_norms(tensors, **self._norm_options)
+
+    def add_squared_sum(self, cell: torch.Tensor, tensors: list[torch.Tensor],
+                        first: bool) -> None:
+        """Add the sum of the squared norms of these parameters' ``tensors`` into ``cell``
+        (``first``: it holds 0)."""
+        probes.add_squared_sum(cell, tensors, first, **self._norm_options)
 
     def index_of(self, positions: list[int]) -> torch.Tensor:
         """``positions`` as a device index tensor (cached: the same sets recur every step)."""
@@ -98,10 +114,8 @@ class WatchedParams:
             self._index[key] = index
         return index
 
-    def sharded_mask(self, positions: list[int]) -> torch.Tensor | None:
-        """Mask of the sharded ones among ``positions`` (None when nothing is sharded)."""
-        if not self.any_sharded:
-            return None
+    def sharded_mask(self, positions: list[int]) -> torch.Tensor:
+        """Mask of the sharded ones among ``positions``."""
         return self.sharded.to(self.device)[self.index_of(positions)]
 
     def of_optimizer(self, optimizer: torch.optim.Optimizer | None
@@ -127,11 +141,11 @@ class WatchedParams:
         """Positions and gradients of ``optimizer``'s parameters not ``observed`` yet in the
         step (then added to it); sparse gradients as their values."""
         positions, params = self.of_optimizer(optimizer)
-        found = [p.grad if p.requires_grad else None for p in params]  # frozen: stale grad
-        kept = [k for k, (i, g) in enumerate(zip(positions, found))
-                if g is not None and i not in observed]
-        positions = [positions[k] for k in kept]
-        grads: list[torch.Tensor] = [g for g in (found[k] for k in kept) if g is not None]
+        # the usual step: the first read, every parameter has its gradient (one pass)
+        grads = [] if observed else [p.grad for p in params
+                                     if p.grad is not None and p.requires_grad]
+        if len(grads) != len(params):
+            positions, grads = _unseen(positions, params, observed)
         observed.update(positions)
         if sampled:  # a parameter's gradient layout is that of its module: looked at here
             self.sparse_grads.difference_update(positions)

@@ -1,7 +1,8 @@
-"""The overhead benchmark runs end to end (``--smoke``: tiny sizes, one round, a few steps).
+"""The overhead and step-cost benchmarks run end to end (``--smoke``: tiny sizes, one round,
+a few steps).
 
-Checks the report's shape, not timings: a row per available configuration, and ratios that
-are positive finite numbers.
+Checks the reports' shape, not timings: a row per available configuration, and ratios that
+are positive finite numbers; the step cost's times and op counts, and their differences.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import overhead
+from benchmarks import overhead, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
@@ -26,3 +27,26 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
             value = float(row[field])
             assert math.isfinite(value) and value > 0, (row["config"], field, value)
     assert "## Scale" in text and "/metrics" in text
+    assert step_cost.SECTION in text and "| bfloat16 | aten ops |" in text
+
+
+def test_step_cost_smoke_reports_time_and_ops(tmp_path):
+    output = tmp_path / "bench.md"
+    output.write_text("# report\n\n## Other\n\nkept\n")
+    step_cost.main(["--smoke", "--output", str(output)])
+    text = output.read_text()
+    assert "## Other\n\nkept" in text and step_cost.SECTION in text
+    for dtype in ("float32", "bfloat16"):
+        time_row = re.search(rf"^\| {dtype} \| Python time \(us\) \| (\S+) \| (\S+) \| (\S+) \|",
+                             text, re.M)
+        ops_row = re.search(rf"^\| {dtype} \| aten ops \| (\S+) \| (\S+) \| (\S+) \|",
+                            text, re.M)
+        assert time_row and ops_row, dtype
+        hooks, norm, beyond = (float(v) for v in time_row.groups())
+        assert hooks > 0 and norm > 0 and math.isclose(beyond, hooks - norm, abs_tol=0.11)
+        ops, norm_ops, beyond_ops = (float(v) for v in ops_row.groups())
+        assert norm_ops >= 1 and ops >= norm_ops
+        assert math.isclose(beyond_ops, ops - norm_ops, abs_tol=0.01)
+    # the float32 CPU path reads the tiny MLP's 10 gradients one BLAS dot at a time
+    norm_read = re.search(r"^\| float32 \| aten ops \| [\d.]+ \| (\d+) \|", text, re.M)
+    assert norm_read and int(norm_read[1]) >= 10

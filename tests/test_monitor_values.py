@@ -346,3 +346,57 @@ def test_bad_arguments_name_the_option():
             Monitor(model, **kwargs)
     with pytest.raises(ValueError, match="Thresholds.tanh_flat"):
         Thresholds(tanh_flat=float("nan"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_global_norm_of_two_optimizers_on_unsampled_steps(dtype):
+    """The always-on total on both norm paths (float32 on a CPU: a BLAS dot each; bfloat16:
+    the fused one accelerators take): the first optimizer's gradients written into the
+    step's ring cell, the second's added to them."""
+    torch.manual_seed(0)
+    model = tanh_mlp().to(dtype)
+    first, second = (torch.optim.SGD(m.parameters(), lr=0.05) for m in (model[0], model[1:]))
+    sink = Collect()
+    monitor = Monitor(model, optimizers=[first, second], sinks=[sink], every_n_steps=4)
+    expected = []
+    for step in range(6):
+        with monitor.step(step):
+            x, y = torch.randn(32, 8, dtype=dtype), torch.randn(32, 1, dtype=dtype)
+            loss = ((model(x) - y) ** 2).float().mean()
+            monitor.observe_loss(loss)
+            loss.backward()
+            expected.append(math.sqrt(sum(p.grad.double().square().sum().item()
+                                          for p in model.parameters())))
+            for optimizer in (first, second):
+                monitor.observe_gradients(optimizer)
+                optimizer.step()
+                optimizer.zero_grad()
+    monitor.close()
+    assert [p.step for p in sink.pulses] == list(range(6))
+    for pulse in sink.pulses:
+        assert close(pulse.global_grad_norm, expected[pulse.step], rel=1e-5), pulse.step
+
+
+def test_gradients_with_a_graph_are_read_without_crashing_the_step():
+    """``backward(create_graph=True)`` (e.g. a gradient penalty): gradients that require
+    grad are read like any others, and the step runs on."""
+    torch.manual_seed(0)
+    model = tanh_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    sink = Collect()
+    monitor = Monitor(model, optimizers=[optimizer], sinks=[sink], every_n_steps=3)
+    expected = []
+    for step in range(4):
+        with monitor.step(step):
+            loss = model(torch.randn(32, 8)).square().mean()
+            monitor.observe_loss(loss)
+            loss.backward(create_graph=True)
+            expected.append(math.sqrt(sum(p.grad.detach().double().square().sum().item()
+                                          for p in model.parameters())))
+            monitor.observe_gradients(optimizer)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)  # breaks the parameter-gradient cycle
+    monitor.close()
+    assert [p.step for p in sink.pulses] == list(range(4))
+    for pulse in sink.pulses:
+        assert close(pulse.global_grad_norm, expected[pulse.step], rel=1e-5), pulse.step
