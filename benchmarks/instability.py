@@ -330,14 +330,10 @@ def across_seeds(seeds: tuple[int, ...] = (0, 1, 2), every_n_steps: int = 10) ->
 
 
 def _seed_table(results: list[dict]) -> list[str]:
-    lines = ["| reproduction | seed | run | diverged at step | first alerts (step) | "
-             "lead of the leading alerts, steps |", "| --- | ---: | --- | ---: | --- | --- |"]
-    for r in results:
-        alerts = ", ".join(f"{name} ({step})" for name, step in r["alerts"].items()) or "none"
-        diverged = r["diverged_at"] if r["diverged_at"] is not None else "-"
-        lines.append(f"| {r['reproduction']} | {r['seed']} | {r['run'].split(':')[0]} | "
-                     f"{diverged} | {alerts} | {_leads(r)} |")
-    return lines
+    return _results_table(results, {
+        "reproduction": ("---", lambda r: r["reproduction"]),
+        "seed": ("---:", lambda r: r["seed"]),
+        "run": ("---", lambda r: r["run"].split(":")[0])})
 
 
 def _leads(r: dict) -> str:
@@ -347,13 +343,29 @@ def _leads(r: dict) -> str:
 
 
 def _table(results: list[dict]) -> list[str]:
-    lines = ["| run | steps | diverged at step | final loss (last 20) | first alerts (step) | "
-             "lead of the leading alerts, steps |", "| --- | ---: | ---: | ---: | --- | --- |"]
-    for r in results:
-        alerts = ", ".join(f"{name} ({step})" for name, step in r["alerts"].items()) or "none"
-        diverged = r["diverged_at"] if r["diverged_at"] is not None else "-"
-        lines.append(f"| {r['run']} | {r['steps']} | {diverged} | {r['final_loss']:.3g} | "
-                     f"{alerts} | {_leads(r)} |")
+    return _results_table(results, {
+        "run": ("---", lambda r: r["run"]),
+        "steps": ("---:", lambda r: r["steps"]),
+        "final loss (last 20)": ("---:", lambda r: f"{r['final_loss']:.3g}")},
+        divergence_after=2)
+
+
+def _results_table(results: list[dict], columns: dict, divergence_after: int = 3) -> list[str]:
+    """A markdown table of runs: ``columns`` (header -> (alignment, value of a run)), with the
+    divergence step after the first ``divergence_after`` of them, then the alerts and leads."""
+    def diverged(r: dict) -> object:
+        return r["diverged_at"] if r["diverged_at"] is not None else "-"
+
+    def alerts(r: dict) -> str:
+        return ", ".join(f"{name} ({step})" for name, step in r["alerts"].items()) or "none"
+
+    items = list(columns.items())
+    items.insert(divergence_after, ("diverged at step", ("---:", diverged)))
+    items += [("first alerts (step)", ("---", alerts)),
+              ("lead of the leading alerts, steps", ("---", _leads))]
+    lines = ["| " + " | ".join(header for header, _ in items) + " |",
+             "| " + " | ".join(align for _, (align, _) in items) + " |"]
+    lines += ["| " + " | ".join(str(value(r)) for _, (_, value) in items) + " |" for r in results]
     return lines
 
 

@@ -13,34 +13,24 @@ Example::
     trainer = Trainer(callbacks=[TrainingDiagnostics(thresholds=Thresholds(vanishing_norm=1e-6))])
 """
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from . import monitor as _core
+from .monitor.lazy import lazy_attribute
 
 if TYPE_CHECKING:  # the real types for type checkers and IDEs; loaded lazily at run time
     from .callbacks import TrainingDiagnostics
     from .monitor import (Alert, AlertEngine, Monitor, PrometheusSink, Pulse, PushgatewayPusher,
                           SkipOnSpike, Snapshot, TensorBoardSink, Thresholds)
-from typing import Any
 
 try:
     __version__ = version("gradwatch")
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-_EXPORTS = {
-    "TrainingDiagnostics": ".callbacks",
-    "Monitor": ".monitor",
-    "Thresholds": ".monitor",
-    "SkipOnSpike": ".monitor",
-    "Alert": ".monitor",
-    "AlertEngine": ".monitor",
-    "Pulse": ".monitor",
-    "Snapshot": ".monitor",
-    "PrometheusSink": ".monitor",
-    "PushgatewayPusher": ".monitor",
-    "TensorBoardSink": ".monitor",
-}
+#: the callback, and every public name of the core (gradwatch.monitor loads its own lazily)
+_EXPORTS = {"TrainingDiagnostics": ".callbacks", **dict.fromkeys(_core.__all__, ".monitor")}
 
 __all__ = [
     "Alert",
@@ -59,9 +49,7 @@ assert sorted(_EXPORTS) == __all__  # the lazy names are the public ones
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name], __name__), name)
+    return lazy_attribute(__name__, _EXPORTS, name)
 
 
 def __dir__() -> list[str]:

@@ -4,8 +4,9 @@ Names are loaded on first use, so that the host-side modules (snapshots, detecto
 delivery) can be imported without torch.
 """
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from .lazy import lazy_attribute
 
 if TYPE_CHECKING:  # the real types for type checkers and IDEs; loaded lazily at run time
     from .alerts import Alert, AlertEngine
@@ -46,6 +47,4 @@ assert sorted(_EXPORTS) == __all__  # the lazy names are the public ones
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name], __name__), name)
+    return lazy_attribute(__name__, _EXPORTS, name)
