@@ -1,0 +1,222 @@
+"""The cost of a sampled step (issue 18, item 3), part by part: aten ops and time on the
+training thread of a plain ``gradwatch.Monitor`` with every_n_steps=1 (every step sampled).
+
+Each part is a method of the sampled-step code, wrapped here (never in the package) while the
+benchmark runs; a part's ops and time exclude those of the parts it calls:
+
+- activation records: the forward hooks (``ForwardTracer._on_forward``);
+- activation combine: the records merged per layer (``ForwardTracer.finish``);
+- gradient stats / weight stats / update stats: the per-parameter table
+  (``ParamTable.add_gradients``, ``measure_weights``, ``save_before`` + ``record_update``);
+- attention: the attention and output-logit probe (``AttentionProbe``);
+- per-layer sums: the table summed per layer (``ParamTable.add_to``);
+- transfer: the ONE device-to-host copy (``TransferLayout.to_host``);
+- packing: the Snapshot built in numpy (``pack_snapshot``);
+- the rest: the Monitor's hooks around them (the step's norm read, the ring, the exporter).
+
+aten ops: those a ``TorchDispatchMode`` sees (the training's own ops are not counted), per
+sampled step. Time: ``time.perf_counter`` around each part, the median per step over the
+steps of the quietest of a few rounds (interference on a shared machine only adds time),
+and as a share of the bare training step (no monitor, timed in turn with it).
+
+    python -m benchmarks.sampled_cost [--output docs/benchmarks.md]
+    python -m benchmarks.sampled_cost --smoke   # tiny models, a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gradwatch.monitor import Monitor, sample
+from gradwatch.monitor.attention import AttentionProbe
+from gradwatch.monitor.param_table import ParamTable
+from gradwatch.monitor.sampling import ForwardTracer
+from gradwatch.monitor.transfer import TransferLayout
+
+from . import instability
+from .cardinality import write_section
+from .models import ModelSpec, ReferenceModule, cpu_models
+
+SECTION = "## Cost of a sampled step, part by part"
+STEPS, ROUNDS = 10, 3
+SMOKE_STEPS, SMOKE_ROUNDS = 2, 1
+REST = "the rest"
+#: part -> the methods it is made of, as (owner, attribute)
+PARTS = {
+    "activation records": ((ForwardTracer, "_on_forward"),),
+    "activation combine": ((ForwardTracer, "finish"),),
+    "gradient stats": ((ParamTable, "add_gradients"),),
+    "weight stats": ((ParamTable, "measure_weights"),),
+    "update stats": ((ParamTable, "save_before"), (ParamTable, "record_update")),
+    "attention": ((AttentionProbe, "_record"), (AttentionProbe, "_on_head"),
+                  (AttentionProbe, "values")),
+    "per-layer sums": ((ParamTable, "add_to"),),
+    "transfer": ((TransferLayout, "to_host"),),
+    "packing": ((sample, "pack_snapshot"),),
+    REST: ((Monitor, "begin_step"), (Monitor, "observe_loss"), (Monitor, "observe_gradients"),
+           (Monitor, "end_step"), (Monitor, "_before_optimizer_step"),
+           (Monitor, "_after_optimizer_step")),
+}
+
+
+@dataclass
+class Accounts(TorchDispatchMode):
+    """Ops and seconds per part, each charged to the innermost part running."""
+
+    ops: Counter[str] = field(default_factory=Counter)
+    seconds: Counter[str] = field(default_factory=Counter)
+    stack: list[list] = field(default_factory=list)  # [part, start, seconds of callees]
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.stack:
+            self.ops[self.stack[-1][0]] += 1
+        return func(*args, **(kwargs or {}))
+
+    def wrap(self, part: str, method):
+        @functools.wraps(method)
+        def charged(*args, **kwargs):
+            self.stack.append([part, time.perf_counter(), 0.0])
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _, start, inner = self.stack.pop()
+                spent = time.perf_counter() - start
+                self.seconds[part] += spent - inner
+                if self.stack:
+                    self.stack[-1][2] += spent
+        return charged
+
+
+@dataclass(frozen=True)
+class SampledCost:
+    model: str
+    steps: int
+    step_ms: float  # bare training step, median
+    ops: dict[str, float]  # per sampled step, by part
+    ms: dict[str, float]  # per sampled step, by part (median, of the quietest round)
+
+    @property
+    def total_ops(self) -> float:
+        return sum(self.ops.values())
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.ms.values())
+
+
+def measure(spec: ModelSpec, steps: int = STEPS, rounds: int = ROUNDS) -> SampledCost:
+    """Ops and time per part of ``steps`` sampled steps of ``spec``'s model."""
+    module = ReferenceModule(spec, 1)
+    optimizer = module.configure_optimizers()
+    batch = module.batches[0]
+    accounts = Accounts()
+    originals = [(owner, name, getattr(owner, name)) for methods in PARTS.values()
+                 for owner, name in methods]
+    for part, methods in PARTS.items():
+        for owner, name in methods:
+            setattr(owner, name, accounts.wrap(part, getattr(owner, name)))
+    try:
+        monitor = Monitor(module, every_n_steps=1, optimizers=[optimizer])
+        count = 0
+
+        def step(monitored: bool) -> None:
+            nonlocal count
+            if monitored:
+                monitor.begin_step(count)
+                count += 1
+            loss = module.training_step(batch, 0)
+            if monitored:
+                monitor.observe_loss(loss)
+            loss.backward()
+            if monitored:
+                monitor.observe_gradients(optimizer)
+            optimizer.step()
+            optimizer.zero_grad()
+            if monitored:
+                monitor.end_step()
+
+        step(True)  # warm-up: the first sampled step also learns the forward order
+        step(False)
+        bare, per_part = [], []
+        for _ in range(rounds):
+            times, parts = [], []
+            for _ in range(steps):
+                start = time.perf_counter()
+                step(False)
+                times.append(time.perf_counter() - start)
+                accounts.seconds.clear()
+                step(True)
+                parts.append(dict(accounts.seconds))
+            bare.append(statistics.median(times))
+            per_part.append({part: statistics.median(p.get(part, 0.0) for p in parts)
+                             for part in PARTS})
+        accounts.ops.clear()
+        with accounts:
+            for _ in range(steps):
+                step(True)
+        monitor.close()
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    quietest = min(per_part, key=lambda p: sum(p.values()))
+    return SampledCost(spec.name, steps, min(bare) * 1e3,
+                       {part: accounts.ops[part] / steps for part in PARTS},
+                       {part: quietest[part] * 1e3 for part in PARTS})
+
+
+def render(costs: list[SampledCost]) -> str:
+    """The section: per model, ops and ms per sampled step by part, and their share."""
+    lines = [
+        SECTION, "",
+        f"`python -m benchmarks.sampled_cost`: a plain `gradwatch.Monitor` with "
+        f"every_n_steps=1, {costs[0].steps} sampled steps per round, one thread of a shared "
+        "machine. Per part of the sampled step: aten ops (`TorchDispatchMode`, mean per step) "
+        "and self time (ms, median per step of the quietest round; share of the bare step, "
+        "timed in turn with it). A part's figures exclude the parts it calls.", "",
+        "| part | " + " | ".join(f"{c.model} ops | {c.model} ms (share)" for c in costs) + " |",
+        "| --- |" + " ---: | ---: |" * len(costs),
+    ]
+    for part in [*PARTS, "total"]:
+        cells = []
+        for cost in costs:
+            ops = cost.total_ops if part == "total" else cost.ops[part]
+            ms = cost.total_ms if part == "total" else cost.ms[part]
+            cells.append(f"{ops:g} | {ms:.2f} ({ms / cost.step_ms:.1%})")
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines += ["", "Bare step: " + ", ".join(f"{c.model} {c.step_ms:.1f} ms" for c in costs)
+              + "."]
+    return "\n".join(lines) + "\n"
+
+
+def measured_section(smoke: bool = False) -> str:
+    steps, rounds = (SMOKE_STEPS, SMOKE_ROUNDS) if smoke else (STEPS, ROUNDS)
+    return render([measure(spec, steps, rounds) for spec in cpu_models(smoke)])
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps")
+    parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
+    options = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    section = measured_section(smoke=options.smoke)
+    if options.output:
+        write_section(options.output, section, before=instability.SECTION)
+    print(section)
+    return section
+
+
+if __name__ == "__main__":
+    main()
