@@ -78,8 +78,10 @@ class ParamTable:
         values = self.values
         values[ParamRow.UPDATED_WEIGHT_SQ].index_copy_(0, index, values[ParamRow.WEIGHT_SQ][index])
         torch._foreach_sub_(before, [p.detach() for p in params])
-        values[ParamRow.UPDATE_SQ].index_copy_(0, index, self.watched.squared_norms(before))
-        update_stats.record_update(self.update_table, optimizer, index, params, before)
+        update_squares = self.watched.squared_norms(before)
+        values[ParamRow.UPDATE_SQ].index_copy_(0, index, update_squares)
+        update_stats.record_update(self.update_table, optimizer, index, params, before,
+                                   update_squares, self.watched)
         # a parameter without a gradient (unused in forward) is not stepped: its update is
         # "not measured", not 0 (read now: a closure makes the gradients)
         self.updated.update(i for i, p in zip(positions, params) if p.grad is not None)

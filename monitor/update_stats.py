@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .distributed import local_shard
+from .watched import WatchedParams
 
 #: sqrt(v_hat) at or below this many eps counts as eps-dominated.
 EPS_FACTOR = 10.0
@@ -32,17 +33,21 @@ def new_table(n_params: int, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def record_update(table: torch.Tensor, optimizer: torch.optim.Optimizer, index: torch.Tensor,
-                  params: list[torch.Tensor], descent: list[torch.Tensor]) -> None:
+                  params: list[torch.Tensor], descent: list[torch.Tensor],
+                  descent_squares: torch.Tensor, watched: WatchedParams) -> None:
     """Fill ``table`` columns ``index`` for ``params`` after ``optimizer``'s step, given
-    their ``descent`` (W_before - W_after). Parameters are reduced in buckets of
-    concatenated tensors, a few ops per bucket instead of per parameter."""
+    their ``descent`` (W_before - W_after) and its squared norms. On a float32 CPU model a
+    BLAS dot per parameter; otherwise parameters are reduced in buckets of concatenated
+    tensors, a few ops per bucket instead of per parameter."""
     # a sparse gradient (nn.Embedding(sparse=True)) densified: sampled steps only
     grads = [torch.zeros_like(p) if p.grad is None else
              p.grad.to_dense() if p.grad.is_sparse else p.grad for p in params]
+    cpu_float32 = watched.cpu_float32
     flat_d = [_flat(local_shard(d)) for d in descent]
     flat_g = [_flat(local_shard(g)) for g in grads]  # under no_grad: no graph to detach
-    sums = [_products(flat_d[a:b], flat_g[a:b]).to(table.device) for a, b in _buckets(flat_d)]
-    rows = torch.cat([torch.cat(sums, dim=1), _eps_dominated(optimizer, params, table.device)])
+    dots = _dots(flat_d, flat_g, cpu_float32, table.device)
+    rows = torch.cat([torch.stack([dots, descent_squares, watched.squared_norms(grads)]),
+                      _eps_dominated(optimizer, params, table.device, cpu_float32)])
     table.index_copy_(1, index, rows)
 
 
@@ -61,10 +66,16 @@ def _buckets(flat: list[torch.Tensor]) -> list[tuple[int, int]]:
     return ranges + [(start, len(flat))] if flat else ranges
 
 
-def _products(descent: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
-    """[3, len(descent)]: <-delta, grad>, |delta|^2 and |grad|^2 of each parameter."""
-    d, g = torch.cat(descent).float(), torch.cat(grads).float()
-    return _segment_sums(torch.stack([d * g, d * d, g * g], dim=1), descent).T
+def _dots(descent: list[torch.Tensor], grads: list[torch.Tensor], cpu_float32: bool,
+          device: torch.device) -> torch.Tensor:
+    """<-delta, grad> of each parameter (flat tensors), in float32."""
+    if cpu_float32:  # a BLAS dot each: on a CPU, one pass and no intermediate tensor
+        return torch.stack([d.dot(g) for d, g in zip(descent, grads)])
+    sums = []
+    for a, b in _buckets(descent):
+        products = torch.cat(descent[a:b]).float().mul_(torch.cat(grads[a:b]).float())
+        sums.append(_segment_sums(products, descent[a:b]).to(device))
+    return torch.cat(sums)
 
 
 def _segment_sums(values: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -75,7 +86,7 @@ def _segment_sums(values: torch.Tensor, parts: list[torch.Tensor]) -> torch.Tens
 
 
 def _eps_dominated(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
-                   device: torch.device) -> torch.Tensor:
+                   device: torch.device, cpu_float32: bool) -> torch.Tensor:
     """[2, len(params)]: eps-dominated elements and elements of each Adam-family
     parameter, 0 for the others."""
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
@@ -91,17 +102,27 @@ def _eps_dominated(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
     beta2 = torch.tensor([g["betas"][1] for _, _, g in adam], device=device)
     eps = torch.tensor([(EPS_FACTOR * g["eps"]) ** 2 for _, _, g in adam], device=device)
     bound = eps * (1 - beta2 ** step)
+    if cpu_float32:  # a comparison and a sum each: no concatenated copy of v
+        counts = [torch.stack([(t <= limit).sum(dtype=torch.float32)
+                               for t, limit in zip(v, bound.unbind())])]
+    else:
+        counts = _bucketed_counts(v, bound)
+    columns = torch.tensor([i for i, _, _ in adam], device=device)
+    out[0].index_copy_(0, columns, torch.cat(counts))
+    out[1].index_copy_(0, columns, torch.tensor([float(t.numel()) for t in v], device=device))
+    return out
+
+
+def _bucketed_counts(v: list[torch.Tensor], bound: torch.Tensor) -> list[torch.Tensor]:
+    """Per bucket of ``v``, the count of elements <= their parameter's ``bound``."""
     counts = []
     for a, b in _buckets(v):
         elements = torch.cat(v[a:b]).float()
         limits = bound[a:b].to(elements.device).repeat_interleave(
             torch.tensor([t.numel() for t in v[a:b]], device=elements.device),
             output_size=elements.numel())  # given: not read back from the device
-        counts.append(_segment_sums((elements <= limits).float(), v[a:b]).to(device))
-    columns = torch.tensor([i for i, _, _ in adam], device=device)
-    out[0].index_copy_(0, columns, torch.cat(counts))
-    out[1].index_copy_(0, columns, torch.tensor([float(t.numel()) for t in v], device=device))
-    return out
+        counts.append(_segment_sums((elements <= limits).float(), v[a:b]).to(bound.device))
+    return counts
 
 
 def _steps(steps: list, device: torch.device) -> torch.Tensor:

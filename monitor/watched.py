@@ -95,6 +95,11 @@ class WatchedParams:
             self._norm_key = (self.device, dtype)
         return self.device
 
+    @property
+    def cpu_float32(self) -> bool:
+        """Every parameter (so gradient and update) is a float32 CPU tensor."""
+        return self._norm_options["cpu_float32"]
+
     def squared_norms(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Squared norms of gradients, weights or updates of these parameters."""
         return probes.squared_norms(tensors, **self._norm_options)
