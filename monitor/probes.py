@@ -6,7 +6,6 @@ host once per sampled step.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -36,61 +35,60 @@ def floating_tensors(output: object) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def raw_activation_record(
-    y: torch.Tensor,
+def raw_activation_records(
+    rows: torch.Tensor,
     saturation: int,
     sigmoid_flat: float,
     tanh_flat: float,
 ) -> torch.Tensor:
-    """The raw record (RawActivationField) of one output tensor: without its count, and with
-    the count of NON-zero values: ``complete_records`` adds the count and turns it into
-    zeros for all records of a step at once (an op per step, not per output).
+    """The raw records [k, RawActivationField] of the k output tensors flattened as the rows
+    of ``rows`` [k, n], one op per statistic for all of them: without their counts, and
+    with the counts of NON-zero values: ``complete_records`` adds the counts and turns them
+    into zeros for all records of a step at once (an op per step, not per output).
 
     ``saturation`` selects the flat-region test: a sigmoid output below ``sigmoid_flat`` or
     above ``1 - sigmoid_flat``, a tanh-like output with |y| above ``tanh_flat``.
     """
-    y = y.detach()
-    if y.dtype != torch.float32:
-        y = y.float()  # half-precision sums overflow
-    y = y.reshape(-1)
-    if y.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
-        var, mean = torch.var_mean(y, correction=0)
-        m2 = var * y.numel()
-    else:
-        # mean, then the sum of squares of the centred values (one BLAS dot): several times
-        # cheaper on a CPU than var_mean's Welford loop, and as exact (no cancellation)
-        mean = y.mean()
-        centred = y - mean
-        m2 = centred.dot(centred)
-    low, high = torch.aminmax(y)
-    if y.device.type == "cpu" and math.isfinite(low.numpy()) and math.isfinite(high.numpy()):
+    if rows.dtype != torch.float32:
+        rows = rows.float()  # half-precision sums overflow
+    # mean, then the norm of the centred values: as exact as var_mean (no cancellation) and
+    # several times cheaper on a CPU than its Welford loop
+    mean = rows.mean(dim=1)
+    m2 = torch.linalg.vector_norm(rows - mean[:, None], dim=1).square_()
+    low, high = rows.amin(dim=1), rows.amax(dim=1)  # aminmax(dim=) is slower on a CPU
+    if rows.device.type == "cpu" and np.isfinite(low.numpy()).all() \
+            and np.isfinite(high.numpy()).all():
         # every value finite (NaN would make the extremes NaN; on a CPU they are host memory
         # already, so reading them is free): counts by float arithmetic, which a CPU does up
         # to 10x faster than reductions of bool masks
-        nonzero = y.sign().abs_().sum()
+        nonzero = rows.sign().abs_().sum(dim=1)
+        zeros = _CPU_ZERO.expand(len(rows))
         if saturation == SATURATION_SIGMOID:
-            saturated = (_count_positive(sigmoid_flat - y)
-                         + _count_positive(y - (1.0 - sigmoid_flat)))
+            saturated = (_count_positive(sigmoid_flat - rows)
+                         + _count_positive(rows - (1.0 - sigmoid_flat)))
         elif saturation == SATURATION_TANH:
-            saturated = _count_positive(y.abs().sub_(tanh_flat))
+            saturated = _count_positive(rows.abs().sub_(tanh_flat))
         else:
-            saturated = _CPU_ZERO
-        nonfinite = (_CPU_ZERO,) * 3
+            saturated = zeros
+        nonfinite = (zeros,) * 3
     else:  # exact counts whatever the values (an accelerator is never asked: a sync)
-        nonzero = torch.count_nonzero(y)
+        f32 = torch.float32
+        nonzero = torch.count_nonzero(rows, dim=1).to(f32)
         if saturation == SATURATION_SIGMOID:
-            saturated = ((y < sigmoid_flat) | (y > 1.0 - sigmoid_flat)).sum(dtype=torch.float32)
+            saturated = ((rows < sigmoid_flat) | (rows > 1.0 - sigmoid_flat)).sum(1, dtype=f32)
         elif saturation == SATURATION_TANH:
-            saturated = (y.abs() > tanh_flat).sum(dtype=torch.float32)
+            saturated = (rows.abs() > tanh_flat).sum(dim=1, dtype=f32)
         else:
-            saturated = mean.new_zeros(())
-        nonfinite = _nonfinite(y)
-    return torch.stack([mean, m2, low, high, nonzero, saturated, *nonfinite])
+            saturated = mean.new_zeros(len(rows))
+        flags, signed_inf = _nonfinite_flags(rows)
+        nonfinite = _kinds(flags.sum(dim=1), signed_inf.sum(dim=1),
+                           signed_inf.square().sum(dim=1))
+    return torch.stack([mean, m2, low, high, nonzero, saturated, *nonfinite], dim=1)
 
 
-def _count_positive(values: torch.Tensor) -> torch.Tensor:
-    """How many of the finite ``values`` are > 0 (x - t > 0 exactly when x > t)."""
-    return values.sign_().relu_().sum()
+def _count_positive(rows: torch.Tensor) -> torch.Tensor:
+    """How many of the finite values of each row are > 0 (x - t > 0 exactly when x > t)."""
+    return rows.sign_().relu_().sum(dim=1)
 
 
 def complete_records(raw: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -240,13 +238,13 @@ def _nonfinite(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     if t.numel() <= SMALL_NUMEL:  # few elements: the fewest ops win
         return (torch.isnan(t).sum(dtype=f32), torch.isposinf(t).sum(dtype=f32),
                 torch.isneginf(t).sum(dtype=f32))
-    nonfinite, signed_inf = _nonfinite_flags(t)
+    nonfinite, signed_inf = _nonfinite_flags(t.reshape(-1))
     counts = _kinds(nonfinite.sum(), signed_inf.sum(), signed_inf.dot(signed_inf))
     return tuple(c.to(f32) for c in counts)
 
 
 def _nonfinite_flags(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat flags of ``t``: 1 where non-finite, else 0; and +1 at +Inf, -1 at -Inf, else 0.
+    """Flags of ``t`` (of its shape): 1 where non-finite, else 0; and +1 at +Inf, -1 at -Inf, else 0.
 
     Float arithmetic only: on a CPU, isnan/isposinf/isneginf and the sums of their bool
     masks cost several times a vectorised float op per element. ``x * 0`` is NaN exactly
@@ -255,7 +253,6 @@ def _nonfinite_flags(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if t.dtype in (torch.float16, torch.bfloat16):
         t = t.float()
-    t = t.reshape(-1)
     nonfinite = (t * 0).nan_to_num_(nan=1.0)
     signed_inf = t.nan_to_num(nan=0.0, posinf=1.0, neginf=-1.0).mul_(nonfinite)
     return nonfinite, signed_inf

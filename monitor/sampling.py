@@ -27,6 +27,7 @@ from .layers import (ACTIVATION_MODULES, RECURRENT_MODULES, SATURATION_NONE, Lay
                      has_compiled_code, is_compile_wrapper, saturation_kind, uncompiled_name)
 from .layouts import ACTIVATION_FIELD_COUNT, ACTIVATION_NONFINITE
 from .overhead import Stopwatch
+from .record_batches import RecordBatches
 from .thresholds import Thresholds
 
 
@@ -90,7 +91,7 @@ class Records:
     """The activation records of one sampled step, in forward call order."""
 
     trace: list[Traced]
-    raw: list[torch.Tensor] = field(default_factory=list)  # one per output tensor
+    raw: list[torch.Tensor | None] = field(default_factory=list)  # one per output tensor
     counts: list[int] = field(default_factory=list)
     sources: list[RecordSource] = field(default_factory=list)
     layers_called: list[int] = field(default_factory=list)
@@ -135,6 +136,7 @@ class ForwardTracer:
         self.stopwatch = stopwatch
         self.paused = False
         self.records: Records | None = None
+        self.batches = RecordBatches(thresholds)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._first_use: FirstUse | None = None
         self._eager_stance: Any = None  # torch.compiler's stance context
@@ -159,6 +161,7 @@ class ForwardTracer:
                 self._traced_all = traceable_modules(self.model, self.layers, all_modules=True)
             trace = self._traced_all
         self.records = Records(trace)
+        self.batches.clear()  # of a failed step
         if self._compiled and hasattr(torch.compiler, "set_stance"):  # torch >= 2.6
             # torch.compile does not guard on hooks: hooks traced into a graph would split
             # it and stay in it on the other steps. Sampled steps run eagerly instead.
@@ -184,6 +187,7 @@ class ForwardTracer:
         if records is None or self.paused:
             return
         records.last_layer = -1
+        self.batches.flush(records.raw)  # a new forward: the last one's copies can go
         if not self._forward_order_known and self._container_params and self._first_use is None:
             self._first_use = FirstUse(self._container_params, records.layers_called)
             self._first_use.__enter__()  # type: ignore[no-untyped-call]  # torch's
@@ -207,9 +211,7 @@ class ForwardTracer:
         if traced.recurrent and isinstance(output, tuple):
             output = output[0]
         for tensor in probes.floating_tensors(output):
-            records.raw.append(probes.raw_activation_record(
-                tensor, traced.saturation, self.thresholds.sigmoid_flat,
-                self.thresholds.tanh_flat))
+            self.batches.add(records.raw, tensor, traced.saturation)
             records.counts.append(tensor.numel())
             records.sources.append(RecordSource(slot, target))
         self.stopwatch.add_since(start)
@@ -228,6 +230,7 @@ class ForwardTracer:
         non-finite values (to tell where the first one came from)."""
         records, n_layers = self.records, len(self.layers)
         assert records is not None, "after attach()"
+        self.batches.flush(records.raw)
         if records.raw:
             completed = probes.complete_records(torch.stack(records.raw),
                                                 torch.tensor(records.counts, device=device))

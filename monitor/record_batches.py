@@ -1,0 +1,66 @@
+"""Activation records of small outputs made together: one op per statistic per batch.
+
+On a CPU, an output of a few thousand values costs its record in per-op overhead, not in
+reading them: an MLP's layers made ~15 ops each. Small outputs are copied when their hook
+runs (the values of that moment: a later in-place op, e.g. ``ReLU(inplace=True)``, cannot
+change them) and wait, grouped by size and saturation test, until ``flush`` stacks each
+group as [k, n] and makes its k records in one pass per statistic. The copies wait at most
+BATCH_ELEMENTS values in all (flushed earlier when full), so the extra memory is bounded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import probes
+from .thresholds import Thresholds
+
+#: Outputs up to this many values wait for a batch; larger ones cost their reading, not
+#: their ops, and are recorded at once (no copy).
+BATCH_NUMEL = 1 << 17
+#: Values waiting in all before a flush (float32: 16 MiB).
+BATCH_ELEMENTS = 1 << 22
+
+
+class RecordBatches:
+    """Records of a sampled step's outputs, made now (large) or in batches (small).
+
+    Args:
+        thresholds: the saturation tests.
+    """
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self._waiting: dict[tuple[torch.device, int, int], list[tuple[int, torch.Tensor]]] = {}
+        self._elements = 0
+
+    def add(self, raw: list[torch.Tensor | None], output: torch.Tensor, saturation: int) -> None:
+        """Append the raw record of ``output`` to ``raw``: now, or a placeholder that the
+        next ``flush`` fills."""
+        if output.numel() > BATCH_NUMEL:
+            raw.append(self._records(output.detach().reshape(1, -1), saturation)[0])
+            return
+        copy = output.detach().reshape(-1).to(torch.float32, copy=True)
+        self._waiting.setdefault((copy.device, copy.numel(), saturation), []).append(
+            (len(raw), copy))
+        raw.append(None)
+        self._elements += copy.numel()
+        if self._elements >= BATCH_ELEMENTS:
+            self.flush(raw)
+
+    def flush(self, raw: list[torch.Tensor | None]) -> None:
+        """Fill the placeholders in ``raw``: one batch of records per group."""
+        for (_, _, saturation), waiting in self._waiting.items():
+            positions, copies = zip(*waiting)
+            records = self._records(torch.stack(copies), saturation)
+            for position, record in zip(positions, records.unbind()):
+                raw[position] = record
+        self.clear()
+
+    def clear(self) -> None:
+        self._waiting.clear()
+        self._elements = 0
+
+    def _records(self, rows: torch.Tensor, saturation: int) -> torch.Tensor:
+        return probes.raw_activation_records(rows, saturation, self.thresholds.sigmoid_flat,
+                                             self.thresholds.tanh_flat)
