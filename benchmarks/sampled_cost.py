@@ -4,7 +4,8 @@ training thread of a plain ``gradwatch.Monitor`` with every_n_steps=1 (every ste
 Each part is a method of the sampled-step code, wrapped here (never in the package) while the
 benchmark runs; a part's ops and time exclude those of the parts it calls:
 
-- activation records: the forward hooks (``ForwardTracer._on_forward``);
+- activation records: the forward hooks (``ForwardTracer._on_forward``) and the batched
+  records of small outputs (``RecordBatches.flush``);
 - activation combine: the records merged per layer (``ForwardTracer.finish``);
 - gradient stats / weight stats / update stats: the per-parameter table
   (``ParamTable.add_gradients``, ``measure_weights``, ``save_before`` + ``record_update``);
@@ -39,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gradwatch.monitor import Monitor, sample
 from gradwatch.monitor.attention import AttentionProbe
 from gradwatch.monitor.param_table import ParamTable
+from gradwatch.monitor.record_batches import RecordBatches
 from gradwatch.monitor.sampling import ForwardTracer
 from gradwatch.monitor.transfer import TransferLayout
 
@@ -52,7 +54,7 @@ SMOKE_STEPS, SMOKE_ROUNDS = 2, 1
 REST = "the rest"
 #: part -> the methods it is made of, as (owner, attribute)
 PARTS = {
-    "activation records": ((ForwardTracer, "_on_forward"),),
+    "activation records": ((ForwardTracer, "_on_forward"), (RecordBatches, "flush")),
     "activation combine": ((ForwardTracer, "finish"),),
     "gradient stats": ((ParamTable, "add_gradients"),),
     "weight stats": ((ParamTable, "measure_weights"),),

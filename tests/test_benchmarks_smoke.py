@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import overhead, step_cost
+from benchmarks import overhead, sampled_cost, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
@@ -30,12 +30,18 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
     assert step_cost.SECTION in text and "| bfloat16 | aten ops |" in text
 
 
-def test_step_cost_smoke_reports_time_and_ops(tmp_path):
+def smoke_section(benchmark, tmp_path) -> str:
+    """``benchmark``'s smoke run written into a report with another section (kept)."""
     output = tmp_path / "bench.md"
     output.write_text("# report\n\n## Other\n\nkept\n")
-    step_cost.main(["--smoke", "--output", str(output)])
+    benchmark.main(["--smoke", "--output", str(output)])
     text = output.read_text()
-    assert "## Other\n\nkept" in text and step_cost.SECTION in text
+    assert "## Other\n\nkept" in text and benchmark.SECTION in text
+    return text
+
+
+def test_step_cost_smoke_reports_time_and_ops(tmp_path):
+    text = smoke_section(step_cost, tmp_path)
     for dtype in ("float32", "bfloat16"):
         time_row = re.search(rf"^\| {dtype} \| Python time \(us\) \| (\S+) \| (\S+) \| (\S+) \|",
                              text, re.M)
@@ -50,3 +56,21 @@ def test_step_cost_smoke_reports_time_and_ops(tmp_path):
     # the float32 CPU path reads the tiny MLP's 10 gradients one BLAS dot at a time
     norm_read = re.search(r"^\| float32 \| aten ops \| [\d.]+ \| (\d+) \|", text, re.M)
     assert norm_read and int(norm_read[1]) >= 10
+
+
+def test_sampled_cost_smoke_reports_ops_and_time_per_part(tmp_path):
+    text = smoke_section(sampled_cost, tmp_path)
+    cells = {}
+    for part in [*sampled_cost.PARTS, "total"]:
+        row = re.search(rf"^\| {part} \| (.+) \|$", text, re.M)
+        assert row, part
+        cells[part] = row[1].split(" | ")
+        assert len(cells[part]) == 6, part  # ops, ms (share) for each of the three models
+    for model in range(3):
+        ops = [float(cells[part][2 * model]) for part in sampled_cost.PARTS]
+        assert math.isclose(float(cells["total"][2 * model]), sum(ops), abs_tol=0.5)
+        # a sampled step reads activations and weights and makes its one transfer
+        for part in ("activation records", "weight stats", "transfer"):
+            assert float(cells[part][2 * model]) >= 1, (model, part)
+        ms = float(cells["total"][2 * model + 1].split()[0])
+        assert math.isfinite(ms) and ms > 0
