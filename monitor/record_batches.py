@@ -3,7 +3,7 @@
 On a CPU, an output of a few thousand values costs its record in per-op overhead, not in
 reading them: an MLP's layers made ~15 ops each. Small outputs are copied when their hook
 runs (the values of that moment: a later in-place op, e.g. ``ReLU(inplace=True)``, cannot
-change them) and wait, grouped by size and saturation test, until ``flush`` stacks each
+change them) and wait, grouped by shape and saturation test, until ``flush`` stacks each
 group as [k, n] and makes its k records in one pass per statistic. The copies wait at most
 BATCH_ELEMENTS values in all (flushed earlier when full), so the extra memory is bounded.
 """
@@ -31,7 +31,8 @@ class RecordBatches:
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
-        self._waiting: dict[tuple[torch.device, int, int], list[tuple[int, torch.Tensor]]] = {}
+        self._waiting: dict[tuple[torch.device, torch.Size, int],
+                            list[tuple[int, torch.Tensor]]] = {}
         self._elements = 0
 
     def add(self, raw: list[torch.Tensor | None], output: torch.Tensor, saturation: int) -> None:
@@ -40,8 +41,9 @@ class RecordBatches:
         if output.numel() > BATCH_NUMEL:
             raw.append(self._records(output.detach().reshape(1, -1), saturation)[0])
             return
-        copy = output.detach().reshape(-1).to(torch.float32, copy=True)
-        self._waiting.setdefault((copy.device, copy.numel(), saturation), []).append(
+        with torch.no_grad():  # one op: no detach, no reshape (a batch is of one shape)
+            copy = output.to(torch.float32, copy=True)
+        self._waiting.setdefault((copy.device, copy.shape, saturation), []).append(
             (len(raw), copy))
         raw.append(None)
         self._elements += copy.numel()
@@ -52,7 +54,7 @@ class RecordBatches:
         """Fill the placeholders in ``raw``: one batch of records per group."""
         for (_, _, saturation), waiting in self._waiting.items():
             positions, copies = zip(*waiting)
-            records = self._records(torch.stack(copies), saturation)
+            records = self._records(torch.stack(copies).view(len(copies), -1), saturation)
             for position, record in zip(positions, records.unbind()):
                 raw[position] = record
         self.clear()
