@@ -54,6 +54,8 @@ def record_update(table: torch.Tensor, optimizer: torch.optim.Optimizer, index: 
 
 
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() == 1:  # a bias: no op
+        return tensor
     return tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1)
 
 
@@ -98,7 +100,7 @@ def _eps_dominated(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
     out = torch.zeros(2, len(params), device=device)
     if not adam:
         return out
-    v = [_flat(local_shard(second_moment)) for _, second_moment, _ in adam]
+    v = [local_shard(second_moment) for _, second_moment, _ in adam]
     # sqrt(v / (1 - beta2^t)) <= k eps  <=>  v <= (k eps)^2 (1 - beta2^t), per parameter
     step = _steps([optimizer.state[params[i]].get("step", 1) for i, _, _ in adam], device)
     beta2 = torch.tensor([g["betas"][1] for _, _, g in adam], device=device)
@@ -129,6 +131,7 @@ def _counts_at_most(t: torch.Tensor, limit: float) -> torch.Tensor:
 def _bucketed_counts(v: list[torch.Tensor], bound: torch.Tensor) -> list[torch.Tensor]:
     """Per bucket of ``v``, the count of elements <= their parameter's ``bound``."""
     counts = []
+    v = [_flat(t) for t in v]
     for a, b in _buckets(v):
         elements = torch.cat(v[a:b]).float()
         limits = bound[a:b].to(elements.device).repeat_interleave(
