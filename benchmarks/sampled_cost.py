@@ -44,7 +44,7 @@ from gradwatch.monitor.record_batches import RecordBatches
 from gradwatch.monitor.sampling import ForwardTracer
 from gradwatch.monitor.transfer import TransferLayout
 
-from . import instability
+from . import step_cost
 from .cardinality import write_section
 from .models import ModelSpec, ReferenceModule, cpu_models
 
@@ -68,6 +68,32 @@ PARTS = {
            (Monitor, "end_step"), (Monitor, "_before_optimizer_step"),
            (Monitor, "_after_optimizer_step")),
 }
+
+
+#: aten ops per sampled step before the fusing (issue 18, item 3; main of 2026-12-02),
+#: by model and part: op counts are the same on any machine
+BEFORE_OPS = {
+    "mlp": (475, 56, 3, 89, 265, 12, 43, 4, 0, 64),
+    "transformer": (292, 56, 3, 129, 381, 51, 43, 4, 0, 85),
+    "cnn": (119, 56, 3, 30, 81, 12, 43, 4, 0, 28),
+}
+
+
+#: What bounds the figures (the profile above, read once for the fusing of issue 18 item 3).
+BOUNDS = (
+    "What bounds them: on the small models, per-op cost. A small output's record is one "
+    "copy at its hook, and the outputs of one shape are reduced together at the end of "
+    "the forward (`monitor/record_batches.py`: [k, n], one op per statistic), so the MLP's "
+    "32 records cost ~90 ops instead of 475; the update statistics take a BLAS dot per "
+    "parameter and float arithmetic for Adam's eps count on a float32 CPU model (no [N, 3] "
+    "stack, no segment_reduce, no bool-mask sums), 25 -> 3 ms on the MLP at the cost of ~4 "
+    "ops per parameter; what is left of the ops is per parameter (weight and gradient norms, "
+    "the update copy, these dots: ~10 per parameter) and per layer (combining, per-layer "
+    "sums: ~100 per step), with ~1.5 ms of Python in the Monitor's hooks and 0.2 ms of "
+    "packing. On the transformer, reading: its outputs (~9M values) are large and each "
+    "record makes ~8 passes over them (mean, centred norm, min, max, the zero count), "
+    "against one for the floor's read pass; fewer passes need a fused kernel (one read "
+    "for every statistic), which eager PyTorch does not offer.")
 
 
 @dataclass
@@ -178,33 +204,38 @@ def measure(spec: ModelSpec, steps: int = STEPS, rounds: int = ROUNDS) -> Sample
                        {part: quietest[part] * 1e3 for part in PARTS})
 
 
-def render(costs: list[SampledCost]) -> str:
-    """The section: per model, ops and ms per sampled step by part, and their share."""
+def render(costs: list[SampledCost], before: dict[str, tuple[int, ...]] | None = None) -> str:
+    """The section: per model, ops and ms per sampled step by part, and their share; with
+    ``before``, the ops of each part before the fusing in brackets."""
     lines = [
         SECTION, "",
         f"`python -m benchmarks.sampled_cost`: a plain `gradwatch.Monitor` with "
         f"every_n_steps=1, {costs[0].steps} sampled steps per round, one thread of a shared "
-        "machine. Per part of the sampled step: aten ops (`TorchDispatchMode`, mean per step) "
-        "and self time (ms, median per step of the quietest round; share of the bare step, "
-        "timed in turn with it). A part's figures exclude the parts it calls.", "",
+        "machine. Per part of the sampled step: aten ops (`TorchDispatchMode`, mean per step"
+        + ("; in brackets before the fusing of issue 18 item 3" if before else "")
+        + ") and self time (ms, median per step of the quietest round; share of the bare "
+        "step, timed in turn with it). A part's figures exclude the parts it calls.", "",
         "| part | " + " | ".join(f"{c.model} ops | {c.model} ms (share)" for c in costs) + " |",
         "| --- |" + " ---: | ---: |" * len(costs),
     ]
-    for part in [*PARTS, "total"]:
+    for k, part in enumerate([*PARTS, "total"]):
         cells = []
         for cost in costs:
             ops = cost.total_ops if part == "total" else cost.ops[part]
             ms = cost.total_ms if part == "total" else cost.ms[part]
-            cells.append(f"{ops:g} | {ms:.2f} ({ms / cost.step_ms:.1%})")
+            old = before and before.get(cost.model)
+            was = "" if not old else f" ({sum(old) if part == 'total' else old[k]})"
+            cells.append(f"{ops:g}{was} | {ms:.2f} ({ms / cost.step_ms:.1%})")
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
     lines += ["", "Bare step: " + ", ".join(f"{c.model} {c.step_ms:.1f} ms" for c in costs)
-              + "."]
+              + ".", "", BOUNDS]
     return "\n".join(lines) + "\n"
 
 
 def measured_section(smoke: bool = False) -> str:
     steps, rounds = (SMOKE_STEPS, SMOKE_ROUNDS) if smoke else (STEPS, ROUNDS)
-    return render([measure(spec, steps, rounds) for spec in cpu_models(smoke)])
+    return render([measure(spec, steps, rounds) for spec in cpu_models(smoke)],
+                  None if smoke else BEFORE_OPS)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -215,7 +246,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(1)
     section = measured_section(smoke=options.smoke)
     if options.output:
-        write_section(options.output, section, before=instability.SECTION)
+        write_section(options.output, section, before=step_cost.SECTION)
     print(section)
     return section
 

@@ -28,6 +28,7 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
             assert math.isfinite(value) and value > 0, (row["config"], field, value)
     assert "## Scale" in text and "/metrics" in text
     assert step_cost.SECTION in text and "| bfloat16 | aten ops |" in text
+    assert sampled_cost.SECTION in text and "| update stats |" in text
 
 
 def smoke_section(benchmark, tmp_path) -> str:
@@ -68,6 +69,7 @@ def test_sampled_cost_smoke_reports_ops_and_time_per_part(tmp_path):
         assert len(cells[part]) == 6, part  # ops, ms (share) for each of the three models
     for model in range(3):
         ops = [float(cells[part][2 * model]) for part in sampled_cost.PARTS]
+        assert "(" not in cells["total"][2 * model]  # no figures before: other sizes
         assert math.isclose(float(cells["total"][2 * model]), sum(ops), abs_tol=0.5)
         # a sampled step reads activations and weights and makes its one transfer
         for part in ("activation records", "weight stats", "transfer"):
