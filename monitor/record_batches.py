@@ -38,11 +38,11 @@ class RecordBatches:
     def add(self, raw: list[torch.Tensor | None], output: torch.Tensor, saturation: int) -> None:
         """Append the raw record of ``output`` to ``raw``: now, or a placeholder that the
         next ``flush`` fills."""
-        if output.numel() > BATCH_NUMEL:
-            raw.append(self._records(output.detach().reshape(1, -1), saturation)[0])
-            return
-        with torch.no_grad():  # one op: no detach, no reshape (a batch is of one shape)
-            copy = output.to(torch.float32, copy=True)
+        with torch.no_grad():  # no graph, and no op to detach
+            if output.numel() > BATCH_NUMEL:
+                raw.append(self._records(output.reshape(1, -1), saturation)[0])
+                return
+            copy = output.to(torch.float32, copy=True)  # one op (a batch is of one shape)
         self._waiting.setdefault((copy.device, copy.shape, saturation), []).append(
             (len(raw), copy))
         raw.append(None)
