@@ -244,7 +244,8 @@ def _nonfinite(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def _nonfinite_flags(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flags of ``t`` (of its shape): 1 where non-finite, else 0; and +1 at +Inf, -1 at -Inf, else 0.
+    """Flags of ``t``, of its shape: 1 where non-finite, else 0; and +1 at +Inf, -1 at
+    -Inf, else 0.
 
     Float arithmetic only: on a CPU, isnan/isposinf/isneginf and the sums of their bool
     masks cost several times a vectorised float op per element. ``x * 0`` is NaN exactly
