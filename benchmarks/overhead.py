@@ -8,8 +8,8 @@ their ratio drifts far less). Also per step, from one extra profiled run per con
 host syncs (scalar reads and copies to the host) on gradwatch's sampled and other steps,
 and aten ops added to the bare run; and gradwatch's self-timed share of the step time.
 Then, on a CPU, the floor under "every probe on every step" (benchmarks/floor.py), and the
-scale figures (benchmarks/scale.py), and the fixed cost of an unsampled step
-(benchmarks/step_cost.py). Writes a markdown report.
+scale figures (benchmarks/scale.py), the series at fleet scale (benchmarks/cardinality.py)
+and the fixed cost of an unsampled step (benchmarks/step_cost.py). Writes a markdown report.
 
     PYTHONPATH=. python benchmarks/overhead.py                 # CPU, ~15 min -> docs/benchmarks.md
     PYTHONPATH=. python benchmarks/overhead.py --smoke         # seconds, tiny, -> a temp file
@@ -33,7 +33,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import floor, instability, report, scale, step_cost
+from benchmarks import cardinality, floor, instability, report, scale, step_cost
 from benchmarks.configs import BARE, CONFIGS, Config
 from benchmarks.models import ModelSpec, cpu_models, gpu_models
 from benchmarks.runner import Measured, run
@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> Path:
     figures = scale.measure(plan.scale_layers, plan.memory_steps, plan.device)
     log("fixed cost of an unsampled step")
     step_cost_section = step_cost.measured_section(smoke=args.smoke)
+    log("series at fleet scale")
+    cardinality_section = cardinality.measured_section()
     rows = summarize(plan, configs, timed, counted)
     output = args.output or (Path(tempfile.mkstemp(prefix="gradwatch-bench-", suffix=".md")[1])
                              if args.smoke else DEFAULT_OUTPUT)
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> Path:
     text = report.markdown(environment(command.strip(), plan), plan, configs, skipped, rows,
                            floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(f"{text}\n{step_cost_section}"
+    output.write_text(f"{text}\n{cardinality_section}\n{step_cost_section}"
                       + instability.kept_section(output))  # issue 17's section stays
     log(f"wrote {output}")
     print(output)

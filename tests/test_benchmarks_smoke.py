@@ -1,5 +1,5 @@
-"""The overhead and step-cost benchmarks run end to end (``--smoke``: tiny sizes, one round,
-a few steps).
+"""The overhead benchmark (with its cardinality section) and the step-cost benchmark run end
+to end (``--smoke``: tiny sizes, one round, a few steps).
 
 Checks the reports' shape, not timings: a row per available configuration, and ratios that
 are positive finite numbers; the step cost's times and op counts, and their differences.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import overhead, step_cost
+from benchmarks import cardinality, overhead, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
@@ -28,6 +28,8 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
             assert math.isfinite(value) and value > 0, (row["config"], field, value)
     assert "## Scale" in text and "/metrics" in text
     assert step_cost.SECTION in text and "| bfloat16 | aten ops |" in text
+    assert re.search(r"^\| 64 \| \d+ \| \d+ \| \d+ \| \d+ \| yes \|", text.split(
+        cardinality.SECTION, 1)[1], re.M), "the cardinality section, with its 64-rank row"
 
 
 def test_step_cost_smoke_reports_time_and_ops(tmp_path):
