@@ -14,7 +14,8 @@ lint: setup-test
 	scripts/typecheck.sh
 
 # The overhead benchmark (issue 6): ~15 min on CPU, writes the whole docs/benchmarks.md
-bench: setup-test
+bench:
+	scripts/setup.sh bench
 	PYTHONPATH=. .venv/bin/python benchmarks/overhead.py
 
 # Series each rank exports at 1, 2 and 64 ranks (seconds): its section of docs/benchmarks.md
