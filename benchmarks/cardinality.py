@@ -124,7 +124,9 @@ def write_section(path: Path, section: str, before: str | None = None) -> None:
     start = text.find(heading)
     if start < 0:
         end = text.find(before) if before else -1
-        if end < 0:
+        if not text:
+            text = section
+        elif end < 0:
             text = text.rstrip("\n") + "\n\n" + section
         else:
             text = text[:end] + section.rstrip("\n") + "\n\n" + text[end:]

@@ -33,7 +33,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import cardinality, floor, instability, report, scale, step_cost
+from benchmarks import cardinality, floor, gpu, instability, report, scale, step_cost
 from benchmarks.configs import BARE, CONFIGS, Config
 from benchmarks.models import ModelSpec, cpu_models, gpu_models
 from benchmarks.runner import Measured, run
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> Path:
                            floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(f"{text}\n{cardinality_section}\n{step_cost_section}"
+                      + report.kept_section(output, gpu.SECTION)  # measured on a GPU
                       + instability.kept_section(output))  # issue 17's section stays
     log(f"wrote {output}")
     print(output)

@@ -1,5 +1,6 @@
-"""The overhead benchmark (with its cardinality section) and the step-cost benchmark run end
-to end (``--smoke``: tiny sizes, one round, a few steps).
+"""The overhead benchmark (with its cardinality section), the step-cost benchmark and the
+prepared GPU benchmark run end to end (``--smoke``: tiny sizes, one round, a few steps; the
+GPU one on the CPU).
 
 Checks the reports' shape, not timings: a row per available configuration, and ratios that
 are positive finite numbers; the step cost's times and op counts, and their differences.
@@ -10,15 +11,18 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import cardinality, overhead, step_cost
+from benchmarks import cardinality, gpu, overhead, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
 
 
 def test_smoke_run_writes_a_row_per_config(tmp_path):
-    output = overhead.main(["--smoke", "--output", str(tmp_path / "bench.md")])
+    report = tmp_path / "bench.md"
+    report.write_text(f"# old\n\n## mlp\n\nold rows\n\n{gpu.SECTION}\n\nmeasured on a GPU\n")
+    output = overhead.main(["--smoke", "--output", str(report)])
     text = output.read_text()
+    assert "old rows" not in text and f"{gpu.SECTION}\n\nmeasured on a GPU\n" in text
     rows = {m["config"]: m for m in map(ROW.match, text.splitlines()) if m}
     expected = {c.name for c in CONFIGS if c.available()}
     assert set(rows) == expected
@@ -52,3 +56,20 @@ def test_step_cost_smoke_reports_time_and_ops(tmp_path):
     # the float32 CPU path reads the tiny MLP's 10 gradients one BLAS dot at a time
     norm_read = re.search(r"^\| float32 \| aten ops \| [\d.]+ \| (\d+) \|", text, re.M)
     assert norm_read and int(norm_read[1]) >= 10
+
+
+def test_gpu_smoke_runs_both_modes_and_counts_the_one_transfer(tmp_path):
+    output = tmp_path / "bench.md"
+    output.write_text(f"# report\n\n{gpu.SECTION}\n\nold\n\n## Other\n\nkept\n")
+    gpu.main(["--smoke", "--output", str(output)])
+    text = output.read_text()
+    assert "old" not in text and "## Other\n\nkept" in text
+    rows = {(m[1], m[2]): m for m in re.finditer(
+        r"^\| (eager|compiled) \| ([\w-]+) \| 1 \| [\d.]+ \| x(\S+) \[.*\| (\S+) \|$",
+        text, re.M)}
+    assert set(rows) == {(mode, name) for mode in ("eager", "compiled")
+                         for name in gpu.SMOKE_CONFIG_NAMES}
+    for (mode, name), row in rows.items():
+        assert float(row[3]) > 0
+        # host reads added per step: none on unsampled steps, the ONE transfer on sampled ones
+        assert float(row[4]) == (1.0 if name == gpu.EVERY_STEP else 0.0), (mode, name)
