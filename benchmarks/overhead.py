@@ -9,7 +9,8 @@ host syncs (scalar reads and copies to the host) on gradwatch's sampled and othe
 and aten ops added to the bare run; and gradwatch's self-timed share of the step time.
 Then, on a CPU, the floor under "every probe on every step" (benchmarks/floor.py), and the
 scale figures (benchmarks/scale.py), the series at fleet scale (benchmarks/cardinality.py)
-and the fixed cost of an unsampled step (benchmarks/step_cost.py). Writes a markdown report.
+the fixed cost of an unsampled step (benchmarks/step_cost.py) and of one that clips by norm
+(benchmarks/clip_cost.py). Writes a markdown report.
 
     PYTHONPATH=. python benchmarks/overhead.py                 # CPU, ~15 min -> docs/benchmarks.md
     PYTHONPATH=. python benchmarks/overhead.py --smoke         # seconds, tiny, -> a temp file
@@ -33,7 +34,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import cardinality, floor, gpu, instability, report, scale, step_cost
+from benchmarks import cardinality, clip_cost, floor, gpu, instability, report, scale, step_cost
 from benchmarks.configs import BARE, CONFIGS, Config
 from benchmarks.models import ModelSpec, cpu_models, gpu_models
 from benchmarks.runner import Measured, run
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> Path:
     figures = scale.measure(plan.scale_layers, plan.memory_steps, plan.device)
     log("fixed cost of an unsampled step")
     step_cost_section = step_cost.measured_section(smoke=args.smoke)
+    log("clipping by norm")
+    clip_section = clip_cost.measured_section(smoke=args.smoke)
     log("series at fleet scale")
     cardinality_section = cardinality.measured_section()
     rows = summarize(plan, configs, timed, counted)
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> Path:
     text = report.markdown(environment(command.strip(), plan), plan, configs, skipped, rows,
                            floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(f"{text}\n{cardinality_section}\n{step_cost_section}"
+    output.write_text(f"{text}\n{cardinality_section}\n{step_cost_section}\n{clip_section}"
                       + report.kept_section(output, gpu.SECTION)  # measured on a GPU
                       + instability.kept_section(output))  # issue 17's section stays
     log(f"wrote {output}")

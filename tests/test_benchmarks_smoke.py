@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import cardinality, gpu, overhead, step_cost
+from benchmarks import cardinality, clip_cost, gpu, overhead, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
@@ -32,6 +32,12 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
             assert math.isfinite(value) and value > 0, (row["config"], field, value)
     assert "## Scale" in text and "/metrics" in text
     assert step_cost.SECTION in text and "| bfloat16 | aten ops |" in text
+    clip_rows = re.findall(r"^\| (bare|separate read|clip is the read) \| (\d+) \| ([+-]\d+) \|",
+                           text.split(clip_cost.SECTION, 1)[1], re.M)
+    ops = {path: (int(total), int(added)) for path, total, added in clip_rows}
+    assert set(ops) == set(clip_cost.PATHS) and ops["bare"][1] == 0
+    # the clip's pass is the read: a few scalar ops, far fewer than a read of its own
+    assert 0 < ops["clip is the read"][1] < ops["separate read"][1]
     assert re.search(r"^\| 64 \| \d+ \| \d+ \| \d+ \| \d+ \| yes \|", text.split(
         cardinality.SECTION, 1)[1], re.M), "the cardinality section, with its 64-rank row"
 
