@@ -37,9 +37,10 @@ class KeepPulses:
         pass
 
 
-class NormsAroundTheClip(pl.Callback):
+class NormsAroundTheClip:
     """The global gradient norm before clipping (on_before_optimizer_step: Lightning clips
-    right after) and after it (the optimizer step leaves .grad as it is), in float64."""
+    right after) and after it (the optimizer step leaves .grad as it is), in float64; a
+    Callback of either Lightning package (``recorder_class``)."""
 
     def __init__(self, diagnostics: TrainingDiagnostics) -> None:
         self.diagnostics, self.pulses = diagnostics, KeepPulses()
@@ -56,25 +57,31 @@ class NormsAroundTheClip(pl.Callback):
         self.after[trainer_.global_step - 1] = global_norm(module)
 
 
+def recorder_class(package: str) -> type:
+    return type("NormsAroundTheClip", (NormsAroundTheClip, lightning(package).Callback), {})
+
+
 def global_norm(module: nn.Module) -> float:
     grads = [p.grad.double() for p in module.parameters() if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])
                                     ).item()
 
 
-def fit(tmp_path, module, every_n_steps=4, steps=8, **options):
+def fit(tmp_path, module, every_n_steps=4, steps=8, package="lightning.pytorch", **options):
     torch.manual_seed(0)
     diagnostics = TrainingDiagnostics(every_n_steps=every_n_steps, alerts=False,
                                       tensorboard=False)
-    recorder = NormsAroundTheClip(diagnostics)
-    run = trainer(callbacks=[diagnostics, recorder], root=str(tmp_path), max_steps=steps,
-                  **options)
+    recorder = recorder_class(package)(diagnostics)
+    run = trainer(package, callbacks=[diagnostics, recorder], root=str(tmp_path),
+                  max_steps=steps, **options)
     run.fit(module)
     return run, recorder
 
 
-def test_lightning_norm_clipping_is_the_read_of_unsampled_steps(tmp_path):
-    run, recorder = fit(tmp_path, regression_module(), gradient_clip_val=0.05)
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_lightning_norm_clipping_is_the_read_of_unsampled_steps(tmp_path, package):
+    run, recorder = fit(tmp_path, regression_module(package), package=package,
+                        gradient_clip_val=0.05)
     assert recorder.routed == [True]
     assert "clip_grad_by_norm" not in vars(run.precision_plugin)  # given back after the fit
     pulses = recorder.pulses.pulses
@@ -207,3 +214,28 @@ def test_an_unsampled_step_makes_no_gradient_pass_of_its_own():
     added = counted[True] - counted[False]
     assert not set(added) & GRADIENT_PASSES, added
     assert sum(added.values()) <= 8, added  # a few scalar ops on the total norm
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed-scaler"])
+def test_lightning_clipping_through_the_monitor_trains_bit_identically(tmp_path, precision):
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    def train(callbacks):
+        torch.manual_seed(3)
+        module = regression_module(optimizer="adam", lr=0.01)
+        plugins = [] if precision == "32-true" else [MixedPrecision(
+            "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 14))]
+        trainer(callbacks=callbacks, root=str(tmp_path), max_steps=10, logger=False,
+                gradient_clip_val=0.05, plugins=plugins).fit(module)
+        return module.state_dict()
+
+    diagnostics = TrainingDiagnostics(every_n_steps=4, alerts=False, tensorboard=False)
+    routed = []
+
+    class Routed(pl.Callback):
+        def on_train_start(self, trainer_, module):
+            routed.append(diagnostics.clip_route.active)
+
+    bare, watched = train([]), train([diagnostics, Routed()])
+    assert routed == [True]
+    assert all(torch.equal(bare[name], watched[name]) for name in bare)
