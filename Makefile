@@ -13,11 +13,10 @@ lint: setup-test
 	.venv/bin/python -m ruff check
 	scripts/typecheck.sh
 
-# The overhead benchmark (issue 6): ~15 min on CPU, writes docs/benchmarks.md; then the
-# cardinality section (issue 16), which the overhead report does not carry
-bench: setup-test
+# The overhead benchmark (issue 6): ~15 min on CPU, writes the whole docs/benchmarks.md
+bench:
+	scripts/setup.sh bench
 	PYTHONPATH=. .venv/bin/python benchmarks/overhead.py
-	$(MAKE) cardinality
 
 # Series each rank exports at 1, 2 and 64 ranks (seconds): its section of docs/benchmarks.md
 cardinality: setup-test

@@ -124,7 +124,9 @@ def write_section(path: Path, section: str, before: str | None = None) -> None:
     start = text.find(heading)
     if start < 0:
         end = text.find(before) if before else -1
-        if end < 0:
+        if not text:
+            text = section
+        elif end < 0:
             text = text.rstrip("\n") + "\n\n" + section
         else:
             text = text[:end] + section.rstrip("\n") + "\n\n" + text[end:]
@@ -134,15 +136,19 @@ def write_section(path: Path, section: str, before: str | None = None) -> None:
     path.write_text(text)
 
 
+def measured_section() -> str:
+    """Count the series; the section (also part of benchmarks/overhead.py's report)."""
+    budgets = [(n, cap, per_rank(model_snapshot(n), 1, max_layers=cap)[0])
+               for n, cap in BUDGETS]
+    return render(LAYERS, count_worlds(), budgets)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
     options = parser.parse_args(argv)
     torch.set_num_threads(1)
-    counts = count_worlds()
-    budgets = [(n, cap, per_rank(model_snapshot(n), 1, max_layers=cap)[0])
-               for n, cap in BUDGETS]
-    section = render(LAYERS, counts, budgets)
+    section = measured_section()
     if options.output:
         write_section(options.output, section)
     print(section)

@@ -8,9 +8,10 @@ their ratio drifts far less). Also per step, from one extra profiled run per con
 host syncs (scalar reads and copies to the host) on gradwatch's sampled and other steps,
 and aten ops added to the bare run; and gradwatch's self-timed share of the step time.
 Then, on a CPU, the floor under "every probe on every step" (benchmarks/floor.py), and the
-scale figures (benchmarks/scale.py), the cost of a sampled step part by part
-(benchmarks/sampled_cost.py) and the fixed cost of an unsampled step
-(benchmarks/step_cost.py). Writes a markdown report.
+scale figures (benchmarks/scale.py), the series at fleet scale (benchmarks/cardinality.py),
+the cost of a sampled step part by part (benchmarks/sampled_cost.py), the fixed cost of an
+unsampled step (benchmarks/step_cost.py) and of one that clips by norm
+(benchmarks/clip_cost.py). Writes a markdown report.
 
     PYTHONPATH=. python benchmarks/overhead.py                 # CPU, ~15 min -> docs/benchmarks.md
     PYTHONPATH=. python benchmarks/overhead.py --smoke         # seconds, tiny, -> a temp file
@@ -34,7 +35,8 @@ from pathlib import Path
 import lightning
 import torch
 
-from benchmarks import floor, instability, report, sampled_cost, scale, step_cost
+from benchmarks import (cardinality, clip_cost, floor, gpu, instability, report, sampled_cost,
+                        scale, step_cost)
 from benchmarks.configs import BARE, CONFIGS, Config
 from benchmarks.models import ModelSpec, cpu_models, gpu_models
 from benchmarks.runner import Measured, run
@@ -189,6 +191,10 @@ def main(argv: list[str] | None = None) -> Path:
     figures = scale.measure(plan.scale_layers, plan.memory_steps, plan.device)
     log("fixed cost of an unsampled step")
     step_cost_section = step_cost.measured_section(smoke=args.smoke)
+    log("clipping by norm")
+    clip_section = clip_cost.measured_section(smoke=args.smoke)
+    log("series at fleet scale")
+    cardinality_section = cardinality.measured_section()
     log("cost of a sampled step, part by part")
     sampled_section = (sampled_cost.measured_section(smoke=args.smoke) + "\n"
                        if plan.device == "cpu" else "")
@@ -200,7 +206,9 @@ def main(argv: list[str] | None = None) -> Path:
     text = report.markdown(environment(command.strip(), plan), plan, configs, skipped, rows,
                            floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(f"{text}\n{sampled_section}{step_cost_section}"
+    output.write_text(f"{text}\n{cardinality_section}\n{sampled_section}{step_cost_section}"
+                      f"\n{clip_section}"
+                      + report.kept_section(output, gpu.SECTION)  # measured on a GPU
                       + instability.kept_section(output))  # issue 17's section stays
     log(f"wrote {output}")
     print(output)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from .floor import Floor
 from .scale import ScaleFigures
@@ -219,3 +220,14 @@ def _count(value: float | None) -> str:
 
 def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
+
+
+def kept_section(path: Path, heading: str) -> str:
+    """The section headed ``heading`` of an existing report, up to the next "## " heading
+    (for a report rewritten around sections that other commands measure), or ""."""
+    text = path.read_text() if path.exists() else ""
+    start = text.find(heading + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(heading))
+    return "\n" + text[start:end + 1 if end >= 0 else len(text)].rstrip("\n") + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .configs import Config, diagnostics_of, self_timed_seconds
 from .models import ModelSpec, ReferenceModule
+
+#: CUDA runtime calls that block the host until the device is done (torch.profiler names).
+CUDA_SYNCHRONIZATIONS = frozenset({"cudaDeviceSynchronize", "cudaStreamSynchronize",
+                                   "cudaEventSynchronize"})
 
 #: Every scalar read (``.item()``, ``float(t)``, ``bool(t)`` via ``aten::is_nonzero``) ends in
 #: this op, so counting it alone counts each read once.
@@ -58,6 +63,10 @@ class Measured:
     aten_ops: float | None = None  # aten ops recorded by the profiler, per step
     syncs_sampled: float | None = None  # host syncs per gradwatch-sampled step
     syncs_other: float | None = None  # host syncs per other step (every step without gradwatch)
+    #: from the CUDA profiler, per step of the window (None off a GPU): device-to-host
+    #: copies, and runtime calls that make the host wait (CUDA_SYNCHRONIZATIONS)
+    device_to_host: float | None = None
+    synchronizations: float | None = None
 
 
 class SteadyStateWindow(pl.Callback):
@@ -75,6 +84,7 @@ class SteadyStateWindow(pl.Callback):
         self.overhead_start = self.overhead = None
         self.profiler = self.syncs = None
         self.ops = 0
+        self.cuda_events: Counter[str] | None = None
         self.syncs_at_step_start = 0
         self.step_was_sampled = False
         self.counted = {True: [0, 0], False: [0, 0]}  # sampled? -> [steps, syncs]
@@ -86,7 +96,10 @@ class SteadyStateWindow(pl.Callback):
             self._synchronize(pl_module)
             self.overhead_start = self._monitor_seconds(trainer)
             if self.profiled:
-                self.profiler = profile(activities=[ProfilerActivity.CPU])
+                activities = [ProfilerActivity.CPU]
+                if pl_module.device.type == "cuda":
+                    activities.append(ProfilerActivity.CUDA)
+                self.profiler = profile(activities=activities)
                 self.profiler.start()
                 self.syncs = CountHostSyncs().__enter__()
             self.started = time.perf_counter()
@@ -98,7 +111,12 @@ class SteadyStateWindow(pl.Callback):
             if self.profiled:
                 self.syncs.__exit__(None, None, None)
                 self.profiler.stop()
-                self.ops = sum(1 for e in self.profiler.events() if e.name.startswith("aten::"))
+                events = self.profiler.events()
+                self.ops = sum(1 for e in events if e.name.startswith("aten::"))
+                if pl_module.device.type == "cuda":
+                    self.cuda_events = Counter(
+                        "dtoh" if "Memcpy DtoH" in e.name else "sync" for e in events
+                        if "Memcpy DtoH" in e.name or e.name in CUDA_SYNCHRONIZATIONS)
         if self.profiled and self.warmup <= batch_idx < self.warmup + self.steps:
             self.syncs_at_step_start = self.syncs.count
             diagnostics = diagnostics_of(trainer.callbacks)
@@ -130,15 +148,21 @@ class SteadyStateWindow(pl.Callback):
             (sampled, sampled_syncs), (other, other_syncs) = self.counted[True], self.counted[False]
             result.syncs_sampled = sampled_syncs / sampled if sampled else None
             result.syncs_other = other_syncs / other if other else None
+            if self.cuda_events is not None:
+                result.device_to_host = self.cuda_events["dtoh"] / self.steps
+                result.synchronizations = self.cuda_events["sync"] / self.steps
         return result
 
 
 def run(spec: ModelSpec, config: Config, *, warmup: int, steps: int, device: str = "cpu",
-        profiled: bool = False, seed: int = 0) -> Measured:
-    """Train a fresh ``spec`` model (same seed every time) with ``config``; measure the window."""
+        profiled: bool = False, seed: int = 0, compile_backend: str | None = None) -> Measured:
+    """Train a fresh ``spec`` model (same seed every time) with ``config``; measure the
+    window. ``compile_backend``: the network runs ``torch.compile``d with that backend."""
     window = SteadyStateWindow(warmup, steps, profiled)
     with tempfile.TemporaryDirectory(prefix="gradwatch-bench-") as directory:
         module = ReferenceModule(spec, warmup + steps + 1, seed)
+        if compile_backend is not None:
+            module.net = torch.compile(module.net, backend=compile_backend)
         trainer = pl.Trainer(
             callbacks=[window, *config.callbacks(Path(directory))],
             logger=TensorBoardLogger(directory, name="", version=""),

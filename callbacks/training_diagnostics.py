@@ -21,6 +21,7 @@ from ..monitor.thresholds import Thresholds
 from ._lightning import CALLBACK_BASES, show_info_lines
 from .arguments import check_arguments
 from .checkpoints import AlertCheckpoints
+from .clipping import NormClipRoute
 from .wiring import FitExports, build_exports, metrics_url, startup_line
 
 log = logging.getLogger("gradwatch")
@@ -30,7 +31,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     r"""Per-layer training diagnostics, exported to TensorBoard and Prometheus.
 
     For a ``Trainer`` of ``lightning.pytorch`` or ``pytorch_lightning``. Every step (no host
-    sync): the loss and the global gradient norm. Every ``every_n_steps`` steps and the fit's
+    sync): the loss and the global gradient norm (clipping by norm: the clip's). Every ``every_n_steps`` steps and the fit's
     last (sampled): the per-layer statistics below, in one transfer (a validation inside an
     accumulation window is not counted). Each ``fit`` starts fresh. A "layer" is a module
     that directly owns parameters, by qualified name, in depth (forward) order.
@@ -185,6 +186,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         # built now so that a wrong stop_on fails at construction; anew for every fit
         self.engine = AlertEngine(self.thresholds, stop_on=stop_on) if alerts else None
         self.checkpoints = AlertCheckpoints(frozenset(checkpoint_on))
+        self.clip_route = NormClipRoute()  # for a fit that clips by norm
         self.monitor: Monitor | None = None
         self.exports = FitExports()
         self._step_started_at: int | None = None
@@ -243,6 +245,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             monitor.watch_optimizer(optimizer)
         monitor.grad_scaler = getattr(trainer.precision_plugin, "scaler", None)
         monitor.track_clipping = bool(trainer.gradient_clip_val)
+        self.clip_route.install(trainer, pl_module, monitor)
         ddp_model = trainer.strategy.model
         if isinstance(ddp_model, DistributedDataParallel) \
                 and getattr(trainer.strategy, "_ddp_comm_hook", None) is None:
@@ -283,6 +286,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             log.warning("gradwatch: shutting down after %r failed: %r", exception, error)
 
     def _shutdown(self, clean: bool) -> None:
+        self.clip_route.remove()
         if self.monitor is None:
             return
         if clean and self.prometheus is not None:
@@ -312,7 +316,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     @override
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self.monitor.observe_gradients(optimizer)
+        if not self.clip_route.active:  # else the clip right after reads them, once
+            self.monitor.observe_gradients(optimizer)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:

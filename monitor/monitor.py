@@ -12,13 +12,14 @@ optimizer step. Nothing proportional to the model is kept between steps.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from . import distributed
+from . import clipping, distributed
 from .export import ExportWorker, Sink
 from .layers import LayerIndex
 from .layouts import RingColumn
@@ -232,6 +233,28 @@ class Monitor:
         if self._current is not None:
             with torch.no_grad():  # gradients with a graph (create_graph=True): their values
                 self._current.add_gradients(self._watched, optimizer)
+
+    def clip_grad_norm_(self, parameters: Iterable[torch.Tensor] | torch.Tensor,
+                        max_norm: float, optimizer: torch.optim.Optimizer | None = None,
+                        norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                        foreach: bool | None = None) -> torch.Tensor:
+        """``observe_gradients(optimizer)`` and ``torch.nn.utils.clip_grad_norm_`` in one:
+        clips exactly as torch does (training is bit-identical) and returns its total norm.
+        On steps that need only the global norm, the clip's own pass over the gradients is
+        the monitor's read of them: the norms before and after clipping cost no pass of
+        their own (``clipping``)."""
+        start = time.perf_counter()
+        parameters = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
+        grads = clipping.fusable_gradients(self._current, self._watched, parameters, optimizer,
+                                           norm_type)
+        self.stopwatch.add_since(start)
+        if grads is None or self._current is None:
+            self.observe_gradients(optimizer)
+            return torch.nn.utils.clip_grad_norm_(parameters, max_norm, norm_type,
+                                                  error_if_nonfinite, foreach)
+        return clipping.clip_noting_total(self._current, grads, parameters, max_norm,
+                                          norm_type, error_if_nonfinite, foreach,
+                                          self.stopwatch)
 
     @timed
     def end_step(self) -> None:

@@ -52,6 +52,7 @@ class StepState:
     stepped: bool = False
     observed: set[int] = field(default_factory=set)  # positions whose gradient was read
     outlier: torch.Tensor | None = None  # skip-on-spike's device verdict on this step
+    clip_noted: bool = False  # the norms before and after clipping came from the clip's total
 
     def add_loss(self, loss: torch.Tensor) -> None:
         """The loss of one backward (micro-batch losses add up)."""
@@ -91,6 +92,16 @@ class StepState:
         if self.table is not None:
             self.table.add_gradients(positions, squares, grads)
 
+    def add_clip_total(self, total: torch.Tensor, max_norm: float) -> None:
+        """The global norm of the gradients as norm clipping computed it (all of them, read
+        nowhere else this step), and the norm after clipping: the total times the clip
+        coefficient, computed as ``torch.nn.utils.clip_grads_with_norm_`` does."""
+        self.grads_seen = self.clip_noted = True
+        total = total.to(torch.float32)
+        torch.mul(total, total, out=self.cells[RingColumn.GRAD_SQ])  # the cell held 0
+        clipped = total * (max_norm / (total + 1e-6)).clamp_(max=1.0)
+        torch.mul(clipped, clipped, out=self.cells[RingColumn.CLIP_SQ])
+
     def _add_materialised(self, lazy: list[torch.Tensor]) -> None:
         """Gradients of lazy parameters materialised by this step's forward count in its
         global norm (their layers are indexed from the next step)."""
@@ -116,7 +127,7 @@ class StepState:
         self.stepped = True
         if skip is not None:
             self._skip_if_outlier(skip, optimizer, world_size)
-        if clipped is not None:
+        if clipped is not None and not self.clip_noted:
             grads = [probes.sparse_values(p.grad) if p.grad.is_sparse else p.grad
                      for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
             if grads:

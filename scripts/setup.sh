@@ -3,6 +3,7 @@
 #   scripts/setup.sh          the package, its runtime dependencies and the demo extra
 #   scripts/setup.sh test     plus test tools and, as root, Debian's Prometheus binaries
 #                             and Chromium (renders the HTML report in the tests)
+#   scripts/setup.sh bench    plus wandb (the benchmark's side-by-side row; never in the tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -11,9 +12,12 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 # the demo extra (rich) lives in this .venv only: a base install never brings it
 extra="[demo]"
-[ "${1:-}" = "test" ] && extra="[demo,test]"
+case "${1:-}" in
+  test) extra="[demo,test]" ;;
+  bench) extra="[demo,test,bench]" ;;
+esac
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".${extra}"
-if [ "${1:-}" = "test" ]; then
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "bench" ]; then
   need=()
   command -v promtool >/dev/null || need+=(prometheus)
   [ -x /usr/bin/prometheus-alertmanager ] || need+=(prometheus-alertmanager)

@@ -1,5 +1,6 @@
-"""The overhead and step-cost benchmarks run end to end (``--smoke``: tiny sizes, one round,
-a few steps).
+"""The overhead benchmark (with its cardinality section), the step-cost benchmark and the
+prepared GPU benchmark run end to end (``--smoke``: tiny sizes, one round, a few steps; the
+GPU one on the CPU).
 
 Checks the reports' shape, not timings: a row per available configuration, and ratios that
 are positive finite numbers; the step cost's times and op counts, and their differences.
@@ -10,15 +11,18 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import overhead, sampled_cost, step_cost
+from benchmarks import cardinality, clip_cost, gpu, overhead, sampled_cost, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
 
 
 def test_smoke_run_writes_a_row_per_config(tmp_path):
-    output = overhead.main(["--smoke", "--output", str(tmp_path / "bench.md")])
+    report = tmp_path / "bench.md"
+    report.write_text(f"# old\n\n## mlp\n\nold rows\n\n{gpu.SECTION}\n\nmeasured on a GPU\n")
+    output = overhead.main(["--smoke", "--output", str(report)])
     text = output.read_text()
+    assert "old rows" not in text and f"{gpu.SECTION}\n\nmeasured on a GPU\n" in text
     rows = {m["config"]: m for m in map(ROW.match, text.splitlines()) if m}
     expected = {c.name for c in CONFIGS if c.available()}
     assert set(rows) == expected
@@ -28,6 +32,14 @@ def test_smoke_run_writes_a_row_per_config(tmp_path):
             assert math.isfinite(value) and value > 0, (row["config"], field, value)
     assert "## Scale" in text and "/metrics" in text
     assert step_cost.SECTION in text and "| bfloat16 | aten ops |" in text
+    clip_rows = re.findall(r"^\| (bare|separate read|clip is the read) \| (\d+) \| ([+-]\d+) \|",
+                           text.split(clip_cost.SECTION, 1)[1], re.M)
+    ops = {path: (int(total), int(added)) for path, total, added in clip_rows}
+    assert set(ops) == set(clip_cost.PATHS) and ops["bare"][1] == 0
+    # the clip's pass is the read: a few scalar ops, far fewer than a read of its own
+    assert 0 < ops["clip is the read"][1] < ops["separate read"][1]
+    assert re.search(r"^\| 64 \| \d+ \| \d+ \| \d+ \| \d+ \| yes \|", text.split(
+        cardinality.SECTION, 1)[1], re.M), "the cardinality section, with its 64-rank row"
     assert sampled_cost.SECTION in text and "| update stats |" in text
 
 
@@ -76,3 +88,20 @@ def test_sampled_cost_smoke_reports_ops_and_time_per_part(tmp_path):
             assert float(cells[part][2 * model]) >= 1, (model, part)
         ms = float(cells["total"][2 * model + 1].split()[0])
         assert math.isfinite(ms) and ms > 0
+
+
+def test_gpu_smoke_runs_both_modes_and_counts_the_one_transfer(tmp_path):
+    output = tmp_path / "bench.md"
+    output.write_text(f"# report\n\n{gpu.SECTION}\n\nold\n\n## Other\n\nkept\n")
+    gpu.main(["--smoke", "--output", str(output)])
+    text = output.read_text()
+    assert "old" not in text and "## Other\n\nkept" in text
+    rows = {(m[1], m[2]): m for m in re.finditer(
+        r"^\| (eager|compiled) \| ([\w-]+) \| 1 \| [\d.]+ \| x(\S+) \[.*\| (\S+) \|$",
+        text, re.M)}
+    assert set(rows) == {(mode, name) for mode in ("eager", "compiled")
+                         for name in gpu.SMOKE_CONFIG_NAMES}
+    for (mode, name), row in rows.items():
+        assert float(row[3]) > 0
+        # host reads added per step: none on unsampled steps, the ONE transfer on sampled ones
+        assert float(row[4]) == (1.0 if name == gpu.EVERY_STEP else 0.0), (mode, name)
