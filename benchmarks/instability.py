@@ -75,14 +75,18 @@ class TinyDecoder(nn.Module):
 
 
 def token_batches(steps: int, batch: int = 16, seq: int = 33, vocab: int = 64, seed: int = 0,
-                  noise: float = 0.1):
+                  noise: float = 0.1, distinct_starts: bool = False):
     """A learnable synthetic language: each token is a fixed function of the two before it,
-    with a share ``noise`` of random tokens."""
+    with a share ``noise`` of random tokens. ``distinct_starts``: no two sequences of a batch
+    share their first token (a repeated one is replaced by the smallest unused token), so
+    that with no noise every target of the batch is determined and its loss can reach 0."""
     generator = torch.Generator().manual_seed(seed)
     table = torch.randint(vocab, (vocab, vocab), generator=generator)
     out = []
     for _ in range(steps):
         tokens = torch.randint(vocab, (batch, seq), generator=generator)
+        if distinct_starts:
+            _make_distinct(tokens[:, 0], vocab)
         for i in range(2, seq):
             follow = table[tokens[:, i - 2], tokens[:, i - 1]]
             random = torch.rand(batch, generator=generator) < noise
@@ -91,11 +95,26 @@ def token_batches(steps: int, batch: int = 16, seq: int = 33, vocab: int = 64, s
     return out
 
 
+def _make_distinct(first: torch.Tensor, vocab: int) -> None:
+    """Replace, in place, each repeat in ``first`` by the smallest token not in it (no
+    random draw, so batches without repeats are unchanged)."""
+    free = iter(sorted(set(range(vocab)) - set(first.tolist())))
+    seen = set()
+    for row, token in enumerate(first.tolist()):
+        if token in seen:
+            first[row] = token = next(free)
+        seen.add(token)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One run of a reproduction: the model, the language, the optimizer and the loss.
 
     ``batches``: distinct batches cycled through (None: a fresh batch every step).
+    ``data_vocab``: the tokens the language uses (None: all ``vocab``); the others are never
+    the target.
+    ``mu_centering``: subtract the mean output embedding from the lm_head after each step
+    (Stollenwerk et al. 2026).
     ``divergence_window``: the steps whose mean loss judges divergence (divergence_step).
     """
 
@@ -105,12 +124,15 @@ class Recipe:
     final_norm: bool = True
     head_bias: bool = False
     vocab: int = 64
+    data_vocab: int | None = None
     noise: float = 0.1
     batch: int = 16
     batches: int | None = None
+    distinct_starts: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
     z_loss: float = 0.0
     label_smoothing: float = 0.0
+    mu_centering: bool = False
     steps: int = 600
     divergence_window: int = 20
 
@@ -129,16 +151,26 @@ OUTPUT_RUNS = (_DRIFTING,
                                    z_loss=1e-4),
                dataclasses.replace(_DRIFTING, name="twin: with a final LayerNorm",
                                    final_norm=True))
+_MARCHING = Recipe("attempt: qk-layernorm, AdamW lr 0.1, a 512-token vocabulary of which the "
+                   "language uses 64", 0.1, qk_norm=True, vocab=512, data_vocab=64, steps=1000)
+#: Output-embedding anisotropy: 448 tokens are never the target, so Adam marches their
+#: output embeddings in one direction; the twin removes the mean output embedding.
+ANISOTROPY_RUNS = (_MARCHING,
+                   dataclasses.replace(_MARCHING, name="twin: the same with mu-centering",
+                                       mu_centering=True))
 _MEMORISING = Recipe("unstable: memorising one batch of 4, AdamW lr 0.01, beta2 0.95",
-                     0.01, vocab=16, noise=0.0, batch=4, batches=1, betas=(0.9, 0.95),
-                     steps=1600, divergence_window=1)
+                     0.01, vocab=16, noise=0.0, batch=4, batches=1, distinct_starts=True,
+                     betas=(0.9, 0.95), steps=1600, divergence_window=1)
 #: Adam instability: the first run's loss spikes (divergence judged on single steps: it
-#: recovers within 20 steps).
+#: recovers within 20 steps). Its batch is memorisable (distinct first tokens), so its loss
+#: and gradients fall toward 0 on every seed.
 ADAM_RUNS = (_MEMORISING,
-             dataclasses.replace(_MEMORISING, name="healthy twin: the same with label "
-                                 "smoothing 0.1", label_smoothing=0.1))
+             dataclasses.replace(_MEMORISING, name="healthy twin: the same with beta2 0.999",
+                                 betas=(0.9, 0.999)),
+             dataclasses.replace(_MEMORISING, name="twin: the same with label smoothing 0.1",
+                                 label_smoothing=0.1))
 REPRODUCTIONS = {"attention-logit growth": RUNS, "output-logit drift": OUTPUT_RUNS,
-                 "Adam instability": ADAM_RUNS}
+                 "output-embedding anisotropy": ANISOTROPY_RUNS, "Adam instability": ADAM_RUNS}
 
 
 def lm_loss(model: nn.Module, tokens: torch.Tensor, z_loss: float = 0.0,
@@ -169,7 +201,8 @@ def monitored_step(monitor, step: int, optimizer: torch.optim.Optimizer,
 def train(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10, observers=(),
           seed: int = 0):
     """Train ``recipe``'s TinyDecoder with AdamW (20 warm-up steps) under a Monitor for
-    ``steps`` (default: the recipe's); returns the per-step losses and the Snapshots."""
+    ``steps`` (default: the recipe's); returns the per-step losses, the Snapshots and the
+    output geometry (output_geometry) after a quarter of the steps and after the last."""
     from gradwatch.monitor.monitor import Monitor
 
     class Keep:
@@ -191,9 +224,9 @@ def train(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10, obs
     keep = Keep()
     monitor = Monitor(model, optimizers=[optimizer], every_n_steps=every_n_steps,
                       observers=[keep, *observers])
-    data = token_batches(r.batches or steps, batch=r.batch, vocab=r.vocab, seed=seed,
-                         noise=r.noise)
-    losses = []
+    data = token_batches(r.batches or steps, batch=r.batch, vocab=r.data_vocab or r.vocab,
+                         seed=seed, noise=r.noise, distinct_starts=r.distinct_starts)
+    losses, geometry = [], []
     # One thread: these runs are chaotic (the Adam spike's step moves by hundreds with the
     # float summation order), so the tests and the benchmark must see the same trajectory.
     threads = torch.get_num_threads()
@@ -205,11 +238,32 @@ def train(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10, obs
                 group["lr"] = r.lr * min(1.0, (step + 1) / 20)
             loss = monitored_step(monitor, step, optimizer, partial(
                 lm_loss, model, tokens, r.z_loss, r.label_smoothing))
+            if r.mu_centering:
+                with torch.no_grad():
+                    model.lm_head.weight -= model.lm_head.weight.mean(0)
             losses.append(loss.item())
+            if step + 1 in (steps // 4, steps):
+                geometry.append(output_geometry(model, tokens))
     finally:
         torch.set_num_threads(threads)
         monitor.close()
-    return losses, keep.snapshots
+    return losses, keep.snapshots, geometry
+
+
+def output_geometry(model: TinyDecoder, tokens: torch.Tensor) -> dict[str, float]:
+    """The lm_head's geometry on ``tokens``: the norms of the mean output embedding mu and
+    of the final hidden state's mean h_bar over the batch's positions, and mu . h_bar, which
+    is the mean logit (without an lm_head bias; Stollenwerk et al. 2026)."""
+    hidden = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: hidden.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(tokens[:, :-1])
+    finally:
+        hook.remove()
+    mu, h_bar = model.lm_head.weight.detach().mean(0), hidden[0].mean((0, 1))
+    return {"mu": float(mu.norm()), "h_bar": float(h_bar.norm()),
+            "mu_dot_h_bar": float(mu @ h_bar)}
 
 
 #: The loss has diverged at the first step whose 20-step mean loss is this many nats above
@@ -237,14 +291,17 @@ def run_alerts(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10
     from gradwatch.monitor.alerts import AlertEngine
 
     engine = AlertEngine()
-    losses, _ = train(recipe, steps, every_n_steps, observers=[engine], seed=seed)
+    losses, snapshots, geometry = train(recipe, steps, every_n_steps, observers=[engine],
+                                        seed=seed)
     first: dict[str, int] = {}
     for alert in engine.history:
         if alert.status == "firing":
             first.setdefault(alert.name, alert.step)
     return {"run": recipe.name, "steps": len(losses),
             "diverged_at": divergence_step(losses, recipe.divergence_window),
-            "final_loss": sum(losses[-20:]) / 20, "alerts": first}
+            "final_loss": sum(losses[-20:]) / 20, "alerts": first,
+            "log_z": snapshots[-1].output_logit_logsumexp,
+            "mean_logit": snapshots[-1].output_logit_mean, "geometry": geometry}
 
 
 def sampled_step_cost(steps: int = 40, seed: int = 0) -> dict[str, float]:
