@@ -133,9 +133,10 @@ class AdamUpdateDecorrelation:
     the median over layers of the eps-dominated ratio above ``eps_dominated_ratio`` for
     ``leading_samples`` samples in a row (arXiv 2304.09871); the median update/gradient
     cosine is reported with it. A precondition, not a forecast: on the CPU reproduction the
-    spike came only where the logits' shared shift walked (mu-centering stopped it). A low cosine alone is no alarm: a healthy, converged run
-    shows it too (its gradients are mostly noise, which momentum averages away). Medians:
-    one layer with vanishing gradients is not the model."""
+    spike came only where the logits' shared shift walked (mu-centering stopped it). A low
+    cosine alone is no alarm: a healthy, converged run shows it too (its gradients are
+    mostly noise, which momentum averages away). Medians: one layer with vanishing gradients
+    is not the model."""
 
     name = "AdamUpdateDecorrelation"
 
