@@ -174,11 +174,12 @@ _MEMORISING = Recipe("unstable: memorising one batch of 4, AdamW lr 0.01, beta2 
 ADAM_RUNS = (_MEMORISING,
              dataclasses.replace(_MEMORISING, name="healthy twin: the same with beta2 0.999",
                                  betas=(0.9, 0.999)),
-             dataclasses.replace(_MEMORISING, name="twin: the same with mu-centering",
+             dataclasses.replace(_MEMORISING, name="healthy twin: the same with mu-centering",
                                  mu_centering=True),
              dataclasses.replace(_MEMORISING, name="twin: the same with z-loss 1e-4",
                                  z_loss=1e-4),
-             dataclasses.replace(_MEMORISING, name="twin: the same with label smoothing 0.1",
+             dataclasses.replace(_MEMORISING, name="healthy twin: the same with label "
+                                 "smoothing 0.1",
                                  label_smoothing=0.1))
 REPRODUCTIONS = {"attention-logit growth": RUNS, "output-logit drift": OUTPUT_RUNS,
                  "output-embedding anisotropy": ANISOTROPY_RUNS,
