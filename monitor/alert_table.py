@@ -137,8 +137,9 @@ TABLE: tuple[AlertSpec, ...] = (
     AlertSpec(
         "OutputLogitDivergence", WARNING, None, RUN,
         "Output logits drifting in run {run}{layer}",
-        "Add z-loss (1e-4 x log(Z)^2 added to the loss, PaLM); lower the learning rate of the "
-        "output layer; add a final LayerNorm before the lm_head.", BOTH),
+        "Add z-loss (1e-4 x log(Z)^2 added to the loss, PaLM); center the output embeddings "
+        "(subtract their mean after each step: mu-centering) or put weight decay on the "
+        "lm_head; lower the learning rate; add a final LayerNorm before the lm_head.", BOTH),
     AlertSpec(
         "AdamUpdateDecorrelation", WARNING, None, RUN,
         "Adam updates decorrelated in run {run}{layer}",

@@ -132,9 +132,11 @@ class AdamUpdateDecorrelation:
     """Adam's second moment collapsed toward eps, so its steps stop following the gradient:
     the median over layers of the eps-dominated ratio above ``eps_dominated_ratio`` for
     ``leading_samples`` samples in a row (arXiv 2304.09871); the median update/gradient
-    cosine is reported with it. A low cosine alone is no alarm: a healthy, converged run
-    shows it too (its gradients are mostly noise, which momentum averages away). Medians:
-    one layer with vanishing gradients is not the model."""
+    cosine is reported with it. A precondition, not a forecast: on the CPU reproduction the
+    spike came only where the logits' shared shift walked (mu-centering stopped it). A low
+    cosine alone is no alarm: a healthy, converged run shows it too (its gradients are
+    mostly noise, which momentum averages away). Medians: one layer with vanishing gradients
+    is not the model."""
 
     name = "AdamUpdateDecorrelation"
 
@@ -169,9 +171,10 @@ class AdamUpdateDecorrelation:
             description=(
                 f"{'; '.join(reasons).capitalize()}; lowest cosines in "
                 f"{describe_layers(layers, cosine[low])}. When the second moment collapses "
-                "toward eps, Adam's steps stop following the gradient and a loss spike "
-                "follows. See gradwatch_update_grad_cosine and "
-                "gradwatch_adam_eps_dominated_ratio."),
+                "toward eps, eps sets Adam's steps, not the gradient: what the loss does not "
+                "hold (such as the output logits' shared shift, "
+                "gradwatch_output_logit_mean) can walk, and loss spikes can follow. See "
+                "gradwatch_update_grad_cosine and gradwatch_adam_eps_dominated_ratio."),
         )
 
 

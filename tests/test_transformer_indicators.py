@@ -17,9 +17,9 @@ from prometheus_client import generate_latest
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.instability import (ADAM_RUNS, OUTPUT_RUNS, RUNS, TinyDecoder,
-                                    divergence_step, lm_loss, monitored_step, run_alerts,
-                                    token_batches)
+from benchmarks.instability import (ADAM_RUNS, ANISOTROPY_RUNS, OUTPUT_RUNS, RUNS,
+                                    TinyDecoder, divergence_step, lm_loss, monitored_step,
+                                    output_geometry, run_alerts, token_batches, train)
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.attention import MAX_QUERY_ROWS, MAX_SEQUENCES
 from gradwatch.monitor.alerts import AlertEngine
@@ -317,20 +317,68 @@ def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
 # ---------------------------------------------------------------------------- detectors
 
 
-@pytest.mark.parametrize("runs, leading, steps", [
-    (RUNS, "AttentionLogitGrowth", 300),
-    (ADAM_RUNS, "AdamUpdateDecorrelation", 1200),  # seed 0 spikes at step 1120
-], ids=["attention-logit growth", "Adam instability"])
-def test_the_leading_alert_leads_the_divergence_and_the_twins_stay_quiet(runs, leading, steps):
-    """Seed 0. The attention reproduction holds on seeds 0-2; the Adam one does not
-    (docs/benchmarks.md, "Across seeds"): this pins one real trajectory."""
-    unstable, *twins = (run_alerts(recipe, steps) for recipe in runs)
+def test_attention_logit_growth_leads_the_divergence_and_the_twins_stay_quiet():
+    """Seed 0 (it holds on seeds 0-2, docs/benchmarks.md "Across seeds"): this pins one real
+    trajectory."""
+    unstable, *twins = (run_alerts(recipe, 300) for recipe in RUNS)
     assert unstable["diverged_at"] is not None
-    assert unstable["alerts"][leading] <= unstable["diverged_at"] - 20
+    assert unstable["alerts"]["AttentionLogitGrowth"] <= unstable["diverged_at"] - 20
     for twin in twins:
         assert twin["diverged_at"] is None
         assert twin["alerts"] == {}
 
+
+def test_adam_collapse_and_output_logit_divergence_lead_the_spike():
+    """Seed 0 of the memorising run (it holds on seeds 0-2): the second moment collapses,
+    then the logits' shared shift walks far below 0 (log Z with it), then the loss spikes
+    (step 1120); both alerts lead it by >= 20 steps. With beta2 0.999 nothing collapses:
+    no alert. mu-centering removes the walk, and the spike with it: no OutputLogitDivergence
+    (the second moment still collapses: AdamUpdateDecorrelation fires there, a measured
+    limit of that alert, docs/benchmarks.md)."""
+    unstable, healthy, centred = (run_alerts(recipe, 1200) for recipe in ADAM_RUNS[:3])
+    assert unstable["diverged_at"] is not None
+    for leading in ("AdamUpdateDecorrelation", "OutputLogitDivergence"):
+        assert unstable["alerts"][leading] <= unstable["diverged_at"] - 20
+    assert unstable["log_z"] < -Thresholds().output_logsumexp_level  # the walk
+    assert healthy["diverged_at"] is None and healthy["alerts"] == {}
+    assert centred["diverged_at"] is None and "OutputLogitDivergence" not in centred["alerts"]
+    assert abs(centred["mean_logit"]) < 1e-4
+
+def test_a_memorisable_batch_has_distinct_first_tokens_and_follows_the_language():
+    """Seed 1's batch of 4 repeats a first token (3, continued by 0 and by 1): a loss floor
+    of 2 ln 2 / 128 that kept its gradients alive. distinct_starts replaces the repeat by
+    the smallest unused token, draws nothing more (seed 0's batch is unchanged), and every
+    later token still follows from the two before it."""
+    plain = token_batches(1, batch=4, vocab=16, seed=1, noise=0.0)[0]
+    tokens = token_batches(1, batch=4, vocab=16, seed=1, noise=0.0, distinct_starts=True)[0]
+    assert plain[:, 0].tolist() == [0, 3, 2, 3] and tokens[:, 0].tolist() == [0, 3, 2, 1]
+    assert torch.equal(tokens[:, 1], plain[:, 1])
+    follows = {}
+    for row in tokens.tolist():
+        for a, b, c in zip(row, row[1:], row[2:]):
+            assert follows.setdefault((a, b), c) == c
+    assert torch.equal(token_batches(1, batch=4, vocab=16, seed=0, noise=0.0)[0],
+                       token_batches(1, batch=4, vocab=16, seed=0, noise=0.0,
+                                     distinct_starts=True)[0])
+
+
+def test_the_mean_logit_is_the_mean_output_embedding_dot_the_mean_hidden_state():
+    """output_geometry's mu . h_bar against the logits' mean; with mu-centering every
+    Snapshot after the first step measures a mean logit of 0 and mu ends at 0."""
+    torch.manual_seed(0)
+    model = TinyDecoder(vocab=128)
+    tokens = token_batches(1, vocab=64)[0]
+    with torch.no_grad():
+        mean_logit = model(tokens[:, :-1]).double().mean().item()
+    assert output_geometry(model, tokens)["mu_dot_h_bar"] == pytest.approx(mean_logit, abs=1e-5)
+    marching, centred = (train(dataclasses.replace(r, vocab=128, steps=40))
+                         for r in ANISOTROPY_RUNS)
+    _, snapshots, geometry = centred
+    assert [s.step for s in snapshots] == [0, 10, 20, 30]
+    assert all(abs(s.output_logit_mean) < 1e-4 for s in snapshots[1:])
+    assert geometry[-1]["mu"] < 1e-5
+    _, snapshots, geometry = marching  # without: the 64 unused tokens' logits sink at once
+    assert snapshots[-1].output_logit_mean < -1.0 and geometry[-1]["mu"] > 1.0
 
 def fit_recording(model, optimizer, batches, loss_fn, steps, warmup=None, every_n_steps=10):
     """``steps`` steps of a plain loop under a Monitor and the default AlertEngine (with a
