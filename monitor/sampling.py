@@ -14,7 +14,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -232,7 +232,8 @@ class ForwardTracer:
         assert records is not None, "after attach()"
         self.batches.flush(records.raw)
         if records.raw:
-            completed = probes.complete_records(torch.stack(records.raw),
+            filled = cast("list[torch.Tensor]", records.raw)  # flush() filled every slot
+            completed = probes.complete_records(torch.stack(filled),
                                                 torch.tensor(records.counts, device=device))
         else:
             completed = torch.zeros(0, ACTIVATION_FIELD_COUNT, device=device)
