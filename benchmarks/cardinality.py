@@ -136,6 +136,22 @@ def write_section(path: Path, section: str, before: str | None = None) -> None:
     path.write_text(text)
 
 
+def section_main(argv: list[str] | None, doc: str, measured_section, smoke_help: str,
+                 before: str) -> str:
+    """The command line of a benchmark that measures one section of docs/benchmarks.md:
+    ``--smoke`` and ``--output`` (the section goes in front of ``before`` if new)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
+    options = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    section = measured_section(smoke=options.smoke)
+    if options.output:
+        write_section(options.output, section, before=before)
+    print(section)
+    return section
+
+
 def measured_section() -> str:
     """Count the series; the section (also part of benchmarks/overhead.py's report)."""
     budgets = [(n, cap, per_rank(model_snapshot(n), 1, max_layers=cap)[0])

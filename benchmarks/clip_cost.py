@@ -17,11 +17,9 @@ callback sets it with ``gradient_clip_val``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,7 +27,7 @@ from torch import nn
 from gradwatch.monitor import Monitor
 
 from . import instability
-from .cardinality import write_section
+from .cardinality import section_main
 from .step_cost import CountOps
 
 SECTION = "## Clipping by norm: the clip's pass is the read"
@@ -105,16 +103,7 @@ def measured_section(smoke: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_STEPS} steps, for CI")
-    parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
-    options = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    section = measured_section(smoke=options.smoke)
-    if options.output:
-        write_section(options.output, section, before=instability.SECTION)
-    print(section)
-    return section
+    return section_main(argv, __doc__, measured_section, f"{SMOKE_STEPS} steps, for CI", instability.SECTION)
 
 
 if __name__ == "__main__":

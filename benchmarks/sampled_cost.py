@@ -26,15 +26,12 @@ and as a share of the bare training step (no monitor, timed in turn with it).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradwatch.monitor import Monitor, sample
@@ -45,7 +42,7 @@ from gradwatch.monitor.sampling import ForwardTracer
 from gradwatch.monitor.transfer import TransferLayout
 
 from . import step_cost
-from .cardinality import write_section
+from .cardinality import section_main
 from .models import ModelSpec, ReferenceModule, cpu_models
 
 SECTION = "## Cost of a sampled step, part by part"
@@ -254,16 +251,7 @@ def measured_section(smoke: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny models, a few steps")
-    parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
-    options = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    section = measured_section(smoke=options.smoke)
-    if options.output:
-        write_section(options.output, section, before=step_cost.SECTION)
-    print(section)
-    return section
+    return section_main(argv, __doc__, measured_section, "tiny models, a few steps", step_cost.SECTION)
 
 
 if __name__ == "__main__":

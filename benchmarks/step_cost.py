@@ -21,12 +21,10 @@ Targets: <= 50 us of Python and <= 3 aten ops per unsampled step beyond the norm
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from gradwatch.monitor import Monitor
 
 from . import instability
-from .cardinality import write_section
+from .cardinality import section_main
 
 SECTION = "## Fixed cost of an unsampled step"
 STEPS = 1000
@@ -198,16 +196,7 @@ def measured_section(smoke: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_STEPS} steps, for CI")
-    parser.add_argument("--output", type=Path, help="write the section into this Markdown file")
-    options = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    section = measured_section(smoke=options.smoke)
-    if options.output:
-        write_section(options.output, section, before=instability.SECTION)
-    print(section)
-    return section
+    return section_main(argv, __doc__, measured_section, f"{SMOKE_STEPS} steps, for CI", instability.SECTION)
 
 
 if __name__ == "__main__":
