@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -314,7 +315,8 @@ def run_alerts(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10
             "diverged_at": divergence_step(losses, recipe.divergence_window),
             "final_loss": sum(losses[-20:]) / 20, "alerts": first,
             "log_z": snapshots[-1].output_logit_logsumexp,
-            "mean_logit": snapshots[-1].output_logit_mean, "geometry": geometry}
+            "mean_logit": snapshots[-1].output_logit_mean, "geometry": geometry,
+            "eps_dominated_ratio": float(np.nanmedian(snapshots[-1].adam_eps_dominated_ratio))}
 
 
 def sampled_step_cost(steps: int = 40, seed: int = 0) -> dict[str, float]:
@@ -377,22 +379,21 @@ SECTION = "## Leading indicators of transformer instability (issue 17)"
 SEEDS_VERDICT = (
     "Attention-logit growth holds on every seed: AttentionLogitGrowth at step 50, the loss "
     "diverged at 201-260 (lead 151-210 steps), both twins quiet. The memorising run holds on "
-    "every seed, now that its batch is memorisable: AdamUpdateDecorrelation at step 390 and "
-    "OutputLogitDivergence at 680-700, the spike at 1120, 837 and 1349 (leads 730, 447 and "
-    "959, and 420, 157 and 649 steps). OutputLogitDivergence is quiet on every twin and "
-    "every other run of every seed. The beta2 0.999 twin is quiet on every seed. "
-    "AdamUpdateDecorrelation also fires where no spike follows: on the mu-centering twin "
-    "(step 390, every seed), the z-loss twin (840-1350; its small early bumps, under 0.5 "
-    "nats, are no divergence) and seed 1's label-smoothing twin (1400): their second moments "
-    "did collapse, so the statistic is right, but the alert forecasts no spike there. The "
+    "every seed, now that its batch is memorisable: AdamUpdateDecorrelation at step 640-660 "
+    "and OutputLogitDivergence at 680-700, the spike at 1120, 837 and 1349 (leads 460, 197 "
+    "and 689, and 420, 157 and 649 steps). Both are quiet on every twin and every other run "
+    "of every seed: the mu-centering, z-loss and label-smoothing twins do collapse their "
+    "second moments (where the old rule, the collapse alone, fired), but their gradients do "
+    "not grow under it; the z-loss twin's small early bumps, under 0.5 nats, are no "
+    "divergence. The "
     "output-embedding anisotropy runs are quiet and do not diverge on any seed (mu 4.6-4.8 "
     "-> 8.5-8.8 while h_bar falls 1.5-1.9 -> 0.9-1.1; mean logit about -6; mu-centering: 0). "
     "The output-logit drift recipe climbs log Z by confidence and raises no "
     "OutputLogitDivergence on any run or seed; seed 0's first run diverges at 367 and the "
     "z-loss twin of seed 2 at 244 with no leading alert. So the issue's criterion (a lead "
     ">= 20 steps, quiet twins) is met on 3 of 3 seeds for attention-logit growth and for "
-    "output-logit divergence; AdamUpdateDecorrelation leads on 3 of 3 seeds but is not quiet "
-    "on the twins that let the second moment collapse without a walk. LossDivergence fires "
+    "output-logit divergence and for Adam's feedback loop (AdamUpdateDecorrelation). "
+    "LossDivergence fires "
     "on the 16-token runs' loss bumps (relative rises of tiny losses): not a leading "
     "indicator, reported as measured.")
 
@@ -572,9 +573,10 @@ def section(results: dict[str, list[dict]], seeds: list[dict], cost: dict[str, f
         "and spiked at step 247 for another reason: distinct first tokens make it a clean "
         "instance). AdamW lr 0.01 with beta2 0.95 (eps 1e-8), 1,600 steps. The loss falls to "
         "~1e-8, the gradients with it, and Adam's second moment decays to eps size (the median "
-        "eps-dominated ratio passes 0.5 near step 350-390 and reaches 1.0): "
-        "AdamUpdateDecorrelation fires at 390. From then on eps, not the gradients' size, sets "
-        "Adam's steps, and nothing in the loss holds the logits' shared shift: the mean output "
+        "eps-dominated ratio passes 0.5 near step 350-390 and reaches 1.0). From then on Adam "
+        "steps like SGD at lr / eps, and the gradient norm, ~6e-8 at its low near step 480, "
+        "grows under it (x4 by step 640, x8 by 800): AdamUpdateDecorrelation fires at 660 "
+        "(640-660 on seeds 0-2). Nothing in the loss holds the logits' shared shift: the mean output "
         "embedding mu and the final hidden states' mean h_bar grow along each other and the "
         "mean logit, mu . h_bar, walks hundreds of nats below 0 (seed 0: -0.5 at step 450, -1.2"
         " at 500, -17 at 650, -815 at 1100), log Z and even the max logit with it (log Z 18 -> "
@@ -589,14 +591,16 @@ def section(results: dict[str, list[dict]], seeds: list[dict], cost: dict[str, f
         "The twins say which is cause: with beta2 0.999 the second moment does not collapse "
         "within 1,600 steps, nothing walks, nothing spikes, no alert. mu-centering removes the "
         "walk (mean logit 0, log Z ~22 from confidence alone) and the spike with it, on every "
-        "seed, though the second moment collapses as before: here the spike follows the "
-        "output-logit divergence, not the collapse alone, and AdamUpdateDecorrelation fires on "
-        "a run that does not spike (a precondition, not a forecast: a measured limit of that "
-        "alert). z-loss holds log Z at ~0 (the mean logit at ~-19): no walk, only small early "
+        "seed, though the second moment collapses as before: its gradient keeps falling "
+        "(3e-8 -> 4e-10), no feedback loop runs, and AdamUpdateDecorrelation, which judges the "
+        "gradient's growth since the collapse, stays quiet (the collapse alone fired it at 390 "
+        "on every seed before; measured growth since the collapse on the twins: at most 2.2x, "
+        "against 9.7-15x on the unstable runs). z-loss holds log Z at ~0 (the mean logit at "
+        "~-19): no walk, only small early "
         "bumps (below 0.5 nats), OutputLogitDivergence quiet. Label smoothing 0.1 stops the "
         "loss at its smoothed optimum (0.565), where the gradients still vanish, slowly: on "
-        "seed 1 the second moment collapses by step 1400 (AdamUpdateDecorrelation fires; no "
-        "spike follows within 2,600 steps, measured by hand).", "",
+        "seed 1 the second moment collapses by step 1400 with a steady gradient (no alert; "
+        "no spike follows within 2,600 steps, measured by hand).", "",
         *_geometry_table(adam), "",
         "Not reproduced on CPU: the cosine half of AdamUpdateDecorrelation (median "
         "update/gradient cosine below 0.05). Too-high learning rates, beta1 0.99 and beta2 "
@@ -614,8 +618,11 @@ def section(results: dict[str, list[dict]], seeds: list[dict], cost: dict[str, f
         f"{cost['with_ms']:.1f} ms with them, {cost['without_ms']:.1f} ms without, "
         f"{cost['added_ms']:+.1f} ms; {cost['added_ops']:+d} aten ops per sampled step "
         f"(exact; before this bounding, +2,103 ops and +9.7 ms). Of the 2,103, 1,734 were the "
-        f"update statistics (a dot product, norms and an eps count per parameter), now "
-        f"reduced over concatenated buckets with one segment_reduce; 369 were the attention "
+        f"update statistics (a dot product, norms and an eps count per parameter); on an "
+        f"accelerator or in half precision they are reduced over concatenated buckets with "
+        f"one segment_reduce, while a float32 CPU model takes a BLAS dot per parameter, more "
+        f"ops (+404 with the buckets) for less time (issue 18: \"Cost of a sampled step, part "
+        f"by part\"); 369 were the attention "
         f"probe, now one fused pass per call (max and entropy from the row maxima, scale and "
         f"causal mask folded into one baddbmm with a cached bias, the calls' figures stacked "
         f"once). The logits measured are bounded at the batch's first {MAX_SEQUENCES} "

@@ -143,9 +143,10 @@ TABLE: tuple[AlertSpec, ...] = (
     AlertSpec(
         "AdamUpdateDecorrelation", WARNING, None, RUN,
         "Adam updates decorrelated in run {run}{layer}",
-        "Lower the learning rate; use a larger eps (e.g. 1e-6 instead of 1e-8) or a larger "
-        "beta2 warm-up; skip batches with outlier gradients (skip-on-spike); roll back to a "
-        "checkpoint before the alert.", BOTH),
+        "Use a larger eps (e.g. 1e-6 instead of 1e-8) or a larger beta2 (0.99-0.999: the "
+        "second moment then forgets slower); lower the learning rate; add z-loss if the output "
+        "logits drift too (OutputLogitDivergence); skip batches with outlier gradients "
+        "(skip-on-spike); roll back to a checkpoint before the alert.", BOTH),
     AlertSpec(
         "UpdateSkipped", WARNING, None, RUN,
         "Updates skipped in run {run}{layer}",

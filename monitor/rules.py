@@ -138,6 +138,22 @@ def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
     ]
 
 
+#: Per run and rank: the median over layers of the eps-dominated ratio, and the gradient
+#: norm's median over RECENT_WINDOW now and its low over HISTORY_WINDOW (AdamUpdateDecorrelation).
+ADAM_EPS_MEDIAN = "gradwatch:adam_eps_dominated_ratio:median"
+ADAM_GRAD_LEVEL = f"gradwatch:global_grad_norm:median{RECENT_WINDOW}"
+ADAM_GRAD_TROUGH = f"min_over_time({ADAM_GRAD_LEVEL}[{HISTORY_WINDOW}])"
+
+
+def adam_recording_rules() -> list[tuple[str, str]]:
+    """What AdamUpdateDecorrelation judges: the second moment's collapse, the gradient's level."""
+    return [
+        (ADAM_EPS_MEDIAN, f"quantile by ({BY_RUN}) (0.5, gradwatch_adam_eps_dominated_ratio)"),
+        (ADAM_GRAD_LEVEL, f"max by ({BY_RUN}) "
+                           f"(quantile_over_time(0.5, gradwatch_global_grad_norm[{RECENT_WINDOW}]))"),
+    ]
+
+
 def vanishing_recording_rules() -> list[tuple[str, str]]:
     """Mean log gradient norm of the input-side and output-side quarters of the layers (by
     depth; a quarter is at least one layer), as the in-process GradientVanishing computes."""
@@ -184,6 +200,7 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
          f"({counted_in('gradwatch_amp_skipped_steps_total', HISTORY_WINDOW)})"),
         *vanishing_recording_rules(),
         *loss_recording_rules(thresholds),
+        *adam_recording_rules(),
         ("gradwatch:layer_depth:padded", padded_depth),
         *((f"gradwatch:{metric}:by_depth",
            f"max by ({BY_RUN_LAYER}) (gradwatch_{metric})"
@@ -364,14 +381,18 @@ def leading_alerts(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "AdamUpdateDecorrelation",
-            # the second moment's collapse; a low cosine alone is what a converged, healthy
-            # run shows too
-            f"max by (run) (quantile by (run) (0.5, gradwatch_adam_eps_dominated_ratio))"
-            f" > {t.eps_dominated_ratio!r}",
+            # the collapse alone is what a run that fits its data exactly shows too: the
+            # gradient's growth under it is the forecast (HISTORY_WINDOW stands in for "since
+            # the collapse")
+            f"max by (run) ({ADAM_GRAD_LEVEL} / ({ADAM_GRAD_TROUGH} > 0)"
+            f" > {t.eps_dominated_grad_growth!r}"
+            f" and min_over_time({ADAM_EPS_MEDIAN}[{HISTORY_WINDOW}])"
+            f" > {t.eps_dominated_ratio!r})",
             f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: the median share of Adam elements whose "
-            f"second moment is eps-dominated is {{{{ printf \"%.3g\" $value }}}}, above "
-            f"{t.eps_dominated_ratio!r}, for {leading_for}: Adam's steps stop following the "
-            "gradient.",
+            f"second moment is eps-dominated stayed above {t.eps_dominated_ratio!r} for "
+            f"{HISTORY_WINDOW}, and the gradient norm (its {RECENT_WINDOW} median) grew "
+            f"{{{{ printf \"%.3g\" $value }}}}x from its low in that time, for {leading_for}: "
+            "Adam steps like SGD at lr / eps, so the growth feeds itself.",
             for_=leading_for,
         ),
         Alert(

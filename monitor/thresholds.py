@@ -161,8 +161,15 @@ class Thresholds:
         "alone no alarm: healthy runs fall below it near convergence).", high=1.0)
     eps_dominated_ratio: float = _t(
         0.5, "Median over layers of the fraction of Adam elements with sqrt(v_hat) <= 10 eps "
-        "above this: eps, not the gradient, sets the steps (AdamUpdateDecorrelation).",
+        "above this: eps, not the gradient, sets the steps (with eps_dominated_grad_growth: "
+        "AdamUpdateDecorrelation).",
         high=1.0)
+    eps_dominated_grad_growth: float = _t(
+        4.0, "Gradient norm grown this many fold (median over leading_samples samples' "
+        "steps) since Adam's second moment collapsed (eps_dominated_ratio): Adam then steps "
+        "like SGD at lr / eps, so the growth feeds itself (AdamUpdateDecorrelation; a run "
+        "that only sits collapsed stays within 2.2x on the CPU reproduction's twins).",
+        low=1.0)
     leading_samples: int = _count(
         3, "Sampled steps in a row a leading indicator must hold before alerting.", low=1,
         high=1000)

@@ -129,20 +129,27 @@ class OutputLogitDivergence:
 
 
 class AdamUpdateDecorrelation:
-    """Adam's second moment collapsed toward eps, so its steps stop following the gradient:
-    the median over layers of the eps-dominated ratio above ``eps_dominated_ratio`` for
-    ``leading_samples`` samples in a row (arXiv 2304.09871); the median update/gradient
-    cosine is reported with it. A precondition, not a forecast: on the CPU reproduction the
-    spike came only where the logits' shared shift walked (mu-centering stopped it). A low
-    cosine alone is no alarm: a healthy, converged run shows it too (its gradients are
-    mostly noise, which momentum averages away). Medians: one layer with vanishing gradients
-    is not the model."""
+    """Adam's feedback loop (arXiv 2304.09871): its second moment has collapsed toward eps
+    (the median over layers of the eps-dominated ratio above ``eps_dominated_ratio``) and,
+    since it collapsed, the gradient norm has grown ``eps_dominated_grad_growth`` fold (the
+    median step norm of the last ``leading_samples`` samples against the lowest such median
+    since the collapse), for ``leading_samples`` samples in a row.
+
+    With sqrt(v_hat) under 10 eps, Adam's step is lr * m_hat / eps within a factor 11: SGD
+    at a learning rate lr / eps, about a million times Adam's own, whose steps follow the
+    gradient's size. A gradient that grows there grows the steps with it, and the steps grow
+    the gradient: the loss spikes next. The collapse alone is no alarm: a run that fits its
+    data exactly sits there with a falling or steady gradient (on the CPU reproduction:
+    mu-centering, z-loss and label smoothing; no spike followed). Medians: one layer without
+    gradient is not the model. The median update/gradient cosine is reported with it."""
 
     name = "AdamUpdateDecorrelation"
 
     def __init__(self, thresholds: Thresholds) -> None:
         self.t = thresholds
-        samples = int(thresholds.leading_samples)
+        samples = self.samples = int(thresholds.leading_samples)
+        self.recent_norms: deque[list[float]] = deque(maxlen=samples)
+        self.trough = math.inf  # lowest median gradient norm since the collapse
         self.state = Sustained(samples, samples)
 
     def on_snapshot(self, snapshot: Snapshot) -> Result:
@@ -151,30 +158,51 @@ class AdamUpdateDecorrelation:
         if not np.isfinite(cosine).any():
             return None
         t = self.t
-        median_cosine = float(np.median(cosine[np.isfinite(cosine)]))
         median_eps = float(np.median(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else 0.0
-        reasons = [f"median eps-dominated ratio {median_eps:.3g} above "
-                   f"{t.eps_dominated_ratio:g}",
-                   f"median update/gradient cosine {median_cosine:.3g}"]
-        return self.state.verdict(median_eps > t.eps_dominated_ratio, lambda: self._finding(
-            snapshot, median_eps, cosine, reasons))
+        norm = self._recent_norm(snapshot)
+        collapsed = median_eps > t.eps_dominated_ratio
+        if not collapsed:
+            self.trough = math.inf
+        elif norm > 0:  # NaN (a window not yet full, no finite norm) and 0 are no level
+            self.trough = min(self.trough, norm)
+        growth = norm / self.trough if collapsed and norm > 0 else 0.0
+        return self.state.verdict(growth >= t.eps_dominated_grad_growth, lambda: self._finding(
+            snapshot, median_eps, cosine, growth, norm))
+
+    def _recent_norm(self, snapshot: Snapshot) -> float:
+        """The median finite step gradient norm of the last ``leading_samples`` samples'
+        steps (NaN until as many samples are in): one noisy step is no level."""
+        self.recent_norms.append([p.global_grad_norm for p in snapshot.pulses
+                                  if p.global_grad_norm is not None
+                                  and math.isfinite(p.global_grad_norm)])
+        norms = [n for sample in self.recent_norms for n in sample]
+        if len(self.recent_norms) < self.samples or not norms:
+            return math.nan
+        return float(np.median(norms))
 
     def _finding(self, snapshot: Snapshot, median_eps: float, cosine: np.ndarray,
-                 reasons: list[str]) -> Finding:
+                 growth: float, norm: float) -> Finding:
         low = [i for i in np.argsort(np.nan_to_num(cosine, nan=np.inf))[:4]
                if np.isfinite(cosine[i])]
         layers = tuple(snapshot.layers[i] for i in low)
+        median_cosine = float(np.median(cosine[np.isfinite(cosine)]))
         return _warning(
-            self.name, snapshot, layers=layers, value=median_eps,
-            threshold=self.t.eps_dominated_ratio,
-            summary=f"Adam updates decorrelated from the gradient at step {snapshot.step}",
+            self.name, snapshot, layers=layers, value=growth,
+            threshold=self.t.eps_dominated_grad_growth,
+            summary=(f"Adam updates decorrelated at step {snapshot.step}: the gradient up "
+                     f"{growth:.3g}x under a collapsed second moment"),
             description=(
-                f"{'; '.join(reasons).capitalize()}; lowest cosines in "
-                f"{describe_layers(layers, cosine[low])}. When the second moment collapses "
-                "toward eps, eps sets Adam's steps, not the gradient: what the loss does not "
-                "hold (such as the output logits' shared shift, "
-                "gradwatch_output_logit_mean) can walk, and loss spikes can follow. See "
-                "gradwatch_update_grad_cosine and gradwatch_adam_eps_dominated_ratio."),
+                f"Adam's second moment has collapsed toward eps (median eps-dominated ratio "
+                f"{median_eps:.3g}, above {self.t.eps_dominated_ratio:g}) and since then the "
+                f"gradient norm has grown {growth:.3g}x, from {self.trough:.3g} to {norm:.3g} "
+                f"(median over {self.samples} samples' steps). There Adam steps "
+                "like SGD at a learning rate lr / eps: a growing gradient grows its steps, "
+                "which grow the gradient, and a loss spike follows. Median update/gradient "
+                f"cosine {median_cosine:.3g}, lowest in "
+                f"{describe_layers(layers, cosine[low])}. What the loss does not hold (such "
+                "as the output logits' shared shift, gradwatch_output_logit_mean) walks "
+                "meanwhile. See gradwatch_adam_eps_dominated_ratio, "
+                "gradwatch_global_grad_norm and gradwatch_update_grad_cosine."),
         )
 
 

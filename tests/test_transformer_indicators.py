@@ -29,6 +29,7 @@ from gradwatch.monitor.transformer_detectors import AdamUpdateDecorrelation, Out
 from gradwatch.monitor.monitor import Monitor
 from gradwatch.monitor.responses import SkipOnSpike
 
+from .detect_fixtures import pulse
 from .detect_fixtures import snapshot as make_snapshot
 from .helpers import read_scalars, regression_data, sample, samples, scrape, tanh_mlp
 from .lightning_models import lightning, trainer
@@ -330,19 +331,21 @@ def test_attention_logit_growth_leads_the_divergence_and_the_twins_stay_quiet():
 
 def test_adam_collapse_and_output_logit_divergence_lead_the_spike():
     """Seed 0 of the memorising run (it holds on seeds 0-2): the second moment collapses,
-    then the logits' shared shift walks far below 0 (log Z with it), then the loss spikes
-    (step 1120); both alerts lead it by >= 20 steps. With beta2 0.999 nothing collapses:
-    no alert. mu-centering removes the walk, and the spike with it: no OutputLogitDivergence
-    (the second moment still collapses: AdamUpdateDecorrelation fires there, a measured
-    limit of that alert, docs/benchmarks.md)."""
+    the gradient grows under it and the logits' shared shift walks far below 0 (log Z with
+    it), then the loss spikes (step 1120); both alerts lead it by >= 20 steps. With beta2
+    0.999 nothing collapses: no alert. mu-centering removes the walk, and the spike with it:
+    the second moment collapses the same way, but the gradient keeps falling, so no
+    AdamUpdateDecorrelation either."""
     unstable, healthy, centred = (run_alerts(recipe, 1200) for recipe in ADAM_RUNS[:3])
     assert unstable["diverged_at"] is not None
     for leading in ("AdamUpdateDecorrelation", "OutputLogitDivergence"):
         assert unstable["alerts"][leading] <= unstable["diverged_at"] - 20
     assert unstable["log_z"] < -Thresholds().output_logsumexp_level  # the walk
     assert healthy["diverged_at"] is None and healthy["alerts"] == {}
-    assert centred["diverged_at"] is None and "OutputLogitDivergence" not in centred["alerts"]
+    assert centred["diverged_at"] is None and centred["alerts"] == {}
+    assert centred["eps_dominated_ratio"] > Thresholds().eps_dominated_ratio  # collapsed
     assert abs(centred["mean_logit"]) < 1e-4
+
 
 def test_a_memorisable_batch_has_distinct_first_tokens_and_follows_the_language():
     """Seed 1's batch of 4 repeats a first token (3, continued by 0 and by 1): a loss floor
@@ -510,23 +513,49 @@ def test_output_logit_divergence_judges_the_shift_of_the_logits_not_the_confiden
     assert set(run(drifting, [math.nan] * len(drifting))) == {"clear"}
 
 
-def test_adam_update_decorrelation_follows_the_median_not_one_layer():
-    def run(cosines, eps):
-        return judge(AdamUpdateDecorrelation(Thresholds()), [
-            dataclasses.replace(make_snapshot(i), update_grad_cosine=np.array(c),
-                                adam_eps_dominated_ratio=np.array(e))
-            for i, (c, e) in enumerate(zip(cosines, eps))])
+def test_adam_update_decorrelation_judges_the_gradient_growing_under_the_collapse():
+    def samples(eps, norms, cosine=0.4):
+        """One sample per entry: per-layer eps ratios, and its steps' gradient norms."""
+        return [dataclasses.replace(
+            make_snapshot(10 * i, pulses=[pulse(10 * i + k, norm=n) for k, n in enumerate(steps)]),
+            update_grad_cosine=np.full(4, cosine), adam_eps_dominated_ratio=np.array(e))
+            for i, (e, steps) in enumerate(zip(eps, norms))]
 
-    one_layer = [[0.0, 0.4, 0.3, 0.5]] * 5  # a layer without gradient
-    assert set(run(one_layer, [[1.0, 0.0, 0.0, 0.0]] * 5)) == {"clear"}
-    decorrelated = [[0.4] * 4] * 2 + [[0.01, 0.02, 0.03, 0.4]] * 3
-    eps_bound = [[0.0] * 4] * 2 + [[0.9, 0.8, 0.7, 0.0]] * 3
-    assert run(decorrelated, eps_bound) == ["clear"] * 4 + ["fire"]
-    assert run([[0.4] * 4] * 5, eps_bound) == ["clear"] * 4 + ["fire"]
-    # a low cosine alone is no alarm: a converged healthy run's cosine falls too
-    assert set(run(decorrelated, [[0.0] * 4] * 5)) == {"clear"}
-    sgd = [[1.0] * 4] * 3  # no Adam: NaN ratios, no verdict on them
-    assert set(run(sgd, [[math.nan] * 4] * 3)) == {"clear"}
+    def run(eps, norms, cosine=0.4):
+        return judge(AdamUpdateDecorrelation(Thresholds()), samples(eps, norms, cosine))
+
+    collapsed = [[0.9, 0.8, 0.7, 0.0]] * 12
+    low, high = [1e-7] * 10, [1e-6] * 10  # 10 steps per sample
+    growing = [low] * 5 + [high] * 7
+    # the window of 3 samples' medians: 1e-6 from the 7th sample; held 3 in a row -> fire
+    assert run(collapsed, growing) == ["clear"] * 8 + ["fire"] * 4
+    detector = AdamUpdateDecorrelation(Thresholds())
+    finding = [r for r in map(detector.on_snapshot, samples(collapsed, growing))
+               if isinstance(r, Finding)][0]
+    assert (finding.step, finding.value, finding.threshold) == (80, pytest.approx(10.0), 4.0)
+    assert "median eps-dominated ratio 0.75" in finding.description
+    assert "grown 10x, from 1e-07 to 1e-06" in finding.description
+    # the collapse alone, gradient steady but noisy, or still falling: no alarm
+    noisy = [[1e-7, 3e-7] * 5] * 12
+    assert set(run(collapsed, noisy)) == {"clear"}
+    assert set(run(collapsed, [[1e-6 / 2 ** i] * 10 for i in range(12)])) == {"clear"}
+    # one noisy step per sample, 30x the rest, is no growth: the median of the window
+    spiky = [low[:9] + [3e-6]] * 12
+    assert set(run(collapsed, spiky)) == {"clear"}
+    # the growth without the collapse (end of warm-up), or with one collapsed layer only
+    assert set(run([[0.0] * 4] * 12, growing)) == {"clear"}
+    assert set(run([[1.0, 0.0, 0.0, 0.0]] * 12, growing)) == {"clear"}
+    # the low is the one since the collapse: a gradient that fell into it, then came back to
+    # where it was before, is judged against its low within the collapse
+    before = [[0.0] * 4] * 3 + collapsed[:9]
+    fell_then_grew = [[1e-5] * 10] * 3 + [low] * 4 + [[3e-6] * 10] * 5
+    assert run(before, fell_then_grew)[-1] == "fire"
+    assert set(run(before, [[1e-5] * 10] * 3 + [[3e-6] * 10] * 9)) == {"clear"}
+    # no Adam: NaN ratios; a NaN or missing gradient norm is no level
+    assert set(run([[math.nan] * 4] * 12, growing)) == {"clear"}
+    assert set(run(collapsed, [[math.nan] * 10] * 5 + [high] * 7)) == {"clear"}
+    # SGD (NaN cosines): no verdict at all
+    assert set(run(collapsed, growing, cosine=math.nan)) == {"-"}
 
 
 # ---------------------------------------------------------------------------- responses
