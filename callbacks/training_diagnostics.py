@@ -111,6 +111,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         rank_activations: with several ranks, every rank also exports the activations of
             its own batch (default: rank 0 exports them over all ranks' batches only).
         update_ratio: measure update ratios (a transient copy of the parameters, sampled steps).
+        activation_sample: outputs above this many values (default 2**16) get their
+            activation mean, variance, saturation and dead ratios estimated from random whole
+            rows of about this many values (seeded, the global RNG untouched); max |x| and
+            NaN/Inf counts stay exact. None or 0: every output exact.
         thresholds: numbers used to judge saturation and by the detectors.
         alerts: run the detectors (default True).
         alertmanager_url: also send alerts to this Alertmanager (API v2); credentials in the
@@ -162,6 +166,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         max_exported_layers: int = 512,
         rank_activations: bool = False,
         update_ratio: bool = True,
+        activation_sample: int | None = 1 << 16,
         thresholds: Thresholds | None = None,
         alerts: bool = True,
         alertmanager_url: str | None = None,
@@ -228,7 +233,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.monitor = Monitor(
             pl_module, run_name=run, every_n_steps=self.every_n_steps, sinks=self.exports.sinks,
             observers=[self.engine] if self.engine is not None else [],
-            update_ratio=self.update_ratio, rank=trainer.global_rank,
+            update_ratio=self.update_ratio, activation_sample=self.activation_sample,
+            rank=trainer.global_rank,
             world_size=trainer.world_size, thresholds=self.thresholds,
             skip_on_spike=self.skip_on_spike.renewed() if self.skip_on_spike else None)
         if self.prometheus is not None:
