@@ -96,7 +96,9 @@ def sampled_activation_record(
     low, high = output.amin(), output.amax()  # exact extremes
     finite = _known_finite(low, high)
     index = torch.randint(n_rows, (take,), generator=generator, device=output.device)
-    if len(leading) == 1 or output.is_contiguous():  # one op
+    if len(leading) == 1:  # one op, in any strides
+        sample = output.index_select(0, index)
+    elif output.is_contiguous():  # one op
         sample = output.view(-1, width).index_select(0, index)
     else:  # the rows picked in the output's own strides: no copy of the whole output
         sample = output[torch.unravel_index(index, leading)]

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from gradwatch import TrainingDiagnostics
-from gradwatch.monitor import Monitor, Thresholds
+from gradwatch.monitor import Monitor, Thresholds, probes
+from gradwatch.monitor.layouts import RawActivationField
 
 from .helpers import close
 from .test_record_batches import mixed_model, sampled_step
@@ -146,3 +147,25 @@ def test_a_wrong_bound_fails_at_construction_naming_it(value):
         Monitor(nn.Linear(2, 2), activation_sample=value)
     with pytest.raises(ValueError, match="activation_sample"):
         TrainingDiagnostics(activation_sample=value)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "2-d transposed", "3-d permuted"])
+def test_rows_are_drawn_from_outputs_in_any_strides(layout):
+    """The record of a non-contiguous output equals that of its contiguous copy (the same
+    rows drawn), and its max |x| is exact."""
+    torch.manual_seed(1)
+    base = torch.randn(64, 4096) if layout != "3-d permuted" else torch.randn(64, 32, 128)
+    output = {"contiguous": lambda: base, "2-d transposed": lambda: base.t().contiguous().t(),
+              "3-d permuted": lambda: base.permute(1, 0, 2).contiguous().permute(1, 0, 2),
+              }[layout]()
+    assert output.is_contiguous() == (layout == "contiguous")
+    assert torch.equal(output, base)
+
+    def record(t: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(3)
+        return probes.sampled_activation_record(t, 0, 0.01, 0.99, 1 << 14, generator)
+
+    got, expected = record(output), record(base.contiguous())
+    assert torch.allclose(got, expected, rtol=1e-6)
+    assert got[RawActivationField.MAX].item() == base.max().item()
+    assert got[RawActivationField.MIN].item() == base.min().item()
