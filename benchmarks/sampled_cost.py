@@ -82,12 +82,17 @@ BEFORE_AFTER = (
     "Before -> after (issue 18 item 3; 2026-12-02, the two codes run in turn three times on "
     "the shared 2-core machine, medians): self time per sampled step MLP 31.6 -> 8.6 ms "
     "(217% -> 59% of the bare step), transformer 30.8 -> 23.8 ms (18.3% -> 14.7%), CNN "
-    "3.2 -> 3.0 ms (114% -> 104%); aten ops 1011 -> 727, 1044 -> 1297, 376 -> 340. Issue "
-    "18's target for every probe on every step, <= x1.10 on the transformer, is not met "
-    "(about x1.15); the best reached on the small models: x1.6 (MLP), x2.0 (CNN). At "
-    "the defaults (every_n_steps=50) each step pays 1/50 of it: +1.2 pp of the step on the "
-    "MLP (was +4.3), +0.3 pp on the transformer (was +0.4), +2.1 pp on the CNN (was +2.3), "
-    "so issue 18 item 2's floor + 0.5 pp needs the CNN's per-op cost cut further.")
+    "3.2 -> 3.0 ms (114% -> 104%); aten ops 1011 -> 727, 1044 -> 1297, 376 -> 340. Then "
+    "(2026-12-02, later; this run and one of the code before it, minutes apart on the same "
+    "machine, busier: bare transformer step ~230 ms instead of 169) a large output's moments "
+    "and ratios from a sample (`activation_sample`, default 2**16 values): transformer "
+    "activation records 25.3 -> 16.0 ms (11.2% -> 6.9% of the bare step), the sampled step "
+    "16.9% -> 12.7% (MLP and CNN, whose outputs are small, unchanged within noise). Every "
+    "probe on every step on the transformer: about x1.13 (was x1.17); issue 18's target, "
+    "<= x1.10, is not met; the best reached on the small models: x1.6 (MLP), x1.9 (CNN). "
+    "At the defaults (every_n_steps=50) each step pays 1/50 of it: +1.2 pp of the step on "
+    "the MLP, +0.3 pp on the transformer, +2 pp on the CNN, so issue 18 item 2's floor "
+    "+ 0.5 pp needs the CNN's per-op cost cut further.")
 #: What bounds the figures (the profile above, read once for the fusing of issue 18 item 3).
 BOUNDS = (
     "What bounds them: on the small models, per-op cost. A small output's record is one "
@@ -96,16 +101,22 @@ BOUNDS = (
     "statistic), so the MLP's 32 records cost ~90 ops instead of 475. The update "
     "statistics take a BLAS dot per parameter and float arithmetic for Adam's eps count on "
     "a float32 CPU model (no [N, 3] stack, no segment_reduce, no bool-mask sums): 25 -> 3 "
-    "ms on the MLP for ~3 more ops per parameter, which is also why the transformer's ops "
-    "rose (with ~6 per large output: min and max apart, which a CPU reads faster than "
-    "aminmax along a dim). What is left is per parameter (weight and gradient norms, the "
-    "update copy, these dots: ~10 ops per parameter), per layer (combining, per-layer "
-    "sums: ~100 ops per step), ~1.5 ms of Python in the Monitor's hooks and 0.2 ms of "
-    "packing. On the transformer, reading: its outputs (~9M values) are large, recorded "
-    "one by one as before (the same time, in turn in one process), each in ~8 passes "
-    "(mean, centred norm, min, max, the zero count) against the floor's one read pass; "
-    "fewer passes need a fused kernel (one read for every statistic), which eager PyTorch "
-    "does not offer.")
+    "ms on the MLP for ~3 more ops per parameter. What is left is per parameter (weight and "
+    "gradient norms, the update copy, these dots: ~10 ops per parameter), per layer "
+    "(combining, per-layer sums: ~100 ops per step), ~1.5 ms of Python in the Monitor's "
+    "hooks and 0.2 ms of packing. On the transformer, its 24 outputs above 2**17 values "
+    "(~9M values in all) were each read in ~8 passes (mean, centred norm, min, max, the zero "
+    "count); now two passes over every value (min and max: exact max |x|, and on a CPU the "
+    "proof that no value is NaN/Inf, else exact counts over every value; on an accelerator "
+    "the counts are always made, never read back) and the ~8 passes over 2**16 values of "
+    "random whole rows (`probes.sampled_activation_record`, a seeded generator of its own: "
+    "the global RNG and the training are untouched), ~25 ops per output (hence the ops "
+    "rose: 620 against 388 just before). What bounds the records now is those ops and ~80 us "
+    "of Python per output, and the two full passes (~0.1 ms each per 1M values, more in the "
+    "training's cold cache): measured alone, a 262K-value output's record is 0.16 ms against "
+    "0.45 ms exact. The records' ops also bypass the forward's torch-function modes (the attention "
+    "probe's), ~10 us of Python per op before. Below x1.10 needs ~7 ms less: a fused kernel "
+    "(one read for every statistic, which eager PyTorch does not offer) or a lower bound.")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from ..monitor.alerts import ALERT_NAMES
 from ..monitor.responses import SkipOnSpike
 from ..monitor.thresholds import Thresholds
 from ..monitor.validation import (
+    check_activation_sample,
     check_bool,
     check_callable,
     check_choice,
@@ -49,6 +50,7 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "max_exported_layers": partial(check_int, low=1),
     "rank_activations": check_bool,
     "update_ratio": check_bool,
+    "activation_sample": check_activation_sample,
     "thresholds": partial(check_instance, kind=Thresholds),
     "alerts": check_bool,
     "alertmanager_url": check_url,

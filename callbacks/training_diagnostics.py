@@ -50,10 +50,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     - ``gradwatch_activation_dead_ratio{layer}``: fraction of exact zeros (dead ReLU units)
     - ``gradwatch_activation_max_abs{layer}``: max |x| of the activation
     - ``gradwatch_layer_depth{layer}``, ``gradwatch_layers``: depth order and layer count
-    - ``gradwatch_layer_group{metric,depth_group,stat}``: past ``max_exported_layers``,
-      min/median/max/argmax per depth group
-    - ``gradwatch_step_seconds``, ``gradwatch_run_finished``: each rank's step time; 1 after
-      a clean end
+    - ``gradwatch_layer_group{metric,depth_group,stat}``: min/median/max/argmax per group
+    - ``gradwatch_step_seconds``, ``gradwatch_run_finished``: step time; 1 after a clean end
     - ``gradwatch_attention_logit_max{layer}``, ``gradwatch_attention_entropy{layer}``: per
       module that computed attention (SDPA, ``nn.MultiheadAttention``, Hugging Face
       eager/sdpa, intercepted during the sampled forward only): max logit, mean entropy
@@ -74,8 +72,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     - ``gradwatch_snapshots_total``, ``gradwatch_export_dropped_total``,
       ``gradwatch_regime{regime}``, ``gradwatch_alerts_total{alertname}``
 
-    TensorBoard: the same figures as ``gradwatch/<statistic>/<layer>`` (and log10) scalars
-    with a custom-scalars layout, in the Trainer's TensorBoardLogger run, else ``tensorboard_dir``.
+    TensorBoard: the same figures as ``gradwatch/<statistic>/<layer>`` (and log10) scalars,
+    in the Trainer's TensorBoardLogger run (else ``tensorboard_dir``), custom-scalars layout.
 
     Alerts (docs/alerts.md): the initialisation audit, then every alert of the alert table
     (NonFiniteValues, GradientExplosion, LossSpike, GradientVanishing, ... and the leading
@@ -111,6 +109,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         rank_activations: with several ranks, every rank also exports the activations of
             its own batch (default: rank 0 exports them over all ranks' batches only).
         update_ratio: measure update ratios (a transient copy of the parameters, sampled steps).
+        activation_sample: outputs above this many values (and 2**17) get mean, variance and
+            ratios from random rows of that many (seeded); max |x|, NaN/Inf exact. None: exact.
         thresholds: numbers used to judge saturation and by the detectors.
         alerts: run the detectors (default True).
         alertmanager_url: also send alerts to this Alertmanager (API v2); credentials in the
@@ -125,8 +125,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
             and training is bit-identical to a run without gradwatch.
         checkpoint_on: alert names that save a checkpoint (``trainer.save_checkpoint``, at
             the end of the step) when they fire; the Alert names the file.
-        checkpoint_dir: where those checkpoints go (default
-            ``<trainer.default_root_dir>/gradwatch_checkpoints``).
+        checkpoint_dir: where those go (default ``<default_root_dir>/gradwatch_checkpoints``).
 
     Raises:
         ValueError: at construction, for an argument out of range (naming it); at setup,
@@ -162,6 +161,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         max_exported_layers: int = 512,
         rank_activations: bool = False,
         update_ratio: bool = True,
+        activation_sample: int | None = 1 << 16,
         thresholds: Thresholds | None = None,
         alerts: bool = True,
         alertmanager_url: str | None = None,
@@ -228,8 +228,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         self.monitor = Monitor(
             pl_module, run_name=run, every_n_steps=self.every_n_steps, sinks=self.exports.sinks,
             observers=[self.engine] if self.engine is not None else [],
-            update_ratio=self.update_ratio, rank=trainer.global_rank,
-            world_size=trainer.world_size, thresholds=self.thresholds,
+            update_ratio=self.update_ratio, activation_sample=self.activation_sample,
+            rank=trainer.global_rank, world_size=trainer.world_size, thresholds=self.thresholds,
             skip_on_spike=self.skip_on_spike.renewed() if self.skip_on_spike else None)
         if self.prometheus is not None:
             exporter = self.monitor.exporter

@@ -36,6 +36,10 @@ def _spec(name: str, kind: str, help: str, unit: str, cadence: str, healthy: str
 
 
 LAYER = ("layer",)
+#: the activation statistics that a large output's sample estimates (monitor/record_batches.py)
+_ESTIMATED = (" Of an output above activation_sample values (default 2**16) and above 2**17: "
+              "estimated from random whole rows of about that many values (max abs and "
+              "NaN/Inf counts stay exact).")
 _SPECS = (
     _spec("step", "gauge", "Global step of the latest finished step.", "steps", EVERY_STEP,
           "increases steadily; flat means training stalled"),
@@ -84,17 +88,20 @@ _SPECS = (
     _spec("update_ratio", "gauge", "||W_after - W_before|| / ||W_before|| of the last "
           "optimizer step.", "ratio", SAMPLED,
           "{t.update_ratio_low} .. {t.update_ratio_high} (about 1e-3)", LAYER),
-    _spec("activation_mean", "gauge", "Mean of the layer's activation.", "value", SAMPLED,
+    _spec("activation_mean", "gauge", "Mean of the layer's activation."
+          + _ESTIMATED, "value", SAMPLED,
           "near 0 for symmetric activations", LAYER),
-    _spec("activation_variance", "gauge", "Variance of the layer's activation.", "value^2",
+    _spec("activation_variance", "gauge", "Variance of the layer's activation."
+          + _ESTIMATED, "value^2",
           SAMPLED, "about the same in every layer; a steady drift across depth means "
           "vanishing or exploding signals", LAYER),
     _spec("activation_saturation_ratio", "gauge", "Fraction of sigmoid/tanh outputs in the "
-          "flat region.", "ratio", SAMPLED, "below {t.saturation_ratio}", LAYER),
+          "flat region." + _ESTIMATED, "ratio", SAMPLED, "below {t.saturation_ratio}", LAYER),
     _spec("activation_dead_ratio", "gauge", "Fraction of exact-zero activation values (dead "
-          "ReLU units).", "ratio", SAMPLED, "below {t.dead_ratio} (about 0.5 is normal for "
+          "ReLU units)." + _ESTIMATED, "ratio", SAMPLED, "below {t.dead_ratio} (about 0.5 is normal for "
           "ReLU)", LAYER),
-    _spec("activation_max_abs", "gauge", "Max |x| of the layer's activation.", "value",
+    _spec("activation_max_abs", "gauge", "Max |x| of the layer's activation, "
+          "exact (every value read).", "value",
           SAMPLED, "far below 65504 in fp16 (headroom above {t.fp16_headroom_bits} bits)",
           LAYER),
     _spec("layer_depth", "gauge", "Position of the layer in forward order, 0 = input side.",

@@ -33,7 +33,8 @@ from .schedule import SampleSchedule
 from .snapshot import Pulse, Snapshot
 from .steps import StepState, learning_rates
 from .thresholds import Thresholds
-from .validation import check_int, check_text
+from .record_batches import SAMPLE_VALUES
+from .validation import check_activation_sample, check_int, check_text
 from .watched import WatchedParams, warn_if_unwatchable, warn_skip_off_for_shards
 
 
@@ -90,6 +91,12 @@ class Monitor:
             With several processes only the (all-reduced) gradient norm is judged, so every
             rank decides alike; with sharded (FSDP2) parameters it is turned off, with a
             warning.
+        activation_sample: outputs above this many values (default 2**16) get their
+            activation mean, variance, saturation and dead ratios estimated from random whole
+            rows (vectors along the last dim) of about this many values, drawn by a seeded
+            generator of the monitor's own (the global RNG is untouched); their max |x| and
+            NaN/Inf counts stay exact. None or 0: every output exact (reads each output ~8
+            times).
 
     Raises:
         ValueError: an argument out of range, naming it.
@@ -112,9 +119,11 @@ class Monitor:
         thresholds: Thresholds | None = None,
         max_queue: int = 10_000,
         skip_on_spike: SkipOnSpike | None = None,
+        activation_sample: int | None = SAMPLE_VALUES,
     ) -> None:
         _check_arguments(model, run_name, skip_on_spike, every_n_steps=every_n_steps, rank=rank,
                          world_size=world_size, max_queue=max_queue)
+        check_activation_sample("activation_sample", activation_sample)
         self.model, self.run_name, self.every_n_steps = model, run_name, every_n_steps
         self.rank, self.world_size = rank, world_size
         self.thresholds = thresholds or Thresholds()
@@ -126,7 +135,7 @@ class Monitor:
         self.observers = list(observers)
         self._ring = PulseRing(functools.partial(self._tell, "on_pulse"), self.exporter,
                                alarm_norm=self.thresholds.explosion_norm)
-        self._sampler = Sampler(model, self.thresholds, self.stopwatch)
+        self._sampler = Sampler(model, self.thresholds, self.stopwatch, activation_sample)
         self._optimizers = OptimizerHooks(self._before_optimizer_step, self._after_optimizer_step,
                                           self.stopwatch)
         self._schedule = SampleSchedule(every_n_steps)

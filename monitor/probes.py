@@ -6,6 +6,7 @@ host once per sampled step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -51,39 +52,109 @@ def raw_activation_records(
     """
     if rows.dtype != torch.float32:
         rows = rows.float()  # half-precision sums overflow
+    low, high = rows.amin(dim=1), rows.amax(dim=1)  # aminmax(dim=) is slower on a CPU
+    finite = _known_finite(low, high)
+    mean, m2, nonzero, saturated = _moments_and_counts(rows, finite, saturation,
+                                                       sigmoid_flat, tanh_flat)
+    if finite:
+        nonfinite: tuple[torch.Tensor, ...] = (_CPU_ZERO.expand(len(rows)),) * 3
+    else:  # exact counts whatever the values (an accelerator is never asked: a sync)
+        flags, signed_inf = _nonfinite_flags(rows)
+        nonfinite = _kinds(flags.sum(dim=1), signed_inf.sum(dim=1),
+                           signed_inf.square().sum(dim=1))
+    return torch.stack([mean, m2, low, high, nonzero, saturated, *nonfinite], dim=1)
+
+
+@torch.no_grad()
+def sampled_activation_record(
+    output: torch.Tensor,
+    saturation: int,
+    sigmoid_flat: float,
+    tanh_flat: float,
+    sample_values: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The raw record [RawActivationField] of one large output: its extremes and non-finite
+    counts exact (read over all of it), its moments and ratios estimated from whole rows
+    (vectors along the last dim) drawn at random, with replacement, up to ``sample_values``
+    values (at least one row).
+
+    The rows come from ``generator`` (on the output's device): the global RNG, and so the
+    training, is untouched, and the draw follows no sequence position or channel. The sums
+    (M2, the non-zero and saturated counts) are scaled to the whole output, so that
+    ``complete_records`` and ``combine_records`` treat the record as an exact one. An output
+    of at most one sample's rows is recorded exactly (``raw_activation_records``).
+    """
+    width = output.shape[-1] if output.dim() else 1
+    leading = output.shape[:-1] if output.dim() else ()
+    n_rows = output.numel() // width
+    take = max(1, sample_values // width)
+    if take >= n_rows:
+        return raw_activation_records(output.reshape(1, -1), saturation, sigmoid_flat,
+                                      tanh_flat)[0]
+    # the full tensor, in its own strides (a reshape would copy a non-contiguous output)
+    low, high = output.amin(), output.amax()  # exact extremes
+    finite = _known_finite(low, high)
+    index = torch.randint(n_rows, (take,), generator=generator, device=output.device)
+    if len(leading) == 1:  # one op, in any strides
+        sample = output.index_select(0, index)
+    elif output.is_contiguous():  # one op
+        sample = output.view(-1, width).index_select(0, index)
+    else:  # the rows picked in the output's own strides: no copy of the whole output
+        sample = output[torch.unravel_index(index, leading)]
+    sample = sample.float().reshape(1, -1)
+    mean, m2, nonzero, saturated = (
+        s[0] for s in _moments_and_counts(sample, finite, saturation, sigmoid_flat, tanh_flat))
+    scale = output.numel() / sample.numel()
+    if finite:
+        nonfinite: tuple[torch.Tensor, ...] = (_CPU_ZERO,) * 3
+    else:  # exact over the full tensor (on a CPU only when its extremes say non-finite)
+        nonfinite = _nonfinite(output)
+    return torch.stack([mean, m2 * scale, low.float(), high.float(), nonzero * scale,
+                        saturated * scale, *(c.to(mean.device) for c in nonfinite)])
+
+
+def _known_finite(low: torch.Tensor, high: torch.Tensor) -> bool:
+    """True when these extremes show every value finite (NaN would make them NaN): only on
+    a CPU, where they are host memory already and reading them is free; an accelerator is
+    never asked (a sync), its values are always counted."""
+    if low.device.type != "cpu":
+        return False
+    if low.dim() == 0:  # a scalar each: read as Python floats (cheaper than numpy's views)
+        return math.isfinite(low.item()) and math.isfinite(high.item())
+    return bool(np.isfinite(low.numpy()).all()) and bool(np.isfinite(high.numpy()).all())
+
+
+def _moments_and_counts(
+    rows: torch.Tensor, finite: bool, saturation: int, sigmoid_flat: float, tanh_flat: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of the float32 ``rows``: mean, sum of squared deviations, non-zero count and
+    saturated count (``finite``: every value is known finite)."""
     # mean, then the norm of the centred values: as exact as var_mean (no cancellation) and
     # several times cheaper on a CPU than its Welford loop
     mean = rows.mean(dim=1)
     m2 = torch.linalg.vector_norm(rows - mean[:, None], dim=1).square_()
-    low, high = rows.amin(dim=1), rows.amax(dim=1)  # aminmax(dim=) is slower on a CPU
-    if rows.device.type == "cpu" and np.isfinite(low.numpy()).all() \
-            and np.isfinite(high.numpy()).all():
-        # every value finite (NaN would make the extremes NaN; on a CPU they are host memory
-        # already, so reading them is free): counts by float arithmetic, which a CPU does up
-        # to 10x faster than reductions of bool masks
+    if finite:
+        # counts by float arithmetic, which a CPU does up to 10x faster than reductions of
+        # bool masks
         nonzero = rows.sign().abs_().sum(dim=1)
-        zeros = _CPU_ZERO.expand(len(rows))
         if saturation == SATURATION_SIGMOID:
             saturated = (_count_positive(sigmoid_flat - rows)
                          + _count_positive(rows - (1.0 - sigmoid_flat)))
         elif saturation == SATURATION_TANH:
             saturated = _count_positive(rows.abs().sub_(tanh_flat))
         else:
-            saturated = zeros
-        nonfinite = (zeros,) * 3
-    else:  # exact counts whatever the values (an accelerator is never asked: a sync)
-        f32 = torch.float32
-        nonzero = torch.count_nonzero(rows, dim=1).to(f32)
-        if saturation == SATURATION_SIGMOID:
-            saturated = ((rows < sigmoid_flat) | (rows > 1.0 - sigmoid_flat)).sum(1, dtype=f32)
-        elif saturation == SATURATION_TANH:
-            saturated = (rows.abs() > tanh_flat).sum(dim=1, dtype=f32)
-        else:
-            saturated = mean.new_zeros(len(rows))
-        flags, signed_inf = _nonfinite_flags(rows)
-        nonfinite = _kinds(flags.sum(dim=1), signed_inf.sum(dim=1),
-                           signed_inf.square().sum(dim=1))
-    return torch.stack([mean, m2, low, high, nonzero, saturated, *nonfinite], dim=1)
+            saturated = _CPU_ZERO.expand(len(rows))
+        return mean, m2, nonzero, saturated
+    f32 = torch.float32
+    nonzero = torch.count_nonzero(rows, dim=1).to(f32)
+    if saturation == SATURATION_SIGMOID:
+        saturated = ((rows < sigmoid_flat) | (rows > 1.0 - sigmoid_flat)).sum(1, dtype=f32)
+    elif saturation == SATURATION_TANH:
+        saturated = (rows.abs() > tanh_flat).sum(dim=1, dtype=f32)
+    else:
+        saturated = mean.new_zeros(len(rows))
+    return mean, m2, nonzero, saturated
 
 
 def _count_positive(rows: torch.Tensor) -> torch.Tensor:

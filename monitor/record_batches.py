@@ -20,6 +20,10 @@ from .thresholds import Thresholds
 BATCH_NUMEL = 1 << 17
 #: Values waiting in all before a flush (float32: 16 MiB).
 BATCH_ELEMENTS = 1 << 22
+#: Default bound on the values a large output's moments and ratios are estimated from.
+SAMPLE_VALUES = 1 << 16
+#: Seed of the generators that draw those rows (one per device, per RecordBatches).
+SAMPLE_SEED = 0x67726164
 
 
 class RecordBatches:
@@ -27,10 +31,16 @@ class RecordBatches:
 
     Args:
         thresholds: the saturation tests.
+        sample_values: outputs above this many values get their moments and ratios
+            estimated from random whole rows of about this many values
+            (``probes.sampled_activation_record``; extremes and non-finite counts stay
+            exact); None or 0: every output exact.
     """
 
-    def __init__(self, thresholds: Thresholds) -> None:
+    def __init__(self, thresholds: Thresholds, sample_values: int | None = SAMPLE_VALUES) -> None:
         self.thresholds = thresholds
+        self.sample_values = sample_values or 0
+        self._generators: dict[torch.device, torch.Generator] = {}
         self._waiting: dict[tuple[torch.device, torch.Size, int],
                             list[tuple[int, torch.Tensor]]] = {}
         self._elements = 0
@@ -40,7 +50,7 @@ class RecordBatches:
         next ``flush`` fills."""
         with torch.no_grad():  # no graph, and no op to detach
             if output.numel() > BATCH_NUMEL:
-                raw.append(self._records(output.reshape(1, -1), saturation)[0])
+                raw.append(self._large_record(output, saturation))
                 return
             copy = output.to(torch.float32, copy=True)  # one op (a batch is of one shape)
         self._waiting.setdefault((copy.device, copy.shape, saturation), []).append(
@@ -66,3 +76,15 @@ class RecordBatches:
     def _records(self, rows: torch.Tensor, saturation: int) -> torch.Tensor:
         return probes.raw_activation_records(rows, saturation, self.thresholds.sigmoid_flat,
                                              self.thresholds.tanh_flat)
+
+    def _large_record(self, output: torch.Tensor, saturation: int) -> torch.Tensor:
+        if not self.sample_values or output.numel() <= self.sample_values:
+            return self._records(output.reshape(1, -1), saturation)[0]
+        generator = self._generators.get(output.device)
+        if generator is None:
+            generator = torch.Generator(device=output.device)
+            generator.manual_seed(SAMPLE_SEED)
+            self._generators[output.device] = generator
+        return probes.sampled_activation_record(
+            output, saturation, self.thresholds.sigmoid_flat, self.thresholds.tanh_flat,
+            self.sample_values, generator)

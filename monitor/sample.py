@@ -16,6 +16,7 @@ from .attention import AttentionProbe
 from .layers import LayerIndex
 from .overhead import Stopwatch
 from .packing import SampleFacts, pack_snapshot
+from .record_batches import SAMPLE_VALUES
 from .ring import PulseRing
 from .sampling import ForwardTracer
 from .snapshot import Snapshot
@@ -33,10 +34,12 @@ class Sampler:
         model: the watched module.
         thresholds: the saturation tests.
         stopwatch: where the hooks' own time is counted (and read for the Snapshot).
+        activation_sample: the bound of the activations' sampled records (None or 0: exact).
     """
 
-    def __init__(self, model: nn.Module, thresholds: Thresholds, stopwatch: Stopwatch) -> None:
-        self.tracer = ForwardTracer(model, thresholds, stopwatch)
+    def __init__(self, model: nn.Module, thresholds: Thresholds, stopwatch: Stopwatch,
+                 activation_sample: int | None = SAMPLE_VALUES) -> None:
+        self.tracer = ForwardTracer(model, thresholds, stopwatch, activation_sample)
         self.attention = AttentionProbe(model)
         self.stopwatch = stopwatch
 

@@ -27,7 +27,7 @@ from .layers import (ACTIVATION_MODULES, RECURRENT_MODULES, SATURATION_NONE, Lay
                      has_compiled_code, is_compile_wrapper, saturation_kind, uncompiled_name)
 from .layouts import ACTIVATION_FIELD_COUNT, ACTIVATION_NONFINITE
 from .overhead import Stopwatch
-from .record_batches import RecordBatches
+from .record_batches import SAMPLE_VALUES, RecordBatches
 from .thresholds import Thresholds
 
 
@@ -128,15 +128,17 @@ class ForwardTracer:
         model: the watched module.
         thresholds: the saturation tests.
         stopwatch: where the hooks' own time is counted.
+        activation_sample: the bound of ``RecordBatches``' sampled records (None or 0: exact).
     """
 
-    def __init__(self, model: nn.Module, thresholds: Thresholds, stopwatch: Stopwatch) -> None:
+    def __init__(self, model: nn.Module, thresholds: Thresholds, stopwatch: Stopwatch,
+                 activation_sample: int | None = SAMPLE_VALUES) -> None:
         self.model = model
         self.thresholds = thresholds
         self.stopwatch = stopwatch
         self.paused = False
         self.records: Records | None = None
-        self.batches = RecordBatches(thresholds)
+        self.batches = RecordBatches(thresholds, activation_sample)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._first_use: FirstUse | None = None
         self._eager_stance: Any = None  # torch.compiler's stance context
@@ -210,10 +212,13 @@ class ForwardTracer:
             target = records.last_layer if traced.is_activation else -1
         if traced.recurrent and isinstance(output, tuple):
             output = output[0]
-        for tensor in probes.floating_tensors(output):
-            self.batches.add(records.raw, tensor, traced.saturation)
-            records.counts.append(tensor.numel())
-            records.sources.append(RecordSource(slot, target))
+        # the records' own ops bypass the torch-function modes active in the forward (the
+        # attention probe's, FirstUse): ~10 us of Python each per op otherwise
+        with torch._C.DisableTorchFunction():
+            for tensor in probes.floating_tensors(output):
+                self.batches.add(records.raw, tensor, traced.saturation)
+                records.counts.append(tensor.numel())
+                records.sources.append(RecordSource(slot, target))
         self.stopwatch.add_since(start)
 
     def learn_forward_order(self) -> None:

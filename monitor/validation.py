@@ -105,3 +105,9 @@ def check_credentials(name: str, value: object) -> tuple[str, str] | None:
             isinstance(x, str) and x for x in value):
         raise ValueError(f"{name} must be a (username, password) pair of non-empty strings")
     return value[0], value[1]
+
+
+def check_activation_sample(name: str, value: object) -> None:
+    """None, 0 (exact everywhere) or an int >= 1 (values per sampled large output)."""
+    if value is not None:
+        check_int(name, value, low=0)

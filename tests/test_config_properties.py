@@ -41,6 +41,8 @@ WRONG = {
     "max_exported_layers": st.one_of(st.integers(max_value=0), not_int),
     "rank_activations": not_bool,
     "update_ratio": not_bool,
+    "activation_sample": st.one_of(st.integers(max_value=-1), st.floats(), st.text(max_size=3),
+                                   st.booleans()),
     "thresholds": st.one_of(st.integers(), st.text(max_size=3), st.dictionaries(st.text(), st.floats())),
     "alerts": not_bool,
     "alertmanager_url": not_url,

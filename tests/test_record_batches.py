@@ -34,11 +34,14 @@ def mixed_model(poisoned: bool = False) -> nn.Sequential:
                          middle, nn.ReLU(inplace=True), nn.Linear(16, 4), nn.Sigmoid())
 
 
-def sampled_step(model: nn.Module, rows: int, dtype: torch.dtype = torch.float32):
-    """One sampled step of two forwards; the Snapshot and every module's recorded outputs."""
+def sampled_step(model: nn.Module, rows: int, dtype: torch.dtype = torch.float32,
+                 activation_sample: int | None = None):
+    """One sampled step of two forwards; the Snapshot and every module's recorded outputs
+    (by default every output recorded exactly: ``activation_sample=None``)."""
     recorder = OutputRecorder({str(i): m for i, m in enumerate(model)})
     sink = Collect()
-    monitor = Monitor(model, sinks=[sink], every_n_steps=10)
+    monitor = Monitor(model, sinks=[sink], every_n_steps=10,
+                      activation_sample=activation_sample)
     with monitor.step(0):
         for _ in range(2):
             loss = model(torch.randn(rows, 8, dtype=dtype) * 3).float().square().mean()
