@@ -14,10 +14,14 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor.monitor import Monitor
+from gradwatch.monitor.record_batches import BATCH_NUMEL, SAMPLE_VALUES
 
 from .lightning_models import lightning, regression_module, trainer
 
@@ -90,3 +94,28 @@ def test_unsampled_steps_add_no_sync(tmp_path):
     added = added_syncs(tmp_path / "b", steps=12, every_n_steps=1000)
     assert added[HOST_COPY] == 2
     assert sum(added.values()) == 2
+
+
+def test_a_sampled_step_of_large_outputs_reads_no_scalar():
+    """Outputs above activation_sample (their moments from a sample of rows) are proved
+    finite by their exact extremes, read as host memory: no scalar read, as for small ones."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1))
+    x, y = torch.randn(512, 64), torch.randn(512, 1)  # hidden outputs of 2**19 values
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=1)
+    assert 512 * 1024 > max(BATCH_NUMEL, SAMPLE_VALUES)  # the sampled path
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for step in range(3):
+                with monitor.step(step):
+                    loss = F.mse_loss(model(x), y)
+                    monitor.observe_loss(loss)
+                    loss.backward()
+                    monitor.observe_gradients()
+                    optimizer.step()
+                    optimizer.zero_grad()
+    finally:
+        monitor.close()
+    reads = Counter(e.name for e in profiler.events() if e.name in SCALAR_READS)
+    assert reads == Counter()
