@@ -15,6 +15,7 @@ from typing_extensions import override
 from ..monitor.alerts import Alert, AlertEngine
 from ..monitor.endpoint import EndpointSecurity
 from ..monitor.monitor import Monitor
+from ..monitor.record_batches import SAMPLE_VALUES
 from ..monitor.responses import SkipOnSpike
 from ..monitor.thresholds import Thresholds
 
@@ -50,7 +51,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     - ``gradwatch_activation_dead_ratio{layer}``: fraction of exact zeros (dead ReLU units)
     - ``gradwatch_activation_max_abs{layer}``: max |x| of the activation
     - ``gradwatch_layer_depth{layer}``, ``gradwatch_layers``: depth order and layer count
-    - ``gradwatch_layer_group{metric,depth_group,stat}``: min/median/max/argmax per group
+    - ``gradwatch_layer_group{metric,depth_group,stat}``: past max_exported_layers, min..max
     - ``gradwatch_step_seconds``, ``gradwatch_run_finished``: step time; 1 after a clean end
     - ``gradwatch_attention_logit_max{layer}``, ``gradwatch_attention_entropy{layer}``: per
       module that computed attention (SDPA, ``nn.MultiheadAttention``, Hugging Face
@@ -161,7 +162,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         max_exported_layers: int = 512,
         rank_activations: bool = False,
         update_ratio: bool = True,
-        activation_sample: int | None = 1 << 16,
+        activation_sample: int | None = SAMPLE_VALUES,
         thresholds: Thresholds | None = None,
         alerts: bool = True,
         alertmanager_url: str | None = None,

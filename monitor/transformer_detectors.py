@@ -159,7 +159,7 @@ class AdamUpdateDecorrelation:
             return None
         t = self.t
         median_eps = float(np.median(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else 0.0
-        norm = self._recent_norm(snapshot)
+        norm = self._push_recent_norm(snapshot)
         collapsed = median_eps > t.eps_dominated_ratio
         if not collapsed:
             self.trough = math.inf
@@ -169,9 +169,10 @@ class AdamUpdateDecorrelation:
         return self.state.verdict(growth >= t.eps_dominated_grad_growth, lambda: self._finding(
             snapshot, median_eps, cosine, growth, norm))
 
-    def _recent_norm(self, snapshot: Snapshot) -> float:
-        """The median finite step gradient norm of the last ``leading_samples`` samples'
-        steps (NaN until as many samples are in): one noisy step is no level."""
+    def _push_recent_norm(self, snapshot: Snapshot) -> float:
+        """Adds this sample's step norms and returns the median finite step gradient norm of
+        the last ``leading_samples`` samples' steps (NaN until as many samples are in): one
+        noisy step is no level."""
         self.recent_norms.append([p.global_grad_norm for p in snapshot.pulses
                                   if p.global_grad_norm is not None
                                   and math.isfinite(p.global_grad_norm)])
