@@ -109,7 +109,7 @@ BOUNDS = (
     "count); now two passes over every value (min and max: exact max |x|, and on a CPU the "
     "proof that no value is NaN/Inf, else exact counts over every value; on an accelerator "
     "the counts are always made, never read back) and the ~8 passes over 2**16 values of "
-    "random whole rows (`probes.sampled_activation_record`, a seeded generator of its own: "
+    "random whole rows (`probes.draw_rows`, a seeded generator of its own: "
     "the global RNG and the training are untouched), ~25 ops per output (hence the ops "
     "rose: 620 against 388 just before). What bounds the records now is those ops and ~80 us "
     "of Python per output, and the two full passes (~0.1 ms each per 1M values, more in the "

@@ -7,6 +7,7 @@ host once per sampled step.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -64,53 +65,73 @@ def raw_activation_records(
     return torch.stack([mean, m2, low, high, nonzero, saturated, *nonfinite], dim=1)
 
 
+@dataclass(frozen=True)
+class RowSample:
+    """Whole rows of one large output drawn at random, and what was read over all of it."""
+
+    values: torch.Tensor  # the rows drawn, flat, float32
+    low: torch.Tensor  # the output's exact min and max
+    high: torch.Tensor
+    scale: float  # the output's values per value drawn
+    nonfinite: torch.Tensor | None  # exact (NaN, +Inf, -Inf) counts; None: known finite
+
+
 @torch.no_grad()
-def sampled_activation_record(
-    output: torch.Tensor,
-    saturation: int,
-    sigmoid_flat: float,
-    tanh_flat: float,
-    sample_values: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """The raw record [RawActivationField] of one large output: its extremes and non-finite
-    counts exact (read over all of it), its moments and ratios estimated from whole rows
-    (vectors along the last dim) drawn at random, with replacement, up to ``sample_values``
-    values (at least one row).
+def draw_rows(output: torch.Tensor, sample_values: int,
+              generator: torch.Generator) -> RowSample | None:
+    """Whole rows (vectors along the last dim) of ``output`` drawn at random, with
+    replacement, up to ``sample_values`` values (at least one row), with its extremes and,
+    unless they show every value finite, its non-finite counts read over all of it; None
+    for an output of at most one sample's rows (recorded exactly instead).
 
     The rows come from ``generator`` (on the output's device): the global RNG, and so the
-    training, is untouched, and the draw follows no sequence position or channel. The sums
-    (M2, the non-zero and saturated counts) are scaled to the whole output, so that
-    ``complete_records`` and ``combine_records`` treat the record as an exact one. An output
-    of at most one sample's rows is recorded exactly (``raw_activation_records``).
+    training, is untouched, and the draw follows no sequence position or channel.
     """
     width = output.shape[-1] if output.dim() else 1
     leading = output.shape[:-1] if output.dim() else ()
     n_rows = output.numel() // width
     take = max(1, sample_values // width)
     if take >= n_rows:
-        return raw_activation_records(output.reshape(1, -1), saturation, sigmoid_flat,
-                                      tanh_flat)[0]
+        return None
     # the full tensor, in its own strides (a reshape would copy a non-contiguous output)
-    low, high = output.amin(), output.amax()  # exact extremes
+    low, high = output.amin(), output.amax()
     finite = _known_finite(low, high)
     index = torch.randint(n_rows, (take,), generator=generator, device=output.device)
     if len(leading) == 1:  # one op, in any strides
-        sample = output.index_select(0, index)
+        rows = output.index_select(0, index)
     elif output.is_contiguous():  # one op
-        sample = output.view(-1, width).index_select(0, index)
+        rows = output.view(-1, width).index_select(0, index)
     else:  # the rows picked in the output's own strides: no copy of the whole output
-        sample = output[torch.unravel_index(index, leading)]
-    sample = sample.float().reshape(1, -1)
-    mean, m2, nonzero, saturated = (
-        s[0] for s in _moments_and_counts(sample, finite, saturation, sigmoid_flat, tanh_flat))
-    scale = output.numel() / sample.numel()
+        rows = output[torch.unravel_index(index, leading)]
+    # on a CPU the counts are made only when the extremes say non-finite
+    nonfinite = None if finite else torch.stack(_nonfinite(output))
+    return RowSample(rows.float().view(-1), low, high, output.numel() / rows.numel(),
+                     nonfinite)
+
+
+@torch.no_grad()
+def sampled_records(samples: Sequence[RowSample], saturation: int, sigmoid_flat: float,
+                    tanh_flat: float) -> torch.Tensor:
+    """The raw records [k, RawActivationField] of the k outputs ``samples`` were drawn from
+    (samples of one size, on one device), one op per statistic for all of them: extremes
+    and non-finite counts exact, moments and ratios of the rows drawn, their sums (M2, the
+    non-zero and saturated counts) scaled to the whole output, so that ``complete_records``
+    and ``combine_records`` treat them as exact records."""
+    rows = torch.stack([s.values for s in samples])
+    finite = all(s.nonfinite is None for s in samples)
+    mean, m2, nonzero, saturated = _moments_and_counts(rows, finite, saturation,
+                                                       sigmoid_flat, tanh_flat)
+    extremes = torch.stack([s.low for s in samples] + [s.high for s in samples])
+    extremes = extremes.view(2, -1).T.float()  # [k, (min, max)]
     if finite:
-        nonfinite: tuple[torch.Tensor, ...] = (_CPU_ZERO,) * 3
-    else:  # exact over the full tensor (on a CPU only when its extremes say non-finite)
-        nonfinite = _nonfinite(output)
-    return torch.stack([mean, m2 * scale, low.float(), high.float(), nonzero * scale,
-                        saturated * scale, *(c.to(mean.device) for c in nonfinite)])
+        nonfinite = _CPU_ZERO.expand(len(samples), 3)
+    else:
+        none = torch.zeros(3, device=rows.device)
+        nonfinite = torch.stack([none if s.nonfinite is None else s.nonfinite.to(rows.device)
+                                 for s in samples])
+    scale = torch.tensor([s.scale for s in samples], device=rows.device)
+    sums = torch.stack([m2, nonzero, saturated], dim=1).mul_(scale[:, None])
+    return torch.cat([mean[:, None], sums[:, :1], extremes, sums[:, 1:], nonfinite], dim=1)
 
 
 def _known_finite(low: torch.Tensor, high: torch.Tensor) -> bool:
@@ -119,6 +140,8 @@ def _known_finite(low: torch.Tensor, high: torch.Tensor) -> bool:
     never asked (a sync), its values are always counted."""
     if low.device.type != "cpu":
         return False
+    if low.dtype == torch.bfloat16:  # numpy has none
+        low, high = low.float(), high.float()
     # numpy's views, not .item(): a scalar read is a sync where the code runs on a device
     # (and counted as one by the profilers that check it)
     return bool(np.isfinite(low.numpy()).all()) and bool(np.isfinite(high.numpy()).all())

@@ -163,9 +163,49 @@ def test_rows_are_drawn_from_outputs_in_any_strides(layout):
 
     def record(t: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator().manual_seed(3)
-        return probes.sampled_activation_record(t, 0, 0.01, 0.99, 1 << 14, generator)
+        sample = probes.draw_rows(t, 1 << 14, generator)
+        assert sample is not None
+        return probes.sampled_records([sample], 0, 0.01, 0.99)[0]
 
     got, expected = record(output), record(base.contiguous())
     assert torch.allclose(got, expected, rtol=1e-6)
     assert got[RawActivationField.MAX].item() == base.max().item()
     assert got[RawActivationField.MIN].item() == base.min().item()
+
+
+def test_samples_batched_together_keep_each_outputs_own_record():
+    """The rows drawn from several outputs are recorded in one batch: each record equals the
+    one its sample makes alone, the extremes are each output's own (a bfloat16 one's too:
+    its draw once failed on numpy, which has no bfloat16), and the exact NaN/Inf counts of
+    the one poisoned output stay with it (the others count none)."""
+    torch.manual_seed(2)
+    outputs = [torch.randn(2048, 64), torch.randn(4096, 64).bfloat16(), torch.randn(1024, 64)]
+    outputs[2][7, 3], outputs[2][900, 0] = math.nan, -math.inf
+    generator = torch.Generator().manual_seed(3)
+    samples = [probes.draw_rows(o, 1 << 12, generator) for o in outputs]
+    assert all(s is not None and s.values.numel() == 1 << 12 for s in samples)
+    batched = probes.sampled_records(samples, 0, 0.01, 0.99)
+    for output, sample, record in zip(outputs, samples, batched):
+        alone = probes.sampled_records([sample], 0, 0.01, 0.99)[0]
+        assert torch.allclose(record, alone, rtol=1e-6, equal_nan=True)
+        assert np.array_equal(record[RawActivationField.MIN:RawActivationField.MAX + 1],
+                              torch.stack([output.min(), output.max()]).float(),
+                              equal_nan=True)
+        scale = output.numel() / sample.values.numel()
+        drawn = sample.values.double()
+        assert record[RawActivationField.NONZERO].item() == pytest.approx(
+            (drawn != 0).sum().item() * scale)
+    nonfinite = slice(RawActivationField.NAN, RawActivationField.NEGINF + 1)
+    assert batched[2, nonfinite].tolist() == [1.0, 0.0, 1.0]
+    assert batched[:2, nonfinite].abs().sum().item() == 0
+
+
+def test_a_bfloat16_model_gets_its_large_outputs_sampled():
+    """A bfloat16 model's large outputs (a CPU bfloat16 run): sampled, max |x| exact."""
+    snapshot, recorder = sampled_step(wide_model().bfloat16(), ROWS, dtype=torch.bfloat16,
+                                      activation_sample=BOUND)
+    for layer, name in enumerate(("1", "3")):
+        values = torch.cat([o.flatten() for o in recorder.outputs[name]]).float()
+        assert values.numel() > 2 * BOUND
+        assert snapshot.activation_max_abs[layer] == values.abs().max().item()
+        assert abs(snapshot.activation_mean[layer] - values.mean().item()) < 0.05
