@@ -21,6 +21,7 @@ from benchmarks.instability import (ADAM_RUNS, ANISOTROPY_RUNS, OUTPUT_RUNS, RUN
                                     TinyDecoder, divergence_step, lm_loss, monitored_step,
                                     output_geometry, run_alerts, token_batches, train)
 from gradwatch.callbacks import TrainingDiagnostics
+from gradwatch.monitor import attention
 from gradwatch.monitor.attention import MAX_QUERY_ROWS, MAX_SEQUENCES
 from gradwatch.monitor.alerts import AlertEngine
 from gradwatch.monitor.detectors import Finding, Verdict
@@ -31,6 +32,7 @@ from gradwatch.monitor.responses import SkipOnSpike
 
 from .detect_fixtures import pulse
 from .detect_fixtures import snapshot as make_snapshot
+from .test_monitor_values import Collect
 from .helpers import read_scalars, regression_data, sample, samples, scrape, tanh_mlp
 from .lightning_models import lightning, trainer
 from .test_host_syncs import SCALAR_READS, CountHostCopies
@@ -159,6 +161,57 @@ def test_multihead_attention_is_intercepted_with_or_without_weights(need_weights
     assert snapshot.attention_layers == ("attn",)
     assert snapshot.attention_logit_max[0] == pytest.approx(top, rel=1e-5)
     assert snapshot.attention_entropy[0] == pytest.approx(entropy, rel=1e-5)
+
+
+class LateAttention(nn.Module):
+    """An MLP whose attention branch runs only once ``attending`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.mlp = nn.Sequential(*(m for _ in range(4) for m in (nn.Linear(16, 16), nn.Tanh())))
+        self.head = nn.Linear(16, 8)
+        self.attending = False
+
+    def forward(self, x):
+        if self.attending:
+            x = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.head(self.mlp(x))
+
+
+def test_attention_is_looked_for_in_the_whole_forward_on_one_sampled_step_in_scan_every(
+        monkeypatch):
+    """On the other sampled steps only the modules attention was found in are watched:
+    the same figures, far fewer calls seen; a model without attention has none seen; a
+    branch that starts attending later is found by the next scan."""
+    seen = Counter()
+    look = attention._AttentionMode.__torch_function__
+
+    def counted(self, func, types, args=(), kwargs=None):
+        seen[step] += 1
+        return look(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(attention._AttentionMode, "__torch_function__", counted)
+    torch.manual_seed(0)
+    model = LateAttention()
+    x = torch.randn(6, 10, 16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the same figures every step
+    sink = Collect()
+    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=1, sinks=[sink])
+    steps = attention.SCAN_EVERY + 3
+    for step in range(steps):
+        model.attending = step >= 3
+        monitored_step(monitor, step, optimizer, lambda: model(x).square().mean())
+    monitor.close()
+    scans = {0, attention.SCAN_EVERY}
+    assert seen[0] > 0 and all(seen[s] == 0 for s in range(1, 3))  # no attention: none seen
+    assert all(not sink.snapshots[s].attention_layers for s in range(attention.SCAN_EVERY))
+    measured = sink.snapshots[attention.SCAN_EVERY:]
+    assert all(s.attention_layers == ("attn",) for s in measured)
+    assert all(s.attention_logit_max[0] == measured[0].attention_logit_max[0] and
+               s.attention_entropy[0] == measured[0].attention_entropy[0] for s in measured)
+    watched = [seen[s] for s in range(steps) if s not in scans and s >= attention.SCAN_EVERY]
+    assert 0 < max(watched) and 2 * max(watched) < seen[attention.SCAN_EVERY]
 
 
 def test_hugging_face_eager_and_sdpa_attention_give_the_same_figures():
