@@ -22,6 +22,11 @@ import re
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+try:
+    import google_crc32c
+except ImportError:  # a dependency, but TensorBoard works without it (slower)
+    google_crc32c = None  # type: ignore[assignment]
+
 from .fields import (
     ATTENTION_GAUGES,
     LAYER_FIELDS,
@@ -60,6 +65,7 @@ class TensorBoardSink:
         # imported here: `gradwatch report` reads runs without torch
         from torch.utils.tensorboard import SummaryWriter
 
+        use_fast_checksums()
         self._owned = writer is None
         if writer is None:
             writer = SummaryWriter(log_dir=log_dir)
@@ -124,6 +130,26 @@ class TensorBoardSink:
             self.writer.close()
         else:
             self.writer.flush()
+
+
+def use_fast_checksums() -> bool:
+    """Checksum TensorBoard's event records in C (google-crc32c) instead of pure Python: the
+    same values, about 1000 x faster. Without TensorFlow, tensorboard computes each record's
+    CRC32C in a Python loop, ~1 ms per 10 KB (a Snapshot's event), on the writer's thread
+    but holding the GIL, so the training thread waits for it. True if in use."""
+    # its pure-Python fallback is no faster
+    if google_crc32c is None or google_crc32c.implementation != "c":
+        return False
+    from tensorboard.summary.writer import record_writer
+
+    record_writer.masked_crc32c = masked_crc32c
+    return True
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C of ``data`` (as tensorboard's ``masked_crc32c``)."""
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def fenced_json(value: object) -> str:

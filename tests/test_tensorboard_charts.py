@@ -5,6 +5,7 @@ own reader and checked against norms computed independently."""
 from __future__ import annotations
 
 import math
+import random
 import re
 
 import pytest
@@ -12,7 +13,8 @@ from torch import nn
 
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.demo import mlp
-from gradwatch.monitor.tensorboard import LAYERS_PER_CHART, depth_groups
+from gradwatch.monitor.tensorboard import (LAYERS_PER_CHART, depth_groups, masked_crc32c,
+                                           use_fast_checksums)
 
 from .helpers import close, layer_grad_norm, read_scalars
 from .lightning_models import lightning, regression_module, trainer
@@ -121,3 +123,19 @@ def test_deep_models_get_larger_depth_groups():
     groups = depth_groups(1000)
     assert len(groups) <= 16 and groups[0][0] == 0 and groups[-1][1] == 1000
     assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))   # contiguous
+
+
+def test_event_records_are_checksummed_in_c_with_tensorboards_own_values(run):
+    """The run above wrote its events through the C checksum (``use_fast_checksums``, on
+    once a TensorBoardSink exists) and TensorBoard's reader, which checks every record with
+    its own pure-Python CRC32C, read them back; here the two agree byte for byte."""
+    from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+    from tensorboard.summary.writer import record_writer
+
+    assert use_fast_checksums()
+    assert record_writer.masked_crc32c is masked_crc32c
+    generator = random.Random(0)
+    for size in (0, 1, 3, 8, 13, 64, 1000, 20_000):
+        data = bytes(generator.getrandbits(8) for _ in range(size))
+        assert masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data), size
+    assert read_scalars(run[0])  # read back, every record's checksum checked
