@@ -35,11 +35,13 @@ class ParamTable:
         self.weights_seen = False
         self._before: dict[int, tuple[list[int], list[torch.Tensor]]] = {}  # by optimizer
 
+    # no_grad: no graph through the parameters, without an op per parameter to detach them
+    @torch.no_grad()
     def measure_weights(self) -> None:
         """Norms and non-finite counts of every parameter, once (before the update)."""
         if self.weights_seen:
             return
-        params = [p.detach() for p in self.watched.params]
+        params: list[torch.Tensor] = list(self.watched.params)
         if params:
             squares = self.watched.squared_norms(params)
             self.values[ParamRow.WEIGHT_SQ] = squares
@@ -57,16 +59,18 @@ class ParamTable:
                                                           probes.nonfinite_counts(grads).T)
         self.has_grad.update(positions)
 
+    @torch.no_grad()
     def save_before(self, optimizer: torch.optim.Optimizer) -> None:
         """Before ``optimizer`` steps: copy the parameters it may update."""
         self.measure_weights()  # the update ratio's denominator: W before the step
         positions, watched = self.watched.of_optimizer(optimizer)
         kept = [k for k, p in enumerate(watched) if p.requires_grad]
-        params = [watched[k].detach() for k in kept]
+        params = [watched[k] for k in kept]
         if params:
             self._before[id(optimizer)] = ([positions[k] for k in kept],
                                            list(torch._foreach_mul(params, 1.0)))
 
+    @torch.no_grad()
     def record_update(self, optimizer: torch.optim.Optimizer) -> None:
         """After ``optimizer`` stepped: the norms of its update, then the copy is freed."""
         saved = self._before.pop(id(optimizer), None)
@@ -77,7 +81,7 @@ class ParamTable:
         index = self.watched.index_of(positions)
         values = self.values
         values[ParamRow.UPDATED_WEIGHT_SQ].index_copy_(0, index, values[ParamRow.WEIGHT_SQ][index])
-        torch._foreach_sub_(before, [p.detach() for p in params])
+        torch._foreach_sub_(before, params)
         update_squares = self.watched.squared_norms(before)
         values[ParamRow.UPDATE_SQ].index_copy_(0, index, update_squares)
         update_stats.record_update(self.update_table, optimizer, index, params, before,
