@@ -76,46 +76,46 @@ BEFORE_OPS = {
 }
 
 
-#: The fusing of issue 18 item 3 as measured: the code before and after run in turn, three
-#: times each, on a shared machine (2 cores, 3 engineers).
+#: Issue 18 item 3 as measured: the code before and after each change run in turn on the
+#: same machine (2 cores), medians.
 BEFORE_AFTER = (
-    "Before -> after (issue 18 item 3; 2026-12-02, the two codes run in turn three times on "
-    "the shared 2-core machine, medians): self time per sampled step MLP 31.6 -> 8.6 ms "
-    "(217% -> 59% of the bare step), transformer 30.8 -> 23.8 ms (18.3% -> 14.7%), CNN "
-    "3.2 -> 3.0 ms (114% -> 104%); aten ops 1011 -> 727, 1044 -> 1297, 376 -> 340. Then "
-    "(2026-12-02, later; this run and one of the code before it, minutes apart on the same "
-    "machine, busier: bare transformer step ~230 ms instead of 169) a large output's moments "
-    "and ratios from a sample (`activation_sample`, default 2**16 values): transformer "
-    "activation records 25.3 -> 16.0 ms (11.2% -> 6.9% of the bare step), the sampled step "
-    "16.9% -> 12.7% (MLP and CNN, whose outputs are small, unchanged within noise). Every "
-    "probe on every step on the transformer: about x1.13 (was x1.17); issue 18's target, "
-    "<= x1.10, is not met; the best reached on the small models: x1.6 (MLP), x1.9 (CNN). "
-    "At the defaults (every_n_steps=50) each step pays 1/50 of it: +1.2 pp of the step on "
-    "the MLP, +0.3 pp on the transformer, +2 pp on the CNN, so issue 18 item 2's floor "
-    "+ 0.5 pp needs the CNN's per-op cost cut further.")
-#: What bounds the figures (the profile above, read once for the fusing of issue 18 item 3).
+    "Before -> after (issue 18 item 3, 2026-12-02, each code before and after run in turn on "
+    "the same 2-core machine; self time per sampled step, plain `gradwatch.Monitor`): "
+    "(1) the fusing of small outputs' records and of the update statistics: MLP 31.6 -> 8.6 "
+    "ms, transformer 30.8 -> 23.8 ms, CNN 3.2 -> 3.0 ms; (2) a large output's moments and "
+    "ratios from a sample of its rows (`activation_sample`, default 2**16 values): "
+    "transformer records 25.3 -> 16.0 ms; (3) the drawn rows recorded in one batch like the "
+    "small outputs' copies, the attention probe's mode only inside the modules attention was "
+    "found in (the whole forward on one sampled step in 10) and the update statistics under "
+    "no_grad instead of a detach per parameter: MLP 7.6 -> 7.2 ms, transformer 17.2 -> 15.5 "
+    "ms, CNN 3.0 -> 2.7 ms; aten ops 729 -> 627, 1505 -> 961, 344 -> 311. In Lightning "
+    "(`TrainingDiagnostics(every_n_steps=1)`, 3 interleaved rounds, 2 threads) (3) took "
+    "every probe on every step on the transformer from x1.27 to x1.15 (the attention mode's "
+    "Python on every torch call of the forward was outside the self time), and TensorBoard's "
+    "event checksums, now in C (`google-crc32c`; tensorboard without TensorFlow computes them "
+    "in a Python loop, ~1 ms per Snapshot event, holding the GIL the training thread then "
+    "waits for), and the in-process detectors run before the Snapshot goes to the sinks' "
+    "thread, took a detector on the training thread from 2.3 to 0.8 ms per Snapshot (0.4 ms "
+    "without TensorBoard).")
+#: What bounds the figures (the profile above).
 BOUNDS = (
-    "What bounds them: on the small models, per-op cost. A small output's record is one "
-    "copy at its hook; the copies of one shape are reduced together when the step ends, the "
-    "next forward starts or 4M values wait (`monitor/record_batches.py`: [k, n], one op per "
-    "statistic), so the MLP's 32 records cost ~90 ops instead of 475. The update "
-    "statistics take a BLAS dot per parameter and float arithmetic for Adam's eps count on "
-    "a float32 CPU model (no [N, 3] stack, no segment_reduce, no bool-mask sums): 25 -> 3 "
-    "ms on the MLP for ~3 more ops per parameter. What is left is per parameter (weight and "
-    "gradient norms, the update copy, these dots: ~10 ops per parameter), per layer "
-    "(combining, per-layer sums: ~100 ops per step), ~1.5 ms of Python in the Monitor's "
-    "hooks and 0.2 ms of packing. On the transformer, its 24 outputs above 2**17 values "
-    "(~9M values in all) were each read in ~8 passes (mean, centred norm, min, max, the zero "
-    "count); now two passes over every value (min and max: exact max |x|, and on a CPU the "
-    "proof that no value is NaN/Inf, else exact counts over every value; on an accelerator "
-    "the counts are always made, never read back) and the ~8 passes over 2**16 values of "
-    "random whole rows (`probes.draw_rows`, a seeded generator of its own: "
-    "the global RNG and the training are untouched), ~25 ops per output (hence the ops "
-    "rose: 620 against 388 just before). What bounds the records now is those ops and ~80 us "
-    "of Python per output, and the two full passes (~0.1 ms each per 1M values, more in the "
-    "training's cold cache): measured alone, a 262K-value output's record is 0.16 ms against "
-    "0.45 ms exact. The records' ops also bypass the forward's torch-function modes (the attention "
-    "probe's), ~10 us of Python per op before. Below x1.10 needs ~7 ms less: a fused kernel "
+    "What bounds them: on the small models, per-op cost. A small output's record is one copy "
+    "at its hook; the copies of one shape are reduced together when the step ends, the next "
+    "forward starts or 4M values wait (`monitor/record_batches.py`: [k, n], one op per "
+    "statistic), so the MLP's 32 records cost ~90 ops instead of 475. The update statistics "
+    "take a BLAS dot per parameter and float arithmetic for Adam's eps count on a float32 CPU "
+    "model (3 dots and 2-4 element-wise passes per parameter: the fewest found; a bool mask's "
+    "sum costs twice as much). What is left is per parameter (~8 ops), per layer (combining, "
+    "per-layer sums: ~100 ops per step), ~1 ms of Python in the Monitor's hooks and the "
+    "in-process detectors, and 0.2 ms of packing. On the transformer, each of its 24 outputs "
+    "above 2**17 values (~9M values in all) is read twice in full (min and max: exact max "
+    "|x|, and on a CPU the proof that no value is NaN/Inf, else exact counts over every "
+    "value; `aminmax` measured slower in the step), ~5 ops at its hook (the rows drawn by a "
+    "seeded generator of the monitor's own: the global RNG and the training are untouched), "
+    "and the drawn rows of all outputs are reduced as one [24, 65536] batch; those two full "
+    "passes (~2.5 ms in the training's cold cache), the batch (~1.5 ms), the update "
+    "statistics' passes over 0.9M parameters (~2.8 ms) and the attention logits recomputed "
+    "for 4 sequences (~2.2 ms) bound it now. Below x1.10 needs ~5 ms less: a fused kernel "
     "(one read for every statistic, which eager PyTorch does not offer) or a lower bound.")
 
 

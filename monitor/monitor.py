@@ -313,8 +313,10 @@ class Monitor:
         self._schedule.done(state.step, state.regular)
         self.last_snapshot = snapshot
         self._ring.export()  # the step's Pulses reach the sinks before its Snapshot
-        self.exporter.submit("on_snapshot", snapshot)
+        # the observers first: while the sinks' thread works it holds the GIL, which they
+        # would wait for
         self._tell("on_snapshot", snapshot)
+        self.exporter.submit("on_snapshot", snapshot)
 
     def _tell(self, method: str, item: Pulse | Snapshot) -> None:
         """The observers, on the training thread: ``observer.on_pulse(pulse, monitor)``."""
