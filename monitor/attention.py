@@ -29,6 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .export import WarnOnce
+from .overhead import Stopwatch, timed
 
 #: Query rows per attention call whose logits are measured: longer sequences are
 #: sub-sampled at evenly spaced positions.
@@ -240,8 +241,9 @@ class AttentionProbe:
     "sites"), and not at all in a model without any.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, stopwatch: Stopwatch | None = None) -> None:
         self.model = model
+        self.stopwatch = stopwatch or Stopwatch()  # the probe's own time (the Monitor's)
         self.head = output_head(model)
         self.sites: list[str] = []  # attention modules, in the order first seen
         self.paused = False
@@ -297,6 +299,7 @@ class AttentionProbe:
             self._mode_depth -= 1
             self._mode.__exit__(None, None, None)
 
+    @timed
     def _record(self, logits: torch.Tensor) -> None:
         site = self._stack[-1] if self._stack else "model"
         if site not in self.sites:
@@ -304,6 +307,7 @@ class AttentionProbe:
         self._calls.extend(attention_record(logits))
         self._call_sites.append(self.sites.index(site))
 
+    @timed
     @torch.no_grad()
     def _on_head(self, module, args, output) -> None:
         if self.paused or not isinstance(output, torch.Tensor):

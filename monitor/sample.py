@@ -40,7 +40,7 @@ class Sampler:
     def __init__(self, model: nn.Module, thresholds: Thresholds, stopwatch: Stopwatch,
                  activation_sample: int | None = SAMPLE_VALUES) -> None:
         self.tracer = ForwardTracer(model, thresholds, stopwatch, activation_sample)
-        self.attention = AttentionProbe(model)
+        self.attention = AttentionProbe(model, stopwatch)
         self.stopwatch = stopwatch
 
     def index(self, layers: LayerIndex, watched: WatchedParams) -> None:
