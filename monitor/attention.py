@@ -2,7 +2,8 @@
 instability (attention-logit growth, Wortsman et al. 2023; output-logit divergence).
 
 Attention is intercepted generically, not by per-model code: a ``TorchFunctionMode`` is
-pushed only while the model's forward runs on a sampled step and sees
+pushed only while the model's forward runs on a sampled step (the whole forward on one in
+``SCAN_EVERY``, the modules attention was found in on the others) and sees
 
 - ``F.scaled_dot_product_attention`` (custom models, Hugging Face "sdpa" attention and
   ``nn.MultiheadAttention`` with ``need_weights=False``): the logits are recomputed from q
