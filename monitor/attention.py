@@ -242,9 +242,9 @@ class AttentionProbe:
     "sites"), and not at all in a model without any.
     """
 
-    def __init__(self, model: nn.Module, stopwatch: Stopwatch | None = None) -> None:
+    def __init__(self, model: nn.Module, stopwatch: Stopwatch) -> None:
         self.model = model
-        self.stopwatch = stopwatch or Stopwatch()  # the probe's own time (the Monitor's)
+        self.stopwatch = stopwatch  # where the probe's own time counts (the Monitor's)
         self.head = output_head(model)
         self.sites: list[str] = []  # attention modules, in the order first seen
         self.paused = False
