@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from gradwatch.monitor import Monitor
-from gradwatch.monitor.layers import ACTIVATION_MODULES
-from gradwatch.monitor.probes import floating_tensors
+from gradwatch.monitor.probes.layers import ACTIVATION_MODULES
+from gradwatch.monitor.probes.tensor_stats import floating_tensors
 
 from .models import ModelSpec, ReferenceModule
 

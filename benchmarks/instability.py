@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradwatch.monitor.attention import MAX_QUERY_ROWS, MAX_SEQUENCES, AttentionProbe
+from gradwatch.monitor.probes.attention import MAX_QUERY_ROWS, MAX_SEQUENCES, AttentionProbe
 
 
 class Block(nn.Module):
@@ -217,7 +217,7 @@ def train(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10, obs
     """Train ``recipe``'s TinyDecoder with AdamW (20 warm-up steps) under a Monitor for
     ``steps`` (default: the recipe's); returns the per-step losses, the Snapshots and the
     output geometry (output_geometry) after a quarter of the steps and after the last."""
-    from gradwatch.monitor.monitor import Monitor
+    from gradwatch.monitor.capture.monitor import Monitor
 
     class Keep:
         def __init__(self):
@@ -302,7 +302,7 @@ def run_alerts(recipe: Recipe, steps: int | None = None, every_n_steps: int = 10
                seed: int = 0) -> dict:
     """``recipe`` under the default detectors: its divergence step (judged on its
     divergence_window), its final loss and the first step each alert fired."""
-    from gradwatch.monitor.alerts import AlertEngine
+    from gradwatch.monitor.judging.engine import AlertEngine
 
     engine = AlertEngine()
     losses, snapshots, geometry = train(recipe, steps, every_n_steps, observers=[engine],
@@ -329,8 +329,8 @@ def sampled_step_cost(steps: int = 40, seed: int = 0) -> dict[str, float]:
 
     from torch.profiler import ProfilerActivity, profile
 
-    from gradwatch.monitor import update_stats
-    from gradwatch.monitor.monitor import Monitor
+    from gradwatch.monitor.probes import update_stats
+    from gradwatch.monitor.capture.monitor import Monitor
 
     def setup():
         torch.manual_seed(seed)

@@ -34,12 +34,13 @@ from dataclasses import dataclass, field
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradwatch.monitor import Monitor, sample
-from gradwatch.monitor.attention import AttentionProbe
-from gradwatch.monitor.param_table import ParamTable
-from gradwatch.monitor.record_batches import RecordBatches
-from gradwatch.monitor.sampling import ForwardTracer
-from gradwatch.monitor.transfer import TransferLayout
+from gradwatch.monitor import Monitor
+from gradwatch.monitor.capture import sampled_step as sample
+from gradwatch.monitor.probes.attention import AttentionProbe
+from gradwatch.monitor.probes.param_table import ParamTable
+from gradwatch.monitor.probes.record_batches import RecordBatches
+from gradwatch.monitor.probes.forward_hooks import ForwardTracer
+from gradwatch.monitor.probes.transfer import TransferLayout
 
 from . import step_cost
 from .cardinality import section_main
@@ -101,7 +102,7 @@ BEFORE_AFTER = (
 BOUNDS = (
     "What bounds them: on the small models, per-op cost. A small output's record is one copy "
     "at its hook; the copies of one shape are reduced together when the step ends, the next "
-    "forward starts or 4M values wait (`monitor/record_batches.py`: [k, n], one op per "
+    "forward starts or 4M values wait (`monitor/probes/record_batches.py`: [k, n], one op per "
     "statistic), so the MLP's 32 records cost ~90 ops instead of 475. The update statistics "
     "take a BLAS dot per parameter and float arithmetic for Adam's eps count on a float32 CPU "
     "model (3 dots and 2-4 element-wise passes per parameter: the fewest found; a bool mask's "

@@ -1,15 +1,17 @@
-"""TrainingDiagnostics' arguments, checked at construction: each failure names its argument."""
+"""TrainingDiagnostics' arguments: typed, checked at construction (each failure names its
+argument), and read by the wiring of a fit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any
 
-from ..monitor.alerts import ALERT_NAMES
-from ..monitor.responses import SkipOnSpike
-from ..monitor.thresholds import Thresholds
-from ..monitor.validation import (
+from ..monitor.capture.skip_on_spike import SkipOnSpike
+from ..monitor.records.findings import ALERT_NAMES, Alert
+from ..monitor.records.thresholds import Thresholds
+from ..monitor.records.validation import (
     check_activation_sample,
     check_bool,
     check_callable,
@@ -23,6 +25,7 @@ from ..monitor.validation import (
     check_text,
     check_url,
 )
+from ..monitor.sinks.endpoint import EndpointSecurity
 
 
 def _port(name: str, value: object) -> None:
@@ -71,3 +74,50 @@ def check_arguments(arguments: Mapping[str, Any]) -> None:
         check(name, arguments[name])
     if arguments["checkpoint_on"] and not arguments["alerts"]:
         raise ValueError("checkpoint_on needs alerts=True")
+
+
+@dataclass(frozen=True)
+class DiagnosticsOptions:
+    """The arguments of one TrainingDiagnostics (each documented there), checked when made:
+    ``thresholds`` None becomes the defaults, ``stop_on`` a tuple."""
+
+    run_name: str | None
+    every_n_steps: int
+    prometheus_port: int | None
+    prometheus_addr: str
+    prometheus_tls_cert: str | None
+    prometheus_tls_key: str | None
+    prometheus_tls_client_ca: str | None
+    prometheus_basic_auth: tuple[str, str] | None
+    port_in_use: str
+    tensorboard: bool
+    tensorboard_dir: str | None
+    pushgateway_url: str | None
+    push_interval: float
+    pushgateway_keep: bool
+    pushgateway_basic_auth: tuple[str, str] | None
+    max_exported_layers: int
+    rank_activations: bool
+    update_ratio: bool
+    activation_sample: int | None
+    thresholds: Thresholds | None
+    alerts: bool
+    alertmanager_url: str | None
+    webhook_url: str | None
+    on_alert: Callable[[Alert], object] | None
+    stop_on: Sequence[str]
+    forensics_dir: str | None
+    skip_on_spike: SkipOnSpike | None
+    checkpoint_on: Sequence[str]
+    checkpoint_dir: str | None
+
+    #: TLS and basic auth of the ``/metrics`` endpoint (checked together when made)
+    endpoint_security: EndpointSecurity = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_arguments({f.name: getattr(self, f.name) for f in fields(self) if f.init})
+        object.__setattr__(self, "thresholds", self.thresholds or Thresholds())
+        object.__setattr__(self, "stop_on", tuple(self.stop_on))
+        object.__setattr__(self, "endpoint_security", EndpointSecurity(
+            self.prometheus_tls_cert, self.prometheus_tls_key, self.prometheus_tls_client_ca,
+            self.prometheus_basic_auth))

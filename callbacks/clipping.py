@@ -5,7 +5,7 @@ With ``Trainer(gradient_clip_val=...)`` (by norm), Lightning's precision plugin 
 ``NormClipRoute`` routes that call through ``Monitor.clip_grad_norm_`` (the same two torch
 functions, so training is bit-identical), whose total norm is then the step's global gradient
 norm and yields the norm after clipping: on unsampled steps gradwatch makes no pass over the
-gradients of its own (``monitor/clipping.py``). Only where Lightning's own clipping runs
+gradients of its own (``monitor/capture/clip_by_norm.py``). Only where Lightning's own clipping runs
 unchanged: automatic optimization, ``configure_gradient_clipping`` not overridden, and a
 precision plugin that clips as the base one does (not FSDP's or DeepSpeed's).
 """

@@ -12,15 +12,15 @@ from typing import Any
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from ..monitor.alerts import Alert, AlertEngine
-from ..monitor.endpoint import EndpointSecurity
-from ..monitor.monitor import Monitor
-from ..monitor.record_batches import SAMPLE_VALUES
-from ..monitor.responses import SkipOnSpike
-from ..monitor.thresholds import Thresholds
-
+from ..monitor.capture.monitor import Monitor
+from ..monitor.capture.skip_on_spike import SkipOnSpike
+from ..monitor.judging.engine import AlertEngine
+from ..monitor.probes.record_batches import SAMPLE_VALUES
+from ..monitor.records.findings import Alert
+from ..monitor.records.snapshot import Snapshot
+from ..monitor.records.thresholds import Thresholds
 from ._lightning import CALLBACK_BASES, show_info_lines
-from .arguments import check_arguments
+from .arguments import DiagnosticsOptions
 from .checkpoints import AlertCheckpoints
 from .clipping import NormClipRoute
 from .wiring import FitExports, build_exports, metrics_url, startup_line
@@ -28,7 +28,7 @@ from .wiring import FitExports, build_exports, metrics_url, startup_line
 log = logging.getLogger("gradwatch")
 
 
-class TrainingDiagnostics(*CALLBACK_BASES):
+class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's Callback
     r"""Per-layer training diagnostics, exported to TensorBoard and Prometheus.
 
     For a ``Trainer`` of ``lightning.pytorch`` or ``pytorch_lightning``. Every step (no host
@@ -177,25 +177,26 @@ class TrainingDiagnostics(*CALLBACK_BASES):
         super().__init__()
         arguments = {name: value for name, value in locals().items()
                      if name not in ("self", "__class__")}
-        check_arguments(arguments)  # a wrong argument fails here, named
-        self.__dict__.update(arguments)  # every argument readable under its own name
-        self.thresholds = thresholds or Thresholds()
-        self.stop_on = tuple(stop_on)
-        self.endpoint_security = EndpointSecurity(
-            prometheus_tls_cert, prometheus_tls_key, prometheus_tls_client_ca,
-            prometheus_basic_auth)
+        self.options = DiagnosticsOptions(**arguments)  # a wrong argument fails here, named
         # built now so that a wrong stop_on fails at construction; anew for every fit
-        self.engine = AlertEngine(self.thresholds, stop_on=stop_on) if alerts else None
+        self.engine = (AlertEngine(self.options.thresholds, stop_on=self.options.stop_on)
+                       if alerts else None)
         self.checkpoints = AlertCheckpoints(frozenset(checkpoint_on))
         self.clip_route = NormClipRoute()  # for a fit that clips by norm
         self.monitor: Monitor | None = None
         self.exports = FitExports()
         self._step_started_at: int | None = None
         self._final_step: int | None = None
-        self._final_snapshot = None
+        self._final_snapshot: Snapshot | None = None
 
     @property
-    def last_snapshot(self):
+    def _running(self) -> Monitor:
+        """The fit's Monitor: the hooks that use it run between setup and teardown."""
+        assert self.monitor is not None, "a fit's hooks run after its setup"
+        return self.monitor
+
+    @property
+    def last_snapshot(self) -> Snapshot | None:
         """The latest Snapshot (kept after the run ends), or None."""
         return self.monitor.last_snapshot if self.monitor else self._final_snapshot
 
@@ -203,7 +204,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     def prometheus_url(self) -> str | None:
         """The ``/metrics`` URL actually served (with ``prometheus_port=0``, the port the
         system chose), from ``setup`` on; None without an endpoint."""
-        return metrics_url(self.prometheus_addr, self.bound_port, self.endpoint_security)
+        return metrics_url(self.options.prometheus_addr, self.bound_port,
+                           self.options.endpoint_security)
 
     # this fit's exporters (None when off, or before the first fit)
     prometheus = property(lambda self: self.exports.prometheus)
@@ -217,31 +219,36 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or self.monitor is not None:
             return
-        run = self.run_name or _default_run_name(trainer)
+        run = self.options.run_name or _default_run_name(trainer)
         # every fit starts fresh: no detector history, no stop request, no figures of the last
         if self.engine is not None:
-            self.engine = AlertEngine(self.thresholds, stop_on=self.stop_on,
+            self.engine = AlertEngine(self.options.thresholds, stop_on=self.options.stop_on,
                                       checkpoint_path=self.checkpoints.path_for)
-        self.checkpoints.start(self.checkpoint_dir or os.path.join(
+        self.checkpoints.start(self.options.checkpoint_dir or os.path.join(
             trainer.default_root_dir, "gradwatch_checkpoints"))
         self._step_started_at = self._final_snapshot = None
-        self.exports = build_exports(self, trainer, run)
+        self.exports = build_exports(self.options, trainer, run)
         self.monitor = Monitor(
-            pl_module, run_name=run, every_n_steps=self.every_n_steps, sinks=self.exports.sinks,
+            pl_module, run_name=run, every_n_steps=self.options.every_n_steps,
+            sinks=self.exports.sinks,
             observers=[self.engine] if self.engine is not None else [],
-            update_ratio=self.update_ratio, activation_sample=self.activation_sample,
-            rank=trainer.global_rank, world_size=trainer.world_size, thresholds=self.thresholds,
-            skip_on_spike=self.skip_on_spike.renewed() if self.skip_on_spike else None)
+            update_ratio=self.options.update_ratio,
+            activation_sample=self.options.activation_sample,
+            rank=trainer.global_rank, world_size=trainer.world_size,
+            thresholds=self.options.thresholds,
+            skip_on_spike=(self.options.skip_on_spike.renewed() if self.options.skip_on_spike
+                           else None))
         if self.prometheus is not None:
             exporter = self.monitor.exporter
             self.prometheus.count_dropped = lambda: exporter.dropped
         if trainer.is_global_zero:
             show_info_lines(log)
-            log.info("gradwatch: %s", startup_line(self, self.exports, run))
+            log.info("gradwatch: %s",
+                     startup_line(self.options, self.exports, run, self.prometheus_url))
 
     @override
     def on_train_start(self, trainer, pl_module) -> None:
-        monitor = self.monitor
+        monitor = self._running
         for optimizer in trainer.optimizers:
             monitor.watch_optimizer(optimizer)
         monitor.grad_scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -258,11 +265,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
-        self.monitor.end_step()
+        self._running.end_step()
         if self.engine is not None:
             self.engine.flush(self.monitor)  # a NaN on the very last steps is still reported
         self.checkpoints.save_due(trainer)
-        self.monitor.flush()  # the last steps reach the sinks while /metrics is still served
+        self._running.flush()  # the last steps reach the sinks while /metrics is still served
 
     @override
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -304,27 +311,27 @@ class TrainingDiagnostics(*CALLBACK_BASES):
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step == self._final_step and step != self._step_started_at:
-            self.monitor.escalate(1, trace_all_modules=False)  # the run ends on full figures
+            self._running.escalate(1, trace_all_modules=False)  # the run ends on full figures
         self._step_started_at = step
-        self.monitor.begin_step(step)
+        self._running.begin_step(step)
 
     @override
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         # with an AMP GradScaler, Lightning hands over the loss already multiplied by the
         # scale it was just scaled with (one division on the device, no sync)
-        scale = getattr(self.monitor.grad_scaler, "_scale", None)
-        self.monitor.observe_loss(loss if scale is None else loss / scale)
+        scale = getattr(self._running.grad_scaler, "_scale", None)
+        self._running.observe_loss(loss if scale is None else loss / scale)
 
     @override
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not self.clip_route.active:  # else the clip right after reads them, once
-            self.monitor.observe_gradients(optimizer)
+            self._running.observe_gradients(optimizer)
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         # under gradient accumulation the step ends only when the optimizer has stepped
         if trainer.global_step != self._step_started_at:
-            self.monitor.end_step()
+            self._running.end_step()
             self.checkpoints.save_due(trainer)
             if self.engine is not None and self.engine.should_stop:
                 trainer.should_stop = True

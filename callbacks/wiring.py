@@ -9,20 +9,24 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.exposition import basic_auth_handler
 
-from ..monitor.delivery import (AlertmanagerSink, CallableAlertSink, LoggingAlertSink,
-                                WebhookSink, redact)
-from ..monitor.endpoint import EndpointSecurity
-from ..monitor.export import Sink
-from ..monitor.forensics import ForensicsSink
-from ..monitor.prometheus import PrometheusSink
-from ..monitor.pushgateway import PushgatewayPusher
-from ..monitor.tensorboard import TensorBoardSink
-from ..monitor.validation import check_credentials
-
+from ..monitor.records.validation import check_credentials
+from ..monitor.sinks.delivery import (
+    AlertmanagerSink,
+    CallableAlertSink,
+    LoggingAlertSink,
+    WebhookSink,
+    redact,
+)
+from ..monitor.sinks.endpoint import EndpointSecurity
+from ..monitor.sinks.export_thread import Sink
+from ..monitor.sinks.forensics import ForensicsSink
+from ..monitor.sinks.prometheus import PrometheusSink
+from ..monitor.sinks.pushgateway import PushgatewayPusher
+from ..monitor.sinks.tensorboard import TensorBoardSink
 from ._lightning import tensorboard_writer
 
 if TYPE_CHECKING:
-    from .training_diagnostics import TrainingDiagnostics
+    from .arguments import DiagnosticsOptions
 
 log = logging.getLogger("gradwatch")
 
@@ -38,7 +42,7 @@ class FitExports:
     sinks: list[Sink] = field(default_factory=list)
 
 
-def build_exports(options: TrainingDiagnostics, trainer: Any, run: str) -> FitExports:
+def build_exports(options: DiagnosticsOptions, trainer: Any, run: str) -> FitExports:
     """The Prometheus sink (served, pushed), TensorBoard and the alert sinks of one fit."""
     exports = FitExports()
     multi = trainer.world_size > 1
@@ -57,7 +61,7 @@ def build_exports(options: TrainingDiagnostics, trainer: Any, run: str) -> FitEx
             exports.sinks.append(exports.tensorboard_sink)
         except OSError as exc:  # monitoring must not stop the training
             log.warning("gradwatch: TensorBoard export off: cannot write %s (%r)", log_dir, exc)
-    if options.engine is not None:
+    if options.alerts:
         exports.sinks += alert_sinks(options, trainer.world_size)
     if options.pushgateway_url and exports.prometheus is not None:
         key = {"run": run} | ({"rank": str(trainer.global_rank)} if multi else {})
@@ -68,9 +72,10 @@ def build_exports(options: TrainingDiagnostics, trainer: Any, run: str) -> FitEx
     return exports
 
 
-def _serve(options: TrainingDiagnostics, sink: PrometheusSink, local_rank: int) -> int | None:
+def _serve(options: DiagnosticsOptions, sink: PrometheusSink, local_rank: int) -> int | None:
     """Serve ``/metrics`` (port + local rank for a fixed port); the port bound, or None."""
-    port = options.prometheus_port + (local_rank if options.prometheus_port else 0)
+    port = options.prometheus_port or 0
+    port += local_rank if port else 0  # one endpoint per rank on a node
     try:
         return sink.serve(port, options.prometheus_addr, options.endpoint_security)
     except OSError as exc:
@@ -91,7 +96,7 @@ def metrics_url(addr: str, bound_port: int | None, security: EndpointSecurity) -
     return f"{scheme}://{host}:{bound_port}/metrics"
 
 
-def alert_sinks(options: TrainingDiagnostics, world_size: int) -> list[Sink]:
+def alert_sinks(options: DiagnosticsOptions, world_size: int) -> list[Sink]:
     """The log always; the callable, Alertmanager, webhook and forensics when asked for."""
     sinks: list[Sink] = [LoggingAlertSink()]
     if options.on_alert is not None:
@@ -105,9 +110,10 @@ def alert_sinks(options: TrainingDiagnostics, world_size: int) -> list[Sink]:
     return sinks
 
 
-def startup_line(options: TrainingDiagnostics, exports: FitExports, run: str) -> str:
+def startup_line(options: DiagnosticsOptions, exports: FitExports, run: str,
+                 prometheus_url: str | None) -> str:
     """Where this fit's figures and alerts go (credentials never shown)."""
-    metrics = options.prometheus_url or "off"
+    metrics = prometheus_url or "off"
     if exports.pusher is not None:
         metrics += f", pushed to {redact(options.pushgateway_url)}"
     tensorboard = exports.tensorboard_sink.log_dir if exports.tensorboard_sink else "off"
@@ -115,8 +121,8 @@ def startup_line(options: TrainingDiagnostics, exports: FitExports, run: str) ->
             f"every_n_steps={options.every_n_steps}, alerts -> {_alert_destinations(options)}")
 
 
-def _alert_destinations(options: TrainingDiagnostics) -> str:
-    if options.engine is None:
+def _alert_destinations(options: DiagnosticsOptions) -> str:
+    if not options.alerts:
         return "off"
     where = ["log (gradwatch.alerts)"]
     if options.alertmanager_url:

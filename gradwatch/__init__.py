@@ -21,8 +21,18 @@ from .monitor.lazy import lazy_attribute
 
 if TYPE_CHECKING:  # the real types for type checkers and IDEs; loaded lazily at run time
     from .callbacks import TrainingDiagnostics
-    from .monitor import (Alert, AlertEngine, Monitor, PrometheusSink, Pulse, PushgatewayPusher,
-                          SkipOnSpike, Snapshot, TensorBoardSink, Thresholds)
+    from .monitor import (
+        Alert,
+        AlertEngine,
+        Monitor,
+        PrometheusSink,
+        Pulse,
+        PushgatewayPusher,
+        SkipOnSpike,
+        Snapshot,
+        TensorBoardSink,
+        Thresholds,
+    )
 
 try:
     __version__ = version("gradwatch")

@@ -1,4 +1,7 @@
-"""gradwatch's framework-agnostic core: probes, snapshots, thresholds, detectors, sinks.
+"""gradwatch's framework-agnostic core, one subpackage per stage of the flow: ``capture``
+(the step) -> ``probes`` (device statistics) -> ``records`` (Pulse, Snapshot, Alert) ->
+``judging`` (detectors, alerts) and ``sinks`` (exporters); beside them ``ops`` (rules,
+dashboards, doctor) and ``report``.
 
 Names are loaded on first use, so that the host-side modules (snapshots, detectors, alerts,
 delivery) can be imported without torch.
@@ -9,26 +12,27 @@ from typing import TYPE_CHECKING, Any
 from .lazy import lazy_attribute
 
 if TYPE_CHECKING:  # the real types for type checkers and IDEs; loaded lazily at run time
-    from .alerts import Alert, AlertEngine
-    from .monitor import Monitor
-    from .prometheus import PrometheusSink
-    from .pushgateway import PushgatewayPusher
-    from .responses import SkipOnSpike
-    from .snapshot import Pulse, Snapshot
-    from .tensorboard import TensorBoardSink
-    from .thresholds import Thresholds
+    from .capture.monitor import Monitor
+    from .capture.skip_on_spike import SkipOnSpike
+    from .judging.engine import AlertEngine
+    from .records.findings import Alert
+    from .records.snapshot import Pulse, Snapshot
+    from .records.thresholds import Thresholds
+    from .sinks.prometheus import PrometheusSink
+    from .sinks.pushgateway import PushgatewayPusher
+    from .sinks.tensorboard import TensorBoardSink
 
 _EXPORTS = {
-    "Monitor": ".monitor",
-    "PrometheusSink": ".prometheus",
-    "PushgatewayPusher": ".pushgateway",
-    "Pulse": ".snapshot",
-    "Snapshot": ".snapshot",
-    "TensorBoardSink": ".tensorboard",
-    "Thresholds": ".thresholds",
-    "Alert": ".alerts",
-    "AlertEngine": ".alerts",
-    "SkipOnSpike": ".responses",
+    "Monitor": ".capture.monitor",
+    "PrometheusSink": ".sinks.prometheus",
+    "PushgatewayPusher": ".sinks.pushgateway",
+    "Pulse": ".records.snapshot",
+    "Snapshot": ".records.snapshot",
+    "TensorBoardSink": ".sinks.tensorboard",
+    "Thresholds": ".records.thresholds",
+    "Alert": ".records.findings",
+    "AlertEngine": ".judging.engine",
+    "SkipOnSpike": ".capture.skip_on_spike",
 }
 
 __all__ = [

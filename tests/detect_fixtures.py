@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradwatch.monitor.alerts import Alert, AlertEngine
-from gradwatch.monitor.monitor import Monitor
-from gradwatch.monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
+from gradwatch.monitor.records.findings import Alert
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.capture.monitor import Monitor
+from gradwatch.monitor.records.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 
 
 # ------------------------------------------------------------------ synthetic records

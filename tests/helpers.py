@@ -122,7 +122,7 @@ def gradwatch_cli(*args: str, cwd=None, timeout: float = 120, code: str | None =
     """The `gradwatch` command line in a subprocess, as a user runs it; ``code`` runs first in
     that interpreter (e.g. to make an optional package's import fail for real)."""
     prelude = f"{code}\n" if code else ""
-    script = (f"import sys\n{prelude}from gradwatch.monitor.cli import main\n"
+    script = (f"import sys\n{prelude}from gradwatch.cli import main\n"
               f"sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
                           text=True, cwd=cwd, timeout=timeout, env={**os.environ, **env})

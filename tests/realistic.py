@@ -19,10 +19,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
-from gradwatch.monitor.alerts import AlertEngine
-from gradwatch.monitor.monitor import Monitor
-from gradwatch.monitor.prometheus import PrometheusSink
-from gradwatch.monitor.snapshot import Pulse, Snapshot
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.capture.monitor import Monitor
+from gradwatch.monitor.sinks.prometheus import PrometheusSink
+from gradwatch.monitor.records.snapshot import Pulse, Snapshot
 
 STEPS = 1000
 #: Alerts about the trainer process, not the training: judged elsewhere (a replay has no

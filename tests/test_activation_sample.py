@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from gradwatch import TrainingDiagnostics
-from gradwatch.monitor import Monitor, Thresholds, probes
-from gradwatch.monitor.layouts import RawActivationField
+from gradwatch.monitor import Monitor, Thresholds
+from gradwatch.monitor.probes import tensor_stats as probes
+from gradwatch.monitor.records.columns import RawActivationField
 
 from .helpers import close
 from .test_record_batches import mixed_model, sampled_step

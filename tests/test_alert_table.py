@@ -14,13 +14,20 @@ import yaml
 from torch import nn
 
 from .detect_fixtures import FakeMonitor, pulse
-from gradwatch.monitor import doctor, rules
-from gradwatch.monitor.alert_table import (IN_PROCESS_NAMES, RULE_NAMES, SPECS, TABLE, markdown_table,
-                                 spec)
-from gradwatch.monitor.alerts import ALERT_NAMES, AlertEngine
-from gradwatch.monitor.detectors import default_detectors
-from gradwatch.monitor.init_audit import INIT_SCALE, INIT_SYMMETRY
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.ops import doctor, rules
+from gradwatch.monitor.records.alert_table import (
+    IN_PROCESS_NAMES,
+    RULE_NAMES,
+    SPECS,
+    TABLE,
+    markdown_table,
+    spec,
+)
+from gradwatch.monitor.records.findings import ALERT_NAMES
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.judging.catalog import default_detectors
+from gradwatch.monitor.judging.init_audit import INIT_SCALE, INIT_SYMMETRY
+from gradwatch.monitor.records.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 

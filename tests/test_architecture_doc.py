@@ -8,7 +8,7 @@ import importlib
 import re
 from pathlib import Path
 
-from gradwatch.monitor.metrics import METRICS
+from gradwatch.monitor.records.metrics import METRICS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 SECTION = "## Metric -> the function that computes it"
@@ -66,9 +66,9 @@ def test_every_named_function_resolves():
 
 
 def test_resolve_fails_for_a_name_that_does_not_exist():
-    assert resolve("probes.squared_norms").__name__ == "squared_norms"
-    assert resolve("packing.pack_snapshot").__qualname__ == "pack_snapshot"
-    for missing in ("probes.no_such_function", "no_such_module.f"):
+    assert resolve("probes.tensor_stats.squared_norms").__name__ == "squared_norms"
+    assert resolve("records.packing.pack_snapshot").__qualname__ == "pack_snapshot"
+    for missing in ("probes.tensor_stats.no_such_function", "no_such_module.f"):
         try:
             resolve(missing)
         except (AttributeError, ModuleNotFoundError):

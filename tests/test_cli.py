@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.monitor import rules
-from gradwatch.monitor.cli import main
-from gradwatch.monitor.dashboards import render_dashboards
+from gradwatch.monitor.ops import rules
+from gradwatch.cli import main
+from gradwatch.monitor.ops.dashboards import render_dashboards
 
 from .helpers import gradwatch_cli
 

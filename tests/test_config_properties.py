@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.records.thresholds import Thresholds
 
 not_int = st.one_of(st.floats(), st.text(max_size=5), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
 not_bool = st.one_of(st.integers(), st.text(max_size=5), st.none(), st.floats())
@@ -83,7 +83,7 @@ def test_valid_values_are_accepted(every_n_steps, port, interval, layers, run):
     callback = TrainingDiagnostics(run_name=run, every_n_steps=every_n_steps,
                                    prometheus_port=port, push_interval=interval,
                                    max_exported_layers=layers)
-    assert callback.every_n_steps == every_n_steps
+    assert callback.options.every_n_steps == every_n_steps
 
 
 THRESHOLD_NAMES = [f.name for f in fields(Thresholds)]

@@ -1,4 +1,4 @@
-"""Figures decided once upstream (monitor/derived.py, monitor/regimes.py) and written as such
+"""Figures decided once upstream (monitor/records/derived.py, monitor/records/regimes.py) and written as such
 by the sinks: clip engagement, a depth group's pooled update ratio, the run's regime."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from prometheus_client import generate_latest
 from torch import nn
 
 from gradwatch.monitor import Monitor, PrometheusSink, Pulse
-from gradwatch.monitor.alerts import AlertEngine
-from gradwatch.monitor.forensics import ForensicsSink
-from gradwatch.monitor.derived import CLIP_TOLERANCE, clip_engaged, group_update_ratio
-from gradwatch.monitor.regimes import REGIMES, code, worst
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.sinks.forensics import ForensicsSink
+from gradwatch.monitor.records.derived import CLIP_TOLERANCE, clip_engaged, group_update_ratio
+from gradwatch.monitor.records.regimes import REGIMES, code, worst
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
 from .test_detect_delivery import make_alert as alert

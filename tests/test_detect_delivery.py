@@ -19,9 +19,9 @@ from .detect_fixtures import (
     train,
     wait_for,
 )
-from gradwatch.monitor.alert_table import RUNBOOK_BASE_URL
-from gradwatch.monitor.alerts import Alert
-from gradwatch.monitor.delivery import (
+from gradwatch.monitor.records.alert_table import RUNBOOK_BASE_URL
+from gradwatch.monitor.records.findings import Alert
+from gradwatch.monitor.sinks.delivery import (
     AlertmanagerSink,
     CallableAlertSink,
     HttpPoster,

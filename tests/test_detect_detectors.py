@@ -10,23 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .detect_fixtures import pulse, snapshot
-from gradwatch.monitor.detectors import (
-    AmpOverflowStorm,
-    Finding,
-    GradientExplosion,
-    GradientVanishing,
-    LossDivergence,
-    LossSpike,
-    NonFiniteValues,
-    Sustained,
-    Verdict,
+from gradwatch.monitor.judging.amp import AmpOverflowStorm, fp16_headroom_bits
+from gradwatch.monitor.records.findings import Finding, Verdict
+from gradwatch.monitor.judging.explosion import GradientExplosion
+from gradwatch.monitor.judging.vanishing import GradientVanishing
+from gradwatch.monitor.judging.loss import LossDivergence, LossSpike
+from gradwatch.monitor.judging.nonfinite import NonFiniteValues
+from gradwatch.monitor.judging.base import Sustained
+from gradwatch.monitor.judging.layer_conditions import (
     activation_saturation,
     dead_units,
-    default_detectors,
     fp16_headroom,
-    fp16_headroom_bits,
 )
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.judging.catalog import default_detectors
+from gradwatch.monitor.records.thresholds import Thresholds
 
 T = Thresholds()
 

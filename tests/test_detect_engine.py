@@ -17,12 +17,14 @@ import torch
 from torch import nn
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
-from gradwatch.monitor.alert_table import RUNBOOK_BASE_URL
-from gradwatch.monitor.alerts import ALERT_NAMES, Alert, AlertEngine
-from gradwatch.monitor.detectors import default_detectors
-from gradwatch.monitor.forensics import ForensicsSink
-from gradwatch.monitor.init_audit import audit_initialization, audit_weights, following_activations
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.records.alert_table import RUNBOOK_BASE_URL
+from gradwatch.monitor.records.findings import ALERT_NAMES, Alert
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.judging.catalog import default_detectors
+from gradwatch.monitor.sinks.forensics import ForensicsSink
+from gradwatch.monitor.judging.init_audit import audit_initialization
+from gradwatch.monitor.probes.weight_audit import audit_weights, following_activations
+from gradwatch.monitor.records.thresholds import Thresholds
 
 
 def alerts_of(monitor):
@@ -166,11 +168,11 @@ def test_init_audit_flags_scale_and_symmetry_not_defaults():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 16),
                           nn.ReLU(), nn.Linear(16, 4), nn.Embedding(100, 16))
-    assert audit_initialization(model) == []  # PyTorch defaults are within 8x; embeddings skipped
+    assert audit_initialization(audit_weights(model)) == []  # PyTorch defaults are within 8x; embeddings skipped
     with torch.no_grad():
         model[3].weight.mul_(10.0)  # variance x100
         model[5].weight.fill_(0.25)
-    findings = {f.name: f for f in audit_initialization(model)}
+    findings = {f.name: f for f in audit_initialization(audit_weights(model))}
     scale, symmetry = findings["InitializationSuspect"], findings["SymmetricInitialization"]
     assert scale.layers == ("3",) and symmetry.layers == ("5",)
     expected = float(model[3].weight.detach().var(unbiased=False)) / (2 / 8)
@@ -225,8 +227,9 @@ def test_runbook_has_a_section_per_alert():
 
 
 def test_alert_side_needs_no_torch():
-    code = ("import sys, monitor.alerts, monitor.detectors, monitor.delivery, "
-            "gradwatch.monitor.forensics; assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys, monitor.judging.engine, monitor.judging.catalog, "
+            "monitor.records.findings, monitor.sinks.delivery, gradwatch.monitor.sinks.forensics; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
                    env={**os.environ, "PYTHONPATH": str(root)})

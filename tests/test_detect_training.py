@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .detect_fixtures import Recorder, mlp, train
-from gradwatch.monitor.alerts import AlertEngine
-from gradwatch.monitor.monitor import Monitor
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.capture.monitor import Monitor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
-from gradwatch.monitor import doctor
-from gradwatch.monitor.prometheus import PrometheusSink
-from gradwatch.monitor.targets import target_group
+from gradwatch.monitor.ops import doctor
+from gradwatch.monitor.sinks.prometheus import PrometheusSink
+from gradwatch.monitor.ops.targets import target_group
 
 from .test_ops_configs import ROOT, compose_config  # noqa: F401  (a fixture)
 from .training_target import TrainingTarget

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.alerts import ALERT_NAMES
-from gradwatch.monitor.doctor import CONTRACT_ALERTS
+from gradwatch.monitor.records.findings import ALERT_NAMES
+from gradwatch.monitor.ops.doctor import CONTRACT_ALERTS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from gradwatch.monitor import doctor, rules
-from gradwatch.monitor.doctor import TEST_ALERT, run_checks, same_endpoint
+from gradwatch.monitor.ops import doctor, rules
+from gradwatch.monitor.ops.doctor import TEST_ALERT, run_checks, same_endpoint
 
 from .conftest import binary
 from .ops_servers import free_port, get_json, prometheus_config, start_prometheus, wait_until

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from gradwatch.monitor import Monitor, Thresholds
-from gradwatch.monitor.export import ExportWorker
-from gradwatch.monitor.ring import PULSE_BATCH
+from gradwatch.monitor.sinks.export_thread import ExportWorker
+from gradwatch.monitor.capture.ring import PULSE_BATCH
 
 
 class BlockingSink:

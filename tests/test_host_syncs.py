@@ -20,8 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.monitor import Monitor
-from gradwatch.monitor.record_batches import BATCH_NUMEL, SAMPLE_VALUES
+from gradwatch.monitor.capture.monitor import Monitor
+from gradwatch.monitor.probes.record_batches import BATCH_NUMEL, SAMPLE_VALUES
 
 from .lightning_models import lightning, regression_module, trainer
 

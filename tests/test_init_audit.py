@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch.monitor.init_audit import INIT_SCALE, MESSAGE_CHARS, audit_initialization, audit_weights
+from gradwatch.monitor.judging.init_audit import INIT_SCALE, MESSAGE_CHARS, audit_initialization
+from gradwatch.monitor.probes.weight_audit import audit_weights
 
 
 def mlp(init=None) -> nn.Sequential:
@@ -35,7 +36,7 @@ INITS = {
 
 @pytest.mark.parametrize("name", sorted(INITS))
 def test_common_inits_are_quiet(name):
-    assert audit_initialization(mlp(INITS[name])) == []
+    assert audit_initialization(audit_weights(mlp(INITS[name]))) == []
 
 
 def test_default_init_variance_is_one_third_of_lecun():
@@ -53,7 +54,7 @@ def test_real_outliers_warn_in_a_short_message_with_details_at_debug(scale, capl
     with torch.no_grad():
         model[2].weight.mul_(scale)
     with caplog.at_level(logging.DEBUG, logger="gradwatch.init_audit"):
-        (finding,) = audit_initialization(model)
+        (finding,) = audit_initialization(audit_weights(model))
     assert finding.name == INIT_SCALE and finding.severity == "warning"
     assert finding.layers == ("2",)
     assert len(finding.summary) + len(finding.description) < MESSAGE_CHARS
@@ -69,7 +70,7 @@ def test_real_outliers_warn_in_a_short_message_with_details_at_debug(scale, capl
 def test_lazy_modules_are_skipped_before_their_first_forward():
     model = nn.Sequential(nn.LazyLinear(32), nn.ReLU(), nn.Linear(32, 4))
     assert [a.name for a in audit_weights(model)] == ["2.weight"]
-    assert audit_initialization(model) == []
+    assert audit_initialization(audit_weights(model)) == []
     model(torch.randn(2, 7))  # materialised: audited like any Linear
     assert [a.name for a in audit_weights(model)] == ["0.weight", "2.weight"]
     assert audit_weights(model)[0].fan_in == 7
@@ -89,7 +90,7 @@ def test_gpt2_conv1d_is_audited_like_linear_and_the_tied_head_as_the_embedding()
     assert (c_fc.fan_in, c_fc.fan_out) == (weight.shape[0], weight.shape[1]) == (32, 128)
     assert c_fc.variance == pytest.approx(float(weight.detach().var(unbiased=False)))
     assert len(audits) == 8  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
-    assert audit_initialization(model) == []
+    assert audit_initialization(audit_weights(model)) == []
 
 
 def test_bert_std_002_init_is_quiet():
@@ -98,4 +99,4 @@ def test_bert_std_002_init_is_quiet():
                                      intermediate_size=64, vocab_size=64)
     torch.manual_seed(0)
     model = transformers.BertModel(config)
-    assert len(audit_weights(model)) == 13 and audit_initialization(model) == []
+    assert len(audit_weights(model)) == 13 and audit_initialization(audit_weights(model)) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.metrics import METRICS, render_markdown
+from gradwatch.monitor.records.metrics import METRICS, render_markdown
 
 from .helpers import scrape
 from .lightning_models import lightning, regression_module, trainer

@@ -124,7 +124,7 @@ def test_example_runs_on_the_base_install_or_names_its_extra(example):
 
 
 def test_demo_without_its_extra_says_which_in_one_line(tmp_path):
-    hide_rich = ("import sys; sys.modules['rich'] = None; from gradwatch.monitor.cli import main; "
+    hide_rich = ("import sys; sys.modules['rich'] = None; from gradwatch.cli import main; "
                  f"sys.exit(main(['demo', '--out', {str(tmp_path)!r}]))")
     result = subprocess.run([sys.executable, "-c", hide_rich], capture_output=True, text=True,
                             timeout=120)

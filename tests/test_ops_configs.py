@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gradwatch.monitor import rules
+from gradwatch.monitor.ops import rules
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_YML = ROOT / "deploy/prometheus/prometheus.yml"

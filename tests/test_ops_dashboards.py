@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gradwatch.monitor import dashboards, rules
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.ops import dashboards, rules
+from gradwatch.monitor.records.thresholds import Thresholds
 from .ops_dashboard_queries import MODEL_DEPENDENT, dashboard_exprs, substitute
 from .ops_servers import get_json
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
 
-from gradwatch.monitor import rules
-from gradwatch.monitor.alert_table import spec
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.ops import rules
+from gradwatch.monitor.records.alert_table import spec
+from gradwatch.monitor.records.thresholds import Thresholds
 from .training_target import LAYERS
 from .ops_servers import get_json, post_json, wait_until
 

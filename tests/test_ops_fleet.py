@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from gradwatch.monitor import dashboards, rules
+from gradwatch.monitor.ops import dashboards, rules
 from .ops_dashboard_queries import MODEL_DEPENDENT, dashboard_queries, substitute
 from .ops_servers import wait_until
 from .training_target import TrainingTarget

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from gradwatch.monitor import rules
-from gradwatch.monitor.alert_table import RULE_NAMES, RUNBOOK_BASE_URL
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.ops import rules
+from gradwatch.monitor.records.alert_table import RULE_NAMES, RUNBOOK_BASE_URL
+from gradwatch.monitor.records.thresholds import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The architecture's contract names (extended, never renamed) and the ones added since.

@@ -26,12 +26,12 @@ from callbacks import EarlyStopOnPlateau          # the user's callbacks.py
 from monitor import watch_disk                     # the user's monitor.py
 from gradwatch import Monitor, Thresholds, TrainingDiagnostics
 import gradwatch
-import gradwatch.monitor.alerts
+import gradwatch.monitor.judging.engine
 
 assert EarlyStopOnPlateau.__module__ == "callbacks" and watch_disk() == "disk ok"
-assert Monitor.__module__ == "gradwatch.monitor.monitor"
+assert Monitor.__module__ == "gradwatch.monitor.capture.monitor"
 assert gradwatch.__file__.startswith(SITE), gradwatch.__file__
-assert gradwatch.monitor.alerts.__file__.startswith(SITE)
+assert gradwatch.monitor.judging.engine.__file__.startswith(SITE)
 
 """ + TINY_MODULE_SOURCE + """
 
@@ -65,7 +65,7 @@ def test_wheel_holds_only_the_gradwatch_package(wheel):
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"gradwatch"}
     names = zipfile.ZipFile(wheel).namelist()
     assert "gradwatch/py.typed" in names
-    assert "gradwatch/monitor/thresholds.py" in names
+    assert "gradwatch/monitor/records/thresholds.py" in names
     assert "gradwatch/callbacks/training_diagnostics.py" in names
 
 

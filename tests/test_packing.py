@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 
-from gradwatch.monitor.layouts import ActivationField
-from gradwatch.monitor.packing import SampleFacts, pack_snapshot
-from gradwatch.monitor.snapshot import Pulse
+from gradwatch.monitor.records.columns import ActivationField
+from gradwatch.monitor.records.packing import SampleFacts, pack_snapshot
+from gradwatch.monitor.records.snapshot import Pulse
 
 F = len(ActivationField)
 
@@ -108,7 +108,7 @@ def test_no_layers_no_records():
 
 def test_packing_imports_no_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import gradwatch.monitor.packing, gradwatch.monitor.layouts\n"
+            "import gradwatch.monitor.records.packing, gradwatch.monitor.records.columns\n"
             "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules "
             "if sys.modules[m] is not None)\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -242,7 +242,7 @@ def test_nonfinite_steps_and_loss_counted_every_step():
 
 
 def test_a_ranks_own_nonfinite_counts_name_its_first_layers_only():
-    from gradwatch.monitor.prometheus import DEEPER_LAYERS, RANK_NONFINITE_LAYERS
+    from gradwatch.monitor.sinks.prometheus import DEEPER_LAYERS, RANK_NONFINITE_LAYERS
 
     layers = [f"l{i}" for i in range(RANK_NONFINITE_LAYERS + 4)]
     snap = snapshot(layers, [1.0] * len(layers))

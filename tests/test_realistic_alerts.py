@@ -12,8 +12,8 @@ import torch
 
 from .realistic import LIVENESS_ALERTS, STEPS, first_firing_in_promtool, scrapes, train
 from .realistic_scenarios import HEALTHY, UNSTABLE
-from gradwatch.monitor import rules
-from gradwatch.monitor.prometheus import PrometheusSink
+from gradwatch.monitor.ops import rules
+from gradwatch.monitor.sinks.prometheus import PrometheusSink
 
 #: Steps per scrape in the replay (at 15 s a scrape: ~20 steps a minute).
 STRIDE = 5

@@ -1,4 +1,4 @@
-"""Activation records made in batches (monitor/record_batches.py): outputs of equal size
+"""Activation records made in batches (monitor/probes/record_batches.py): outputs of equal size
 stacked and reduced together, outputs of other sizes and large ones on their own, all equal
 to values computed with torch per tensor."""
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gradwatch.monitor import Monitor, Thresholds
-from gradwatch.monitor import record_batches
+from gradwatch.monitor.probes import record_batches
 
 from .helpers import OutputRecorder, close
 from .test_monitor_values import Collect

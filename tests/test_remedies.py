@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
-from gradwatch.monitor.alert_table import spec
-from gradwatch.monitor.alerts import AlertEngine
+from gradwatch.monitor.records.alert_table import spec
+from gradwatch.monitor.judging.engine import AlertEngine
 
 
 def calm(engine, mon, steps, **fields):

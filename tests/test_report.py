@@ -17,17 +17,27 @@ from torch import nn
 import pytest
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.alerts import Alert
-from gradwatch.monitor.demo import he, mlp
-from gradwatch.monitor.prometheus import LAYER_GAUGES
-from gradwatch.monitor.report import (MAX_HEATMAP_COLUMNS, MAX_HEATMAP_ROWS, NoGradwatchData, RunRecord,
-                            find_runs, load_run, render_report, spike_level, thin, write_report,
-                            write_reports)
-from gradwatch.monitor.run_record import Series
-from gradwatch.monitor.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
-from gradwatch.monitor.svg import MISSING_FILL, NONFINITE_FILL
-from gradwatch.monitor.tensorboard import TensorBoardSink, fenced_json
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.records.findings import Alert
+from gradwatch.demo import he, mlp
+from gradwatch.monitor.sinks.prometheus import LAYER_GAUGES
+from gradwatch.monitor.report.html import (
+    MAX_HEATMAP_COLUMNS,
+    MAX_HEATMAP_ROWS,
+    NoGradwatchData,
+    RunRecord,
+    find_runs,
+    load_run,
+    render_report,
+    spike_level,
+    thin,
+    write_report,
+    write_reports,
+)
+from gradwatch.monitor.report.run_record import Series
+from gradwatch.monitor.records.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
+from gradwatch.monitor.report.svg import MISSING_FILL, NONFINITE_FILL
+from gradwatch.monitor.sinks.tensorboard import TensorBoardSink, fenced_json
+from gradwatch.monitor.records.thresholds import Thresholds
 
 from .helpers import read_scalars
 from .lightning_models import regression_module, trainer

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.endpoint import EndpointSecurity
-from gradwatch.monitor.prometheus import PrometheusSink
+from gradwatch.monitor.sinks.endpoint import EndpointSecurity
+from gradwatch.monitor.sinks.prometheus import PrometheusSink
 
 from .lightning_models import lightning, regression_module, trainer
 
@@ -66,7 +66,7 @@ def get(url: str, auth: tuple[str, str] | None = None, context=None) -> tuple[in
 
 
 def test_default_endpoint_binds_to_loopback_only():
-    assert TrainingDiagnostics().prometheus_addr == "127.0.0.1"
+    assert TrainingDiagnostics().options.prometheus_addr == "127.0.0.1"
     sink = PrometheusSink("r")
     sink.serve(0)
     try:

@@ -12,9 +12,13 @@ import pytest
 from torch import nn
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.demo import mlp
-from gradwatch.monitor.tensorboard import (LAYERS_PER_CHART, depth_groups, masked_crc32c,
-                                           use_fast_checksums)
+from gradwatch.demo import mlp
+from gradwatch.monitor.sinks.tensorboard import (
+    LAYERS_PER_CHART,
+    depth_groups,
+    masked_crc32c,
+    use_fast_checksums,
+)
 
 from .helpers import close, layer_grad_norm, read_scalars
 from .lightning_models import lightning, regression_module, trainer

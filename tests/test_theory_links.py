@@ -101,7 +101,7 @@ def test_every_shipped_citation_names_a_section_of_theory():
     cited = [name for name, text in texts.items()
              if ANCHOR_LINK.search(text) or SECTION_CITATION.search(text)]
     # the sources, the generated files and the runbook all cite it
-    for name in ("monitor/thresholds.py", "dashboards/gradwatch-layers.json", "docs/runbook.md"):
+    for name in ("monitor/records/thresholds.py", "dashboards/gradwatch-layers.json", "docs/runbook.md"):
         assert name in cited
 
 

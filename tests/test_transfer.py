@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradwatch.monitor.transfer import TransferLayout
+from gradwatch.monitor.probes.transfer import TransferLayout
 
 
 class CountOps(TorchDispatchMode):

@@ -21,14 +21,14 @@ from benchmarks.instability import (ADAM_RUNS, ANISOTROPY_RUNS, OUTPUT_RUNS, RUN
                                     TinyDecoder, divergence_step, lm_loss, monitored_step,
                                     output_geometry, run_alerts, token_batches, train)
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor import attention
-from gradwatch.monitor.attention import MAX_QUERY_ROWS, MAX_SEQUENCES
-from gradwatch.monitor.alerts import AlertEngine
-from gradwatch.monitor.detectors import Finding, Verdict
-from gradwatch.monitor.thresholds import Thresholds
-from gradwatch.monitor.transformer_detectors import AdamUpdateDecorrelation, OutputLogitDivergence
-from gradwatch.monitor.monitor import Monitor
-from gradwatch.monitor.responses import SkipOnSpike
+from gradwatch.monitor.probes import attention
+from gradwatch.monitor.probes.attention import MAX_QUERY_ROWS, MAX_SEQUENCES
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.records.findings import Finding, Verdict
+from gradwatch.monitor.records.thresholds import Thresholds
+from gradwatch.monitor.judging.transformer import AdamUpdateDecorrelation, OutputLogitDivergence
+from gradwatch.monitor.capture.monitor import Monitor
+from gradwatch.monitor.capture.skip_on_spike import SkipOnSpike
 
 from .detect_fixtures import pulse
 from .detect_fixtures import snapshot as make_snapshot

@@ -1,4 +1,4 @@
-"""Adam's eps-dominated counts (monitor/update_stats.py) on both paths: per tensor on a
+"""Adam's eps-dominated counts (monitor/probes/update_stats.py) on both paths: per tensor on a
 float32 CPU model, concatenated otherwise; equal to a count per tensor, NaN and Inf too."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch.monitor import update_stats
+from gradwatch.monitor.probes import update_stats
 
 
 @pytest.mark.parametrize("cpu_float32", [True, False], ids=["per-tensor", "bucketed"])

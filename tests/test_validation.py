@@ -1,4 +1,4 @@
-"""Every option check goes through monitor/validation.py: one message per kind of mistake,
+"""Every option check goes through monitor/records/validation.py: one message per kind of mistake,
 naming the option, whatever the class that takes it."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import math
 import pytest
 
 from gradwatch import TrainingDiagnostics
-from gradwatch.monitor.alerts import AlertEngine
-from gradwatch.monitor.delivery import AlertmanagerSink, CallableAlertSink, HttpPoster
-from gradwatch.monitor.endpoint import EndpointSecurity
-from gradwatch.monitor.forensics import ForensicsSink
-from gradwatch.monitor.thresholds import Thresholds
+from gradwatch.monitor.judging.engine import AlertEngine
+from gradwatch.monitor.sinks.delivery import AlertmanagerSink, CallableAlertSink, HttpPoster
+from gradwatch.monitor.sinks.endpoint import EndpointSecurity
+from gradwatch.monitor.sinks.forensics import ForensicsSink
+from gradwatch.monitor.records.thresholds import Thresholds
 
 
 @pytest.mark.parametrize("make, message", [
@@ -38,9 +38,9 @@ from gradwatch.monitor.thresholds import Thresholds
     (lambda: TrainingDiagnostics(on_alert=42), "on_alert must be callable or None, got 42"),
     (lambda: CallableAlertSink("print"), "fn must be callable, got 'print'"),
     (lambda: TrainingDiagnostics(thresholds={"explosion_norm": 5}),
-     "thresholds must be a gradwatch.monitor.thresholds.Thresholds or None"),
+     "thresholds must be a gradwatch.monitor.records.thresholds.Thresholds or None"),
     (lambda: TrainingDiagnostics(skip_on_spike=True),
-     "skip_on_spike must be a gradwatch.monitor.responses.SkipOnSpike or None, got True"),
+     "skip_on_spike must be a gradwatch.monitor.capture.skip_on_spike.SkipOnSpike or None, got True"),
     # collections of names
     (lambda: AlertEngine(stop_on="GradientExplosion"),
      "stop_on must be a collection of names from"),

@@ -1,0 +1,206 @@
+"""`gradwatch demo`: four real trainings on CPU that show what gradwatch catches.
+
+healthy (ReLU, He init, Adam), vanishing (deep sigmoid MLP), exploding (over-scaled init)
+and nan (a far too high learning rate), each a small Lightning run with TrainingDiagnostics:
+live progress, alerts printed as they fire, a TensorBoard run and an HTML report per run,
+/metrics served while it trains, and a closing table of verdicts. When a Prometheus stack is
+reachable on its usual local ports (``docker compose up``), alerts go to its Alertmanager
+and metrics to its Pushgateway too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ALERTMANAGER_URL = "http://127.0.0.1:9093"
+PUSHGATEWAY_URL = "http://127.0.0.1:9091"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    build: Callable[[], nn.Module]
+    optimizer: str
+    lr: float
+    steps: int
+    clip: float | None = None
+
+
+def mlp(widths: list[int], activation: type[nn.Module],
+        init: Callable[[torch.Tensor], object] | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        linear = nn.Linear(a, b)
+        if init is not None:
+            init(linear.weight)
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(widths) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def he(weight: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(weight, nonlinearity="relu")
+
+
+def over_scaled(weight: torch.Tensor) -> None:
+    nn.init.normal_(weight, std=4 * math.sqrt(2 / weight.shape[1]))
+
+
+SCENARIOS = (
+    Scenario("healthy", "ReLU MLP, He init, Adam", lambda: mlp([32, 64, 64, 64, 1], nn.ReLU, he),
+             "adam", 1e-3, 200),
+    Scenario("vanishing", "9-layer sigmoid MLP, SGD",
+             lambda: mlp([32] + [32] * 8 + [1], nn.Sigmoid), "sgd", 0.1, 120),
+    Scenario("exploding", "ReLU MLP with 4x the He init scale, gradients clipped at 1.0",
+             lambda: mlp([32] + [64] * 6 + [1], nn.ReLU, over_scaled), "sgd", 1e-3, 60,
+             clip=1.0),
+    Scenario("nan", "linear regression, learning rate 1.0 (far too high)",
+             lambda: nn.Sequential(nn.Linear(32, 1)), "sgd", 1.0, 120),
+)
+
+
+def regression_data(steps: int, batch: int = 64, features: int = 32):
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(features, 1, generator=generator)
+    x = torch.randn(steps * batch, features, generator=generator)
+    dataset = torch.utils.data.TensorDataset(x, x @ teacher)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch)
+
+
+def make_module(scenario: Scenario):
+    from .callbacks._lightning import lightning_package
+
+    pl = lightning_package()
+
+    # the base is whichever Lightning is installed, known only at run time
+    class DemoModel(pl.LightningModule):  # type: ignore[name-defined]
+        def __init__(self):
+            super().__init__()
+            self.net = scenario.build()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.mse_loss(self.net(x), y)
+            self.log("loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self):
+            make = torch.optim.Adam if scenario.optimizer == "adam" else torch.optim.SGD
+            return make(self.parameters(), lr=scenario.lr)
+
+    return DemoModel()
+
+
+def reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def summarize(name: str, engine, report: Path, log_dir: str) -> dict:
+    """The closing table's row: worst regime, first alert, culprit layers, remedy."""
+    fired = [a for a in engine.history if a.status == "firing"]
+    regimes = {a.regime for a in fired if a.regime}
+    order = ("nonfinite", "exploding", "vanishing")
+    regime = next((r for r in order if r in regimes), "healthy")
+    key = next((a for a in fired if a.regime == regime), fired[0] if fired else None)
+    first = min(fired, key=lambda a: a.step) if fired else None
+    located = key if key and key.layers else next((a for a in fired if a.layers), None)
+    return {
+        "run": name,
+        "regime": regime,
+        "alerts": [a.name for a in fired],
+        "first_alert": f"{first.name} @ step {first.step}" if first else "-",
+        "layers": ", ".join(located.layers[:3]) if located else "-",
+        "remedy": key.remedy.split("; ")[0] if key else "-",
+        "report": str(report),
+        "tensorboard": log_dir,
+    }
+
+
+def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 10,
+        scenarios: tuple[Scenario, ...] = SCENARIOS, progress: bool = True,
+        alertmanager_url: str | None = None, pushgateway_url: str | None = None) -> list[dict]:
+    """Train every scenario; return one summary per run."""
+    # rich is in the demo extra, no base dependency: installed, it restyles every user's Trainer
+    from rich.console import Console
+
+    from .callbacks import TrainingDiagnostics
+    from .callbacks._lightning import lightning_package
+    from .monitor.report.html import write_report
+
+    pl = lightning_package()
+    console = Console()
+    alertmanager_url = alertmanager_url or (ALERTMANAGER_URL if reachable(ALERTMANAGER_URL)
+                                            else None)
+    pushgateway_url = pushgateway_url or (PUSHGATEWAY_URL if reachable(PUSHGATEWAY_URL)
+                                          else None)
+    if alertmanager_url or pushgateway_url:
+        console.print(f"stack found: alerts -> {alertmanager_url or '-'}, "
+                      f"metrics -> {pushgateway_url or '-'}")
+
+    def print_alert(alert) -> None:
+        colour = "red" if alert.severity == "critical" else "yellow"
+        where = f" [{', '.join(alert.layers[:3])}]" if alert.layers else ""
+        console.print(f"  [{colour}]{alert.status.upper()} {alert.name}[/] step {alert.step}"
+                      f"{where}: {alert.summary}")
+
+    # the alerts are printed compactly here; the full text is in the reports
+    logging.getLogger("gradwatch.alerts").disabled = True
+    summaries = []
+    for scenario in scenarios:
+        torch.manual_seed(0)
+        diagnostics = TrainingDiagnostics(
+            run_name=f"demo/{scenario.name}", every_n_steps=every_n_steps,
+            prometheus_port=port, port_in_use="warn", on_alert=print_alert,
+            alertmanager_url=alertmanager_url,
+            pushgateway_url=pushgateway_url, pushgateway_keep=True)
+        logger = pl.loggers.TensorBoardLogger(out_dir, name=scenario.name, version="")
+        callbacks = [diagnostics]  # its start-up line names /metrics
+        if progress:
+            callbacks.append(pl.callbacks.RichProgressBar())
+        # one epoch of scenario.steps batches (max_epochs too: the bar reads "Epoch 0/0")
+        trainer = pl.Trainer(max_steps=scenario.steps, max_epochs=1, callbacks=callbacks,
+                             logger=logger,
+                             gradient_clip_val=scenario.clip,
+                             enable_checkpointing=False, enable_model_summary=False,
+                             enable_progress_bar=progress, accelerator="cpu", devices=1,
+                             log_every_n_steps=every_n_steps)
+        console.rule(f"[bold]{scenario.name}[/]: {scenario.description}")
+        trainer.fit(make_module(scenario), regression_data(scenario.steps))
+        report = write_report(logger.log_dir)
+        summaries.append(summarize(scenario.name, diagnostics.engine, report, logger.log_dir))
+
+    _print_verdicts(console, summaries, out_dir)
+    return summaries
+
+
+def _print_verdicts(console, summaries: list[dict], out_dir: str) -> None:
+    """The verdict table of the runs, and where their logs and reports are."""
+    from rich.table import Table
+
+    table = Table(title="gradwatch demo: what each run looked like", show_lines=True)
+    for column in ("run", "regime", "first alert", "culprit layers", "what to try"):
+        table.add_column(column, overflow="fold")
+    colours = {"healthy": "green", "vanishing": "yellow", "exploding": "red", "nonfinite": "red"}
+    for s in summaries:
+        table.add_row(s["run"], f"[{colours[s['regime']]}]{s['regime']}[/]", s["first_alert"],
+                      s["layers"], s["remedy"])
+    console.print(table)
+    console.rule("where to look")
+    console.print(f"TensorBoard: tensorboard --logdir {out_dir}")
+    for s in summaries:
+        console.print(f"  {s['run']}: report {s['report']}")

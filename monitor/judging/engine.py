@@ -1,0 +1,207 @@
+"""The AlertEngine that raises and resolves them.
+
+The AlertEngine is a Monitor observer: it runs on the training thread, reads host data only,
+does no I/O, and hands every Alert to the sinks with ``monitor.publish("on_alert", alert)``
+(the export thread then calls ``sink.on_alert(alert)``). No torch here (only the one-off
+init audit imports it), so alert consumers do not need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from ..logs import WarnOnce
+from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
+from ..records.findings import (
+    ALERT_NAMES,
+    FIRING,
+    RESOLVED,
+    Alert,
+    Finding,
+    Verdict,
+    runbook_link,
+)
+from ..records.regimes import worst
+from ..records.snapshot import Pulse, Snapshot
+from ..records.thresholds import Thresholds
+from ..records.validation import check_int, check_names
+from .catalog import default_detectors
+from .init_audit import audit_initialization
+from .remedies import remedy_in_context
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class AlertEngine:
+    """Runs the detectors on every Pulse and Snapshot and keeps the firing state.
+
+    An alert fires once when its detector's condition starts to hold and resolves once when
+    it clears (no re-firing every step while it is active). Alert names: see
+    ``default_detectors`` and ``init_audit``.
+
+    Attributes:
+        regime: the worst active regime: nonfinite > exploding > vanishing > healthy.
+        active: name -> the firing Alert, for alerts active now.
+        history: the latest ``history_size`` Alert events (firing and resolved).
+        should_stop: set when an alert named in ``stop_on`` fires (the Lightning glue copies
+            it to ``trainer.should_stop``). Default: keep training and alert.
+
+    Args:
+        thresholds: the Thresholds; None adopts the Monitor's on first contact, so detectors,
+            rules and dashboards judge by one object.
+        stop_on: alert names that set ``should_stop`` when they fire.
+        checkpoint_path: called with each Finding about to fire; a path it returns is where
+            the state is saved (checkpoint-on-alert), named in the Alert. None: no saving.
+        history_size: bound of ``history``.
+        detectors: replaces the built-in detectors (objects with a ``name`` and
+            ``on_pulse(pulse)`` and/or ``on_snapshot(snapshot)``, optionally ``flush()``,
+            returning a Finding, a Verdict or None).
+        runbook_base_url: where docs/runbook.md is served; each alert's ``runbook_url`` is
+            this plus ``#<alert name lower-cased>`` (the same base as ``gradwatch rules``).
+
+    Raises:
+        ValueError: an unknown name in ``stop_on``, a history_size below 1 or a
+            runbook_base_url that is not an absolute http(s) URL.
+    """
+
+    def __init__(
+        self,
+        thresholds: Thresholds | None = None,
+        *,
+        stop_on: Iterable[str] = (),
+        checkpoint_path: Callable[[Finding], str | None] | None = None,
+        history_size: int = 1000,
+        detectors: Sequence[object] | None = None,
+        runbook_base_url: str = RUNBOOK_BASE_URL,
+    ) -> None:
+        check_int("history_size", history_size, low=1)
+        known = set(ALERT_NAMES) | {getattr(d, "name", "") for d in detectors or ()}
+        self.stop_on = check_names("stop_on", stop_on, known)
+        self.thresholds = thresholds
+        self.runbook_base_url = check_runbook_base_url(runbook_base_url)
+        self._last_pulse: Pulse | None = None  # the context of a remedy (clipping)
+        self._detectors = list(detectors) if detectors is not None else None
+        self._pulse_detectors: list[object] | None = None  # those judging Pulses, every step
+        self.active: dict[str, Alert] = {}
+        self.history: deque[Alert] = deque(maxlen=history_size)
+        self.should_stop = False
+        self.checkpoint_path = checkpoint_path
+        self._warn = WarnOnce()
+
+    # ------------------------------------------------------------------ observer API
+
+    def on_pulse(self, pulse: Pulse, monitor) -> None:
+        """Every step's Pulse (training thread)."""
+        if self._pulse_detectors is None:
+            self._pulse_detectors = [d for d in self._ready(monitor) if hasattr(d, "on_pulse")]
+        self._last_pulse = pulse
+        for detector in self._pulse_detectors:
+            result = self._run(detector, "on_pulse", pulse)
+            if result is not None and (result is not Verdict.CLEAR or self.active):
+                self._apply(detector, result, pulse.step, pulse.time, monitor)
+
+    def on_snapshot(self, snapshot: Snapshot, monitor) -> None:
+        """Every sampled step's Snapshot (training thread)."""
+        for detector in self._ready(monitor):
+            if hasattr(detector, "on_snapshot"):
+                self._apply(detector, self._run(detector, "on_snapshot", snapshot),
+                            snapshot.step, snapshot.time, monitor)
+
+    def audit(self, model: nn.Module, monitor, step: int = 0) -> list[Alert]:
+        """Audit the initialisation of ``model`` (call once, before the first step) and
+        publish the warnings; returns the Alerts fired."""
+        # the one read of tensors in judging, once before the first step: torch is loaded here
+        # only, so alert consumers need not have it
+        from ..probes.weight_audit import audit_weights
+
+        findings = audit_initialization(audit_weights(model), self._thresholds(monitor),
+                                        step=step)
+        return [alert for f in findings if (alert := self._fire(f, monitor)) is not None]
+
+    def flush(self, monitor) -> None:
+        """Report what waits for a Snapshot that will not come (call at the end of training):
+        a non-finite step with no sampled step after it, reported without origin."""
+        for detector in self._ready(monitor):
+            if hasattr(detector, "flush"):
+                finding = self._run(detector, "flush")
+                if isinstance(finding, Finding):
+                    self._fire(finding, monitor)
+
+    @property
+    def regime(self) -> str:
+        return worst(a.regime for a in self.active.values())
+
+    # ------------------------------------------------------------------ internals
+
+    def _thresholds(self, monitor) -> Thresholds:
+        if self.thresholds is None:
+            self.thresholds = getattr(monitor, "thresholds", None) or Thresholds()
+        return self.thresholds
+
+    def _ready(self, monitor) -> list[object]:
+        if self._detectors is None:
+            self._detectors = default_detectors(self._thresholds(monitor))
+        return self._detectors
+
+    def _run(self, detector, method: str, *item):
+        """A detector's verdict; a failing detector is logged once and never stops training."""
+        try:
+            return getattr(detector, method)(*item)
+        except Exception as exc:
+            kind = type(detector).__name__
+            self._warn(f"detector:{kind}", "gradwatch: detector %s failed (reported once): %r",
+                       kind, exc)
+            return None
+
+    def _apply(self, detector, result, step: int, when: float, monitor) -> None:
+        if isinstance(result, Finding):
+            self._fire(result, monitor)
+        elif result is Verdict.NEEDS_SAMPLING:
+            monitor.escalate(self._thresholds(monitor).escalation_steps)
+        elif result is Verdict.CLEAR:
+            name = getattr(detector, "name", None)
+            if name in self.active:
+                self._resolve(name, step, when, monitor)
+
+    def _fire(self, finding: Finding, monitor) -> Alert | None:
+        if finding.name in self.active:
+            return None
+        earlier = [a for a in self.history if a.status == FIRING]
+        checkpoint = self.checkpoint_path(finding) if self.checkpoint_path else None
+        if checkpoint:
+            finding = dataclasses.replace(
+                finding, checkpoint=checkpoint, description=f"{finding.description} The "
+                f"state at the end of step {finding.step} is saved to {checkpoint}.")
+        alert = Alert(
+            name=finding.name, severity=finding.severity, status=FIRING,
+            run=getattr(monitor, "run_name", "run"), rank=getattr(monitor, "rank", 0),
+            step=finding.step, layers=finding.layers, value=finding.value,
+            threshold=finding.threshold, summary=finding.summary,
+            description=finding.description,
+            remedy=remedy_in_context(finding, earlier, self._last_pulse),
+            regime=finding.regime, origin_exact=finding.origin_exact, starts_at=finding.time,
+            ends_at=None, runbook_url=runbook_link(finding.name, self.runbook_base_url),
+            checkpoint=finding.checkpoint)
+        self.active[alert.name] = alert
+        alert = self._emit(alert, monitor)
+        if alert.name in self.stop_on:
+            self.should_stop = True
+        return alert
+
+    def _resolve(self, name: str, step: int, when: float, monitor) -> None:
+        firing = self.active.pop(name)
+        self._emit(dataclasses.replace(firing, status=RESOLVED, step=step,
+                                       ends_at=max(when, firing.starts_at)), monitor)
+
+    def _emit(self, alert: Alert, monitor) -> Alert:
+        """Publishes ``alert`` (already applied to ``active``) with the regime it leaves."""
+        alert = dataclasses.replace(alert, run_regime=self.regime)
+        if alert.name in self.active:
+            self.active[alert.name] = alert
+        self.history.append(alert)
+        monitor.publish("on_alert", alert)
+        return alert

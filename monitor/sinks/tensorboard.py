@@ -1,0 +1,195 @@
+"""TensorBoard export: scalars grouped per statistic, plus a custom-scalars layout.
+
+Tags: ``gradwatch/<statistic>/<layer>`` for per-layer statistics (sampled steps) and
+``gradwatch/<figure>`` for per-step figures. Figures that span decades are written a second
+time as their base-10 logarithm, ``gradwatch/log10_<statistic>/<layer>`` and
+``gradwatch/log10_<figure>`` (`LOG10_STATISTICS`, `LOG10_FIGURES`; finite positive values
+only), since TensorBoard's axes are linear. The custom-scalars layout (Custom Scalars tab)
+has a category per statistic, log10 where there is one, with a chart per depth group of at
+most `LAYERS_PER_CHART` layers, input side first, so the few lines of a chart are told
+apart by their tags and a group's depth by its chart. Two text tags make
+the run readable by programs too (``gradwatch report``): ``gradwatch/layers`` holds the
+layer names in depth order as JSON, and ``gradwatch/alerts`` one JSON object per alert
+event (in a fenced block, so TensorBoard shows it readably).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+try:
+    import google_crc32c
+except ImportError:  # a dependency, but TensorBoard works without it (slower)
+    google_crc32c = None  # type: ignore[assignment]
+
+from ..records.fields import (
+    ATTENTION_GAUGES,
+    LAYER_FIELDS,
+    LAYER_GAUGES,
+    OUTPUT_GAUGES,
+    PULSE_SCALARS,
+    TAG_PREFIX,
+    tag,
+)
+from ..records.snapshot import NONFINITE_SOURCES, Pulse, Snapshot
+
+LAYERS_TAG = tag("layers")
+ALERTS_TAG = tag("alerts")
+LOG10_PREFIX = "log10_"
+#: Per-layer statistics and per-step figures also written as log10 (they span decades).
+LOG10_STATISTICS = ("grad_norm", "update_ratio", "activation_variance")
+LOG10_FIGURES = ("loss", "global_grad_norm")
+#: Lines per custom-scalars chart (few enough to tell apart), and the most charts per
+#: statistic (a deeper model gets larger depth groups).
+LAYERS_PER_CHART = 4
+MAX_CHARTS_PER_STATISTIC = 16
+
+
+class TensorBoardSink:
+    """Writes Pulses and Snapshots as TensorBoard scalars.
+
+    Args:
+        writer: a SummaryWriter to share (e.g. Lightning's TensorBoardLogger.experiment); it
+            is flushed, not closed, at the end.
+        log_dir: where to create a SummaryWriter of our own when ``writer`` is None.
+    """
+
+    def __init__(self, writer=None, log_dir: str | None = None) -> None:
+        if writer is None and log_dir is None:
+            raise ValueError("TensorBoardSink needs a writer or a log_dir")
+        # imported here: `gradwatch report` reads runs without torch
+        from torch.utils.tensorboard import SummaryWriter
+
+        use_fast_checksums()
+        self._owned = writer is None
+        if writer is None:
+            writer = SummaryWriter(log_dir=log_dir)
+        self.writer = writer
+        # torch's writer takes a whole summary per event (tensorboardX's wants its own protos)
+        self._one_event_per_step = isinstance(writer, SummaryWriter)
+        self._layers_written: tuple[str, ...] = ()
+
+    @property
+    def log_dir(self) -> str:
+        return self.writer.log_dir if hasattr(self.writer, "log_dir") else self.writer.logdir
+
+    def on_pulse(self, pulse: Pulse) -> None:
+        scalars = {tag(name): value for name in PULSE_SCALARS
+                   if (value := getattr(pulse, name)) is not None}
+        for optimizer, groups in enumerate(pulse.learning_rates):
+            for group, lr in enumerate(groups):
+                if not math.isnan(lr):
+                    scalars[tag(f"learning_rate/{optimizer}/{group}")] = lr
+        scalars.update(log10_scalars({name: getattr(pulse, name) for name in LOG10_FIGURES}))
+        self._write_scalars(scalars, pulse.step)
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        if snapshot.layers != self._layers_written:
+            self.writer.add_custom_scalars(custom_scalars_layout(snapshot.layers))
+            self.writer.add_text(LAYERS_TAG, fenced_json(list(snapshot.layers)), snapshot.step)
+            self._layers_written = snapshot.layers
+        scalars = {field.tag(layer): value for field in LAYER_FIELDS
+                   for layer, value in zip(snapshot.layers, getattr(snapshot, field.name))
+                   if not math.isnan(value)}
+        scalars.update(log10_scalars({f"{name}/{layer}": value for name in LOG10_STATISTICS
+                                      for layer, value in zip(snapshot.layers,
+                                                              getattr(snapshot, name))}))
+        nonfinite = snapshot.nonfinite.sum(axis=(1, 2))
+        for source, value in zip(NONFINITE_SOURCES, nonfinite):
+            scalars[tag(f"nonfinite/{source}")] = value
+        scalars[tag("overhead_seconds")] = snapshot.overhead_seconds
+        # issue 17: attention per module, output logits
+        for name in ATTENTION_GAUGES:
+            scalars.update({tag(f"{name}/{module}"): value for module, value in
+                            zip(snapshot.attention_layers, getattr(snapshot, name))})
+        scalars.update({tag(name): getattr(snapshot, name) for name in OUTPUT_GAUGES
+                        if not math.isnan(getattr(snapshot, name))})
+        self._write_scalars(scalars, snapshot.step)
+
+    def _write_scalars(self, scalars: dict[str, float], step: int) -> None:
+        """All ``scalars`` of one step as ONE event (a summary with a value per tag), read
+        back the same as an event per scalar and several times cheaper to write."""
+        if self._one_event_per_step:
+            values = [Summary.Value(tag=tag, simple_value=float(value))
+                      for tag, value in scalars.items()]
+            self.writer._get_file_writer().add_summary(Summary(value=values), step)
+        else:
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def on_alert(self, alert) -> None:
+        self.writer.add_text(ALERTS_TAG, fenced_json(dataclasses.asdict(alert)), alert.step)
+
+    def close(self) -> None:
+        if self._owned:
+            self.writer.close()
+        else:
+            self.writer.flush()
+
+
+def use_fast_checksums() -> bool:
+    """Checksum TensorBoard's event records in C (google-crc32c) instead of pure Python: the
+    same values, about 1000 x faster. Without TensorFlow, tensorboard computes each record's
+    CRC32C in a Python loop, ~1 ms per 10 KB (a Snapshot's event), on the writer's thread
+    but holding the GIL, so the training thread waits for it. True if in use."""
+    # its pure-Python fallback is no faster
+    if google_crc32c is None or google_crc32c.implementation != "c":
+        return False
+    from tensorboard.summary.writer import record_writer
+
+    record_writer.masked_crc32c = masked_crc32c
+    return True
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC32C of ``data`` (as tensorboard's ``masked_crc32c``)."""
+    crc = google_crc32c.value(data)
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def fenced_json(value: object) -> str:
+    """JSON in a markdown code block: readable in TensorBoard's Text tab, parseable back."""
+    return "```json\n" + json.dumps(value, default=str) + "\n```"
+
+
+def parse_fenced_json(text: str) -> object:
+    return json.loads(text.strip().removeprefix("```json").removesuffix("```"))
+
+
+def log10_scalars(values: dict[str, float | None]) -> dict[str, float]:
+    """``gradwatch/log10_<name>`` tags of the finite positive ``values`` (a logarithm of the
+    others is no number: their plain tags hold them)."""
+    return {f"{TAG_PREFIX}{LOG10_PREFIX}{name}": math.log10(value)
+            for name, value in values.items()
+            if value is not None and math.isfinite(value) and value > 0}
+
+
+def custom_scalars_layout(layers: tuple[str, ...]) -> dict:
+    """The Custom Scalars tab: the per-step figures, then a category per layer statistic
+    with a multiline chart per depth group (log10 tags where they exist)."""
+    prefix, figures = re.escape(TAG_PREFIX), "|".join(PULSE_SCALARS)
+    layout = {"gradwatch: per step": {
+        "loss and global gradient norm (log10)": [
+            "Multiline", [f"^{prefix}{LOG10_PREFIX}({'|'.join(LOG10_FIGURES)})$"]],
+        "per-step figures": ["Multiline", [f"^{prefix}({figures})$"]]}}
+    groups = depth_groups(len(layers))
+    for name in LAYER_GAUGES:
+        shown = f"{LOG10_PREFIX}{name}" if name in LOG10_STATISTICS else name
+        layout[f"gradwatch: {shown}"] = {
+            f"{shown} · layers {start + 1}–{stop} of {len(layers)}: {layers[start]}"
+            + (f" … {layers[stop - 1]}" if stop - start > 1 else ""):
+            ["Multiline", [f"^{prefix}{shown}/({'|'.join(map(re.escape, layers[start:stop]))})$"]]
+            for start, stop in groups}
+    return layout
+
+
+def depth_groups(count: int) -> list[tuple[int, int]]:
+    """(start, stop) of contiguous groups of at most ``LAYERS_PER_CHART`` layers (more when
+    that would make over ``MAX_CHARTS_PER_STATISTIC`` groups), input side first."""
+    size = max(LAYERS_PER_CHART, -(-count // MAX_CHARTS_PER_STATISTIC))
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
