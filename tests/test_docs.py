@@ -9,6 +9,7 @@ from pathlib import Path
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.alerts import ALERT_NAMES
 from gradwatch.monitor.doctor import CONTRACT_ALERTS
+from gradwatch.monitor.metrics import render_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,14 +22,19 @@ def test_readme_starts_with_the_two_set_up_commands():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_documents_every_argument_of_the_callback():
-    readme = (ROOT / "README.md").read_text()
-    documented = {name for row in re.findall(r"^\| (`\w+`(?:, `\w+`)*) \|", readme, flags=re.M)
+def test_docs_arguments_documents_every_argument_of_the_callback():
+    page = (ROOT / "docs" / "arguments.md").read_text()
+    documented = {name for row in re.findall(r"^\| (`\w+`(?:, `\w+`)*) \|", page, flags=re.M)
                   for name in re.findall(r"`(\w+)`", row)}
     arguments = set(inspect.signature(TrainingDiagnostics.__init__).parameters) - {"self"}
     assert arguments <= documented, arguments - documented
     docstring = TrainingDiagnostics.__doc__
     assert all(re.search(rf"^\s+(\w+, )*{name}[:,]", docstring, re.M) for name in arguments)
+
+
+def test_committed_arguments_doc_is_generated_from_the_docstring():
+    assert (ROOT / "docs" / "arguments.md").read_text() == render_arguments(TrainingDiagnostics), \
+        "docs/arguments.md is stale: run `gradwatch metrics-doc --arguments --out docs/arguments.md`"
 
 
 def test_runbook_has_a_section_per_alert():
