@@ -33,45 +33,16 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
 
     For a ``Trainer`` of ``lightning.pytorch`` or ``pytorch_lightning``. Every step (no host
     sync): the loss and the global gradient norm (clipping by norm: the clip's). Every ``every_n_steps`` steps and the fit's
-    last (sampled): the per-layer statistics below, in one transfer (a validation inside an
+    last (sampled): the per-layer statistics, in one transfer (a validation inside an
     accumulation window is not counted). Each ``fit`` starts fresh. A "layer" is a module
     that directly owns parameters, by qualified name, in depth (forward) order.
 
     Prometheus metrics (labels ``run``, plus ``rank`` when the world size is above 1: what is
     the same on every rank comes once, from rank 0, as ``rank="all"``; NaN and Inf are
-    exported as such):
-
-    - ``gradwatch_grad_norm{layer}``: L2 norm of the layer's gradients, before clipping
-    - ``gradwatch_weight_norm{layer}``: L2 norm of the layer's parameters
-    - ``gradwatch_update_ratio{layer}``: ||delta W|| / ||W|| of the last optimizer step
-    - ``gradwatch_activation_mean{layer}``, ``gradwatch_activation_variance{layer}``: of the
-      layer's activation (output of the activation module right after it, else its output)
-    - ``gradwatch_activation_saturation_ratio{layer}``: fraction in the flat region of a
-      sigmoid/tanh-like activation
-    - ``gradwatch_activation_dead_ratio{layer}``: fraction of exact zeros (dead ReLU units)
-    - ``gradwatch_activation_max_abs{layer}``: max |x| of the activation
-    - ``gradwatch_layer_depth{layer}``, ``gradwatch_layers``: depth order and layer count
-    - ``gradwatch_layer_group{metric,depth_group,stat}``: past max_exported_layers, min..max
-    - ``gradwatch_step_seconds``, ``gradwatch_run_finished``: step time; 1 after a clean end
-    - ``gradwatch_attention_logit_max{layer}``, ``gradwatch_attention_entropy{layer}``: per
-      module that computed attention (SDPA, ``nn.MultiheadAttention``, Hugging Face
-      eager/sdpa, intercepted during the sampled forward only): max logit, mean entropy
-    - ``gradwatch_output_logit_logsumexp``, ``gradwatch_output_logit_max``: of the output
-      logits (``lm_head``, else the last Linear)
-    - ``gradwatch_update_grad_cosine{layer}``, ``gradwatch_adam_eps_dominated_ratio{layer}``:
-      cos(update, gradient); share of Adam elements with sqrt(v_hat) <= 10 eps
-    - ``gradwatch_skipped_updates_total``: updates undone by ``skip_on_spike``
-    - ``gradwatch_global_grad_norm``, ``gradwatch_loss``, ``gradwatch_step``,
-      ``gradwatch_last_step_timestamp_seconds``, ``gradwatch_learning_rate{optimizer,group}``
-    - ``gradwatch_step_global_grad_norm``: histogram of every step's global norm
-    - ``gradwatch_clipped_grad_norm``, ``gradwatch_grad_clip_engaged_total``: with clipping
-    - ``gradwatch_amp_loss_scale``, ``gradwatch_amp_skipped_steps_total``: with "16-mixed"
-    - ``gradwatch_nonfinite_total{source,layer,kind}``: NaN/+Inf/-Inf values seen in
-      gradients, activations, parameters (sampled steps) and the loss (every step)
-    - ``gradwatch_nonfinite_steps_total{source}``: steps with a non-finite loss or gradient
-    - ``gradwatch_overhead_seconds_total``: the monitor's own time on the training thread
-    - ``gradwatch_snapshots_total``, ``gradwatch_export_dropped_total``,
-      ``gradwatch_regime{regime}``, ``gradwatch_alerts_total{alertname}``
+    exported as such): per-layer gradient and weight norms, update ratios, activation
+    statistics and NaN/Inf counts; every step's loss and global gradient norm; attention and
+    output-logit figures. Each one, with its unit, labels and healthy range, is listed once,
+    in docs/metrics.md (generated from ``monitor/records/metrics.py``).
 
     TensorBoard: the same figures as ``gradwatch/<statistic>/<layer>`` (and log10) scalars,
     in the Trainer's TensorBoardLogger run (else ``tensorboard_dir``), custom-scalars layout.
@@ -88,17 +59,22 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
     Args:
         run_name: the ``run`` label. Default: ``<logger name>/version_<n>`` of the Trainer's
             logger, else ``run-<timestamp>``.
-        every_n_steps: full per-layer statistics every this many optimizer steps.
+        every_n_steps: full per-layer statistics every this many optimizer steps (step 0 and
+            the fit's last step included; validation passes inside a step are not counted).
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
             processes, port + local rank). None: no endpoint. After a clean end it lingers in
             the background (at most 35 s) for one last scrape of ``gradwatch_run_finished 1``.
-        prometheus_addr: the address to bind; loopback unless you open it on purpose.
+        prometheus_addr: the address to bind; loopback unless you open it on purpose (a
+            Prometheus in Docker: ``"172.17.0.1"``, see docs/ops.md).
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
-        prometheus_tls_client_ca: also require client certificates signed by this CA.
-        prometheus_basic_auth: (username, password) required to read /metrics.
+        prometheus_tls_client_ca: also require client certificates signed by this CA (mutual
+            TLS).
+        prometheus_basic_auth: (username, password) required to read /metrics (no default
+            password exists).
         port_in_use: when ``prometheus_port`` cannot be bound: ``"error"`` (a ValueError at
-            setup, nothing lost) or ``"warn"`` (training goes on without the endpoint).
-        tensorboard: write TensorBoard scalars.
+            setup, before the first step, nothing lost) or ``"warn"`` (warned once; training
+            goes on without the endpoint).
+        tensorboard: write TensorBoard scalars (into the Trainer's TensorBoardLogger run).
         tensorboard_dir: where to write them when the Trainer has no TensorBoardLogger
             (default ``gradwatch_logs/<run_name>``).
         pushgateway_url: also push the metrics there (grouping key run + rank).
@@ -106,26 +82,39 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         pushgateway_keep: keep the Pushgateway group after a clean end (default: delete it).
         pushgateway_basic_auth: (username, password) for the Pushgateway.
         max_exported_layers: cap on ``layer`` label values; deeper models export this many
-            most offending layers and ``gradwatch_layer_group`` depth-group summaries.
-        rank_activations: with several ranks, every rank also exports the activations of
-            its own batch (default: rank 0 exports them over all ranks' batches only).
-        update_ratio: measure update ratios (a transient copy of the parameters, sampled steps).
-        activation_sample: outputs above this many values (and 2**17) get mean, variance and
-            ratios from random rows of that many (seeded); max |x|, NaN/Inf exact. None: exact.
-        thresholds: numbers used to judge saturation and by the detectors.
+            most offending layers and ``gradwatch_layer_group`` depth-group summaries (min,
+            median, max, argmax; for ``update_ratio`` also ``pooled``, the group's own ratio
+            over its updated parameters). TensorBoard keeps every layer.
+        rank_activations: with several ranks (DDP), every rank also exports the activations
+            of its own batch (default: rank 0 exports them over all ranks' batches only, as
+            ``rank="all"``).
+        update_ratio: measure update ratios (a transient copy of the parameters the optimizer
+            updates, on sampled steps only; memory: docs/cost.md).
+        activation_sample: outputs above this many values (and above 2**17) get their
+            activation mean, variance, saturation and dead ratios estimated from random whole
+            rows (vectors along the last dim) of about this many values, drawn by a seeded
+            generator of gradwatch's own (the global RNG and training untouched); max |x| and
+            NaN/Inf counts stay exact. None or 0: every output exact (cost: docs/cost.md).
+        thresholds: every number the monitor judges by (saturation, the detectors; default
+            ``Thresholds()``, ``monitor/records/thresholds.py``, each with its reason).
         alerts: run the detectors (default True).
-        alertmanager_url: also send alerts to this Alertmanager (API v2); credentials in the
-            URL (``https://user:password@host``) become basic auth, never logged.
+        alertmanager_url: also send alerts to this Alertmanager (API v2; resolved alerts get
+            their ``endsAt``); credentials in the URL (``https://user:password@host``) become
+            basic auth, never logged.
         webhook_url: also POST every alert event as JSON there.
         on_alert: also call this with every Alert event (on the export thread).
         stop_on: alert names that stop training cleanly (``trainer.should_stop``), e.g.
             ``("NonFiniteValues",)``. Default: keep training and alert.
-        forensics_dir: write a JSON bundle of the history there for each critical alert.
-        skip_on_spike: a ``gradwatch.SkipOnSpike``: undo on the device (no host sync) the
-            update of a step whose loss or gradient norm is an outlier. None (default): off,
-            and training is bit-identical to a run without gradwatch.
-        checkpoint_on: alert names that save a checkpoint (``trainer.save_checkpoint``, at
-            the end of the step) when they fire; the Alert names the file.
+        forensics_dir: write a JSON bundle of the history there for each critical alert (the
+            recent Pulses and Snapshots, the alert).
+        skip_on_spike: a ``gradwatch.SkipOnSpike()``: undo on the device (no host sync) the
+            update of a step whose loss or gradient norm is an outlier (above mean + 6 sigma
+            of the last 128 steps), counted in ``gradwatch_skipped_updates_total``, alert
+            UpdateSkipped. None (default): off, and training is bit-identical to a run
+            without gradwatch.
+        checkpoint_on: alert names (e.g. ``("AttentionLogitGrowth",)``) that save a
+            checkpoint (``trainer.save_checkpoint``, at the end of the step) when they fire;
+            the Alert names the file.
         checkpoint_dir: where those go (default ``<default_root_dir>/gradwatch_checkpoints``).
 
     Raises:

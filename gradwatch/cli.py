@@ -117,9 +117,14 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _metrics_doc(args: argparse.Namespace) -> int:
-    from .monitor.records.metrics import render_markdown
+    from .monitor.records.metrics import render_arguments, render_markdown
 
-    _emit(render_markdown(), args.out)
+    if args.arguments:
+        from .callbacks import TrainingDiagnostics
+
+        _emit(render_arguments(TrainingDiagnostics), args.out)
+    else:
+        _emit(render_markdown(), args.out)
     return 0
 
 
@@ -236,6 +241,8 @@ def _add_metrics_doc(commands: Any) -> None:
                   "range as markdown (docs/metrics.md).")
     doc.add_argument("--out", default=STDOUT, metavar="FILE",
                      help="output file (the repository's is docs/metrics.md), - for stdout")
+    doc.add_argument("--arguments", action="store_true", help="the arguments of "
+                     "TrainingDiagnostics instead (the repository's is docs/arguments.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

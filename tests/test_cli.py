@@ -150,6 +150,7 @@ def test_report_command_writes_a_report_per_run(tmp_path):
 GENERATORS = {   # command line -> what it prints
     ("rules",): lambda: (ROOT / rules.RULES_PATH).read_text(),
     ("metrics-doc",): lambda: (ROOT / "docs" / "metrics.md").read_text(),
+    ("metrics-doc", "--arguments"): lambda: (ROOT / "docs" / "arguments.md").read_text(),
     ("targets", "--host", "node7", "--ranks", "2"): lambda: json.dumps(
         [{"targets": ["node7:9400", "node7:9401"], "labels": {}}], indent=2) + "\n",
     ("dashboards",): lambda: json.dumps(

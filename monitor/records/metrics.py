@@ -8,6 +8,8 @@ Every metric also carries the labels ``run`` and, when the world size is above 1
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -196,3 +198,45 @@ def render_markdown(thresholds: Thresholds | None = None) -> str:
             f"| `{exposed_name(metric)}` | {metric.kind} | {labels} | {metric.unit} | "
             f"{metric.cadence} | {metric.help} | {metric.healthy.format(t=t)} |")
     return "\n".join(lines) + "\n"
+
+
+def _docstring_section(doc: str, title: str) -> dict[str, str]:
+    """The ``name: text`` entries of a Google-style section (``Args:``), lines joined."""
+    entries: dict[str, str] = {}
+    name = ""
+    for line in inspect.cleandoc(doc).partition(f"\n{title}:\n")[2].splitlines():
+        if line and not line.startswith(" "):
+            break   # the next section
+        if re.match(r" {4}\S", line):
+            name, _, text = line.strip().partition(": ")
+            entries[name] = text
+        elif line.strip():
+            entries[name] += " " + line.strip()
+    return entries
+
+
+def render_arguments(cls: type) -> str:
+    """``docs/arguments.md``: the arguments of ``cls`` (``TrainingDiagnostics``), each with its
+    default (from the signature) and meaning (from the docstring's ``Args:``)."""
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    lines = [
+        f"# Arguments of `{cls.__name__}`",
+        "",
+        f"Generated from the docstring and signature of `{cls.__module__}.{cls.__name__}` "
+        "(`gradwatch metrics-doc --arguments`); a test keeps it in step with the code.",
+        "",
+        "| argument | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    for names, text in _docstring_section(cls.__doc__ or "", "Args").items():
+        shown = dict.fromkeys(f"`{defaults[n]!r}`" for n in names.split(", "))
+        lines.append(f"| {', '.join(f'`{n}`' for n in names.split(', '))} | "
+                     f"{', '.join(shown)} | {_markdown(text)} |")
+    raises = _docstring_section(cls.__doc__ or "", "Raises")
+    lines += ["", *(f"Raises `{name}`: {_markdown(text)}" for name, text in raises.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(text: str) -> str:
+    """Docstring text in a Markdown table cell: ``code`` as `code`, ``|`` escaped."""
+    return text.replace("``", "`").replace("|", "\\|")
