@@ -20,6 +20,7 @@ from ..probes.record_batches import SAMPLE_VALUES
 from ..probes.transfer import TransferLayout
 from ..probes.watched import WatchedParams
 from ..probes.world_gather import gather_world
+from ..records.columns import TransferPart
 from ..records.packing import SampleFacts, pack_snapshot
 from ..records.snapshot import Snapshot
 from ..records.thresholds import Thresholds
@@ -76,18 +77,18 @@ class Sampler:
         if gather:
             rows, values, world_own, world_act = gather_world(rows, values, own, act,
                                                               self.watched.sharded)
-            layout.add("world_layer_output", world_own)
-            layout.add("world_activation", world_act)
-        layout.add("ring_rows", rows)
+            layout.add(TransferPart.WORLD_LAYER_OUTPUT, world_own)
+            layout.add(TransferPart.WORLD_ACTIVATION, world_act)
+        layout.add(TransferPart.RING_ROWS, rows)
         table.add_to(layout, values)
-        layout.add("layer_output", own)
-        layout.add("activation", act)
-        layout.add("record_nonfinite", record_nonfinite)
-        layout.add("attention", self.attention.values(device))
+        layout.add(TransferPart.LAYER_OUTPUT, own)
+        layout.add(TransferPart.ACTIVATION, act)
+        layout.add(TransferPart.RECORD_NONFINITE, record_nonfinite)
+        layout.add(TransferPart.ATTENTION, self.attention.values(device))
         host = layout.to_host()  # the ONE device-to-host transfer of the step
-        ring.drain(host["ring_rows"], in_progress=state.row)
+        ring.drain(host[TransferPart.RING_ROWS], in_progress=state.row)
         facts = self._facts(state, ring, run, rank)
-        return pack_snapshot(host, facts, self.attention.read(host["attention"]))
+        return pack_snapshot(host, facts, self.attention.read(host[TransferPart.ATTENTION]))
 
     def _facts(self, state: StepState, ring: PulseRing, run: str, rank: int) -> SampleFacts:
         records, layers, table = self.tracer.records, self.layers, state.table

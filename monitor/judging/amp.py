@@ -1,5 +1,4 @@
-"""AmpOverflowStorm: the GradScaler skipping step after step (fp16 overflow).
-"""
+"""AmpOverflowStorm: the GradScaler skipping step after step (fp16 overflow)."""
 
 from __future__ import annotations
 

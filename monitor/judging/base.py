@@ -1,4 +1,4 @@
-"""What every detector is built from: debouncing, histories, the Pulse of a Snapshot.
+"""What every detector is built from: the protocols, debouncing, histories, a Snapshot's Pulse.
 
 Each detector sees every Pulse (``on_pulse``) and/or every Snapshot (``on_snapshot``) and
 returns a verdict: a ``Finding`` (the condition holds), ``Verdict.CLEAR`` (it has cleared),
@@ -14,11 +14,41 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
 from ..records.findings import Finding, Result, Verdict
 from ..records.snapshot import Pulse, Snapshot
+
+@runtime_checkable
+class PulseDetector(Protocol):
+    """Judges every step's Pulse (loss, global norm, AMP state): cheap host arithmetic."""
+
+    name: str  # the alert it raises (a row of the alert table, or a custom name)
+
+    def on_pulse(self, pulse: Pulse) -> Result: ...
+
+
+@runtime_checkable
+class SnapshotDetector(Protocol):
+    """Judges every sampled step's Snapshot (the per-layer figures)."""
+
+    name: str
+
+    def on_snapshot(self, snapshot: Snapshot) -> Result: ...
+
+
+@runtime_checkable
+class FlushingDetector(Protocol):
+    """Holds a verdict back for a Snapshot that may never come (the end of training)."""
+
+    def flush(self) -> Result: ...
+
+
+#: A detector judges Pulses, Snapshots or both (and may hold a verdict back: flush).
+Detector: TypeAlias = PulseDetector | SnapshotDetector
+
 
 FP16_MAX = 65504.0
 #: Denominator floor of the ratios printed in alert texts: a zero peak or sigma prints as a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from ..records.findings import (
     RESOLVED,
     Alert,
     Finding,
+    Result,
     Verdict,
     runbook_link,
 )
@@ -28,12 +30,28 @@ from ..records.regimes import worst
 from ..records.snapshot import Pulse, Snapshot
 from ..records.thresholds import Thresholds
 from ..records.validation import check_int, check_names
+from .base import Detector, FlushingDetector, PulseDetector, SnapshotDetector
 from .catalog import default_detectors
 from .init_audit import audit_initialization
 from .remedies import remedy_in_context
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+@dataclass(frozen=True)
+class Panel:
+    """The detectors by what they judge: Pulses, Snapshots, and a held-back verdict."""
+
+    pulse: list[PulseDetector]
+    snapshot: list[SnapshotDetector]
+    flushing: list[FlushingDetector]
+
+    @classmethod
+    def of(cls, detectors: Sequence[Detector]) -> Panel:
+        return cls([d for d in detectors if isinstance(d, PulseDetector)],
+                   [d for d in detectors if isinstance(d, SnapshotDetector)],
+                   [d for d in detectors if isinstance(d, FlushingDetector)])
 
 
 class AlertEngine:
@@ -75,41 +93,42 @@ class AlertEngine:
         stop_on: Iterable[str] = (),
         checkpoint_path: Callable[[Finding], str | None] | None = None,
         history_size: int = 1000,
-        detectors: Sequence[object] | None = None,
+        detectors: Sequence[Detector] | None = None,
         runbook_base_url: str = RUNBOOK_BASE_URL,
     ) -> None:
         check_int("history_size", history_size, low=1)
-        known = set(ALERT_NAMES) | {getattr(d, "name", "") for d in detectors or ()}
+        for position, detector in enumerate(detectors or ()):
+            if not isinstance(detector, (PulseDetector, SnapshotDetector)):
+                raise ValueError(f"detectors[{position}] ({type(detector).__name__}) needs a "
+                                 "name and on_pulse(pulse) or on_snapshot(snapshot)")
+        known = set(ALERT_NAMES) | {d.name for d in detectors or ()}
         self.stop_on = check_names("stop_on", stop_on, known)
         self.thresholds = thresholds
         self.runbook_base_url = check_runbook_base_url(runbook_base_url)
         self._last_pulse: Pulse | None = None  # the context of a remedy (clipping)
         self._detectors = list(detectors) if detectors is not None else None
-        self._pulse_detectors: list[object] | None = None  # those judging Pulses, every step
         self.active: dict[str, Alert] = {}
         self.history: deque[Alert] = deque(maxlen=history_size)
         self.should_stop = False
         self.checkpoint_path = checkpoint_path
+        self._panel: Panel | None = None  # the detectors by what they judge, once known
         self._warn = WarnOnce()
 
     # ------------------------------------------------------------------ observer API
 
     def on_pulse(self, pulse: Pulse, monitor) -> None:
         """Every step's Pulse (training thread)."""
-        if self._pulse_detectors is None:
-            self._pulse_detectors = [d for d in self._ready(monitor) if hasattr(d, "on_pulse")]
         self._last_pulse = pulse
-        for detector in self._pulse_detectors:
-            result = self._run(detector, "on_pulse", pulse)
+        for detector in self._ready(monitor).pulse:
+            result = self._run(detector, detector.on_pulse, pulse)
             if result is not None and (result is not Verdict.CLEAR or self.active):
                 self._apply(detector, result, pulse.step, pulse.time, monitor)
 
     def on_snapshot(self, snapshot: Snapshot, monitor) -> None:
         """Every sampled step's Snapshot (training thread)."""
-        for detector in self._ready(monitor):
-            if hasattr(detector, "on_snapshot"):
-                self._apply(detector, self._run(detector, "on_snapshot", snapshot),
-                            snapshot.step, snapshot.time, monitor)
+        for detector in self._ready(monitor).snapshot:
+            self._apply(detector, self._run(detector, detector.on_snapshot, snapshot),
+                        snapshot.step, snapshot.time, monitor)
 
     def audit(self, model: nn.Module, monitor, step: int = 0) -> list[Alert]:
         """Audit the initialisation of ``model`` (call once, before the first step) and
@@ -125,11 +144,10 @@ class AlertEngine:
     def flush(self, monitor) -> None:
         """Report what waits for a Snapshot that will not come (call at the end of training):
         a non-finite step with no sampled step after it, reported without origin."""
-        for detector in self._ready(monitor):
-            if hasattr(detector, "flush"):
-                finding = self._run(detector, "flush")
-                if isinstance(finding, Finding):
-                    self._fire(finding, monitor)
+        for detector in self._ready(monitor).flushing:
+            finding = self._run(detector, detector.flush)
+            if isinstance(finding, Finding):
+                self._fire(finding, monitor)
 
     @property
     def regime(self) -> str:
@@ -142,30 +160,33 @@ class AlertEngine:
             self.thresholds = getattr(monitor, "thresholds", None) or Thresholds()
         return self.thresholds
 
-    def _ready(self, monitor) -> list[object]:
-        if self._detectors is None:
-            self._detectors = default_detectors(self._thresholds(monitor))
-        return self._detectors
+    def _ready(self, monitor) -> Panel:
+        if self._panel is None:
+            detectors = self._detectors
+            if detectors is None:
+                detectors = default_detectors(self._thresholds(monitor))
+            self._panel = Panel.of(detectors)
+        return self._panel
 
-    def _run(self, detector, method: str, *item):
+    def _run(self, detector: object, judge: Callable[..., Result], *item: object) -> Result:
         """A detector's verdict; a failing detector is logged once and never stops training."""
         try:
-            return getattr(detector, method)(*item)
+            return judge(*item)
         except Exception as exc:
             kind = type(detector).__name__
             self._warn(f"detector:{kind}", "gradwatch: detector %s failed (reported once): %r",
                        kind, exc)
             return None
 
-    def _apply(self, detector, result, step: int, when: float, monitor) -> None:
+    def _apply(self, detector: Detector, result: Result, step: int, when: float,
+               monitor) -> None:
         if isinstance(result, Finding):
             self._fire(result, monitor)
         elif result is Verdict.NEEDS_SAMPLING:
             monitor.escalate(self._thresholds(monitor).escalation_steps)
         elif result is Verdict.CLEAR:
-            name = getattr(detector, "name", None)
-            if name in self.active:
-                self._resolve(name, step, when, monitor)
+            if detector.name in self.active:
+                self._resolve(detector.name, step, when, monitor)
 
     def _fire(self, finding: Finding, monitor) -> Alert | None:
         if finding.name in self.active:

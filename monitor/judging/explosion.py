@@ -1,5 +1,4 @@
-"""GradientExplosion: the global gradient norm far above its recent level, or above a bar.
-"""
+"""GradientExplosion: the global gradient norm far above its recent level, or above a bar."""
 
 from __future__ import annotations
 

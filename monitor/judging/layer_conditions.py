@@ -1,5 +1,4 @@
-"""Per-layer conditions of the activations: dead units, saturation, fp16 headroom.
-"""
+"""Per-layer conditions of the activations: dead units, saturation, fp16 headroom."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""LossSpike and LossDivergence: the loss against its robust recent level.
-"""
+"""LossSpike and LossDivergence: the loss against its robust recent level."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""NonFiniteValues: NaN or Inf in the loss, the gradients, the weights or activations.
-"""
+"""NonFiniteValues: NaN or Inf in the loss, the gradients, the weights or activations."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..records.findings import Finding, Result, describe_layers, table_fields
 from ..records.snapshot import Pulse, Snapshot
 from ..records.thresholds import Thresholds
-from .base import Sustained
+from .base import Detector, Sustained
 
 
 def _warning(name: str, snapshot: Snapshot, **fields) -> Finding:
@@ -232,7 +232,7 @@ class UpdateSkipped:
         ))
 
 
-def leading_detectors(thresholds: Thresholds) -> list[object]:
+def leading_detectors(thresholds: Thresholds) -> list[Detector]:
     """The detectors of this module, configured from one Thresholds."""
     return [AttentionLogitGrowth(thresholds), OutputLogitDivergence(thresholds),
             AdamUpdateDecorrelation(thresholds), UpdateSkipped(thresholds)]

@@ -1,5 +1,4 @@
-"""GradientVanishing: the input side's gradients far below the output side's.
-"""
+"""GradientVanishing: the input side's gradients far below the output side's."""
 
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ from ..records.columns import (
     PARAM_ROWS,
     PARAM_SQUARED_NORMS,
     PARAM_WEIGHT_NONFINITE,
+    UPDATE_STATISTICS,
     ParamRow,
+    TransferPart,
 )
 from . import tensor_stats, update_stats
 from .transfer import TransferLayout
@@ -104,12 +106,13 @@ class ParamTable:
         by_layer = self.watched.by_layer
         # [4, n_layers], contiguous: each row goes by name without a copy
         norms = by_layer(values[PARAM_SQUARED_NORMS].T).sqrt().T.contiguous()
-        for name, row in (("layer_grad_norm", ParamRow.GRAD_SQ),
-                          ("layer_weight_norm", ParamRow.WEIGHT_SQ),
-                          ("layer_update_norm", ParamRow.UPDATE_SQ),
-                          ("layer_updated_weight_norm", ParamRow.UPDATED_WEIGHT_SQ)):
-            layout.add(name, norms[row])
-        layout.add("layer_grad_nonfinite", by_layer(values[PARAM_GRAD_NONFINITE].T))
-        layout.add("layer_weight_nonfinite", by_layer(values[PARAM_WEIGHT_NONFINITE].T))
+        for part, row in ((TransferPart.LAYER_GRAD_NORM, ParamRow.GRAD_SQ),
+                          (TransferPart.LAYER_WEIGHT_NORM, ParamRow.WEIGHT_SQ),
+                          (TransferPart.LAYER_UPDATE_NORM, ParamRow.UPDATE_SQ),
+                          (TransferPart.LAYER_UPDATED_WEIGHT_NORM, ParamRow.UPDATED_WEIGHT_SQ)):
+            layout.add(part, norms[row])
+        layout.add(TransferPart.LAYER_GRAD_NONFINITE, by_layer(values[PARAM_GRAD_NONFINITE].T))
+        layout.add(TransferPart.LAYER_WEIGHT_NONFINITE,
+                   by_layer(values[PARAM_WEIGHT_NONFINITE].T))
         for name, figure in update_stats.per_layer(self.update_table, by_layer).items():
-            layout.add(f"layer_{name}", figure)
+            layout.add(UPDATE_STATISTICS[name], figure)

@@ -1,14 +1,15 @@
 """The ONE device-to-host transfer of a sampled step, laid out by name.
 
-Every figure a sampled step computes on the device is added under a name; they travel
+Every figure a sampled step computes on the device is added under its name (a
+``records.columns.TransferPart``, which the packing reads by); they travel
 concatenated in one tensor, copied to the host once (a single sync on an accelerator), and
 come back as float64 numpy arrays of their own shapes::
 
     layout = TransferLayout()
-    layout.add("layer_grad_norm", grad_norms)      # [n_layers]
-    layout.add("activation", records)              # [n_layers, fields]
+    layout.add(TransferPart.LAYER_GRAD_NORM, grad_norms)   # [n_layers]
+    layout.add(TransferPart.ACTIVATION, records)          # [n_layers, fields]
     host = layout.to_host()
-    host["layer_grad_norm"]                        # numpy, shape [n_layers]
+    host[TransferPart.LAYER_GRAD_NORM]                    # numpy, shape [n_layers]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 
 import numpy as np
 import torch
+
+from ..records.columns import TransferPart
 
 
 def host_copy(tensor: torch.Tensor) -> np.ndarray:
@@ -33,21 +36,22 @@ class TransferLayout:
 
     def __init__(self) -> None:
         self._tensors: list[torch.Tensor] = []
-        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._shapes: dict[TransferPart, tuple[int, ...]] = {}
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
+    def add(self, name: TransferPart, tensor: torch.Tensor) -> None:
         """Send ``tensor`` (any shape, on the device of the others) under ``name``."""
         if name in self._shapes:
             raise ValueError(f"transfer layout: {name!r} added twice")
         self._shapes[name] = tuple(tensor.shape)
         self._tensors.append(tensor.reshape(-1))
 
-    def to_host(self) -> dict[str, np.ndarray]:
+    def to_host(self) -> dict[TransferPart, np.ndarray]:
         """One ``torch.cat``, one copy to the host: every tensor added, by name."""
         if not self._tensors:
             return {}
         flat = host_copy(torch.cat(self._tensors))
-        host, start = {}, 0
+        host: dict[TransferPart, np.ndarray] = {}
+        start = 0
         for name, shape in self._shapes.items():
             size = math.prod(shape)
             host[name] = flat[start:start + size].reshape(shape)

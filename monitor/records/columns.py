@@ -5,7 +5,7 @@ No torch here: the host-side packing reads the same layouts as the device side w
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class RingColumn(IntEnum):
@@ -80,3 +80,38 @@ PARAM_SQUARED_NORMS = slice(ParamRow.GRAD_SQ, ParamRow.UPDATED_WEIGHT_SQ + 1)
 PARAM_GRAD_NONFINITE = slice(ParamRow.GRAD_NAN, ParamRow.GRAD_NEGINF + 1)
 PARAM_WEIGHT_NONFINITE = slice(ParamRow.WEIGHT_NAN, ParamRow.WEIGHT_NEGINF + 1)
 
+
+
+class TransferPart(str, Enum):
+    """The named parts of a sampled step's ONE device-to-host copy
+    (``probes.transfer.TransferLayout``): the sampled step and the parameter table add them,
+    the packing reads them; all per layer (index order) unless said."""
+
+    RING_ROWS = "ring_rows"  # the ring's unread rows [rows, RingColumn]
+    LAYER_OUTPUT = "layer_output"  # the record of the layer's own outputs [.., ActivationField]
+    ACTIVATION = "activation"  # the record of its activation's outputs
+    WORLD_LAYER_OUTPUT = "world_layer_output"  # the two above combined over the ranks
+    WORLD_ACTIVATION = "world_activation"
+    RECORD_NONFINITE = "record_nonfinite"  # per recorded module: its outputs' NaN/Inf
+    ATTENTION = "attention"  # the attention probe's figures (its own layout)
+    LAYER_GRAD_NORM = "layer_grad_norm"
+    LAYER_WEIGHT_NORM = "layer_weight_norm"
+    LAYER_UPDATE_NORM = "layer_update_norm"
+    LAYER_UPDATED_WEIGHT_NORM = "layer_updated_weight_norm"
+    LAYER_GRAD_NONFINITE = "layer_grad_nonfinite"  # [n_layers, NaN/+Inf/-Inf]
+    LAYER_WEIGHT_NONFINITE = "layer_weight_nonfinite"
+    LAYER_UPDATE_GRAD_COSINE = "layer_update_grad_cosine"
+    LAYER_ADAM_EPS_DOMINATED_RATIO = "layer_adam_eps_dominated_ratio"
+
+
+#: The activation records of each view (by Snapshot: this rank's, the world's): own outputs,
+#: activation outputs.
+VIEW_RECORDS = {
+    "rank": (TransferPart.LAYER_OUTPUT, TransferPart.ACTIVATION),
+    "world": (TransferPart.WORLD_LAYER_OUTPUT, TransferPart.WORLD_ACTIVATION),
+}
+#: The update statistics (``probes.update_stats.per_layer``), by their Snapshot field.
+UPDATE_STATISTICS = {
+    "update_grad_cosine": TransferPart.LAYER_UPDATE_GRAD_COSINE,
+    "adam_eps_dominated_ratio": TransferPart.LAYER_ADAM_EPS_DOMINATED_RATIO,
+}

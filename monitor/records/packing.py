@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .columns import ACTIVATION_NONFINITE, ActivationField
+from .columns import (
+    ACTIVATION_NONFINITE,
+    UPDATE_STATISTICS,
+    VIEW_RECORDS,
+    ActivationField,
+    TransferPart,
+)
 from .snapshot import NONFINITE_SOURCES, Pulse, Snapshot
 
 
@@ -57,30 +63,32 @@ class SampleFacts:
     overhead_seconds: float
 
 
-def pack_snapshot(host: Mapping[str, np.ndarray], facts: SampleFacts,
+def pack_snapshot(host: Mapping[TransferPart, np.ndarray], facts: SampleFacts,
                   extra: Mapping[str, Any] | None = None) -> Snapshot:
     """The Snapshot of a sampled step (with the world's view when ``host`` has one);
     ``extra``: further Snapshot fields, as they are."""
     world = None
-    if "world_activation" in host:
-        world = Snapshot(**_layer_fields(host, facts, view="world_"), rank=-1)
+    if TransferPart.WORLD_ACTIVATION in host:
+        world = Snapshot(**_layer_fields(host, facts, view="world"), rank=-1)
     updates: dict[str, Any] = {
-        name: _ordered(np.where(facts.updated, host[f"layer_{name}"], np.nan), facts)
-        for name in ("update_grad_cosine", "adam_eps_dominated_ratio")}
-    return Snapshot(**_layer_fields(host, facts, view=""), rank=facts.rank, world=world,
+        name: _ordered(np.where(facts.updated, host[part], np.nan), facts)
+        for name, part in UPDATE_STATISTICS.items()}
+    return Snapshot(**_layer_fields(host, facts, view="rank"), rank=facts.rank, world=world,
                     **updates, **(extra or {}))
 
 
-def _layer_fields(host: Mapping[str, np.ndarray], facts: SampleFacts,
+def _layer_fields(host: Mapping[TransferPart, np.ndarray], facts: SampleFacts,
                   view: str) -> dict[str, Any]:
-    """The Snapshot fields of one view ("": this rank's activations, "world_": all ranks')."""
-    own = host[view + "layer_output"]
+    """The Snapshot fields of one view of the activations (``VIEW_RECORDS``: this rank's,
+    or the world's)."""
+    own_part, activation_part = VIEW_RECORDS[view]
+    own = host[own_part]
     with np.errstate(divide="ignore", invalid="ignore"):
         update_ratio = np.where(facts.updated,
-                                host["layer_update_norm"] / host["layer_updated_weight_norm"],
+                                host[TransferPart.LAYER_UPDATE_NORM] / host[TransferPart.LAYER_UPDATED_WEIGHT_NORM],
                                 np.nan)
-    nonfinite = np.stack([host["layer_grad_nonfinite"], own[:, ACTIVATION_NONFINITE],
-                          host["layer_weight_nonfinite"]])
+    nonfinite = np.stack([host[TransferPart.LAYER_GRAD_NONFINITE], own[:, ACTIVATION_NONFINITE],
+                          host[TransferPart.LAYER_WEIGHT_NONFINITE]])
     assert nonfinite.shape[0] == len(NONFINITE_SOURCES)
     order = list(facts.depth_order)
     return dict(
@@ -88,16 +96,16 @@ def _layer_fields(host: Mapping[str, np.ndarray], facts: SampleFacts,
         step=facts.step,
         time=facts.time,
         layers=facts.layers,
-        grad_norm=_ordered(np.where(facts.has_grad, host["layer_grad_norm"], np.nan), facts),
-        weight_norm=_ordered(host["layer_weight_norm"], facts),
+        grad_norm=_ordered(np.where(facts.has_grad, host[TransferPart.LAYER_GRAD_NORM], np.nan), facts),
+        weight_norm=_ordered(host[TransferPart.LAYER_WEIGHT_NORM], facts),
         update_ratio=_ordered(update_ratio, facts),
-        update_norm=_ordered(np.where(facts.updated, host["layer_update_norm"], np.nan), facts),
+        update_norm=_ordered(np.where(facts.updated, host[TransferPart.LAYER_UPDATE_NORM], np.nan), facts),
         updated_weight_norm=_ordered(
-            np.where(facts.updated, host["layer_updated_weight_norm"], np.nan), facts),
-        **_activation_fields(own, host[view + "activation"], facts),
+            np.where(facts.updated, host[TransferPart.LAYER_UPDATED_WEIGHT_NORM], np.nan), facts),
+        **_activation_fields(own, host[activation_part], facts),
         layer_output_max_abs=_ordered(_max_abs(own), facts),
         nonfinite=np.nan_to_num(nonfinite[:, order] if order else nonfinite).astype(np.int64),
-        nonfinite_origin=_nonfinite_origin(host["record_nonfinite"], facts.record_modules),
+        nonfinite_origin=_nonfinite_origin(host[TransferPart.RECORD_NONFINITE], facts.record_modules),
         pulses=facts.pulses,
         overhead_seconds=facts.overhead_seconds,
     )
