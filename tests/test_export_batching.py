@@ -9,7 +9,7 @@ from torch import nn
 
 from gradwatch.monitor import Monitor, Thresholds
 from gradwatch.monitor.sinks.export_thread import ExportWorker
-from gradwatch.monitor.capture.ring import PULSE_BATCH
+from gradwatch.monitor.capture.ring import MAX_RING_ROWS, PULSE_BATCH
 
 
 class BlockingSink:
@@ -44,12 +44,13 @@ class StepsSeen:
 
     def __init__(self) -> None:
         self.steps: list[int] = []
+        self.snapshots: list[int] = []
 
     def on_pulse(self, pulse, monitor) -> None:
         self.steps.append(pulse.step)
 
     def on_snapshot(self, snapshot, monitor) -> None:
-        pass
+        self.snapshots.append(snapshot.step)
 
 
 def test_quiet_pulses_are_judged_in_batches_and_alarming_ones_at_once():
@@ -79,3 +80,26 @@ def test_quiet_pulses_are_judged_in_batches_and_alarming_ones_at_once():
     assert seen_after[24] == list(range(21))
     assert seen_after[25] == list(range(26))  # a NaN loss: at once
     assert seen.steps == list(range(30))  # every step once, in order, by the close
+
+
+def test_a_rare_sampling_window_keeps_the_ring_small_and_every_pulse():
+    """every_n_steps=10**6 (per-layer figures rarely): the ring is sized by what is used, not
+    by the window (a row of views per step of the window cost ~18 s at the first step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    seen = StepsSeen()
+    monitor = Monitor(model, optimizers=[optimizer], observers=[seen], every_n_steps=10**6)
+    x = torch.randn(16, 4)
+    for step in range(2 * MAX_RING_ROWS + 3):
+        with monitor.step(step):
+            loss = model(x).square().mean()
+            monitor.observe_loss(loss)
+            loss.backward()
+            monitor.observe_gradients()
+            optimizer.step()
+            optimizer.zero_grad()
+    monitor.close()
+    assert monitor._ring.tensor.shape[0] == MAX_RING_ROWS
+    assert seen.steps == list(range(2 * MAX_RING_ROWS + 3))  # every step's Pulse, in order
+    assert seen.snapshots == [0]  # the window: step 0 sampled, none other

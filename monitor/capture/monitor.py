@@ -38,7 +38,7 @@ from ..records.validation import (
 from ..sinks.export_thread import ExportWorker, Sink
 from . import clip_by_norm
 from .optimizer_hooks import OptimizerHooks
-from .ring import PulseRing
+from .ring import MAX_RING_ROWS, PulseRing
 from .sample_schedule import SampleSchedule
 from .sampled_step import Sampler
 from .skip_on_spike import SkipOnSpike
@@ -237,9 +237,12 @@ class Monitor:
             if not self._indexed_for_training:
                 self._indexed_for_training = True
                 warn_if_unwatchable(self.model, self.layers)
-        ring = self._ring.ensure(self._watched.settle(), self.every_n_steps + 1)
+        window = self.every_n_steps + 1
+        ring = self._ring.ensure(self._watched.settle(), min(window, MAX_RING_ROWS))
         row = len(self._ring.rows)
-        sampled = self.is_sampled(step) or row + 1 >= ring.shape[0]
+        # a ring that holds a whole window, once full, is read by a sampled step's transfer
+        # (no copy of its own); a capped one is read on its own (PulseRing.ensure)
+        sampled = self.is_sampled(step) or (row + 1 >= ring.shape[0] == window)
         hooked = (sampled or self.grad_scaler is not None or self.track_clipping
                   or self.skip_on_spike is not None)
         self._optimizers.switch(hooked)

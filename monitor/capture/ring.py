@@ -1,7 +1,7 @@
 """The per-step ring: every step's always-on figures, on the device, read as Pulses.
 
 Each optimizer step writes one row (RingColumn) of a small device tensor of
-``every_n_steps + 1`` rows: the loss, squared gradient norms, post-clip norm, AMP scale, the
+``every_n_steps + 1`` rows (at most ``MAX_RING_ROWS``): the loss, squared gradient norms, post-clip norm, AMP scale, the
 DDP local check and the skip-on-spike verdict, by in-place ops only (no host sync). The rows
 reach the host with a sampled step's single transfer, or, on a CPU, where the ring is host
 memory already, at no cost: quiet steps in batches of ``PULSE_BATCH``, an alarming one at
@@ -29,6 +29,10 @@ from ..records.snapshot import Pulse
 PULSE_EXPORT_SECONDS = 0.5
 #: On a CPU, quiet steps' Pulses are read and judged in batches of this many steps.
 PULSE_BATCH = 8
+#: The ring's rows at most, whatever ``every_n_steps``: its views are made once per row, so a
+#: window of 10**6 steps would cost seconds and memory at the first step. A capped ring
+#: (on an accelerator) is read on its own when full: one host copy per this many steps.
+MAX_RING_ROWS = 1024
 
 
 class Measured(NamedTuple):
