@@ -1,4 +1,4 @@
-.PHONY: demo test lint bench cardinality setup setup-test
+.PHONY: demo test lint bench bench-step cardinality setup setup-test
 
 # The two commands of the README: each installs what it needs, then runs.
 demo: setup
@@ -17,6 +17,11 @@ lint: setup-test
 bench:
 	scripts/setup.sh bench
 	PYTHONPATH=. .venv/bin/python benchmarks/overhead.py
+
+# The callback's cost inside a real Lightning step, part by part (issue 29): its section of
+# docs/benchmarks.md (~5 min on CPU; also part of make bench)
+bench-step: setup-test
+	PYTHONPATH=. .venv/bin/python -m benchmarks.lightning_step --output docs/benchmarks.md
 
 # Series each rank exports at 1, 2 and 64 ranks (seconds): its section of docs/benchmarks.md
 cardinality: setup-test

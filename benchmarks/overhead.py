@@ -37,8 +37,8 @@ from types import ModuleType
 import lightning
 import torch
 
-from benchmarks import (cardinality, clip_cost, floor, gpu, instability, report, sampled_cost,
-                        scale, step_cost)
+from benchmarks import (cardinality, clip_cost, floor, gpu, instability, lightning_step, report,
+                        sampled_cost, scale, step_cost)
 from benchmarks.configs import BARE, CONFIGS, Config
 from benchmarks.models import ModelSpec, cpu_models, gpu_models
 from benchmarks.runner import Measured, run
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> Path:
     clip_section = own_process_section(clip_cost, args.smoke)
     log("series at fleet scale")
     cardinality_section = cardinality.measured_section()
+    log("the cost in a Lightning step, part by part")
+    lightning_section = own_process_section(lightning_step, args.smoke)
     log("cost of a sampled step, part by part")
     sampled_section = (own_process_section(sampled_cost, args.smoke) + "\n"
                        if plan.device == "cpu" else "")
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> Path:
     text = report.markdown(environment(command.strip(), plan), plan, configs, skipped, rows,
                            floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(f"{text}\n{cardinality_section}\n{sampled_section}{step_cost_section}"
+    output.write_text(f"{text}\n{cardinality_section}\n{lightning_section}\n"
+                      f"{sampled_section}{step_cost_section}"
                       f"\n{clip_section}"
                       + report.kept_section(output, gpu.SECTION)  # measured on a GPU
                       + instability.kept_section(output))  # issue 17's section stays

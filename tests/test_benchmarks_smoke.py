@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from benchmarks import cardinality, clip_cost, gpu, overhead, sampled_cost, step_cost
+from benchmarks import cardinality, clip_cost, gpu, lightning_step, overhead, sampled_cost, step_cost
 from benchmarks.configs import CONFIGS
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
@@ -105,3 +105,17 @@ def test_gpu_smoke_runs_both_modes_and_counts_the_one_transfer(tmp_path):
         assert float(row[3]) > 0
         # host reads added per step: none on unsampled steps, the ONE transfer on sampled ones
         assert float(row[4]) == (1.0 if name == gpu.EVERY_STEP else 0.0), (mode, name)
+
+
+def test_lightning_step_smoke_reports_ratios_and_parts(tmp_path):
+    text = smoke_section(lightning_step, tmp_path).split(lightning_step.SECTION, 1)[1]
+    rows = re.findall(r"^\| (\w+): .* \| ([\d.]+) \| x(\S+) \[\S+\] \| x(\S+) \[\S+\] \| ([+-]\d+) \|$",
+                      text, re.M)
+    assert [name for name, *_ in rows] == [spec.name for spec in lightning_step.models()]
+    for _, bare_ms, floor_ratio, gradwatch_ratio, _ in rows:
+        assert float(bare_ms) > 0 and float(floor_ratio) > 0 and float(gradwatch_ratio) > 0
+    parts = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+) \|", text, re.M))
+    for hook in lightning_step.HOOKS:  # every hook of a step was clocked
+        assert float(parts[f"hook {hook}"]) > 0
+    assert float(parts["sampled steps: transfer + packing"]) > 0
+    assert float(parts["detector GradientVanishing"]) > 0
