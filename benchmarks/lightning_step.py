@@ -27,8 +27,6 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-import torch.nn.functional as F
 
 from gradwatch import TrainingDiagnostics
 from gradwatch.monitor.probes.overhead import Stopwatch, timed
@@ -36,15 +34,7 @@ from gradwatch.monitor.probes.overhead import Stopwatch, timed
 from . import step_cost
 from .cardinality import section_main
 from .configs import BARE, CONFIGS, Config
-from .models import (
-    ModelSpec,
-    TokenModel,
-    classification_batch,
-    deep_mlp,
-    small_cnn,
-    token_batch,
-    token_loss,
-)
+from .models import CpuSizes, ModelSpec, cpu_models
 from .runner import run
 
 SECTION = "## The cost in a Lightning step"
@@ -59,25 +49,14 @@ HOOKS = ("on_train_batch_start", "on_before_backward", "on_before_optimizer_step
 FLOOR = "floor-grad-norm"
 
 
+#: bare steps of ~2 ms, tens of ms and ~100 ms on this CPU; timed windows: whole sampling
+#: windows, about as many seconds for each model
+SIZES = CpuSizes(width=64, depth=6, batch=64, seq=128, image=32, windows=(12, 1, 3))
+
+
 def models(smoke: bool = False) -> list[ModelSpec]:
     """The three models (``smoke``: tiny sizes)."""
-    width, depth, batch = (16, 2, 8) if smoke else (64, 6, 64)
-    d_model, seq, tokens_batch, vocab = (16, 8, 2, 50) if smoke else (128, 128, 32, 256)
-    image, images_batch = (8, 4) if smoke else (32, 32)
-    return [
-        ModelSpec("mlp", f"{depth} x Linear({width})+Tanh, batch {batch}, Adam",
-                  lambda: deep_mlp(width, depth), classification_batch(batch, (width,)),
-                  F.cross_entropy, lambda p: torch.optim.Adam(p, lr=1e-3), windows=12),
-        ModelSpec("cnn", f"3 x Conv+BatchNorm+ReLU, {image}x{image} images, batch "
-                  f"{images_batch}, SGD momentum", small_cnn,
-                  classification_batch(images_batch, (3, image, image)), F.cross_entropy,
-                  lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), windows=3),
-        ModelSpec("transformer", f"4-layer encoder, d_model {d_model}, seq {seq}, batch "
-                  f"{tokens_batch}, vocabulary {vocab}, AdamW",
-                  lambda: TokenModel(vocab, seq, d_model, 4, 4),
-                  token_batch(tokens_batch, seq, vocab), token_loss,
-                  lambda p: torch.optim.AdamW(p, lr=3e-4)),
-    ]
+    return cpu_models(smoke, SIZES)
 
 
 def user_defaults() -> TrainingDiagnostics:

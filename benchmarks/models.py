@@ -140,25 +140,42 @@ def classification_batch(batch: int, shape: tuple[int, ...], classes: int = 10):
     return make
 
 
-def cpu_models(smoke: bool = False) -> list[ModelSpec]:
+@dataclass(frozen=True)
+class CpuSizes:
+    """The sizes of the CPU reference models."""
+
+    width: int = 256
+    depth: int = 16
+    batch: int = 128
+    d_model: int = 128
+    seq: int = 64
+    tokens_batch: int = 32
+    vocab: int = 256
+    image: int = 16
+    images_batch: int = 32
+    windows: tuple[int, int, int] = (2, 1, 4)  # mlp, transformer, cnn
+
+
+SMOKE_SIZES = CpuSizes(32, 4, 8, 32, 16, 4, 100, 8, 4)
+
+
+def cpu_models(smoke: bool = False, sizes: CpuSizes | None = None) -> list[ModelSpec]:
     """The CPU reference models (``smoke``: tiny sizes for the test suite)."""
-    width, depth, batch = (32, 4, 8) if smoke else (256, 16, 128)
-    d_model, seq, tokens_batch, vocab = (32, 16, 4, 100) if smoke else (128, 64, 32, 256)
-    image, images_batch = (8, 4) if smoke else (16, 32)
+    z = SMOKE_SIZES if smoke else sizes or CpuSizes()
     return [
-        ModelSpec("mlp", f"{depth} x Linear({width})+Tanh, batch {batch}, Adam",
-                  lambda: deep_mlp(width, depth), classification_batch(batch, (width,)),
-                  F.cross_entropy, lambda p: torch.optim.Adam(p, lr=1e-3), windows=2),
-        ModelSpec("transformer", f"4-layer encoder, d_model {d_model}, seq {seq}, "
-                  f"batch {tokens_batch}, vocabulary {vocab}, AdamW",
-                  lambda: TokenModel(vocab, seq, d_model, 4, 4),
-                  token_batch(tokens_batch, seq, vocab), token_loss,
-                  lambda p: torch.optim.AdamW(p, lr=3e-4)),
-        ModelSpec("cnn", f"3 x Conv+BatchNorm+ReLU, {image}x{image} images, batch "
-                  f"{images_batch}, SGD momentum",
-                  small_cnn, classification_batch(images_batch, (3, image, image)),
+        ModelSpec("mlp", f"{z.depth} x Linear({z.width})+Tanh, batch {z.batch}, Adam",
+                  lambda: deep_mlp(z.width, z.depth), classification_batch(z.batch, (z.width,)),
+                  F.cross_entropy, lambda p: torch.optim.Adam(p, lr=1e-3), windows=z.windows[0]),
+        ModelSpec("transformer", f"4-layer encoder, d_model {z.d_model}, seq {z.seq}, "
+                  f"batch {z.tokens_batch}, vocabulary {z.vocab}, AdamW",
+                  lambda: TokenModel(z.vocab, z.seq, z.d_model, 4, 4),
+                  token_batch(z.tokens_batch, z.seq, z.vocab), token_loss,
+                  lambda p: torch.optim.AdamW(p, lr=3e-4), windows=z.windows[1]),
+        ModelSpec("cnn", f"3 x Conv+BatchNorm+ReLU, {z.image}x{z.image} images, batch "
+                  f"{z.images_batch}, SGD momentum",
+                  small_cnn, classification_batch(z.images_batch, (3, z.image, z.image)),
                   F.cross_entropy, lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-                  windows=4),
+                  windows=z.windows[2]),
     ]
 
 
