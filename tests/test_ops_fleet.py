@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -65,7 +64,7 @@ def quiet_after_a_clean_end(prometheus, run: str) -> None:
         for name in ("TrainerDown", "TrainingStalled"):
             assert prometheus.query(exprs[name]) == [], name
             assert prometheus.query(f'ALERTS{{alertname="{name}"}}') == [], name
-        time.sleep(1)
+        prometheus.wait_evaluations()
 
 
 def test_a_nan_on_one_of_two_ranks(prometheus_server, tmp_path):
@@ -85,7 +84,7 @@ def test_a_nan_on_one_of_two_ranks(prometheus_server, tmp_path):
         counts = []
         for _ in range(5):  # a few more evaluations: alerts that come later count too
             counts.append(len(firing(prometheus)))
-            time.sleep(1)
+            prometheus.wait_evaluations()
         assert max(counts) <= 3, firing(prometheus)
         nonfinite = [a for a in prometheus.query("ALERTS") if a["metric"]["alertname"] ==
                      "NonFiniteValues"]

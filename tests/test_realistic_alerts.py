@@ -104,8 +104,11 @@ def test_healthy_runs_raise_nothing_in_a_live_prometheus(recordings, prometheus_
                 sink.on_pulse(recordings[name].pulses[step])
                 if step in feeds[name]:
                     sink.on_snapshot(feeds[name][step])
-            time.sleep(0.02)
-        time.sleep(3)  # a few more evaluations of the last figures
+            time.sleep(0.02)  # the replay's pace (about 50 steps a second), not a wait
+        for name in HEALTHY:  # the last figures scraped, then a few evaluations of them
+            prometheus.wait_for(
+                f'gradwatch_step{{run="{name}"}} == {recordings[name].pulses[STEPS - 1].step}')
+        prometheus.wait_evaluations(3)
         # liveness alerts aside (the replayed step times are the recording's)
         ever = prometheus.query_range(
             'ALERTS{severity=~"warning|critical", '
