@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def connections(monkeypatch) -> list[tuple[int, object]]:
+    """(thread identity, address) of every outgoing connection opened from now to the end of
+    the test, by any thread: which thread did the network I/O, and how many attempts."""
+    opened: list[tuple[int, object]] = []
+    connect = socket.socket.connect
+
+    def counted(sock: socket.socket, address: object) -> None:
+        opened.append((threading.get_ident(), address))
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counted)
+    return opened
 
 
 # --- Real servers: factory fixtures, each process stopped at the end of its test. ---------
