@@ -5,7 +5,6 @@ still starting, and each failure mode explains itself with its fix."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -68,14 +67,26 @@ def test_the_whole_path_passes_under_another_name(prometheus_server, alertmanage
                "the test alert resolved")
 
 
-def test_it_waits_for_a_trainer_that_is_still_starting():
+def test_it_waits_for_a_trainer_that_is_still_starting(monkeypatch):
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     found: dict = {}
+    refused: list[str] = []
+    get = doctor._get
+
+    def counted_get(address: str, timeout: float) -> str:  # the doctor's requests, unchanged
+        try:
+            return get(address, timeout)
+        except OSError:
+            refused.append(address)
+            raise
+
+    monkeypatch.setattr(doctor, "_get", counted_get)
     doctor_thread = threading.Thread(
         target=lambda: found.update(doctor.read_trainer(url, timeout=2, wait=120)))
     doctor_thread.start()
-    time.sleep(1.0)  # the doctor is already polling a port nothing listens on
+    # the doctor is already polling a port nothing listens on: refused, and it tried again
+    wait_until(lambda: len(refused) >= 2, 30, "the doctor to poll the silent port twice")
     training = TrainingTarget(run="late-run", port=port)
     try:
         doctor_thread.join(120)

@@ -154,8 +154,9 @@ def test_ranks_export_once_what_is_the_same_everywhere():
 
 def test_a_clean_end_is_served_to_the_next_scrape():
     import threading
-    import time
     import urllib.request
+
+    from .ops_servers import wait_until
 
     sink = PrometheusSink("r")
     port = sink.serve(0)
@@ -164,9 +165,10 @@ def test_a_clean_end_is_served_to_the_next_scrape():
     assert sample(read(), "gradwatch_run_finished") == 0
     read()  # two scrapes: the sink knows the scrape interval (about 0 s here)
     seen = []
+    closed = threading.Event()
 
-    def scraper():
-        time.sleep(0.3)
+    def scraper():  # the next scrape, once close() has returned (if it ever blocked: at 30 s)
+        closed.wait(30)
         seen.append(sample(read(), "gradwatch_run_finished"))
 
     thread = threading.Thread(target=scraper)
@@ -174,16 +176,18 @@ def test_a_clean_end_is_served_to_the_next_scrape():
     sink.finish()
     sink.close()  # returns at once: the endpoint lingers for the scrape that reads it
     assert seen == []
+    closed.set()
     thread.join()
     assert seen == [1.0]
-    for _ in range(50):  # and stops right after that scrape
+
+    def stopped() -> bool:
         try:
             read()
         except OSError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the endpoint still serves after its last scrape")
+            return True
+        return False
+
+    wait_until(stopped, 5, "the endpoint to stop right after its last scrape")
 
 
 def test_a_new_endpoint_takes_over_the_port_of_a_lingering_one():
@@ -195,7 +199,7 @@ def test_a_new_endpoint_takes_over_the_port_of_a_lingering_one():
     url = f"http://127.0.0.1:{port}/metrics"
     read = lambda: samples(urllib.request.urlopen(url, timeout=5).read().decode())  # noqa: E731
     read()
-    time.sleep(1.0)
+    time.sleep(1.0)  # not a wait: the scrape interval the sink measures (the scenario's input)
     read()  # a scrape interval of 1 s: the endpoint lingers for up to 3 s
     finished.finish()
     finished.close()  # lingers: nobody scraped since
