@@ -25,6 +25,22 @@ from .ops_servers import (ServerProcess, WebhookReceiver, prometheus_config,
                          start_alertmanager, start_prometheus, start_pushgateway)
 from .training_target import TrainingTarget
 
+#: Every test has exactly one kind (pyproject.toml registers them; `pytest -m unit`).
+KINDS = ("unit", "training", "servers")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked
+def pytest_collection_modifyitems(items):
+    """Fail the collection when a test has no kind or more than one: a module-level
+    ``pytestmark = pytest.mark.unit`` (training, servers), or one mark per test where a file
+    mixes kinds."""
+    wrong = [f"{item.nodeid}: {sorted(kinds) or 'no kind'}" for item in items
+             if len(kinds := {m.name for m in item.iter_markers() if m.name in KINDS}) != 1]
+    if wrong:
+        raise pytest.UsageError("each test needs exactly one of the marks "
+                                f"{', '.join(KINDS)}:\n" + "\n".join(wrong))
+
+
 BINARIES = {
     "prometheus": "prometheus",
     "promtool": "promtool",

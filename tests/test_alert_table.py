@@ -22,6 +22,8 @@ from gradwatch.monitor.detectors import default_detectors
 from gradwatch.monitor.init_audit import INIT_SCALE, INIT_SYMMETRY
 from gradwatch.monitor.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

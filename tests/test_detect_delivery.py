@@ -64,6 +64,7 @@ def am_alert(am: Alertmanager, run: str, name: str):
                  and a["labels"]["alertname"] == name), None)
 
 
+@pytest.mark.servers
 def test_real_alertmanager_gets_labels_annotations_and_resolution(alertmanager, receiver):
     sink = AlertmanagerSink(alertmanager.url, resend_interval=30.0, backoff=0.05)
     firing = make_alert()
@@ -93,6 +94,7 @@ def test_real_alertmanager_gets_labels_annotations_and_resolution(alertmanager, 
     assert sink.close(5.0) and sink.poster.dropped == 0
 
 
+@pytest.mark.servers
 def test_training_run_alerts_reach_alertmanager(alertmanager, one_torch_thread):
     sink = AlertmanagerSink(alertmanager.url, backoff=0.05)
     torch.manual_seed(0)
@@ -114,6 +116,7 @@ def test_training_run_alerts_reach_alertmanager(alertmanager, one_torch_thread):
     assert nonfinite["annotations"]["runbook_url"] == f"{RUNBOOK_BASE_URL}#nonfinitevalues"
 
 
+@pytest.mark.servers
 def test_receiver_down_never_blocks_warns_once_and_delivers_when_back(
         tmp_path, receiver, caplog, connections):
     port = free_port()  # nothing listens there yet
@@ -149,6 +152,7 @@ def test_receiver_down_never_blocks_warns_once_and_delivers_when_back(
         am.close()
 
 
+@pytest.mark.unit
 def test_bounded_queue_drops_oldest_and_close_is_bounded():
     poster = HttpPoster(f"http://127.0.0.1:{free_port()}", max_queue=5, backoff=0.05,
                         timeout=0.5)
@@ -162,6 +166,7 @@ def test_bounded_queue_drops_oldest_and_close_is_bounded():
     assert closed == [False] and poster.pending > 0  # it gave up on what was left
 
 
+@pytest.mark.unit
 def test_webhook_gets_the_alert_json_with_auth(receiver):
     sink = WebhookSink(receiver.url + "/hook", world_size=2, basic_auth=("user", "s3cret"))
     alert = make_alert(run="hooked", rank=1, value=math.inf)
@@ -176,6 +181,7 @@ def test_webhook_gets_the_alert_json_with_auth(receiver):
     assert body["annotations"]["remedy"] == "clip"
 
 
+@pytest.mark.unit
 def test_firing_alerts_are_resent_until_resolved(receiver):
     sink = AlertmanagerSink(receiver.url + "/resend", resend_interval=0.2)
     sink.on_alert(make_alert(run="resend"))
@@ -203,6 +209,7 @@ def test_firing_alerts_are_resent_until_resolved(receiver):
     assert sink.close(2.0)
 
 
+@pytest.mark.unit
 def test_secrets_never_logged(caplog):
     caplog.set_level(logging.INFO, logger="gradwatch")
     port = free_port()
@@ -218,6 +225,7 @@ def test_secrets_never_logged(caplog):
         assert secret not in text
 
 
+@pytest.mark.unit
 def test_url_credentials_become_basic_auth(receiver):
     host = receiver.url.removeprefix("http://")
     sink = WebhookSink(f"http://us%40er:p%3Ass@{host}/creds")
@@ -229,6 +237,7 @@ def test_url_credentials_become_basic_auth(receiver):
         WebhookSink(f"http://a:b@{host}/", bearer_token="t")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kwargs, option", [
     ({"url": "ftp://x"}, "url"),
     ({"url": "http://x", "timeout": 0}, "timeout"),
@@ -242,6 +251,7 @@ def test_bad_http_config_names_the_option(kwargs, option):
         HttpPoster(**kwargs)
 
 
+@pytest.mark.unit
 def test_bad_sink_config():
     with pytest.raises(ValueError, match="resend_interval"):
         AlertmanagerSink("http://x", resend_interval=0)
@@ -249,6 +259,7 @@ def test_bad_sink_config():
         CallableAlertSink(42)
 
 
+@pytest.mark.unit
 def test_logging_and_callable_sinks(caplog):
     caplog.set_level(logging.INFO, logger="gradwatch.alerts")
     LoggingAlertSink().on_alert(make_alert())
@@ -263,6 +274,7 @@ def test_logging_and_callable_sinks(caplog):
     assert got[0].name == "GradientExplosion"
 
 
+@pytest.mark.unit
 def test_alerts_queued_through_an_outage_arrive_still_firing(caplog):
     caplog.set_level(logging.INFO, logger="gradwatch")
     port = free_port()
@@ -284,6 +296,7 @@ def test_alerts_queued_through_an_outage_arrive_still_firing(caplog):
         back.close()
 
 
+@pytest.mark.unit
 def test_unserialisable_document_is_dropped_not_fatal(receiver, caplog):
     poster = HttpPoster(receiver.url + "/poster", backoff=0.05)
     poster.submit({"value": math.nan})  # not JSON: dropped with a warning

@@ -28,6 +28,8 @@ from gradwatch.monitor.detectors import (
 )
 from gradwatch.monitor.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 T = Thresholds()
 
 

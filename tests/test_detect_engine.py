@@ -24,6 +24,8 @@ from gradwatch.monitor.forensics import ForensicsSink
 from gradwatch.monitor.init_audit import audit_initialization, audit_weights, following_activations
 from gradwatch.monitor.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 
 def alerts_of(monitor):
     return [item for method, item in monitor.published if method == "on_alert"]

@@ -6,9 +6,13 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.alerts import ALERT_NAMES
 from gradwatch.monitor.doctor import CONTRACT_ALERTS
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 

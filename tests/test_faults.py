@@ -127,6 +127,7 @@ def _ok(handler):
     handler.end_headers()
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("setup", ["stuck-push/500-alertmanager/refused-webhook/no-tensorboard",
                                    "500-push/stuck-alertmanager/webhook-dies-mid-run"])
 def test_every_exporter_broken_at_once(setup, tmp_path, caplog, connections):
@@ -178,6 +179,7 @@ def test_every_exporter_broken_at_once(setup, tmp_path, caplog, connections):
         assert dying.requests >= 1  # it worked before it died
 
 
+@pytest.mark.training
 def test_alerts_queued_while_alertmanager_is_down_arrive_when_it_is_back(tmp_path, caplog):
     """The receiver comes up during the run: alerts raised before are delivered."""
     received = []
@@ -215,6 +217,7 @@ def test_alerts_queued_while_alertmanager_is_down_arrive_when_it_is_back(tmp_pat
             server.shutdown()
 
 
+@pytest.mark.training
 def test_a_failing_training_step_propagates_unchanged_and_everything_shuts_down(tmp_path):
     pl = lightning()
     failure = RuntimeError("boom at step 6")
@@ -244,6 +247,7 @@ def test_a_failing_training_step_propagates_unchanged_and_everything_shuts_down(
                             and t.name not in before], 5, "gradwatch's threads to end")
 
 
+@pytest.mark.training
 def test_stop_on_nonfinite_stops_training_cleanly(tmp_path):
     pl = lightning()
 
@@ -262,11 +266,13 @@ def test_stop_on_nonfinite_stops_training_cleanly(tmp_path):
     assert alert.step == 3 and alert.origin_exact
 
 
+@pytest.mark.unit
 def test_bad_stop_on_names_fail_at_construction():
     with pytest.raises(ValueError, match="stop_on"):
         TrainingDiagnostics(stop_on=("NaNs",))
 
 
+@pytest.mark.training
 def test_keyboard_interrupt_ends_as_without_gradwatch_and_shuts_down(tmp_path):
     """Lightning turns Ctrl-C into a graceful shutdown and SystemExit(1); with gradwatch the
     user sees exactly the same, and gradwatch's endpoint and threads are gone."""
@@ -291,6 +297,7 @@ def test_keyboard_interrupt_ends_as_without_gradwatch_and_shuts_down(tmp_path):
     assert [s for s, _ in read_scalars(str(tmp_path / "tb"))["gradwatch/loss"]] == [0, 1, 2]
 
 
+@pytest.mark.training
 def test_port_taken_with_warn_trains_unchanged_without_the_endpoint(tmp_path, caplog):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -337,6 +344,7 @@ def thread_errors():
     threading.excepthook = before
 
 
+@pytest.mark.training
 def test_a_full_disk_does_not_hurt_training(tmp_path, full_disk, caplog, thread_errors):
     bare, _ = train([], tmp_path / "bare", steps=60, pace=0, zero_init=False)
     diagnostics = TrainingDiagnostics(every_n_steps=1, tensorboard_dir=str(full_disk / "tb"))

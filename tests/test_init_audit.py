@@ -12,6 +12,8 @@ from torch import nn
 
 from gradwatch.monitor.init_audit import INIT_SCALE, MESSAGE_CHARS, audit_initialization, audit_weights
 
+pytestmark = pytest.mark.unit
+
 
 def mlp(init=None) -> nn.Sequential:
     torch.manual_seed(0)

@@ -14,12 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gradwatch.monitor import dashboards, rules
 from .ops_dashboard_queries import MODEL_DEPENDENT, dashboard_queries, substitute
 from .ops_servers import wait_until
 from .training_target import TrainingTarget
+
+pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / rules.RULES_PATH

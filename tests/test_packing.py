@@ -6,10 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from gradwatch.monitor.layouts import ActivationField
 from gradwatch.monitor.packing import SampleFacts, pack_snapshot
 from gradwatch.monitor.snapshot import Pulse
+
+pytestmark = pytest.mark.unit
 
 F = len(ActivationField)
 

@@ -14,6 +14,8 @@ from gradwatch.monitor.endpoint import EndpointSecurity
 from gradwatch.monitor.forensics import ForensicsSink
 from gradwatch.monitor.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("make, message", [
     # integers
