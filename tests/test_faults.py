@@ -81,20 +81,25 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def train(callbacks, tmp_path, steps=40, pace=0.02, zero_init=True, spike_at=None):
+def train(callbacks, tmp_path, steps=40, pace=0.02, zero_init=True, spike_at=None,
+          connections=()):
     """Train a small model (zero-initialised: the init audit alerts at once; a batch scaled
-    up at ``spike_at``: explosion alerts then); returns its weights and the identity of the
-    thread that ran the training steps."""
+    up at ``spike_at``: explosion alerts then); returns its weights and the addresses that
+    the training thread connected to from the training's start to its last step's end (of
+    ``connections``, the fixture's list)."""
     pl = lightning()
-    threads = set()
+    steps_span = {}
 
     class Pace(pl.Callback):
+        def on_train_start(self, *args):
+            steps_span.update(thread=threading.get_ident(), start=len(connections))
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            threads.add(threading.get_ident())
             if trainer.global_step == spike_at:
                 batch[1].mul_(1e4)  # wild targets: a loss and gradient spike
 
         def on_train_batch_end(self, *args):
+            steps_span["end"] = len(connections)
             # not a wait: the step's own duration, long enough for the exporters' threads to
             # try many times during the run
             time.sleep(pace)
@@ -105,8 +110,9 @@ def train(callbacks, tmp_path, steps=40, pace=0.02, zero_init=True, spike_at=Non
         torch.nn.init.zeros_(module.net[2].weight)
     trainer(callbacks=[*callbacks, Pace()], root=str(tmp_path), max_steps=steps,
             logger=False).fit(module)
-    (training_thread,) = threads
-    return module.state_dict(), training_thread
+    during = connections[steps_span["start"]:steps_span["end"]]
+    return module.state_dict(), [address for thread, address in during
+                                 if thread == steps_span["thread"]]
 
 
 class Dying(Failing):
@@ -153,16 +159,18 @@ def test_every_exporter_broken_at_once(setup, tmp_path, caplog, connections):
         bare, _ = train([], tmp_path / "bare", spike_at=20)
         diagnostics = TrainingDiagnostics(**options)
         with caplog.at_level(logging.WARNING, logger="gradwatch"):
-            watched, training_thread = train([diagnostics, KillWebhook()],
-                                             tmp_path / "watched", spike_at=20)
+            watched, opened_by_steps = train([diagnostics, KillWebhook()],
+                                             tmp_path / "watched", spike_at=20,
+                                             connections=connections)
     finally:
         for server in (silent, failing, dying):
             server.close()
     # training unaffected: bit-identical weights
     for name in bare:
         assert torch.equal(bare[name], watched[name]), name
-    # no network wait on the training thread: it opened no connection, gradwatch's threads did
-    assert connections and training_thread not in {thread for thread, _ in connections}
+    # no network wait in the training steps: their thread opened no connection, gradwatch's
+    # threads did
+    assert connections and opened_by_steps == []
     assert len(silent.held) >= 1 and failing.requests >= 2  # they were really tried
     alerts = {a.name for a in diagnostics.engine.history}
     assert {"SymmetricInitialization", "GradientExplosion"} <= alerts  # there was traffic
