@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,22 @@ import torch
 from .ops_servers import (ServerProcess, WebhookReceiver, prometheus_config,
                          start_alertmanager, start_prometheus, start_pushgateway)
 from .training_target import TrainingTarget
+
+#: Every test has exactly one kind (pyproject.toml registers them; `pytest -m unit`).
+KINDS = ("unit", "training", "servers")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every collected test is checked
+def pytest_collection_modifyitems(items):
+    """Fail the collection when a test has no kind or more than one: a module-level
+    ``pytestmark = pytest.mark.unit`` (training, servers), or one mark per test where a file
+    mixes kinds."""
+    wrong = [f"{item.nodeid}: {sorted(kinds) or 'no kind'}" for item in items
+             if len(kinds := {m.name for m in item.iter_markers() if m.name in KINDS}) != 1]
+    if wrong:
+        raise pytest.UsageError("each test needs exactly one of the marks "
+                                f"{', '.join(KINDS)}:\n" + "\n".join(wrong))
+
 
 BINARIES = {
     "prometheus": "prometheus",
@@ -76,6 +94,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def connections(monkeypatch) -> list[tuple[int, object]]:
+    """(thread identity, address) of every outgoing connection opened from now to the end of
+    the test, by any thread: which thread did the network I/O, and how many attempts."""
+    opened: list[tuple[int, object]] = []
+    connect = socket.socket.connect
+
+    def counted(sock: socket.socket, address: object) -> None:
+        opened.append((threading.get_ident(), address))
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", counted)
+    return opened
 
 
 # --- Real servers: factory fixtures, each process stopped at the end of its test. ---------

@@ -132,6 +132,23 @@ class PrometheusServer(ServerProcess):
 
         wait_until(all_up, timeout, "every scrape target up")
 
+    def wait_evaluations(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until every rule group has been evaluated ``count`` more times from now (an
+        evaluation missed between two polls is not counted: the wait only gets longer)."""
+        def evaluations() -> dict[str, str]:
+            groups = get_json(self.url + "/api/v1/rules")["data"]["groups"]
+            return {f'{g["file"]}:{g["name"]}': g["lastEvaluation"] for g in groups}
+
+        seen = {group: {last} for group, last in wait_until(
+            evaluations, timeout, "the rule groups loaded").items()}
+
+        def counted() -> bool:
+            for group, last in evaluations().items():
+                seen[group].add(last)
+            return all(len(times) > count for times in seen.values())
+
+        wait_until(counted, timeout, f"{count} more rule evaluation(s)")
+
 
 class AlertmanagerServer(ServerProcess):
     def alerts(self) -> list[dict]:

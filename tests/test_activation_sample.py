@@ -20,6 +20,8 @@ from gradwatch.monitor.records.columns import RawActivationField
 from .helpers import close
 from .test_record_batches import mixed_model, sampled_step
 
+pytestmark = pytest.mark.unit
+
 ROWS = 9000  # 9000 x 64 = 576,000 values per output, 2 forwards: above every bound below
 BOUND = 1 << 14  # 256 rows of 64 drawn per output
 

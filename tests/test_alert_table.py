@@ -29,6 +29,8 @@ from gradwatch.monitor.judging.catalog import default_detectors
 from gradwatch.monitor.judging.init_audit import INIT_SCALE, INIT_SYMMETRY
 from gradwatch.monitor.records.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

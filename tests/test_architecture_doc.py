@@ -8,7 +8,11 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
+
 from gradwatch.monitor.records.metrics import METRICS
+
+pytestmark = pytest.mark.unit
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 SECTION = "## Metric -> the function that computes it"

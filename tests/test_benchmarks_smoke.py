@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+
 from benchmarks import cardinality, clip_cost, gpu, lightning_step, overhead, sampled_cost, step_cost
 from benchmarks.configs import CONFIGS
+
+pytestmark = pytest.mark.training
 
 ROW = re.compile(r"^\| (?P<config>[\w-]+)(?: \*)? \| [\d.]+ \| x(?P<ratio>\S+) \[(?P<low>\S+)-(?P<high>\S+)\]")
 

@@ -57,6 +57,7 @@ def reference_callback(package: str, sampled_step: int):
     return Reference()
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("package", PACKAGES)
 def test_metrics_and_tensorboard_match_independent_values(package, tmp_path):
     torch.manual_seed(0)
@@ -96,6 +97,7 @@ def test_metrics_and_tensorboard_match_independent_values(package, tmp_path):
     assert all(close(v, reference.global_norm[s]) for s, v in scalars["gradwatch/global_grad_norm"])
 
 
+@pytest.mark.servers
 def test_exposition_passes_promtool(tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -116,6 +118,7 @@ def test_exposition_passes_promtool(tmp_path):
     assert close(sample(parsed, "gradwatch_clipped_grad_norm"), 0.01, 1e-3)
 
 
+@pytest.mark.training
 def test_tensorboard_without_logger_and_custom_layout(tmp_path):
     log_dir = tmp_path / "tb"
     diagnostics = TrainingDiagnostics(every_n_steps=1, tensorboard_dir=str(log_dir))
@@ -135,6 +138,7 @@ def test_tensorboard_without_logger_and_custom_layout(tmp_path):
             "gradwatch: log10_update_ratio"} <= titles
 
 
+@pytest.mark.training
 def test_gradient_accumulation_and_run_name(tmp_path):
     torch.manual_seed(0)
     reference = reference_callback("lightning.pytorch", sampled_step=2)
@@ -153,6 +157,7 @@ def test_gradient_accumulation_and_run_name(tmp_path):
     assert close(sample(parsed, "gradwatch_activation_variance", layer="net.2"), variance)
 
 
+@pytest.mark.training
 def test_manual_optimization_with_two_optimizers(tmp_path):
     torch.manual_seed(0)
     diagnostics = TrainingDiagnostics(every_n_steps=1, prometheus_port=0)
@@ -174,6 +179,7 @@ def test_manual_optimization_with_two_optimizers(tmp_path):
     assert sample(parsed, "gradwatch_learning_rate", optimizer="1", group="0") == 0.1
 
 
+@pytest.mark.unit
 def test_bad_arguments_fail_at_construction():
     for kwargs, option in (({"every_n_steps": 0}, "every_n_steps"),
                            ({"prometheus_port": 70000}, "prometheus_port"),
@@ -187,6 +193,7 @@ def test_bad_arguments_fail_at_construction():
             TrainingDiagnostics(**kwargs)
 
 
+@pytest.mark.training
 def test_port_in_use_fails_before_the_first_step(tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -208,6 +215,7 @@ def test_port_in_use_fails_before_the_first_step(tmp_path):
     assert steps == []
 
 
+@pytest.mark.training
 def test_mixed_precision_loss_scale_and_skipped_steps(tmp_path):
     """fp16 autocast with a GradScaler (Lightning's "16-mixed" plugin, here on the CPU)."""
     from lightning.pytorch.plugins.precision import MixedPrecision
@@ -246,6 +254,7 @@ def test_mixed_precision_loss_scale_and_skipped_steps(tmp_path):
     assert sample(parsed, "gradwatch_amp_loss_scale") == scaler.get_scale() == 2.0 ** 15
 
 
+@pytest.mark.training
 def test_monitoring_does_not_change_the_training_result(tmp_path):
     def train(callbacks):
         torch.manual_seed(7)

@@ -3,7 +3,11 @@ holds, and each rank above 0 exports a constant handful, whatever the depth."""
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import cardinality
+
+pytestmark = pytest.mark.unit
 
 
 def test_series_across_ranks_within_the_target(one_torch_thread):

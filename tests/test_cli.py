@@ -23,6 +23,7 @@ def gradwatch(*args: str, cwd: Path | None = None, timeout: float = 120, code: s
     return gradwatch_cli(*args, cwd=cwd or ROOT, timeout=timeout, code=code, **env)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("command", ("", *COMMANDS))
 def test_help_everywhere(command):
     result = gradwatch(*([command] if command else []), "--help")
@@ -32,6 +33,7 @@ def test_help_everywhere(command):
         assert all(c in result.stdout for c in COMMANDS)
 
 
+@pytest.mark.unit
 def test_rules_and_dashboards_regenerate_the_committed_files(tmp_path):
     result = gradwatch("rules", "--out", str(tmp_path / "rules.yml"))
     assert result.returncode == 0, result.stderr
@@ -43,6 +45,7 @@ def test_rules_and_dashboards_regenerate_the_committed_files(tmp_path):
         assert (ROOT / "dashboards" / name).read_text() == text
 
 
+@pytest.mark.unit
 def test_thresholds_file_changes_the_rules_and_bad_ones_are_named(tmp_path):
     overrides = tmp_path / "t.yml"
     overrides.write_text("explosion_norm: 123.0\n")
@@ -57,6 +60,7 @@ def test_thresholds_file_changes_the_rules_and_bad_ones_are_named(tmp_path):
     assert result.returncode == 2 and "tanh_flat" in result.stderr
 
 
+@pytest.mark.unit
 def test_runbook_base_url_option_sets_every_link_and_bad_ones_are_named(tmp_path):
     out = tmp_path / "r.yml"
     assert gradwatch("rules", "--runbook-base-url", "https://wiki.example/rb", "--out",
@@ -67,6 +71,7 @@ def test_runbook_base_url_option_sets_every_link_and_bad_ones_are_named(tmp_path
     assert result.returncode == 2 and "runbook_base_url" in result.stderr
 
 
+@pytest.mark.unit
 def test_targets_writes_a_file_sd_entry_per_node(tmp_path):
     result = gradwatch("targets", "--host", "node7", "--port", "9400", "--ranks", "4",
                        "--label", "cluster=a", "--out", str(tmp_path))
@@ -78,12 +83,14 @@ def test_targets_writes_a_file_sd_entry_per_node(tmp_path):
     assert bad.returncode == 2 and "port" in bad.stderr
 
 
+@pytest.mark.unit
 def test_report_of_a_missing_run_is_a_clear_error(tmp_path):
     result = gradwatch("report", str(tmp_path / "nowhere"))
     assert result.returncode == 2
     assert "gradwatch report:" in result.stderr
 
 
+@pytest.mark.servers
 def test_doctor_against_the_real_stack(prometheus_server, alertmanager_server, scrape_target):
     alertmanager = alertmanager_server({"route": {"receiver": "null"},
                                         "receivers": [{"name": "null"}]})
@@ -104,6 +111,7 @@ def test_doctor_against_the_real_stack(prometheus_server, alertmanager_server, s
     assert "[skip] Alertmanager reachable" in dead.stdout
 
 
+@pytest.mark.training
 def test_demo_shows_the_four_verdicts(demo_runs):
     result = demo_runs.result
     assert result.returncode == 0, result.stderr[-3000:]
@@ -126,6 +134,7 @@ def test_demo_shows_the_four_verdicts(demo_runs):
     assert "tensorboard --logdir" in result.stdout
 
 
+@pytest.mark.training
 def test_report_command_writes_a_report_per_run(tmp_path):
     from gradwatch.callbacks import TrainingDiagnostics
 
@@ -159,6 +168,7 @@ GENERATORS = {   # command line -> what it prints
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("command", GENERATORS, ids=lambda c: c[0])
 @pytest.mark.parametrize("out", ([], ["--out", "-"]), ids=("default", "dash"))
 def test_generators_print_to_stdout_and_write_nothing_unasked(command, out, tmp_path,
@@ -169,6 +179,7 @@ def test_generators_print_to_stdout_and_write_nothing_unasked(command, out, tmp_
     assert list(tmp_path.iterdir()) == []   # no ./deploy, ./dashboards, ./docs, nor a "-"
 
 
+@pytest.mark.training
 def test_report_to_stdout_writes_no_file(demo_runs, tmp_path):
     run = demo_runs.out / "healthy"
     before = sorted(p.name for p in run.iterdir())
@@ -180,6 +191,7 @@ def test_report_to_stdout_writes_no_file(demo_runs, tmp_path):
     assert bad.returncode == 2 and "--colours" in bad.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("command, shown", [
     ("rules", "(default: -)"), ("dashboards", "(default: -)"), ("targets", "(default: 9400)"),
     ("metrics-doc", "(default: -)"), ("doctor", "(default: 5.0)"),
@@ -194,6 +206,7 @@ def test_help_shows_the_defaults(command, shown, monkeypatch, capsys):
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
+@pytest.mark.unit
 def test_a_missing_optional_package_is_one_line_and_exit_2(tmp_path):
     # None in sys.modules makes the import fail for real (ModuleNotFoundError)
     result = gradwatch("dashboards", "--out", str(tmp_path / "boards"),

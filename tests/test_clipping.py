@@ -78,6 +78,7 @@ def fit(tmp_path, module, every_n_steps=4, steps=8, package="lightning.pytorch",
     return run, recorder
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
 def test_lightning_norm_clipping_is_the_read_of_unsampled_steps(tmp_path, package):
     run, recorder = fit(tmp_path, regression_module(package), package=package,
@@ -114,6 +115,7 @@ class ClipsItsOwnWay(pl.LightningModule):
         torch.nn.utils.clip_grad_value_(self.parameters(), 0.01)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("module, options", [
     (regression_module, {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"}),
     (ClipsItsOwnWay, {"gradient_clip_val": 0.05}),
@@ -162,6 +164,7 @@ def twin_steps(dtype=torch.float32, freeze_stale=False, steps=6, max_norm=0.1):
     return results
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("dtype, freeze_stale", [
     (torch.float32, False), (torch.float64, False), (torch.bfloat16, False),
     (torch.float32, True)], ids=["float32", "float64", "bfloat16-not-fused", "frozen-stale"])
@@ -190,6 +193,7 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.unit
 def test_an_unsampled_step_makes_no_gradient_pass_of_its_own():
     counted = {}
     for via_monitor in (False, True):
@@ -216,6 +220,7 @@ def test_an_unsampled_step_makes_no_gradient_pass_of_its_own():
     assert sum(added.values()) <= 8, added  # a few scalar ops on the total norm
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("precision", ["32-true", "16-mixed-scaler"])
 def test_lightning_clipping_through_the_monitor_trains_bit_identically(tmp_path, precision):
     from lightning.pytorch.plugins.precision import MixedPrecision

@@ -8,9 +8,12 @@ from dataclasses import fields
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+import pytest
 
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.records.thresholds import Thresholds
+
+pytestmark = pytest.mark.unit
 
 not_int = st.one_of(st.floats(), st.text(max_size=5), st.none(), st.booleans(), st.lists(st.integers(), max_size=2))
 not_bool = st.one_of(st.integers(), st.text(max_size=5), st.none(), st.floats())

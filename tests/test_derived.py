@@ -22,6 +22,8 @@ from .detect_fixtures import FakeMonitor, pulse, snapshot
 from .test_detect_delivery import make_alert as alert
 from .helpers import close, sample, samples
 
+pytestmark = pytest.mark.unit
+
 
 def test_clip_engaged_only_when_clipping_reduced_the_norm():
     assert clip_engaged(10.0, 1.0) is True

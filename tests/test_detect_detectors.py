@@ -25,6 +25,8 @@ from gradwatch.monitor.judging.layer_conditions import (
 from gradwatch.monitor.judging.catalog import default_detectors
 from gradwatch.monitor.records.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 T = Thresholds()
 
 

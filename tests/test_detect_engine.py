@@ -26,6 +26,8 @@ from gradwatch.monitor.judging.init_audit import audit_initialization
 from gradwatch.monitor.probes.weight_audit import audit_weights, following_activations
 from gradwatch.monitor.records.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 
 def alerts_of(monitor):
     return [item for method, item in monitor.published if method == "on_alert"]

@@ -18,7 +18,7 @@ from .detect_fixtures import Recorder, mlp, train
 from gradwatch.monitor.judging.engine import AlertEngine
 from gradwatch.monitor.capture.monitor import Monitor
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.training, pytest.mark.usefixtures("one_torch_thread")]
 
 TEACHER = torch.randn(32, 1, generator=torch.Generator().manual_seed(0))
 

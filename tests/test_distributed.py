@@ -13,6 +13,8 @@ import torch
 
 from .helpers import OutputRecorder, close, layer_grad_norm, sample, samples, tanh_mlp
 
+pytestmark = pytest.mark.training
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

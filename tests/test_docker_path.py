@@ -29,6 +29,7 @@ def host_address() -> str:
     return address
 
 
+@pytest.mark.unit
 def test_the_default_loopback_bind_refuses_the_containers_route(host_address):
     sink = PrometheusSink("loopback-run")
     port = sink.serve(0)
@@ -40,6 +41,7 @@ def test_the_default_loopback_bind_refuses_the_containers_route(host_address):
         sink.close()
 
 
+@pytest.mark.servers
 def test_a_trainer_bound_to_a_host_address_is_scraped_through_it(host_address,
                                                                   prometheus_server):
     training = TrainingTarget(run="bridge-run", addr=host_address)
@@ -54,6 +56,7 @@ def test_a_trainer_bound_to_a_host_address_is_scraped_through_it(host_address,
         training.close()
 
 
+@pytest.mark.servers
 def test_the_documented_target_is_what_the_stack_scrapes(compose_config):  # noqa: F811
     prometheus = compose_config["services"]["prometheus"]
     extra_hosts = prometheus["extra_hosts"]

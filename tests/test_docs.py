@@ -7,11 +7,15 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.ops.doctor import CONTRACT_ALERTS
 from gradwatch.monitor.records.alert_table import TABLE
 from gradwatch.monitor.records.findings import ALERT_NAMES
 from gradwatch.monitor.records.metrics import METRICS, render_arguments
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,6 @@ still starting, and each failure mode explains itself with its fix."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -30,6 +29,7 @@ def by_name(checks) -> dict[str, doctor.Check]:
     return {check.name: check for check in checks}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("a, b", [
     ("localhost:9400", "http://127.0.0.1:9400/metrics"),
     ("host.docker.internal:9400", "http://127.0.0.1:9400/metrics"),
@@ -39,6 +39,7 @@ def test_one_listener_under_several_names(a, b):
     assert same_endpoint(a, b)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("a, b", [
     ("127.0.0.1:9401", "http://127.0.0.1:9400/metrics"),
     ("192.0.2.77:9400", "http://127.0.0.1:9400/metrics"),  # another machine (TEST-NET-1)
@@ -47,6 +48,7 @@ def test_different_listeners(a, b):
     assert not same_endpoint(a, b, local={"127.0.0.1", "::1", "0.0.0.0"})
 
 
+@pytest.mark.servers
 def test_the_whole_path_passes_under_another_name(prometheus_server, alertmanager_server,
                                                    webhook_receiver, scrape_target):
     alertmanager = alertmanager_server(webhook_config(webhook_receiver.url))
@@ -68,14 +70,27 @@ def test_the_whole_path_passes_under_another_name(prometheus_server, alertmanage
                "the test alert resolved")
 
 
-def test_it_waits_for_a_trainer_that_is_still_starting():
+@pytest.mark.training
+def test_it_waits_for_a_trainer_that_is_still_starting(monkeypatch):
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     found: dict = {}
+    refused: list[str] = []
+    get = doctor._get
+
+    def counted_get(address: str, timeout: float) -> str:  # the doctor's requests, unchanged
+        try:
+            return get(address, timeout)
+        except OSError:
+            refused.append(address)
+            raise
+
+    monkeypatch.setattr(doctor, "_get", counted_get)
     doctor_thread = threading.Thread(
         target=lambda: found.update(doctor.read_trainer(url, timeout=2, wait=120)))
     doctor_thread.start()
-    time.sleep(1.0)  # the doctor is already polling a port nothing listens on
+    # the doctor is already polling a port nothing listens on: refused, and it tried again
+    wait_until(lambda: len(refused) >= 2, 30, "the doctor to poll the silent port twice")
     training = TrainingTarget(run="late-run", port=port)
     try:
         doctor_thread.join(120)
@@ -84,6 +99,7 @@ def test_it_waits_for_a_trainer_that_is_still_starting():
     assert found["run"] == "late-run" and int(found["step"]) >= 0
 
 
+@pytest.mark.servers
 def test_each_failure_of_the_prometheus_side_says_its_fix(tmp_path):
     address = doctor.outbound_address()
     if address is None:
@@ -121,6 +137,7 @@ def test_each_failure_of_the_prometheus_side_says_its_fix(tmp_path):
     assert f"{address}:{port}" in str(no_target.value)  # the targets it does have
 
 
+@pytest.mark.servers
 def test_a_test_alert_without_delivery_says_why(alertmanager_server):
     nowhere = alertmanager_server({"route": {"receiver": "null"},
                                    "receivers": [{"name": "null"}]})

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import read_scalars
+
+pytestmark = pytest.mark.training
 
 ROOT = Path(__file__).resolve().parents[1]
 

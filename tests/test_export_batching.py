@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 from torch import nn
 
 from gradwatch.monitor import Monitor, Thresholds
 from gradwatch.monitor.sinks.export_thread import ExportWorker
 from gradwatch.monitor.capture.ring import MAX_RING_ROWS, PULSE_BATCH
+
+pytestmark = pytest.mark.unit
 
 
 class BlockingSink:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,6 +82,7 @@ def added_syncs(tmp_path, steps: int, every_n_steps: int) -> Counter:
     return Counter({op: watched[op] - bare[op] for op in SYNC_OPS})
 
 
+@pytest.mark.training
 def test_one_transfer_per_sampled_step_and_none_otherwise(tmp_path):
     # 12 steps, every 4: steps 0, 4 and 8 are sampled, and the last (the run ends on full
     # figures)
@@ -89,6 +91,7 @@ def test_one_transfer_per_sampled_step_and_none_otherwise(tmp_path):
                              "aten::is_nonzero": 0})
 
 
+@pytest.mark.training
 def test_unsampled_steps_add_no_sync(tmp_path):
     # only steps 0 and 11 (the last) are sampled: the 10 other steps must add nothing
     added = added_syncs(tmp_path / "b", steps=12, every_n_steps=1000)
@@ -96,6 +99,7 @@ def test_unsampled_steps_add_no_sync(tmp_path):
     assert sum(added.values()) == 2
 
 
+@pytest.mark.unit
 def test_a_sampled_step_of_large_outputs_reads_no_scalar():
     """Outputs above activation_sample (their moments from a sample of rows) are proved
     finite by their exact extremes, read as host memory: no scalar read, as for small ones."""

@@ -13,6 +13,8 @@ from torch import nn
 from gradwatch.monitor.judging.init_audit import INIT_SCALE, MESSAGE_CHARS, audit_initialization
 from gradwatch.monitor.probes.weight_audit import audit_weights
 
+pytestmark = pytest.mark.unit
+
 
 def mlp(init=None) -> nn.Sequential:
     torch.manual_seed(0)

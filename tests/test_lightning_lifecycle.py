@@ -16,6 +16,8 @@ from gradwatch.callbacks import TrainingDiagnostics
 from .helpers import layer_grad_norm, read_scalars, sample, samples, scrape
 from .lightning_models import lightning, regression_module, trainer
 
+pytestmark = pytest.mark.training
+
 pl = lightning()
 
 

@@ -23,6 +23,8 @@ from gradwatch.callbacks import TrainingDiagnostics
 from .helpers import OutputRecorder, loader, sample, samples, scrape, tanh_mlp
 from .lightning_models import lightning, trainer
 
+pytestmark = pytest.mark.training
+
 pl = lightning()
 
 

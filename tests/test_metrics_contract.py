@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+import pytest
 
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.records.metrics import METRICS, render_markdown
@@ -15,11 +16,13 @@ from .lightning_models import lightning, regression_module, trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.unit
 def test_committed_metrics_doc_is_generated_from_the_code():
     assert (ROOT / "docs" / "metrics.md").read_text() == render_markdown(), \
         "docs/metrics.md is stale: run `gradwatch metrics-doc --out docs/metrics.md`"
 
 
+@pytest.mark.training
 def test_a_real_run_exposes_exactly_the_documented_metrics(tmp_path):
     diagnostics = TrainingDiagnostics(every_n_steps=2, prometheus_port=0, tensorboard=False)
     pl = lightning()

@@ -13,6 +13,8 @@ from gradwatch.monitor import Monitor, Thresholds
 
 from .helpers import OutputRecorder, close, layer_grad_norm, layer_weight_norm, tanh_mlp
 
+pytestmark = pytest.mark.unit
+
 
 class Collect:
     """An in-memory sink."""

@@ -51,12 +51,14 @@ def closure(requirements: list[str]) -> set[str]:
 BASE = closure(PYPROJECT["project"]["dependencies"])
 
 
+@pytest.mark.unit
 def test_the_base_install_brings_no_rich():
     assert "pytorch-lightning" in BASE and "torch" in BASE  # the closure is really walked
     assert "rich" not in BASE
     assert "rich" in closure(EXTRAS["demo"])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("package", PACKAGES)
 def test_attaching_the_callback_keeps_the_trainers_progress_bar_and_summary(package, tmp_path):
     from gradwatch import TrainingDiagnostics
@@ -78,6 +80,7 @@ def quickstart() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.training
 def test_readme_quickstart_runs_as_pasted(tmp_path):
     code = quickstart()
     # shorter and on any free port; otherwise exactly the README's text
@@ -110,6 +113,7 @@ def imported_distributions(path: Path) -> set[str]:
     return {canonical(d) for name in names for d in providers[name]}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_example_runs_on_the_base_install_or_names_its_extra(example):
     first_line = example.read_text().splitlines()[0]
@@ -123,6 +127,7 @@ def test_example_runs_on_the_base_install_or_names_its_extra(example):
         assert "base install" in first_line, first_line
 
 
+@pytest.mark.unit
 def test_demo_without_its_extra_says_which_in_one_line(tmp_path):
     hide_rich = ("import sys; sys.modules['rich'] = None; from gradwatch.cli import main; "
                  f"sys.exit(main(['demo', '--out', {str(tmp_path)!r}]))")

@@ -37,12 +37,14 @@ def compose_config(docker_compose) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.servers
 def test_promtool_checks_prometheus_config(promtool):
     result = run([promtool, "check", "config", str(PROMETHEUS_YML)])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 rule files found" in result.stdout
 
 
+@pytest.mark.servers
 def test_promtool_checks_the_remote_write_example(promtool):
     """The fleet example (docs/ops.md): a valid config that forwards only gradwatch series."""
     example = PROMETHEUS_YML.parent / "remote-write.example.yml"
@@ -59,6 +61,7 @@ def test_promtool_checks_the_remote_write_example(promtool):
     assert config["global"]["scrape_interval"] == f"{rules.SCRAPE_INTERVAL_SECONDS}s"
 
 
+@pytest.mark.unit
 def test_prometheus_config_matches_the_rules_assumptions():
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     assert config["global"]["scrape_interval"] == f"{rules.SCRAPE_INTERVAL_SECONDS}s"
@@ -69,6 +72,7 @@ def test_prometheus_config_matches_the_rules_assumptions():
     assert (PROMETHEUS_YML.parent / "rules" / rules.RULES_PATH.name).is_file()
 
 
+@pytest.mark.unit
 def test_file_sd_example_is_a_valid_target_list():
     example = ROOT / "deploy/prometheus/targets/trainer.json.example"
     entries = json.loads(example.read_text())
@@ -77,6 +81,7 @@ def test_file_sd_example_is_a_valid_target_list():
     assert all("run" not in entry.get("labels", {}) for entry in entries)
 
 
+@pytest.mark.servers
 def test_amtool_checks_alertmanager_config(amtool):
     result = run([amtool, "check-config", str(ALERTMANAGER_YML)])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -90,6 +95,7 @@ def uncomment_examples(text: str) -> str:
                      for line in text.splitlines()) + "\n"
 
 
+@pytest.mark.servers
 def test_commented_slack_and_email_examples_are_valid(amtool, tmp_path):
     enabled = tmp_path / "alertmanager.yml"
     enabled.write_text(uncomment_examples(ALERTMANAGER_YML.read_text()))
@@ -101,6 +107,7 @@ def test_commented_slack_and_email_examples_are_valid(amtool, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.unit
 def test_alertmanager_groups_by_run_and_inhibits_on_nonfinite():
     config = yaml.safe_load(ALERTMANAGER_YML.read_text())
     assert config["route"]["group_by"] == ["alertname", "run"]
@@ -110,11 +117,13 @@ def test_alertmanager_groups_by_run_and_inhibits_on_nonfinite():
     assert inhibit["equal"] == ["run"]
 
 
+@pytest.mark.servers
 def test_compose_is_valid_with_a_password(docker_compose):
     result = compose(docker_compose, "config", "-q", password="s3cret-for-test")
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize("password", [None, ""])
 def test_compose_refuses_to_start_without_a_password(docker_compose, password):
     result = compose(docker_compose, "config", "-q", password=password)
@@ -122,12 +131,14 @@ def test_compose_refuses_to_start_without_a_password(docker_compose, password):
     assert "set GRAFANA_ADMIN_PASSWORD" in result.stderr
 
 
+@pytest.mark.servers
 def test_published_ports_are_loopback_only(compose_config):
     ports = [p for s in compose_config["services"].values() for p in s.get("ports", [])]
     assert len(ports) == 4
     assert all(p["host_ip"] == "127.0.0.1" for p in ports)
 
 
+@pytest.mark.servers
 def test_grafana_has_no_default_password_and_no_anonymous_access(compose_config):
     env = compose_config["services"]["grafana"]["environment"]
     assert env["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret-for-test"
@@ -135,11 +146,13 @@ def test_grafana_has_no_default_password_and_no_anonymous_access(compose_config)
     assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
 
 
+@pytest.mark.servers
 def test_images_are_pinned(compose_config):
     for name, service in compose_config["services"].items():
         assert re.search(r":v?\d+\.\d+\.\d+$", service["image"]), name
 
 
+@pytest.mark.servers
 def test_mounted_configs_exist_in_the_repository(compose_config):
     for service in compose_config["services"].values():
         for volume in service.get("volumes", []):
@@ -148,6 +161,7 @@ def test_mounted_configs_exist_in_the_repository(compose_config):
                 assert volume.get("read_only") is True, volume["target"]
 
 
+@pytest.mark.servers
 def test_trainers_on_the_host_are_reachable(compose_config):
     for name in ("prometheus", "alertmanager"):
         extra_hosts = compose_config["services"][name]["extra_hosts"]

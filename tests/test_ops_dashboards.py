@@ -33,6 +33,7 @@ def threshold_values(p: dict) -> list[float | None]:
     return [step["value"] for step in p["fieldConfig"]["defaults"]["thresholds"]["steps"]]
 
 
+@pytest.mark.unit
 def test_committed_dashboards_equal_generated():
     for name, text in dashboards.render_dashboards(Thresholds()).items():
         assert (ROOT / "dashboards" / name).read_text() == text, \
@@ -41,6 +42,7 @@ def test_committed_dashboards_equal_generated():
         dashboards.render_dashboards())
 
 
+@pytest.mark.unit
 def test_drawn_thresholds_are_the_thresholds_values(tmp_path):
     t = Thresholds(explosion_norm=123.0, stalled_seconds=77.0, amp_skipped_steps=9,
                    update_ratio_low=2e-5, update_ratio_high=3e-2, saturation_ratio=0.4,
@@ -58,6 +60,7 @@ def test_drawn_thresholds_are_the_thresholds_values(tmp_path):
     assert band["mode"] == "line+area"
 
 
+@pytest.mark.unit
 def test_gradient_norm_uses_a_log_scale_with_the_explosion_line():
     p = panel(generated()[HEALTH], "Global gradient norm")
     custom = p["fieldConfig"]["defaults"]["custom"]
@@ -65,6 +68,7 @@ def test_gradient_norm_uses_a_log_scale_with_the_explosion_line():
     assert custom["thresholdsStyle"]["mode"] == "dashed"
 
 
+@pytest.mark.unit
 def test_regime_colours_cover_every_regime():
     p = panel(generated()[HEALTH], "Regime")
     (mapping,) = p["fieldConfig"]["defaults"]["mappings"]
@@ -73,6 +77,7 @@ def test_regime_colours_cover_every_regime():
     assert mapping["options"]["0"]["color"] == "green"
 
 
+@pytest.mark.unit
 def test_layer_panels_are_ordered_by_depth():
     board = generated()[LAYERS]
     for p in board["panels"]:
@@ -85,6 +90,7 @@ def test_layer_panels_are_ordered_by_depth():
                 p["transformations"]
 
 
+@pytest.mark.unit
 def test_variables_datasources_annotations_and_layout():
     for name, board in generated().items():
         variables = [v["name"] for v in board["templating"]["list"]]
@@ -105,6 +111,7 @@ def test_variables_datasources_annotations_and_layout():
             cells |= area
 
 
+@pytest.mark.unit
 def test_variable_substitution():
     assert substitute('x{run=~"$run", l=~"${layer}"}[$__rate_interval]',
                       {"run": "r", "layer": ".*"}) == 'x{run=~"r", l=~".*"}[1m]'
@@ -124,6 +131,7 @@ def healthy_prometheus(prometheus_server, scrape_target):
 RARE_EVENTS = "gradwatch_nonfinite_total"
 
 
+@pytest.mark.servers
 def test_every_dashboard_query_returns_data(healthy_prometheus):
     run = healthy_prometheus.query("gradwatch_step")[0]["metric"]["run"]
     values = {"run": run, "layer": ".*"}
@@ -142,6 +150,7 @@ def test_every_dashboard_query_returns_data(healthy_prometheus):
     assert empty == []
 
 
+@pytest.mark.servers
 def test_layers_come_back_in_depth_order(healthy_prometheus):
     """The series of a by_depth rule sort input layer first, whatever the layer names."""
     from .training_target import LAYERS
@@ -155,6 +164,7 @@ def test_layers_come_back_in_depth_order(healthy_prometheus):
     assert layers != sorted(layers), "the layer names must not sort like their depth"
 
 
+@pytest.mark.unit
 def test_threshold_panels_explain_their_numbers():
     t = Thresholds(explosion_norm=321.0)
     p = panel(generated(t)[HEALTH], "Global gradient norm")
@@ -162,6 +172,7 @@ def test_threshold_panels_explain_their_numbers():
     assert Thresholds.documented()["explosion_norm"][1] in p["description"]
 
 
+@pytest.mark.unit
 def test_depth_map_fits_deep_models_with_absolute_bands_from_thresholds():
     import math
 
@@ -176,6 +187,7 @@ def test_depth_map_fits_deep_models_with_absolute_bands_from_thresholds():
     assert threshold_values(p) == [None, math.log10(1e-4), -math.log10(1e-4)]
 
 
+@pytest.mark.unit
 def test_nonfinite_values_have_a_colour_of_their_own_on_every_layer_panel():
     board = generated()[LAYERS]
     for p in board["panels"]:
@@ -189,6 +201,7 @@ def test_nonfinite_values_have_a_colour_of_their_own_on_every_layer_panel():
     assert latest and all(e.startswith("last_over_time(") for e in latest)
 
 
+@pytest.mark.unit
 def test_health_dashboard_has_a_rank_view():
     p = panel(generated()[HEALTH], "Step time by rank")
     assert [t["expr"].split("{")[0] for t in p["targets"]][0] == "gradwatch_step_seconds"

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, delete_from_gateway, push_to_gateway
+import pytest
 
 from gradwatch.monitor.ops import rules
 from gradwatch.monitor.records.alert_table import spec
 from gradwatch.monitor.records.thresholds import Thresholds
 from .training_target import LAYERS
 from .ops_servers import get_json, post_json, wait_until
+
+pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / rules.RULES_PATH

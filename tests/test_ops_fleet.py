@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gradwatch.monitor.ops import dashboards, rules
 from .ops_dashboard_queries import MODEL_DEPENDENT, dashboard_queries, substitute
 from .ops_servers import wait_until
 from .training_target import TrainingTarget
+
+pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / rules.RULES_PATH
@@ -65,7 +67,7 @@ def quiet_after_a_clean_end(prometheus, run: str) -> None:
         for name in ("TrainerDown", "TrainingStalled"):
             assert prometheus.query(exprs[name]) == [], name
             assert prometheus.query(f'ALERTS{{alertname="{name}"}}') == [], name
-        time.sleep(1)
+        prometheus.wait_evaluations()
 
 
 def test_a_nan_on_one_of_two_ranks(prometheus_server, tmp_path):
@@ -85,7 +87,7 @@ def test_a_nan_on_one_of_two_ranks(prometheus_server, tmp_path):
         counts = []
         for _ in range(5):  # a few more evaluations: alerts that come later count too
             counts.append(len(firing(prometheus)))
-            time.sleep(1)
+            prometheus.wait_evaluations()
         assert max(counts) <= 3, firing(prometheus)
         nonfinite = [a for a in prometheus.query("ALERTS") if a["metric"]["alertname"] ==
                      "NonFiniteValues"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gradwatch.monitor.ops import rules
@@ -25,11 +26,13 @@ def alert_rules(text: str) -> dict[str, dict]:
     return {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
 
 
+@pytest.mark.unit
 def test_committed_rules_equal_generated():
     committed = (ROOT / rules.RULES_PATH).read_text()
     assert committed == rules.render_rules(Thresholds()), "run monitor.rules.write_rules()"
 
 
+@pytest.mark.unit
 def test_every_contract_alert_is_documented_and_labelled():
     found = alert_rules(rules.render_rules())
     assert set(found) == CONTRACT_ALERTS == set(RULE_NAMES)
@@ -43,6 +46,7 @@ def test_every_contract_alert_is_documented_and_labelled():
         assert "$labels.layer" in notes["description"]
 
 
+@pytest.mark.unit
 def test_one_alert_per_run_and_alertname():
     """Every alert aggregates by (run) alone: no per-layer or per-rank fan-out; only
     TrainerDown's branch for a target with no run seen keeps job/instance."""
@@ -54,12 +58,14 @@ def test_one_alert_per_run_and_alertname():
         assert "layer" not in rule["labels"] and "rank" not in rule["labels"]
 
 
+@pytest.mark.unit
 def test_runbook_links_share_one_configurable_base(tmp_path):
     path = rules.write_rules(tmp_path / "r.yml", runbook_base_url="https://wiki.example/rb")
     for name, rule in alert_rules(path.read_text()).items():
         assert rule["annotations"]["runbook_url"] == f"https://wiki.example/rb#{name.lower()}"
 
 
+@pytest.mark.unit
 def test_numbers_come_from_thresholds(tmp_path):
     custom = Thresholds(explosion_norm=500.0, vanishing_depth_ratio=0.01, stalled_seconds=60.0,
                         amp_skipped_steps=7, loss_spike_factor=4.0, vanishing_samples=4,
@@ -79,6 +85,7 @@ def test_numbers_come_from_thresholds(tmp_path):
     assert "(gradwatch_step) >= 50" in recorded["gradwatch:loss:judged"]
 
 
+@pytest.mark.unit
 def test_explosion_bucket_label_matches_the_exporters_spelling():
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
@@ -88,12 +95,14 @@ def test_explosion_bucket_label_matches_the_exporters_spelling():
     assert f'h_bucket{{le="{label}"}} 1.0' in generate_latest(registry).decode()
 
 
+@pytest.mark.servers
 def test_promtool_check_rules(promtool):
     result = subprocess.run([promtool, "check", "rules", str(ROOT / rules.RULES_PATH)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.servers
 def test_promtool_unit_tests_pass(promtool):
     tests = sorted((ROOT / "deploy/prometheus/tests").glob("*.yml"))
     assert tests
@@ -123,6 +132,7 @@ def any_thresholds():
     return st.builds(Thresholds, **{f.name: allowed(f) for f in fields(Thresholds)})
 
 
+@pytest.mark.servers
 def test_rules_for_any_valid_thresholds_pass_promtool(promtool, tmp_path):
     """Whatever the numbers (tiny, huge, fractional), the generated PromQL stays valid."""
     from hypothesis import HealthCheck, given, settings

@@ -60,6 +60,7 @@ def wheel(build) -> Path:
     return build[0]
 
 
+@pytest.mark.unit
 def test_wheel_holds_only_the_gradwatch_package(wheel):
     top_level = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"gradwatch"}
@@ -69,6 +70,7 @@ def test_wheel_holds_only_the_gradwatch_package(wheel):
     assert "gradwatch/callbacks/training_diagnostics.py" in names
 
 
+@pytest.mark.training
 def test_installed_beside_a_users_callbacks_and_monitor_modules(tmp_path, wheel):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
@@ -103,6 +105,7 @@ def test_installed_beside_a_users_callbacks_and_monitor_modules(tmp_path, wheel)
     assert cli.returncode == 0 and "doctor" in cli.stdout, cli.stderr[-2000:]
 
 
+@pytest.mark.unit
 def test_wheel_declares_the_license_as_spdx_and_ships_it(build):
     wheel, output = build
     names = zipfile.ZipFile(wheel).namelist()

@@ -6,10 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from gradwatch.monitor.records.columns import ActivationField
 from gradwatch.monitor.records.packing import SampleFacts, pack_snapshot
 from gradwatch.monitor.records.snapshot import Pulse
+
+pytestmark = pytest.mark.unit
 
 F = len(ActivationField)
 

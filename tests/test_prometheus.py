@@ -48,6 +48,7 @@ def layer_series(parsed: dict) -> set[tuple[str, str]]:
             if "layer" in dict(labels) and dict(labels)["layer"]}
 
 
+@pytest.mark.unit
 def test_deep_models_export_depth_group_summaries_and_the_worst_layers():
     n, keep, groups = 40, 4, 4
     layers = [f"block.{i}" for i in range(n)]
@@ -79,6 +80,7 @@ def test_deep_models_export_depth_group_summaries_and_the_worst_layers():
     assert summaries == 7 * groups * 4
 
 
+@pytest.mark.servers
 def test_nonfinite_layer_values_are_exported_not_dropped():
     layers = ["a", "b", "c"]
     snap = snapshot(layers, [1.0, math.nan, math.inf])
@@ -99,6 +101,7 @@ def test_nonfinite_layer_values_are_exported_not_dropped():
     assert ("gradwatch_grad_norm", "b") not in layer_series(exposition(sink))
 
 
+@pytest.mark.unit
 def test_a_step_without_backward_keeps_the_last_loss_and_norm():
     sink = PrometheusSink("r")
     sink.on_pulse(Pulse(step=0, time=10.0, loss=2.5, global_grad_norm=3.0))
@@ -119,6 +122,7 @@ def ranked_snapshot(rank: int, layers, variance) -> Snapshot:
                    world=replace(world, activation_variance=np.asarray(variance["all"], float)))
 
 
+@pytest.mark.unit
 def test_ranks_export_once_what_is_the_same_everywhere():
     layers = ["a", "b"]
     variance = {0: [1.0, 2.0], 1: [3.0, 4.0], "all": [2.0, 3.0]}
@@ -152,10 +156,12 @@ def test_ranks_export_once_what_is_the_same_everywhere():
         f"gradwatch_activation_{k}" for k in ("mean", "variance", "dead_ratio", "max_abs")}
 
 
+@pytest.mark.unit
 def test_a_clean_end_is_served_to_the_next_scrape():
     import threading
-    import time
     import urllib.request
+
+    from .ops_servers import wait_until
 
     sink = PrometheusSink("r")
     port = sink.serve(0)
@@ -164,9 +170,10 @@ def test_a_clean_end_is_served_to_the_next_scrape():
     assert sample(read(), "gradwatch_run_finished") == 0
     read()  # two scrapes: the sink knows the scrape interval (about 0 s here)
     seen = []
+    closed = threading.Event()
 
-    def scraper():
-        time.sleep(0.3)
+    def scraper():  # the next scrape, once close() has returned (if it ever blocked: at 30 s)
+        closed.wait(30)
         seen.append(sample(read(), "gradwatch_run_finished"))
 
     thread = threading.Thread(target=scraper)
@@ -174,18 +181,21 @@ def test_a_clean_end_is_served_to_the_next_scrape():
     sink.finish()
     sink.close()  # returns at once: the endpoint lingers for the scrape that reads it
     assert seen == []
+    closed.set()
     thread.join()
     assert seen == [1.0]
-    for _ in range(50):  # and stops right after that scrape
+
+    def stopped() -> bool:
         try:
             read()
         except OSError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the endpoint still serves after its last scrape")
+            return True
+        return False
+
+    wait_until(stopped, 5, "the endpoint to stop right after its last scrape")
 
 
+@pytest.mark.unit
 def test_a_new_endpoint_takes_over_the_port_of_a_lingering_one():
     import time
     import urllib.request
@@ -195,7 +205,7 @@ def test_a_new_endpoint_takes_over_the_port_of_a_lingering_one():
     url = f"http://127.0.0.1:{port}/metrics"
     read = lambda: samples(urllib.request.urlopen(url, timeout=5).read().decode())  # noqa: E731
     read()
-    time.sleep(1.0)
+    time.sleep(1.0)  # not a wait: the scrape interval the sink measures (the scenario's input)
     read()  # a scrape interval of 1 s: the endpoint lingers for up to 3 s
     finished.finish()
     finished.close()  # lingers: nobody scraped since
@@ -205,6 +215,7 @@ def test_a_new_endpoint_takes_over_the_port_of_a_lingering_one():
     resumed.close()
 
 
+@pytest.mark.servers
 def test_odd_layer_names_give_valid_exposition():
     names = ['quote"d', "back\\slash", "new\nline", "ünïcødé.层", "x" * 2000]
     sink = PrometheusSink('run "odd"\n', rank=0)
@@ -216,6 +227,7 @@ def test_odd_layer_names_give_valid_exposition():
         assert sample(parsed, "gradwatch_layer_depth", layer=name, rank="all") == depth
 
 
+@pytest.mark.unit
 def test_a_one_step_spike_between_scrapes_stays_visible():
     sink = PrometheusSink("r")
     norms = [1.0] * 50 + [5e4] + [1.0] * 49  # one exploding step among 100
@@ -229,6 +241,7 @@ def test_a_one_step_spike_between_scrapes_stays_visible():
     assert count == 100
 
 
+@pytest.mark.unit
 def test_nonfinite_steps_and_loss_counted_every_step():
     sink = PrometheusSink("r")
     values = [(1.0, 1.0), (math.nan, 2.0), (math.inf, math.inf), (1.0, None), (None, 1.0)]
@@ -241,6 +254,7 @@ def test_nonfinite_steps_and_loss_counted_every_step():
     assert sample(parsed, "gradwatch_nonfinite_total", source="loss", kind="posinf") == 1
 
 
+@pytest.mark.unit
 def test_a_ranks_own_nonfinite_counts_name_its_first_layers_only():
     from gradwatch.monitor.sinks.prometheus import DEEPER_LAYERS, RANK_NONFINITE_LAYERS
 
@@ -259,6 +273,7 @@ def test_a_ranks_own_nonfinite_counts_name_its_first_layers_only():
     assert named[DEEPER_LAYERS] == sum(range(RANK_NONFINITE_LAYERS + 1, len(layers) + 1))
 
 
+@pytest.mark.unit
 def test_a_nan_layer_of_a_deep_model_is_kept_and_shows_in_its_group():
     layers = [f"block.{i}" for i in range(40)]
     grad = np.linspace(1.0, 2.0, 40)

@@ -10,6 +10,8 @@ from gradwatch.callbacks import TrainingDiagnostics
 from .helpers import sample, samples, scrape
 from .lightning_models import lightning, regression_module, trainer
 
+pytestmark = pytest.mark.servers
+
 
 def run_pushing(pushgateway, tmp_path, keep=False, fail_at=None):
     pl = lightning()

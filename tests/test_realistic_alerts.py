@@ -41,6 +41,7 @@ def rule_firings(recordings, promtool, tmp_path_factory):
     return {name: {a: i * STRIDE for a, i in f.items()} for name, f in firings.items()}
 
 
+@pytest.mark.training
 def test_scenarios_are_what_they_claim(recordings):
     healthy = {name: recordings[name] for name in HEALTHY}
     assert all(len(r.pulses) >= STEPS and r.first_nonfinite is None for r in healthy.values())
@@ -51,15 +52,18 @@ def test_scenarios_are_what_they_claim(recordings):
     assert min(len(recordings[name].pulses) for name in UNSTABLE) > 500  # fine until mid-run
 
 
+@pytest.mark.training
 def test_healthy_runs_raise_nothing_in_process(recordings):
     fired = {name: [(a.name, a.step) for a in recordings[name].fired()] for name in HEALTHY}
     assert fired == {name: [] for name in HEALTHY}
 
 
+@pytest.mark.servers
 def test_healthy_runs_raise_nothing_in_prometheus(rule_firings):
     assert {name: rule_firings[name] for name in HEALTHY} == {name: {} for name in HEALTHY}
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("name", sorted(UNSTABLE))
 def test_unstable_runs_are_caught_in_process_before_the_first_nan(recordings, name):
     _, catches, never = UNSTABLE[name]
@@ -76,6 +80,7 @@ RULE_CATCHES = {"dead_relus": {"GradientVanishing"},
                 "fp16_overflow": {"AmpOverflowStorm", "LossSpike", "LossDivergence"}}
 
 
+@pytest.mark.servers
 @pytest.mark.parametrize("name", sorted(UNSTABLE))
 def test_unstable_runs_are_caught_by_the_shipped_rules(recordings, rule_firings, name):
     _, catches, never = UNSTABLE[name]
@@ -88,6 +93,7 @@ def test_unstable_runs_are_caught_by_the_shipped_rules(recordings, rule_firings,
     assert not set(fired) & never
 
 
+@pytest.mark.servers
 def test_healthy_runs_raise_nothing_in_a_live_prometheus(recordings, prometheus_server):
     """As a user tries it: the real Prometheus scrapes every second, with the shipped rules,
     while the healthy runs' figures are served live by the real exporter (the recorded steps
@@ -104,8 +110,11 @@ def test_healthy_runs_raise_nothing_in_a_live_prometheus(recordings, prometheus_
                 sink.on_pulse(recordings[name].pulses[step])
                 if step in feeds[name]:
                     sink.on_snapshot(feeds[name][step])
-            time.sleep(0.02)
-        time.sleep(3)  # a few more evaluations of the last figures
+            time.sleep(0.02)  # the replay's pace (about 50 steps a second), not a wait
+        for name in HEALTHY:  # the last figures scraped, then a few evaluations of them
+            prometheus.wait_for(
+                f'gradwatch_step{{run="{name}"}} == {recordings[name].pulses[STEPS - 1].step}')
+        prometheus.wait_evaluations(3)
         # liveness alerts aside (the replayed step times are the recording's)
         ever = prometheus.query_range(
             'ALERTS{severity=~"warning|critical", '

@@ -16,6 +16,8 @@ from gradwatch.monitor.probes import record_batches
 from .helpers import OutputRecorder, close
 from .test_monitor_values import Collect
 
+pytestmark = pytest.mark.unit
+
 
 class PoisonedLinear(nn.Linear):
     """A Linear whose output holds a NaN and a -Inf (in two rows of the batch)."""

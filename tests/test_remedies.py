@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from .detect_fixtures import FakeMonitor, pulse, snapshot
 from gradwatch.monitor.records.alert_table import spec
 from gradwatch.monitor.judging.engine import AlertEngine
+
+pytestmark = pytest.mark.unit
 
 
 def calm(engine, mon, steps, **fields):

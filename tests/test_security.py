@@ -65,6 +65,7 @@ def get(url: str, auth: tuple[str, str] | None = None, context=None) -> tuple[in
         return error.code, ""
 
 
+@pytest.mark.unit
 def test_default_endpoint_binds_to_loopback_only():
     assert TrainingDiagnostics().options.prometheus_addr == "127.0.0.1"
     sink = PrometheusSink("r")
@@ -75,6 +76,7 @@ def test_default_endpoint_binds_to_loopback_only():
         sink.close()
 
 
+@pytest.mark.unit
 def test_basic_auth_rejects_missing_and_wrong_credentials():
     sink = PrometheusSink("r")
     port = sink.serve(0, security=EndpointSecurity(basic_auth=("scraper", "s3cret")))
@@ -89,6 +91,7 @@ def test_basic_auth_rejects_missing_and_wrong_credentials():
     assert "s3cret" not in repr(EndpointSecurity(basic_auth=("scraper", "s3cret")))
 
 
+@pytest.mark.unit
 def test_tls_with_client_certificates(pki):
     sink = PrometheusSink("r")
     security = EndpointSecurity(certfile=str(pki / "server.pem"), keyfile=str(pki / "server.key"),
@@ -115,6 +118,7 @@ def test_tls_with_client_certificates(pki):
         sink.close()
 
 
+@pytest.mark.unit
 def test_bad_security_options_fail_at_construction(pki):
     with pytest.raises(ValueError, match="prometheus_tls_cert and prometheus_tls_key"):
         TrainingDiagnostics(prometheus_tls_cert=str(pki / "server.pem"))
@@ -124,6 +128,7 @@ def test_bad_security_options_fail_at_construction(pki):
         TrainingDiagnostics(pushgateway_basic_auth="user:password")
 
 
+@pytest.mark.training
 def test_callback_serves_behind_basic_auth_and_never_logs_secrets(tmp_path, caplog):
     pl = lightning()
     seen = {}
@@ -148,6 +153,7 @@ def test_callback_serves_behind_basic_auth_and_never_logs_secrets(tmp_path, capl
     assert "topsecret" not in logged and "hunter2" not in logged  # ...without its secrets
 
 
+@pytest.mark.unit
 def test_nothing_read_from_disk_or_network_is_unpickled_or_evaluated():
     risky = re.compile(r"\b(pickle|marshal|eval|exec)\b|yaml\.load\(|torch\.load\(")
     offenders = [f"{path.relative_to(ROOT)}:{number}"

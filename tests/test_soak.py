@@ -8,11 +8,14 @@ import gc
 import os
 import threading
 
+import pytest
 import torch
 from prometheus_client import generate_latest
 from torch import nn
 
 from gradwatch.monitor import AlertEngine, Monitor, PrometheusSink, Pulse, Snapshot, TensorBoardSink
+
+pytestmark = pytest.mark.training
 
 
 def rss_bytes() -> int:

@@ -10,11 +10,14 @@ import subprocess
 import sys
 
 import lightning.pytorch as pl
+import pytest
 
 from gradwatch import TrainingDiagnostics
 
 from .helpers import TINY_MODULE_SOURCE, sample, samples, scrape
 from .lightning_models import regression_module, trainer
+
+pytestmark = pytest.mark.training
 
 URL = re.compile(r"/metrics (http://127\.0\.0\.1:(\d+)/metrics)")
 

@@ -61,6 +61,7 @@ def run(tmp_path_factory):
     return fit.logger.log_dir, reference
 
 
+@pytest.mark.training
 def test_log10_tags_hold_the_logarithm_of_independent_norms(run):
     log_dir, reference = run
     scalars = read_scalars(log_dir)
@@ -99,6 +100,7 @@ def layout_of(log_dir: str):
     return layout
 
 
+@pytest.mark.training
 def test_custom_scalars_group_layers_by_depth_and_chart_log10(run):
     log_dir, _ = run
     tags = list(read_scalars(log_dir))
@@ -122,6 +124,7 @@ def test_custom_scalars_group_layers_by_depth_and_chart_log10(run):
         "gradwatch/log10_global_grad_norm", "gradwatch/log10_loss"]
 
 
+@pytest.mark.unit
 def test_deep_models_get_larger_depth_groups():
     assert depth_groups(6) == [(0, 4), (4, 6)]
     groups = depth_groups(1000)
@@ -129,6 +132,7 @@ def test_deep_models_get_larger_depth_groups():
     assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))   # contiguous
 
 
+@pytest.mark.training
 def test_event_records_are_checksummed_in_c_with_tensorboards_own_values(run):
     """The run above wrote its events through the C checksum (``use_fast_checksums``, on
     once a TensorBoardSink exists) and TensorBoard's reader, which checks every record with

@@ -9,6 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradwatch.monitor.probes.transfer import TransferLayout
 
+pytestmark = pytest.mark.unit
+
 
 class CountOps(TorchDispatchMode):
     """Counts the ops that run, by name."""

@@ -54,6 +54,7 @@ def reference_attention(logits: torch.Tensor) -> tuple[float, float]:
     return logits[torch.isfinite(logits)].max().item(), entropy.mean().item()
 
 
+@pytest.mark.unit
 def test_attention_and_output_logit_statistics_of_sdpa_equal_a_direct_computation():
     torch.manual_seed(0)
     model = TinyDecoder(seq=32)
@@ -98,6 +99,7 @@ class LongAttention(nn.Module):
         return self.head(out.transpose(1, 2).reshape(x.shape))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("interception", ["sdpa", "softmax"])
 def test_long_sequences_are_measured_on_evenly_spaced_rows_of_the_first_sequences(
         interception):
@@ -141,6 +143,7 @@ class MhaModel(nn.Module):
         return self.head(out)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("need_weights", [True, False])
 def test_multihead_attention_is_intercepted_with_or_without_weights(need_weights):
     torch.manual_seed(0)
@@ -179,6 +182,7 @@ class LateAttention(nn.Module):
         return self.head(self.mlp(x))
 
 
+@pytest.mark.unit
 def test_attention_is_looked_for_in_the_whole_forward_on_one_sampled_step_in_scan_every(
         monkeypatch):
     """On the other sampled steps only the modules attention was found in are watched:
@@ -214,6 +218,7 @@ def test_attention_is_looked_for_in_the_whole_forward_on_one_sampled_step_in_sca
     assert 0 < max(watched) and 2 * max(watched) < seen[attention.SCAN_EVERY]
 
 
+@pytest.mark.unit
 def test_hugging_face_eager_and_sdpa_attention_give_the_same_figures():
     transformers = pytest.importorskip("transformers")
     figures = {}
@@ -242,6 +247,7 @@ def test_hugging_face_eager_and_sdpa_attention_give_the_same_figures():
         assert eager.attention_entropy[i] == pytest.approx(entropy, rel=1e-5)
 
 
+@pytest.mark.unit
 def test_update_grad_cosine_and_adam_eps_ratio_equal_a_direct_computation():
     torch.manual_seed(0)
     model = tanh_mlp()
@@ -278,6 +284,7 @@ def test_update_grad_cosine_and_adam_eps_ratio_equal_a_direct_computation():
     assert any(0 < r < 1 for r in ratios)  # the test can tell a wrong count
 
 
+@pytest.mark.unit
 def test_sgd_updates_have_cosine_one_and_no_eps_ratio():
     torch.manual_seed(0)
     model = tanh_mlp()
@@ -289,6 +296,7 @@ def test_sgd_updates_have_cosine_one_and_no_eps_ratio():
     assert np.isnan(snapshot.adam_eps_dominated_ratio).all()
 
 
+@pytest.mark.training
 def test_the_new_statistics_add_no_host_sync_and_do_not_change_training():
     """Sampled steps of a transformer with AdamW (and skip-on-spike on): one copy to the host
     each, no scalar read; the weights equal those of the same loop without gradwatch."""
@@ -322,6 +330,7 @@ def test_the_new_statistics_add_no_host_sync_and_do_not_change_training():
     assert reads - bare_reads == 0
 
 
+@pytest.mark.training
 def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
     pl = lightning()
     batches = token_batches(4, seq=17)
@@ -371,6 +380,7 @@ def test_lightning_exports_them_to_prometheus_and_tensorboard(tmp_path):
 # ---------------------------------------------------------------------------- detectors
 
 
+@pytest.mark.training
 def test_attention_logit_growth_leads_the_divergence_and_the_twins_stay_quiet():
     """Seed 0 (it holds on seeds 0-2, docs/benchmarks.md "Across seeds"): this pins one real
     trajectory."""
@@ -382,6 +392,7 @@ def test_attention_logit_growth_leads_the_divergence_and_the_twins_stay_quiet():
         assert twin["alerts"] == {}
 
 
+@pytest.mark.training
 def test_adam_collapse_and_output_logit_divergence_lead_the_spike():
     """Seed 0 of the memorising run (it holds on seeds 0-2): the second moment collapses,
     the gradient grows under it and the logits' shared shift walks far below 0 (log Z with
@@ -400,6 +411,7 @@ def test_adam_collapse_and_output_logit_divergence_lead_the_spike():
     assert abs(centred["mean_logit"]) < 1e-4
 
 
+@pytest.mark.unit
 def test_a_memorisable_batch_has_distinct_first_tokens_and_follows_the_language():
     """Seed 1's batch of 4 repeats a first token (3, continued by 0 and by 1): a loss floor
     of 2 ln 2 / 128 that kept its gradients alive. distinct_starts replaces the repeat by
@@ -418,6 +430,7 @@ def test_a_memorisable_batch_has_distinct_first_tokens_and_follows_the_language(
                                      distinct_starts=True)[0])
 
 
+@pytest.mark.training
 def test_the_mean_logit_is_the_mean_output_embedding_dot_the_mean_hidden_state():
     """output_geometry's mu . h_bar against the logits' mean; with mu-centering every
     Snapshot after the first step measures a mean logit of 0 and mu ends at 0."""
@@ -487,6 +500,7 @@ def decoder(recipe):
     return model, optimizer, data.__getitem__, lm_loss, recipe.steps
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("make", [confident_classifier, lambda: decoder(OUTPUT_RUNS[0])],
                          ids=["classifier", "decoder without final LayerNorm"])
 def test_a_model_growing_confident_raises_no_output_logit_alarm(make):
@@ -502,6 +516,7 @@ def test_a_model_growing_confident_raises_no_output_logit_alarm(make):
     assert not [step for name, step in fired if name == "OutputLogitDivergence" and step < until]
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
 def test_hugging_face_models_trained_with_warm_up_and_cosine_raise_nothing(family):
     """A Hugging Face-initialised GPT-2 / BERT (1 layer) learning a deterministic 16-token
@@ -542,6 +557,7 @@ def judge(detector, snapshots) -> list[str]:
             for r in map(detector.on_snapshot, snapshots)]
 
 
+@pytest.mark.unit
 def test_output_logit_divergence_judges_the_shift_of_the_logits_not_the_confidence():
     def run(log_zs, shifts):
         return judge(OutputLogitDivergence(Thresholds()), [
@@ -566,6 +582,7 @@ def test_output_logit_divergence_judges_the_shift_of_the_logits_not_the_confiden
     assert set(run(drifting, [math.nan] * len(drifting))) == {"clear"}
 
 
+@pytest.mark.unit
 def test_adam_update_decorrelation_judges_the_gradient_growing_under_the_collapse():
     def samples(eps, norms, cosine=0.4):
         """One sample per entry: per-layer eps ratios, and its steps' gradient norms."""
@@ -657,6 +674,7 @@ def fit_regression(tmp_path, poisoned, callbacks):
     return module, final
 
 
+@pytest.mark.training
 def test_skip_on_spike_is_bit_identical_on_a_healthy_run_and_rescues_a_poisoned_one(tmp_path):
     bare, clean_loss = fit_regression(tmp_path / "bare", None, [])
     healthy = TrainingDiagnostics(skip_on_spike=SkipOnSpike(), tensorboard=False, alerts=False)
@@ -684,6 +702,7 @@ def test_skip_on_spike_is_bit_identical_on_a_healthy_run_and_rescues_a_poisoned_
     assert set(checkpoint["state_dict"]) == {f"net.{n}" for n, _ in watched.net.named_parameters()}
 
 
+@pytest.mark.unit
 def test_response_options_are_checked_at_construction():
     with pytest.raises(ValueError, match="skip_on_spike"):
         TrainingDiagnostics(skip_on_spike="yes")

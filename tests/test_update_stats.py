@@ -9,6 +9,8 @@ from torch import nn
 
 from gradwatch.monitor.probes import update_stats
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("cpu_float32", [True, False], ids=["per-tensor", "bucketed"])
 def test_eps_dominated_counts_equal_a_count_per_tensor(cpu_float32):

@@ -14,6 +14,8 @@ from gradwatch.monitor.sinks.endpoint import EndpointSecurity
 from gradwatch.monitor.sinks.forensics import ForensicsSink
 from gradwatch.monitor.records.thresholds import Thresholds
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("make, message", [
     # integers
