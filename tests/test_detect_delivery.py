@@ -209,6 +209,22 @@ def test_firing_alerts_are_resent_until_resolved(receiver):
     assert sink.close(2.0)
 
 
+
+@pytest.mark.unit
+def test_a_resend_built_before_a_resolution_does_not_fire_it_again(receiver):
+    """The re-send timer builds its document, the alert resolves, then the document is sent
+    (after the resolution, in queue order): it must not carry the resolved alert."""
+    sink = AlertmanagerSink(receiver.url + "/race", resend_interval=3600.0)
+    firing, other = make_alert(run="race"), make_alert(run="race", name="LossSpike")
+    sink.on_alert(firing)
+    sink.on_alert(other)
+    (document,) = sink._resend()  # built by the timer, not sent yet
+    sink.on_alert(make_alert(run="race", status="resolved", ends_at=time.time()))
+    sent = document()  # rendered when sent
+    assert [body["labels"]["alertname"] for body in sent] == ["LossSpike"]
+    assert sink.close(2.0)
+
+
 @pytest.mark.unit
 def test_secrets_never_logged(caplog):
     caplog.set_level(logging.INFO, logger="gradwatch")

@@ -333,8 +333,16 @@ class AlertmanagerSink:
 
     def _resend(self) -> list[object]:
         with self._lock:
+            if not self._firing:
+                return []
+        # rendered when it is sent, from what fires then: a resolution queued in between
+        # must not be followed by a re-send of the alert it resolved (firing again)
+        return [self._firing_payloads]
+
+    def _firing_payloads(self) -> list[dict[str, object]]:
+        with self._lock:
             firing = list(self._firing.values())
-        return [lambda: [self.payload(a) for a in firing]] if firing else []
+        return [self.payload(a) for a in firing]
 
     def close(self, timeout: float = 5.0) -> bool:
         return self.poster.close(timeout)
