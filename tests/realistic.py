@@ -252,10 +252,11 @@ class LiveReplay:
     runs_scraped: int
 
 
-def live_replay(records: dict[str, Recording], prometheus_server) -> LiveReplay:
+def live_replay(records: dict[str, Recording], prometheus_server,
+                steps_per_second: float = 50) -> LiveReplay:
     """As a user runs it: the real Prometheus (``prometheus_server`` fixture, 1 s scrape and
     evaluation) scrapes the real exporter with the shipped rules, while ``records``' figures
-    are served live, all at once, about 50 steps a second."""
+    are served live, all at once, about ``steps_per_second``."""
     import time
 
     from gradwatch.monitor.ops import rules
@@ -272,7 +273,7 @@ def live_replay(records: dict[str, Recording], prometheus_server) -> LiveReplay:
                 sink.on_pulse(records[name].pulses[step])
                 if step in feeds[name]:
                     sink.on_snapshot(feeds[name][step])
-            time.sleep(0.02)
+            time.sleep(1 / steps_per_second)
         time.sleep(3)  # a few more evaluations of the last figures
         ever = prometheus.query_range(
             'ALERTS{severity=~"warning|critical", '

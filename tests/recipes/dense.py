@@ -14,6 +14,7 @@ from .data import classification, regression
 from .recipe import Recipe, healthy, loss_falls
 
 STEPS = 600
+LONG = 2000
 FAMILY = "MLP"
 
 
@@ -87,6 +88,17 @@ def sgd_weight_decay_step_decay() -> Setup:
                  schedule=schedules.step_decay(250, 0.1))
 
 
+def sgd_weight_decay_long_cosine() -> Setup:
+    """2,000 steps of SGD with weight decay and a cosine to 0 (the CIFAR recipe's shape):
+    as the lr decays the gradient norm rises toward ||w|| sqrt(2 wd / lr_t), by design."""
+    torch.manual_seed(111)
+    model = mlp([16, 64, 64, 4], nn.ReLU)
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
+                                        weight_decay=5e-4),
+                 classification(batch=16, seed=22), loss_fn=nn.functional.cross_entropy,
+                 schedule=schedules.warmup_cosine(50, LONG))
+
+
 def deep_tanh_xavier_clipped() -> Setup:
     """Eight tanh layers with Xavier init (the gain of tanh) and clipping at 1."""
     torch.manual_seed(106)
@@ -155,6 +167,8 @@ RECIPES: tuple[Recipe, ...] = (
     healthy("mlp_layernorm_adafactor_wsd", FAMILY, layernorm_adafactor_warmup_stable_decay,
             loss_falls(3), ci=True),
     healthy("mlp_sgd_wd_step_decay", FAMILY, sgd_weight_decay_step_decay, loss_falls(2)),
+    healthy("mlp_sgd_wd_cosine_2000_steps", FAMILY, sgd_weight_decay_long_cosine,
+            loss_falls(2), steps=LONG),
     healthy("mlp_deep_tanh_xavier_clipped", FAMILY, deep_tanh_xavier_clipped, loss_falls(2)),
     healthy("mlp_adam_fp16_grad_scaler", FAMILY, adam_fp16_grad_scaler, loss_falls(2), ci=True),
     healthy("mlp_adamw_bf16_linear_warmup", FAMILY, adamw_bf16_linear_warmup, loss_falls(3)),

@@ -4,6 +4,7 @@ each trainer pace of ``realistic.CADENCES``), and the table of docs/detection.md
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ class Trained:
     recipe: Recipe
     record: Recording
     setup: Setup
+    #: wall-clock seconds of its training (with the monitor), for choosing the CI subset
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,10 @@ def train_recipes(recipes: Mapping[str, Recipe]) -> dict[str, Trained]:
     try:
         out = {}
         for name, recipe in recipes.items():
+            started = time.perf_counter()
             setup = recipe.make()
-            out[name] = Trained(recipe, train(name, setup, steps=recipe.steps), setup)
+            record = train(name, setup, steps=recipe.steps)
+            out[name] = Trained(recipe, record, setup, time.perf_counter() - started)
         return out
     finally:
         torch.set_num_threads(before)
@@ -114,18 +119,34 @@ def false_alarms_per_1000(verdicts: Mapping[str, Verdict], judge_name: str) -> f
 
 def markdown(verdicts: Mapping[str, Verdict]) -> str:
     columns = " | ".join(JUDGES)
-    rows = [f"| recipe | family | kind | steps | first NaN | {columns} | caught (lead to "
-            "NaN, steps) |", "|---" * (6 + len(JUDGES)) + "|"]
+    rows = [f"| recipe | family | kind | steps | train s | first NaN | {columns} | caught "
+            "(lead to NaN, steps) |", "|---" * (7 + len(JUDGES)) + "|"]
     for v in verdicts.values():
         r = v.recipe
         caught = ("" if r.healthy else
                   "; ".join(f"{j}: {_caught(v, j)}" for j in JUDGES))
         first_nan = v.trained.record.first_nonfinite
-        rows.append(f"| {r.name} | {r.family} | {'healthy' if r.healthy else 'unstable'} "
-                    f"| {v.steps} | {'-' if first_nan is None else first_nan} | "
+        kind = ("healthy" if r.healthy else "unstable") + (", CI" if r.ci else "")
+        rows.append(f"| {r.name} | {r.family} | {kind} "
+                    f"| {v.steps} | {v.trained.seconds:.1f} "
+                    f"| {'-' if first_nan is None else first_nan} | "
                     + " | ".join(_alerts(v.fired[j]) for j in JUDGES) + f" | {caught} |")
     rates = ", ".join(f"{j}: {false_alarms_per_1000(verdicts, j):.2f}" for j in JUDGES)
-    return "\n".join(rows) + f"\n\nFalse alarms per 1,000 healthy steps: {rates}.\n"
+    return ("\n".join(rows) + f"\n\nFalse alarms per 1,000 healthy steps: {rates}.\n\n"
+            + known_misses(verdicts))
+
+
+def known_misses(verdicts: Mapping[str, Verdict]) -> str:
+    """The recipes' xfails: where the current detectors are wrong, and by what mechanism."""
+    lines = ["### Known false alarms and misses (the xfails)", ""]
+    for v in verdicts.values():
+        by_reason: dict[str, list[str]] = {}
+        for judge_name, reason in v.recipe.misses.items():
+            by_reason.setdefault(reason, []).append(judge_name)
+        for reason, judges in by_reason.items():
+            what = "false alarm" if v.recipe.healthy else "miss"
+            lines.append(f"- **{v.recipe.name}** ({what}; {', '.join(judges)}): {reason}.")
+    return "\n".join(lines) + "\n"
 
 
 BEGIN, END = "<!-- detect-bench table: begin -->", "<!-- detect-bench table: end -->"

@@ -20,6 +20,7 @@ Claim = Callable[[Recording, Setup], None]
 #: The judges: the engine in the training process, and the shipped rules replayed at each
 #: trainer pace of ``realistic.CADENCES``.
 IN_PROCESS = "in-process"
+RULES_1S, RULES_5S = "rules 1 s/step", "rules 5 s/step"
 
 
 @dataclass(frozen=True)
