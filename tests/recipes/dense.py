@@ -170,7 +170,7 @@ RECIPES: tuple[Recipe, ...] = (
     healthy("mlp_sgd_wd_cosine_2000_steps", FAMILY, sgd_weight_decay_long_cosine,
             loss_falls(2), steps=LONG),
     healthy("mlp_deep_tanh_xavier_clipped", FAMILY, deep_tanh_xavier_clipped, loss_falls(2)),
-    healthy("mlp_adam_fp16_grad_scaler", FAMILY, adam_fp16_grad_scaler, loss_falls(2), ci=True),
+    healthy("mlp_adam_fp16_grad_scaler", FAMILY, adam_fp16_grad_scaler, loss_falls(2)),
     healthy("mlp_adamw_bf16_linear_warmup", FAMILY, adamw_bf16_linear_warmup, loss_falls(3)),
     healthy("mlp_fine_tune_saved_model", "fine-tuning", fine_tune_saved_model, loss_falls(2)),
 )

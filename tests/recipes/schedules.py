@@ -25,8 +25,8 @@ def warmup_cosine(warmup: int, steps: int, floor: float = 0.0) -> Schedule:
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / (steps - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        done = min(step, steps) - warmup
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done / (steps - warmup)))
     return schedule
 
 

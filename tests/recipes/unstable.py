@@ -124,7 +124,7 @@ def attention_logit_growth() -> Setup:
 
     torch.manual_seed(0)
     model = TinyDecoder()
-    sequences = token_batches(300)
+    sequences = token_batches(200)
 
     def batches(step: int):
         tokens = sequences[step]
@@ -157,5 +157,5 @@ RECIPES: tuple[Recipe, ...] = (
              goes_nonfinite, {"AmpOverflowStorm", "Fp16HeadroomLow"},
              rule_catches=frozenset({"AmpOverflowStorm"}), ci=True),
     unstable("lm_attention_logit_growth", "transformer LM", attention_logit_growth,
-             stays_at_chance(64), {"AttentionLogitGrowth"}, steps=300, ci=True),
+             stays_at_chance(64), {"AttentionLogitGrowth"}, steps=200, ci=True),
 )

@@ -78,8 +78,7 @@ def relu_cnn_default_init_adam_warmup() -> Setup:
 
 
 RECIPES: tuple[Recipe, ...] = (
-    healthy("cnn_bn_sgd_warm_restarts", FAMILY, batchnorm_sgd_warm_restarts, loss_falls(2),
-            ci=True),
+    healthy("cnn_bn_sgd_warm_restarts", FAMILY, batchnorm_sgd_warm_restarts, loss_falls(2)),
     healthy("cnn_bn_sgd_nesterov_cosine_wd", FAMILY, batchnorm_sgd_cosine_weight_decay,
             loss_falls(2)),
     healthy("cnn_bn_noisy_batches_of_8", FAMILY, batchnorm_noisy_small_batches,
