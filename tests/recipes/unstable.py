@@ -21,16 +21,20 @@ EXPLODING = {"LossDivergence", "GradientExplosion", "LossSpike"}
 WEIGHT_DECAY_HIDES_VANISHING = (
     "weight decay alone moves every layer by lr*wd/(1-momentum) = 0.05*5e-4/0.1 = 2.5e-4 of "
     "its norm a step, above the 1e-4 update-ratio guard, so GradientVanishing (in-process "
-    "and the rule's `unless update_ratio >= 1e-4`) reads the decay as learning while the "
-    "input side's gradients are ~1e-6 of the output side's. Fix: judge the gradient's share "
+    "and the rule's `unless update_ratio >= 1e-4`) reads the decay as learning: every layer's "
+    "update ratio is 2.5e-4 while the input side's gradients are ~1e-14 of the output "
+    "side's. Fix: judge the gradient's share "
     "of the update: subtract the decay's own step (lr_t*wd*||W||, lr and weight_decay from "
     "the param groups, /(1-momentum)) before the guard, or compare the guard against the "
     "decay's step rather than a constant")
 DEAD_UNITS_HAVE_NO_RULE = (
     "DeadUnits is raised in-process only: gradwatch_activation_dead_ratio is exported but no "
-    "shipped rule reads it, and the gradients that the dead layers stop passing do not fall "
-    "1e-3 below the output side's (the still-live head keeps learning). Fix: a DeadUnits rule "
-    "on gradwatch_activation_dead_ratio > 0.9 held for unit_warning_samples samples")
+    "shipped rule reads it, and the depth profile does not collapse (input side 0.07-3x the "
+    "output side's gradient: the live units still pass it), so GradientVanishing rightly "
+    "stays quiet. The worst layer's dead share goes from 0.55 to 0.87-0.91 after the spike, "
+    "around the 0.9 threshold. Fix: a DeadUnits rule on gradwatch_activation_dead_ratio "
+    "above dead_ratio over unit_warning_samples samples (a max_over_time of the scrapes, "
+    "since a share hovering at the threshold dips under it between scrapes)")
 
 
 def mlp_lr_too_high() -> Setup:
