@@ -16,7 +16,7 @@ import pytest
 
 from .realistic import live_replay
 from .recipes import CI, RECIPES
-from .recipes.judge import JUDGES, RULE_JUDGES, judge, train_recipes, write_table
+from .recipes.judge import JUDGES, RULE_STRIDES, judge, train_recipes, write_table
 from gradwatch.monitor.ops import rules
 
 CORPUS = RECIPES if os.environ.get("GRADWATCH_CORPUS") == "all" else CI
@@ -66,7 +66,7 @@ def test_unstable_recipe_is_caught_before_its_first_nan(verdicts, name, judge_na
     if first_nan is not None:
         # a scrape sees a step up to a scrape interval late: the scrape holding the NaN is
         # the earliest the rules can see its lead-up
-        late = RULE_JUDGES.get(judge_name, 1) - 1
+        late = RULE_STRIDES.get(judge_name, 1) - 1
         assert caught <= first_nan - 1 + late, (caught, first_nan)
 
 

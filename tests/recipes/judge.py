@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from ..realistic import (CADENCES, Recording, Setup, first_firing_in_promtool, scrape_step,
-                         scrapes, steps_per_scrape, train)
-from .recipe import IN_PROCESS, Recipe
+from ..realistic import (Recording, Setup, first_firing_in_promtool, scrape_step, scrapes,
+                         steps_per_scrape, train)
+from .recipe import IN_PROCESS, RULE_JUDGES, Recipe
 
 #: judge name -> steps per scrape, for the rule replays
-RULE_JUDGES = {f"rules {pace}": steps_per_scrape(seconds) for pace, seconds in CADENCES.items()}
+RULE_STRIDES = {name: steps_per_scrape(seconds) for name, seconds in RULE_JUDGES.items()}
 JUDGES = (IN_PROCESS, *RULE_JUDGES)
 
 
@@ -84,7 +84,7 @@ def judge(trained: Mapping[str, Trained], promtool: str, rules_file: str,
           tmp: Path) -> dict[str, Verdict]:
     by_judge: dict[str, dict[str, dict[str, int]]] = {
         IN_PROCESS: {name: in_process_firings(t.record) for name, t in trained.items()}}
-    for name, stride in RULE_JUDGES.items():
+    for name, stride in RULE_STRIDES.items():
         replays = {n: scrapes(t.record, stride) for n, t in trained.items()}
         folder = tmp / name.replace(" ", "_").replace("/", "_")
         folder.mkdir()

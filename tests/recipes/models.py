@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .data import gen
+
 
 class SmallCNN(nn.Module):
     """Two conv + BatchNorm + ReLU stages and a linear head, on 1x8x8 images."""
@@ -184,8 +186,6 @@ class GAN(nn.Module):
 
 def gan_batches(mean: float = 3.0, std: float = 0.5, batch: int = 32, noise: int = 4):
     """Real samples from N(mean, std^2) beside generator noise; targets 1 (real), 0 (fake)."""
-    from .data import gen
-
     def batches(step: int):
         g = gen(15000 + step)
         real = mean + std * torch.randn(batch, 1, generator=g)

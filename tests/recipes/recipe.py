@@ -13,14 +13,15 @@ import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..realistic import Recording, Setup
+from ..realistic import CADENCES, Recording, Setup
 
 #: A claim checks a finished training (and its model) is what the recipe says it is.
 Claim = Callable[[Recording, Setup], None]
 #: The judges: the engine in the training process, and the shipped rules replayed at each
 #: trainer pace of ``realistic.CADENCES``.
 IN_PROCESS = "in-process"
-RULES_1S, RULES_5S = "rules 1 s/step", "rules 5 s/step"
+RULE_JUDGES = {f"rules {pace}": seconds for pace, seconds in CADENCES.items()}
+RULES_1S, RULES_5S = RULE_JUDGES
 
 
 @dataclass(frozen=True)
