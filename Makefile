@@ -1,4 +1,4 @@
-.PHONY: demo test lint bench bench-step cardinality setup setup-test
+.PHONY: demo test lint bench bench-step cardinality detect-bench setup setup-test
 
 # The two commands of the README: each installs what it needs, then runs.
 demo: setup
@@ -26,6 +26,12 @@ bench-step: setup-test
 # Series each rank exports at 1, 2 and 64 ranks (seconds): its section of docs/benchmarks.md
 cardinality: setup-test
 	PYTHONPATH=. .venv/bin/python -m benchmarks.cardinality --output docs/benchmarks.md
+
+# The recipe corpus (issue 27): every recipe trained and judged in-process and by the
+# shipped rules; writes the table of docs/detection.md (the default run judges a subset)
+detect-bench: setup-test
+	GRADWATCH_CORPUS=all GRADWATCH_DETECTION_TABLE=docs/detection.md \
+		.venv/bin/python -m pytest -q -p no:cacheprovider tests/test_recipe_corpus.py
 
 setup:
 	scripts/setup.sh

@@ -30,6 +30,9 @@ STEPS = 1000
 LIVENESS_ALERTS = ("TrainerDown", "TrainingStalled")
 
 
+AUTOCAST = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @dataclass
 class Setup:
     """One training: the model, its optimizer, a batch per step and what happens around it."""
@@ -40,7 +43,13 @@ class Setup:
     loss_fn: Callable = nn.functional.mse_loss
     schedule: Callable[[int], float] | None = None  # step -> lr multiplier
     clip: float | None = None
-    fp16: bool = False
+    #: "fp32"; "bf16" (autocast, no scaler: bf16 has fp32's range); "fp16" (autocast and a
+    #: GradScaler, which skips the steps whose gradients overflowed)
+    precision: str = "fp32"
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "fp16"
 
 
 @dataclass
@@ -86,7 +95,8 @@ def train(name: str, setup: Setup, steps: int = STEPS, every_n_steps: int = 10) 
                     group["lr"] = lr * setup.schedule(step)
             x, y = setup.batches(step)
             with monitor.step(step):
-                with torch.autocast("cpu", dtype=torch.float16, enabled=setup.fp16):
+                with torch.autocast("cpu", dtype=AUTOCAST[setup.precision],
+                                    enabled=setup.precision != "fp32"):
                     loss = setup.loss_fn(model(x), y)
                 monitor.observe_loss(loss)
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -164,7 +174,21 @@ def input_series(samples: list[dict[str, float]]) -> list[dict[str, str]]:
             for name in names]
 
 
+#: Prometheus' scrape and rule-evaluation interval in the replay (the shipped config's).
 INTERVAL_SECONDS = 15
+#: A trainer's pace as Prometheus sees it: seconds per optimizer step -> steps per scrape.
+#: One step a second is a small model; one every 5 s a large one (the rules' windows, in
+#: minutes, then hold 5x fewer steps).
+CADENCES = {"1 s/step": 1.0, "5 s/step": 5.0}
+
+
+def steps_per_scrape(seconds_per_step: float) -> int:
+    return max(1, round(INTERVAL_SECONDS / seconds_per_step))
+
+
+def scrape_step(record: Recording, stride: int, index: int) -> int:
+    """The last step scrape ``index`` of ``scrapes(record, stride)`` saw."""
+    return record.pulses[min((index + 1) * stride, len(record.pulses)) - 1].step
 
 
 def first_firing_query() -> str:
@@ -215,3 +239,50 @@ def first_firing_in_promtool(promtool: str, rules_file: str,
             alert: round(float(seconds)) // INTERVAL_SECONDS
             for alert, seconds in re.findall(r'alertname="(\w+)"} ([0-9.E+-]+)', output)}
     return fired
+
+
+# ------------------------------------------------------------------ a live Prometheus
+
+@dataclass(frozen=True)
+class LiveReplay:
+    #: (alertname, run) of every warning/critical alert ever firing, liveness alerts aside
+    #: (the replayed step times are the recording's)
+    alerts: list[tuple[str, str | None]]
+    #: runs whose gradwatch_step the live Prometheus holds at the end
+    runs_scraped: int
+
+
+def live_replay(records: dict[str, Recording], prometheus_server,
+                steps_per_second: float = 50) -> LiveReplay:
+    """As a user runs it: the real Prometheus (``prometheus_server`` fixture, 1 s scrape and
+    evaluation) scrapes the real exporter with the shipped rules, while ``records``' figures
+    are served live, all at once, about ``steps_per_second``."""
+    import time
+
+    from gradwatch.monitor.ops import rules
+
+    sinks = {name: PrometheusSink(name) for name in records}
+    ports = [sink.serve(0) for sink in sinks.values()]
+    try:
+        prometheus = prometheus_server([f"127.0.0.1:{port}" for port in ports],
+                                       rule_files=[rules.RULES_PATH.resolve()])
+        started = time.time()
+        feeds = {name: {s.step: s for s in r.snapshots} for name, r in records.items()}
+        steps = min(len(r.pulses) for r in records.values())
+        for step in range(steps):
+            for name, sink in sinks.items():
+                sink.on_pulse(records[name].pulses[step])
+                if step in feeds[name]:
+                    sink.on_snapshot(feeds[name][step])
+            time.sleep(1 / steps_per_second)  # the replay's pace, not a wait
+        for name, record in records.items():  # the last figures scraped, then evaluated
+            prometheus.wait_for(f'gradwatch_step{{run="{name}"}} == {record.pulses[steps - 1].step}')
+        prometheus.wait_evaluations(3)
+        ever = prometheus.query_range(
+            'ALERTS{severity=~"warning|critical", '
+            f'alertname!~"{"|".join(LIVENESS_ALERTS)}"}}', time.time() - started)
+        return LiveReplay([(s["metric"]["alertname"], s["metric"].get("run")) for s in ever],
+                          len(prometheus.query("gradwatch_step")))
+    finally:
+        for sink in sinks.values():
+            sink.close()

@@ -6,50 +6,17 @@ any one of which catches it, the alerts it must not raise).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .detect_fixtures import mlp
 from .realistic import STEPS, Setup
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _regression(width: int = 16, batch: int = 32, noise: float = 0.1, seed: int = 1,
-                scale: float = 1.0):
-    """A fixed random teacher: y = tanh(x A) B + noise."""
-    g = _gen(seed)
-    a, b = torch.randn(width, 32, generator=g), torch.randn(32, 1, generator=g) * scale
-
-    def batches(step: int):
-        gen = _gen(1000 + step)
-        x = torch.randn(batch, width, generator=gen)
-        y = torch.tanh(x @ a / math.sqrt(width)) @ b + noise * torch.randn(batch, 1, generator=gen)
-        return x, y
-    return batches
-
-
-def _classification(width: int = 16, classes: int = 4, batch: int = 32, seed: int = 2):
-    g = _gen(seed)
-    centers = torch.randn(classes, width, generator=g) * 0.5
-
-    def batches(step: int):
-        gen = _gen(5000 + step)
-        y = torch.randint(0, classes, (batch,), generator=gen)
-        return centers[y] + torch.randn(batch, width, generator=gen), y
-    return batches
-
-
-def warmup_cosine(warmup: int = 50, steps: int = STEPS):
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
-    return schedule
+from .recipes.data import classification as _classification
+from .recipes.data import images as _images
+from .recipes.data import regression as _regression
+from .recipes.data import tokens as _tokens
+from .recipes.models import SmallCNN, TinyLM
+from .recipes.schedules import warmup_cosine
 
 
 # ------------------------------------------------------------------ healthy
@@ -58,80 +25,15 @@ def mlp_warmup_cosine() -> Setup:
     torch.manual_seed(10)
     model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.AdamW(model.parameters(), lr=3e-3), _regression(),
-                 schedule=warmup_cosine())
-
-
-class TinyLM(nn.Module):
-    """A one-block pre-norm transformer language model with Hugging Face-style init
-    (normal std 0.02, zero biases) and a tied output head."""
-
-    def __init__(self, vocab: int = 16, d: int = 32, qk_norm: bool = False) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, d)
-        self.pos = nn.Parameter(torch.zeros(16, d))
-        self.block = nn.TransformerEncoderLayer(d, 2, 64, dropout=0.0, batch_first=True,
-                                                norm_first=True)
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab, bias=False)
-        self.head.weight = self.embed.weight
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(self.block.self_attn.in_proj_weight, std=0.02)
-        self.mask = nn.Transformer.generate_square_subsequent_mask(16)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.embed(tokens) + self.pos[: tokens.shape[1]]
-        h = self.block(h, src_mask=self.mask[: tokens.shape[1], : tokens.shape[1]],
-                       is_causal=True)
-        return self.head(self.norm(h)).flatten(0, 1)
-
-
-def _tokens(vocab: int = 16, batch: int = 8, length: int = 16):
-    """Sequences counting up mod vocab, a random token now and then."""
-    def batches(step: int):
-        gen = _gen(9000 + step)
-        start = torch.randint(0, vocab, (batch, 1), generator=gen)
-        seq = (start + torch.arange(length + 1)) % vocab
-        noise = torch.rand(seq.shape, generator=gen) < 0.2
-        seq = torch.where(noise, torch.randint(0, vocab, seq.shape, generator=gen), seq)
-        return seq[:, :-1], seq[:, 1:].flatten()
-    return batches
+                 schedule=warmup_cosine(50, STEPS))
 
 
 def tiny_lm_hf_init() -> Setup:
     torch.manual_seed(11)
     model = TinyLM()
     return Setup(model, torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01),
-                 _tokens(), loss_fn=nn.functional.cross_entropy, schedule=warmup_cosine(),
-                 clip=1.0)
-
-
-class SmallCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.relu = nn.ReLU()
-        self.fc = nn.Linear(8 * 4 * 4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.max_pool2d(self.relu(self.bn1(self.conv1(x))), 2)
-        x = self.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.flatten(1))
-
-
-def _images(batch: int = 16, seed: int = 3):
-    g = _gen(seed)
-    prototypes = torch.randn(4, 1, 8, 8, generator=g)
-
-    def batches(step: int):
-        gen = _gen(7000 + step)
-        y = torch.randint(0, 4, (batch,), generator=gen)
-        return prototypes[y] + 1.5 * torch.randn(batch, 1, 8, 8, generator=gen), y
-    return batches
+                 _tokens(), loss_fn=nn.functional.cross_entropy,
+                 schedule=warmup_cosine(50, STEPS), clip=1.0)
 
 
 def cnn_batchnorm_sgd_step_decay() -> Setup:
@@ -178,7 +80,8 @@ def fp16_mixed_precision() -> Setup:
     """fp16 autocast with a GradScaler on CPU: it skips its first steps while calibrating."""
     torch.manual_seed(17)
     model = mlp([16, 64, 64, 1], nn.ReLU)
-    return Setup(model, torch.optim.SGD(model.parameters(), lr=1e-3), _regression(), fp16=True)
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=1e-3), _regression(),
+                 precision="fp16")
 
 
 HEALTHY = {
@@ -246,7 +149,8 @@ def fp16_overflow() -> Setup:
     def batches(step: int):
         x, y = clean(step)
         return x * (1.0 if step < 500 else 3e3), y
-    return Setup(model, torch.optim.SGD(model.parameters(), lr=1e-3), batches, fp16=True)
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=1e-3), batches,
+                 precision="fp16")
 
 
 #: name -> (setup, alerts any of which catches it, alerts it must not raise)

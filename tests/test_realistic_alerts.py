@@ -5,15 +5,12 @@ every unstable run is caught, before its first NaN/Inf where it has one."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
-from .realistic import LIVENESS_ALERTS, STEPS, first_firing_in_promtool, scrapes, train
+from .realistic import STEPS, first_firing_in_promtool, live_replay, scrapes, train
 from .realistic_scenarios import HEALTHY, UNSTABLE
 from gradwatch.monitor.ops import rules
-from gradwatch.monitor.sinks.prometheus import PrometheusSink
 
 #: Steps per scrape in the replay (at 15 s a scrape: ~20 steps a minute).
 STRIDE = 5
@@ -95,32 +92,7 @@ def test_unstable_runs_are_caught_by_the_shipped_rules(recordings, rule_firings,
 
 @pytest.mark.servers
 def test_healthy_runs_raise_nothing_in_a_live_prometheus(recordings, prometheus_server):
-    """As a user tries it: the real Prometheus scrapes every second, with the shipped rules,
-    while the healthy runs' figures are served live by the real exporter (the recorded steps
-    replayed at about 50 a second, all runs at once)."""
-    sinks = {name: PrometheusSink(name) for name in HEALTHY}
-    ports = [sink.serve(0) for sink in sinks.values()]
-    try:
-        prometheus = prometheus_server([f"127.0.0.1:{port}" for port in ports],
-                                       rule_files=[rules.RULES_PATH.resolve()])
-        started = time.time()
-        feeds = {name: {s.step: s for s in recordings[name].snapshots} for name in HEALTHY}
-        for step in range(STEPS):
-            for name, sink in sinks.items():
-                sink.on_pulse(recordings[name].pulses[step])
-                if step in feeds[name]:
-                    sink.on_snapshot(feeds[name][step])
-            time.sleep(0.02)  # the replay's pace (about 50 steps a second), not a wait
-        for name in HEALTHY:  # the last figures scraped, then a few evaluations of them
-            prometheus.wait_for(
-                f'gradwatch_step{{run="{name}"}} == {recordings[name].pulses[STEPS - 1].step}')
-        prometheus.wait_evaluations(3)
-        # liveness alerts aside (the replayed step times are the recording's)
-        ever = prometheus.query_range(
-            'ALERTS{severity=~"warning|critical", '
-            f'alertname!~"{"|".join(LIVENESS_ALERTS)}"}}', time.time() - started)
-        assert [(s["metric"]["alertname"], s["metric"].get("run")) for s in ever] == []
-        assert prometheus.query("gradwatch_step") and len(prometheus.query("up == 1")) == 8
-    finally:
-        for sink in sinks.values():
-            sink.close()
+    """As a user tries it: the healthy runs' figures served live by the real exporter to the
+    real Prometheus with the shipped rules (realistic.live_replay)."""
+    live = live_replay({name: recordings[name] for name in HEALTHY}, prometheus_server)
+    assert live.alerts == [] and live.runs_scraped == len(HEALTHY)
