@@ -17,6 +17,7 @@ from ..monitor.records.validation import (
     check_callable,
     check_choice,
     check_credentials,
+    check_directory,
     check_file,
     check_instance,
     check_int,
@@ -45,7 +46,7 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "prometheus_basic_auth": check_credentials,
     "port_in_use": partial(check_choice, choices=("error", "warn")),
     "tensorboard": check_bool,
-    "tensorboard_dir": check_text,
+    "tensorboard_dir": check_directory,
     "pushgateway_url": check_url,
     "push_interval": check_positive,
     "pushgateway_keep": check_bool,
@@ -59,11 +60,12 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "alertmanager_url": check_url,
     "webhook_url": check_url,
     "on_alert": partial(check_callable, optional=True),
-    "stop_on": lambda name, value: None,  # the AlertEngine checks it, against its detectors
-    "forensics_dir": check_text,
+    # the AlertEngine checks it again, against its detectors
+    "stop_on": partial(check_names, known=ALERT_NAMES),
+    "forensics_dir": check_directory,
     "skip_on_spike": partial(check_instance, kind=SkipOnSpike),
     "checkpoint_on": partial(check_names, known=ALERT_NAMES),
-    "checkpoint_dir": check_text,
+    "checkpoint_dir": check_directory,
 }
 
 
