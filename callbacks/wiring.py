@@ -81,8 +81,9 @@ def _serve(options: DiagnosticsOptions, sink: PrometheusSink, local_rank: int) -
     except OSError as exc:
         problem = (f"prometheus_port {port} on prometheus_addr {options.prometheus_addr!r} "
                    f"cannot be served: {exc}")
-        if options.port_in_use == "error":
-            raise ValueError(problem) from exc
+        if options.port_in_use == "error":  # the OSError is in the message: no second trace
+            raise ValueError(f"{problem}; choose a free port, prometheus_port=0 (any free "
+                             f"port) or port_in_use='warn' (train without /metrics)") from None
         log.warning("gradwatch: %s; training goes on without /metrics", problem)
         return None
 
