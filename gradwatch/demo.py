@@ -3,25 +3,21 @@
 healthy (ReLU, He init, Adam), vanishing (deep sigmoid MLP), exploding (over-scaled init)
 and nan (a far too high learning rate), each a small Lightning run with TrainingDiagnostics:
 live progress, alerts printed as they fire, a TensorBoard run and an HTML report per run,
-/metrics served while it trains, and a closing table of verdicts. When a Prometheus stack is
-reachable on its usual local ports (``docker compose up``), alerts go to its Alertmanager
-and metrics to its Pushgateway too.
+/metrics served while it trains, and a closing table of verdicts. Alerts go to an
+Alertmanager, and metrics to a Pushgateway, only when named (``--alertmanager-url``,
+``--pushgateway-url``): one listening on the usual port may be somebody's on-call.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-
-ALERTMANAGER_URL = "http://127.0.0.1:9093"
-PUSHGATEWAY_URL = "http://127.0.0.1:9091"
 
 
 @dataclass(frozen=True)
@@ -102,14 +98,6 @@ def make_module(scenario: Scenario):
     return DemoModel()
 
 
-def reachable(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=0.5):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def summarize(name: str, engine, report: Path, log_dir: str) -> dict:
     """The closing table's row: worst regime, first alert, culprit layers, remedy."""
     fired = [a for a in engine.history if a.status == "firing"]
@@ -144,13 +132,9 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
 
     pl = lightning_package()
     console = Console()
-    alertmanager_url = alertmanager_url or (ALERTMANAGER_URL if reachable(ALERTMANAGER_URL)
-                                            else None)
-    pushgateway_url = pushgateway_url or (PUSHGATEWAY_URL if reachable(PUSHGATEWAY_URL)
-                                          else None)
     if alertmanager_url or pushgateway_url:
-        console.print(f"stack found: alerts -> {alertmanager_url or '-'}, "
-                      f"metrics -> {pushgateway_url or '-'}")
+        console.print(f"alerts -> {alertmanager_url or '-'}, metrics pushed -> "
+                      f"{pushgateway_url or '-'}")
 
     def print_alert(alert) -> None:
         colour = "red" if alert.severity == "critical" else "yellow"
