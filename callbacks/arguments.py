@@ -22,6 +22,7 @@ from ..monitor.records.validation import (
     check_instance,
     check_int,
     check_names,
+    check_number,
     check_positive,
     check_text,
     check_url,
@@ -40,6 +41,7 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "every_n_steps": partial(check_int, low=1),
     "prometheus_port": _port,
     "prometheus_addr": partial(check_text, optional=False),
+    "prometheus_linger": partial(check_number, low=0.0),
     "prometheus_tls_cert": check_file,
     "prometheus_tls_key": check_file,
     "prometheus_tls_client_ca": check_file,
@@ -87,6 +89,7 @@ class DiagnosticsOptions:
     every_n_steps: int
     prometheus_port: int | None
     prometheus_addr: str
+    prometheus_linger: float
     prometheus_tls_cert: str | None
     prometheus_tls_key: str | None
     prometheus_tls_client_ca: str | None

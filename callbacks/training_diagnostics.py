@@ -20,6 +20,7 @@ from ..monitor.records.regimes import HEALTHY
 from ..monitor.records.snapshot import Snapshot
 from ..monitor.records.thresholds import Thresholds
 from ..monitor.sinks.export_thread import Sink
+from ..monitor.sinks.prometheus import LINGER_SECONDS
 from ._lightning import CALLBACK_BASES, show_info_lines
 from .arguments import DiagnosticsOptions
 from .checkpoints import AlertCheckpoints
@@ -71,8 +72,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         every_n_steps: full per-layer statistics every this many optimizer steps (step 0 and
             the fit's last step included; validation passes inside a step are not counted).
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
-            processes, port + local rank). None: no endpoint. After a clean end it lingers in
-            the background (at most 35 s) for one last scrape of ``gradwatch_run_finished 1``.
+            processes, port + local rank). None: no endpoint.
+        prometheus_linger: after a clean end that Prometheus was scraping, keep ``/metrics``
+            up for its next scrape (``gradwatch_run_finished 1``: no TrainerDown page), at
+            most this many seconds; the script's exit waits for it and says so (Ctrl-C skips
+            it). 0: stop serving at once.
         prometheus_addr: the address to bind; loopback unless you open it on purpose (a
             Prometheus in Docker: ``"172.17.0.1"``, see docs/ops.md).
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
@@ -146,6 +150,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         every_n_steps: int = 50,
         prometheus_port: int | None = None,
         prometheus_addr: str = "127.0.0.1",
+        prometheus_linger: float = LINGER_SECONDS,
         prometheus_tls_cert: str | None = None,
         prometheus_tls_key: str | None = None,
         prometheus_tls_client_ca: str | None = None,

@@ -49,7 +49,8 @@ def build_exports(options: DiagnosticsOptions, trainer: Any, run: str) -> FitExp
     if options.prometheus_port is not None or options.pushgateway_url:
         exports.prometheus = PrometheusSink(run, trainer.global_rank if multi else None,
                                             options.max_exported_layers, options.thresholds,
-                                            rank_activations=options.rank_activations)
+                                            rank_activations=options.rank_activations,
+                                            linger=options.prometheus_linger)
         exports.sinks.append(exports.prometheus)
     if options.prometheus_port is not None and exports.prometheus is not None:
         exports.bound_port = _serve(options, exports.prometheus, trainer.local_rank)
