@@ -24,8 +24,7 @@ import lightning.pytorch as pl
 from gradwatch import TrainingDiagnostics
 from tests.lightning_models import regression_module
 
-diagnostics = TrainingDiagnostics(prometheus_port=0, prometheus_linger={linger},
-                                  tensorboard=False)
+diagnostics = TrainingDiagnostics(prometheus_port=0, tensorboard=False{linger})
 
 class Paced(pl.Callback):
     def on_train_start(self, trainer, module):
@@ -49,10 +48,12 @@ class Script:
     """The script in a subprocess, a scraper of its /metrics every ``interval`` seconds
     while ``scraping`` is set, and its output lines as they come."""
 
-    def __init__(self, tmp_path: Path, linger: float, interval: float, steps: int = 80,
+    def __init__(self, tmp_path: Path, linger: float | None, interval: float, steps: int = 80,
                  pace: float = 0.05) -> None:
         path = tmp_path / "train.py"
-        path.write_text(SCRIPT.format(root=str(ROOT), linger=linger, pace=pace, steps=steps))
+        # the default linger is not passed: the script runs as any user's does
+        path.write_text(SCRIPT.format(root=str(ROOT), pace=pace, steps=steps, linger=(
+            "" if linger is None else f", prometheus_linger={linger}")))
         self.process = subprocess.Popen([sys.executable, str(path)], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, cwd=tmp_path)
@@ -100,7 +101,7 @@ class Script:
 
 def test_with_a_scraper_the_exit_waits_for_its_next_scrape_and_says_so(tmp_path):
     # scrapes 3 s apart, the last one before the clean end: the exit waits for the next
-    script = Script(tmp_path, linger=35, interval=3.0)
+    script = Script(tmp_path, linger=None, interval=3.0)
     assert script.waiting.wait(60), script.err()
     assert script.finished_values == [0.0] * len(script.finished_values)
     script.scrape()  # Prometheus's next scrape: it reads the clean end, the script exits
@@ -112,7 +113,7 @@ def test_with_a_scraper_the_exit_waits_for_its_next_scrape_and_says_so(tmp_path)
 
 
 def test_ctrl_c_skips_the_wait_cleanly(tmp_path):
-    script = Script(tmp_path, linger=35, interval=3.0)
+    script = Script(tmp_path, linger=None, interval=3.0)
     assert script.waiting.wait(60), script.err()
     script.process.send_signal(signal.SIGINT)
     code, stderr = script.wait()
