@@ -137,6 +137,11 @@ def _key_value(item: str) -> tuple[str, str]:
 def _doctor(args: argparse.Namespace) -> int:
     from .monitor.ops.doctor import run_checks
 
+    if not (args.metrics_url or args.prometheus_url or args.alertmanager_url):
+        return fail("doctor", "nothing to check: give --metrics-url (the trainer's /metrics, "
+                    "named by its start-up line), --prometheus-url and/or --alertmanager-url, "
+                    "e.g. gradwatch doctor --metrics-url http://127.0.0.1:9400/metrics")
+
     checks = run_checks(args.metrics_url, args.prometheus_url, args.alertmanager_url,
                         args.thresholds, args.timeout, args.wait, args.test_alert)
     for check in checks:

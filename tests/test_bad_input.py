@@ -58,6 +58,7 @@ BAD = [
     ("doctor --timeout nan", "argument --timeout", "seconds > 0"),
     ("doctor --wait -3", "argument --wait", "seconds >= 0"),
     ("doctor --thresholds adir", "argument --thresholds", "name a file"),
+    ("doctor", "--metrics-url", "nothing to check"),
     ("nosuchverb", "argument COMMAND", "choose from"),
 ]
 
