@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +128,7 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     """Train every scenario; return one summary per run."""
     # rich is in the demo extra, no base dependency: installed, it restyles every user's Trainer
     from rich.console import Console
+    from rich.markup import escape
 
     from .callbacks import TrainingDiagnostics
     from .callbacks._lightning import lightning_package
@@ -139,8 +143,9 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     def print_alert(alert) -> None:
         colour = "red" if alert.severity == "critical" else "yellow"
         where = f" [{', '.join(alert.layers[:3])}]" if alert.layers else ""
+        # layer lists and summaries are text, not Rich markup ("[net.0, ...]" would vanish)
         console.print(f"  [{colour}]{alert.status.upper()} {alert.name}[/] step {alert.step}"
-                      f"{where}: {alert.summary}")
+                      f"{escape(where)}: {escape(alert.summary)}")
 
     # the alerts are printed compactly here; the full text is in the reports
     logging.getLogger("gradwatch.alerts").disabled = True
@@ -173,18 +178,38 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
 
 
 def _print_verdicts(console, summaries: list[dict], out_dir: str) -> None:
-    """The verdict table of the runs, and where their logs and reports are."""
+    """The verdict table of the runs (narrow enough for 80 columns: names are never split),
+    what to try for each, and where their logs and reports are, as commands that run."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="gradwatch demo: what each run looked like", show_lines=True)
-    for column in ("run", "regime", "first alert", "culprit layers", "what to try"):
-        table.add_column(column, overflow="fold")
+    table = Table(title="gradwatch demo: what each run looked like")
+    for column in ("run", "regime", "first alert"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("culprit layers", overflow="fold")
     colours = {"healthy": "green", "vanishing": "yellow", "exploding": "red", "nonfinite": "red"}
     for s in summaries:
         table.add_row(s["run"], f"[{colours[s['regime']]}]{s['regime']}[/]", s["first_alert"],
-                      s["layers"], s["remedy"])
+                      escape(s["layers"]))
     console.print(table)
-    console.rule("where to look")
-    console.print(f"TensorBoard: tensorboard --logdir {out_dir}")
+    console.rule("what to try")
     for s in summaries:
-        console.print(f"  {s['run']}: report {s['report']}")
+        console.print(f"{s['run']}: {escape(s['remedy'])}")
+    console.rule("where to look")
+    # commands and paths are never wrapped: they are copied as printed
+    console.print(f"TensorBoard: {command('tensorboard')} --logdir {out_dir}", soft_wrap=True)
+    for s in summaries:
+        console.print(f"  {s['run']}: report {s['report']}", soft_wrap=True)
+    console.print(f"A report again: {command('gradwatch')} report {out_dir}", soft_wrap=True)
+
+
+def command(name: str) -> str:
+    """``name`` as a user types it to run this environment's script: bare when the shell
+    finds this one on PATH, else its path (e.g. ``.venv/bin/tensorboard`` after
+    ``make demo``, whose .venv is not activated)."""
+    script = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == script.resolve():
+        return name
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)
