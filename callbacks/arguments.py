@@ -17,10 +17,12 @@ from ..monitor.records.validation import (
     check_callable,
     check_choice,
     check_credentials,
+    check_directory,
     check_file,
     check_instance,
     check_int,
     check_names,
+    check_number,
     check_positive,
     check_text,
     check_url,
@@ -39,13 +41,14 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "every_n_steps": partial(check_int, low=1),
     "prometheus_port": _port,
     "prometheus_addr": partial(check_text, optional=False),
+    "prometheus_linger": partial(check_number, low=0.0),
     "prometheus_tls_cert": check_file,
     "prometheus_tls_key": check_file,
     "prometheus_tls_client_ca": check_file,
     "prometheus_basic_auth": check_credentials,
     "port_in_use": partial(check_choice, choices=("error", "warn")),
     "tensorboard": check_bool,
-    "tensorboard_dir": check_text,
+    "tensorboard_dir": check_directory,
     "pushgateway_url": check_url,
     "push_interval": check_positive,
     "pushgateway_keep": check_bool,
@@ -59,11 +62,12 @@ CHECKS: dict[str, Callable[[str, Any], object]] = {
     "alertmanager_url": check_url,
     "webhook_url": check_url,
     "on_alert": partial(check_callable, optional=True),
-    "stop_on": lambda name, value: None,  # the AlertEngine checks it, against its detectors
-    "forensics_dir": check_text,
+    # the AlertEngine checks it again, against its detectors
+    "stop_on": partial(check_names, known=ALERT_NAMES),
+    "forensics_dir": check_directory,
     "skip_on_spike": partial(check_instance, kind=SkipOnSpike),
     "checkpoint_on": partial(check_names, known=ALERT_NAMES),
-    "checkpoint_dir": check_text,
+    "checkpoint_dir": check_directory,
 }
 
 
@@ -85,6 +89,7 @@ class DiagnosticsOptions:
     every_n_steps: int
     prometheus_port: int | None
     prometheus_addr: str
+    prometheus_linger: float
     prometheus_tls_cert: str | None
     prometheus_tls_key: str | None
     prometheus_tls_client_ca: str | None

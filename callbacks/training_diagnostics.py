@@ -5,24 +5,29 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from ..monitor.capture.monitor import Monitor
+from ..monitor.capture.monitor import Monitor, Observer
 from ..monitor.capture.skip_on_spike import SkipOnSpike
 from ..monitor.judging.engine import AlertEngine
 from ..monitor.probes.record_batches import SAMPLE_VALUES
 from ..monitor.records.findings import Alert
+from ..monitor.records.regimes import HEALTHY
 from ..monitor.records.snapshot import Snapshot
 from ..monitor.records.thresholds import Thresholds
+from ..monitor.sinks.export_thread import Sink
+from ..monitor.sinks.prometheus import LINGER_SECONDS
 from ._lightning import CALLBACK_BASES, show_info_lines
 from .arguments import DiagnosticsOptions
 from .checkpoints import AlertCheckpoints
 from .clipping import NormClipRoute
+from .logger_route import LoggerRoute
+from .run_name import default_run_name
+from .stopping import stop_line, stopping_alert
 from .wiring import FitExports, build_exports, metrics_url, startup_line
 
 log = logging.getLogger("gradwatch")
@@ -44,6 +49,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
     output-logit figures. Each one, with its unit, labels and healthy range, is listed once,
     in docs/metrics.md (generated from ``monitor/records/metrics.py``).
 
+    The Trainer's loggers (CSV, MLflow, W&B, ...), as Lightning's own monitors do it: the
+    per-layer figures of sampled steps and every step's at ``log_every_n_steps``, named
+    ``gradwatch/<statistic>/<layer>`` (the logger's group separator); the global gradient
+    norm, loss scale and regime code also in ``trainer.callback_metrics`` (EarlyStopping).
+
     TensorBoard: the same figures as ``gradwatch/<statistic>/<layer>`` (and log10) scalars,
     in the Trainer's TensorBoardLogger run (else ``tensorboard_dir``), custom-scalars layout.
 
@@ -62,8 +72,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         every_n_steps: full per-layer statistics every this many optimizer steps (step 0 and
             the fit's last step included; validation passes inside a step are not counted).
         prometheus_port: serve ``/metrics`` on this port (0: any free port; with several
-            processes, port + local rank). None: no endpoint. After a clean end it lingers in
-            the background (at most 35 s) for one last scrape of ``gradwatch_run_finished 1``.
+            processes, port + local rank). None: no endpoint.
+        prometheus_linger: after a clean end that Prometheus was scraping, keep ``/metrics``
+            up for its next scrape (``gradwatch_run_finished 1``: no TrainerDown page), at
+            most this many seconds; the script's exit waits for it and says so (Ctrl-C skips
+            it). 0: stop serving at once.
         prometheus_addr: the address to bind; loopback unless you open it on purpose (a
             Prometheus in Docker: ``"172.17.0.1"``, see docs/ops.md).
         prometheus_tls_cert, prometheus_tls_key: serve /metrics over HTTPS (PEM files).
@@ -137,6 +150,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         every_n_steps: int = 50,
         prometheus_port: int | None = None,
         prometheus_addr: str = "127.0.0.1",
+        prometheus_linger: float = LINGER_SECONDS,
         prometheus_tls_cert: str | None = None,
         prometheus_tls_key: str | None = None,
         prometheus_tls_client_ca: str | None = None,
@@ -172,6 +186,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
                        if alerts else None)
         self.checkpoints = AlertCheckpoints(frozenset(checkpoint_on))
         self.clip_route = NormClipRoute()  # for a fit that clips by norm
+        self.logger_route = LoggerRoute([], 0)  # the Trainer's loggers, from setup on
         self.monitor: Monitor | None = None
         self.exports = FitExports()
         self._step_started_at: int | None = None
@@ -208,7 +223,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit" or self.monitor is not None:
             return
-        run = self.options.run_name or _default_run_name(trainer)
+        run = self.options.run_name or default_run_name(trainer)
         # every fit starts fresh: no detector history, no stop request, no figures of the last
         if self.engine is not None:
             self.engine = AlertEngine(self.options.thresholds, stop_on=self.options.stop_on,
@@ -217,16 +232,11 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
             trainer.default_root_dir, "gradwatch_checkpoints"))
         self._step_started_at = self._final_snapshot = None
         self.exports = build_exports(self.options, trainer, run)
-        self.monitor = Monitor(
-            pl_module, run_name=run, every_n_steps=self.options.every_n_steps,
-            sinks=self.exports.sinks,
-            observers=[self.engine] if self.engine is not None else [],
-            update_ratio=self.options.update_ratio,
-            activation_sample=self.options.activation_sample,
-            rank=trainer.global_rank, world_size=trainer.world_size,
-            thresholds=self.options.thresholds,
-            skip_on_spike=(self.options.skip_on_spike.renewed() if self.options.skip_on_spike
-                           else None))
+        engine = self.engine
+        self.logger_route = _logger_route(trainer, engine)
+        self.monitor = _fit_monitor(self.options, trainer, pl_module, run, self.exports.sinks,
+                                    [*([engine] if engine is not None else []),
+                                     self.logger_route])
         if self.prometheus is not None:
             exporter = self.monitor.exporter
             self.prometheus.count_dropped = lambda: exporter.dropped
@@ -243,11 +253,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         monitor.grad_scaler = getattr(trainer.precision_plugin, "scaler", None)
         monitor.track_clipping = bool(trainer.gradient_clip_val)
         self.clip_route.install(trainer, pl_module, monitor)
-        ddp_model = trainer.strategy.model
-        if isinstance(ddp_model, DistributedDataParallel) \
-                and getattr(trainer.strategy, "_ddp_comm_hook", None) is None:
-            # sees each rank's own gradients before the all-reduce: the origin of a NaN
-            ddp_model.register_comm_hook(None, monitor.ddp_comm_hook())
+        _watch_local_gradients(trainer, monitor)
         if self.engine is not None:
             self.engine.audit(pl_module, monitor, step=trainer.global_step)
         self._final_step = _final_step(trainer)
@@ -259,6 +265,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
             self.engine.flush(self.monitor)  # a NaN on the very last steps is still reported
         self.checkpoints.save_due(trainer)
         self._running.flush()  # the last steps reach the sinks while /metrics is still served
+        self.logger_route.write(trainer)
 
     @override
     def on_validation_start(self, trainer, pl_module) -> None:
@@ -274,6 +281,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             self._shutdown(clean=True)
+            self.logger_route.write(trainer)  # before Lightning finalizes its loggers
 
     @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -321,9 +329,10 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         # under gradient accumulation the step ends only when the optimizer has stepped
         if trainer.global_step != self._step_started_at:
             self._running.end_step()
+            self.logger_route.write(trainer)
             self.checkpoints.save_due(trainer)
-            if self.engine is not None and self.engine.should_stop:
-                trainer.should_stop = True
+            if self.engine is not None and self.engine.should_stop and not trainer.should_stop:
+                _stop(trainer, self.engine, self.options.stop_on)
 
 
 def _final_step(trainer) -> int | None:
@@ -335,10 +344,35 @@ def _final_step(trainer) -> int | None:
     return int(total) - 1 if 0 < total < math.inf else None
 
 
-def _default_run_name(trainer) -> str:
-    logger = trainer.logger
-    if logger is not None and logger.name:
-        version = logger.version
-        version = f"version_{version}" if isinstance(version, int) else str(version)
-        return f"{logger.name}/{version}"
-    return time.strftime("run-%Y%m%d-%H%M%S")
+
+def _fit_monitor(options: DiagnosticsOptions, trainer, pl_module, run: str,
+                 sinks: list[Sink], observers: list[Observer]) -> Monitor:
+    """One fit's Monitor, as the options say."""
+    return Monitor(
+        pl_module, run_name=run, every_n_steps=options.every_n_steps, sinks=sinks,
+        observers=observers, update_ratio=options.update_ratio,
+        activation_sample=options.activation_sample, rank=trainer.global_rank,
+        world_size=trainer.world_size, thresholds=options.thresholds,
+        skip_on_spike=options.skip_on_spike.renewed() if options.skip_on_spike else None)
+
+
+def _watch_local_gradients(trainer, monitor: Monitor) -> None:
+    """Under DDP (unless the user has a communication hook), see each rank's own
+    gradients before the all-reduce: the origin of a NaN."""
+    ddp_model = trainer.strategy.model
+    if isinstance(ddp_model, DistributedDataParallel) \
+            and getattr(trainer.strategy, "_ddp_comm_hook", None) is None:
+        ddp_model.register_comm_hook(None, monitor.ddp_comm_hook())
+
+
+def _logger_route(trainer, engine: AlertEngine | None) -> LoggerRoute:
+    """The route of this fit's figures into the Trainer's loggers (rank 0 writes them)."""
+    return LoggerRoute(trainer.loggers if trainer.is_global_zero else [],
+                       trainer.log_every_n_steps,
+                       regime=(lambda: engine.regime) if engine is not None else lambda: HEALTHY)
+
+
+def _stop(trainer, engine: AlertEngine, stop_on: Sequence[str]) -> None:
+    """Stop the fit as ``stop_on`` asks, and say why."""
+    trainer.should_stop = True
+    log.warning("gradwatch: %s", stop_line(stopping_alert(engine.history, stop_on), trainer))

@@ -49,7 +49,8 @@ def build_exports(options: DiagnosticsOptions, trainer: Any, run: str) -> FitExp
     if options.prometheus_port is not None or options.pushgateway_url:
         exports.prometheus = PrometheusSink(run, trainer.global_rank if multi else None,
                                             options.max_exported_layers, options.thresholds,
-                                            rank_activations=options.rank_activations)
+                                            rank_activations=options.rank_activations,
+                                            linger=options.prometheus_linger)
         exports.sinks.append(exports.prometheus)
     if options.prometheus_port is not None and exports.prometheus is not None:
         exports.bound_port = _serve(options, exports.prometheus, trainer.local_rank)
@@ -81,8 +82,9 @@ def _serve(options: DiagnosticsOptions, sink: PrometheusSink, local_rank: int) -
     except OSError as exc:
         problem = (f"prometheus_port {port} on prometheus_addr {options.prometheus_addr!r} "
                    f"cannot be served: {exc}")
-        if options.port_in_use == "error":
-            raise ValueError(problem) from exc
+        if options.port_in_use == "error":  # the OSError is in the message: no second trace
+            raise ValueError(f"{problem}; choose a free port, prometheus_port=0 (any free "
+                             f"port) or port_in_use='warn' (train without /metrics)") from None
         log.warning("gradwatch: %s; training goes on without /metrics", problem)
         return None
 

@@ -11,17 +11,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from . import cli_values as values
+from .cli_values import STDOUT, OneLineParser, fail, one_line
 from .monitor.records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from .monitor.report.heatmap_colours import COLOUR_MODES
 
-STDOUT = "-"
 #: Optional packages -> the extra that installs them.
 EXTRAS = {"grafana_foundation_sdk": "dashboards", "lightning": "lightning",
           "jsonargparse": "cli", "rich": "demo"}
+
+
+@contextmanager
+def _writing(option: str, where: str) -> Iterator[None]:
+    """An OSError while writing where ``option`` says becomes one line naming the option."""
+    try:
+        yield
+    except OSError as exc:
+        raise ValueError(f"{option} {where!r}: cannot write there ({exc.strerror or exc}); "
+                         f"name a writable place") from exc
 
 
 def _emit(text: str, out: str) -> None:
@@ -30,15 +42,26 @@ def _emit(text: str, out: str) -> None:
         sys.stdout.write(text)
         return
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    with _writing("--out", out):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     print(f"wrote {path}")
 
 
 def _thresholds(args: argparse.Namespace):
+    """The Thresholds of ``--thresholds`` (defaults without); a file that does not read as
+    one is a ValueError naming the option, in one line."""
     from .monitor.records.thresholds import Thresholds
 
-    return Thresholds.from_file(args.thresholds) if args.thresholds else Thresholds()
+    if not args.thresholds:
+        return Thresholds()
+    try:
+        return Thresholds.from_file(args.thresholds)
+    except Exception as exc:  # YAML's, the file's or a threshold's own: all bad input here
+        reason = str(exc).removeprefix(f"{args.thresholds}: ")
+        raise ValueError(f"--thresholds {args.thresholds!r}: {one_line(reason)}; write a YAML "
+                         f"mapping of threshold names to numbers, e.g. 'explosion_norm: 100' "
+                         f"(the names: monitor/records/thresholds.py)") from exc
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -82,7 +105,10 @@ def _dashboards(args: argparse.Namespace) -> int:
             _thresholds(args)).items()}
         _emit(json.dumps(boards, indent=2, sort_keys=True) + "\n", STDOUT)
         return 0
-    for path in write_dashboards(args.out, _thresholds(args)):
+    thresholds = _thresholds(args)
+    with _writing("--out", args.out):
+        written = write_dashboards(args.out, thresholds)
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -95,7 +121,9 @@ def _targets(args: argparse.Namespace) -> int:
         group = target_group(args.host, args.port, args.ranks, labels)
         _emit(json.dumps(group, indent=2) + "\n", STDOUT)
     else:
-        print(f"wrote {write_targets(args.host, args.port, args.ranks, labels, args.out)}")
+        with _writing("--out", args.out):
+            written = write_targets(args.host, args.port, args.ranks, labels, args.out)
+        print(f"wrote {written}")
     return 0
 
 
@@ -108,6 +136,11 @@ def _key_value(item: str) -> tuple[str, str]:
 
 def _doctor(args: argparse.Namespace) -> int:
     from .monitor.ops.doctor import run_checks
+
+    if not (args.metrics_url or args.prometheus_url or args.alertmanager_url):
+        return fail("doctor", "nothing to check: give --metrics-url (the trainer's /metrics, "
+                    "named by its start-up line), --prometheus-url and/or --alertmanager-url, "
+                    "e.g. gradwatch doctor --metrics-url http://127.0.0.1:9400/metrics")
 
     checks = run_checks(args.metrics_url, args.prometheus_url, args.alertmanager_url,
                         args.thresholds, args.timeout, args.wait, args.test_alert)
@@ -143,7 +176,7 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
         name, help=help, description=description, formatter_class=_HelpFormatter)
     sub.set_defaults(handler=handler)
     if thresholds:
-        sub.add_argument("--thresholds", metavar="FILE",
+        sub.add_argument("--thresholds", metavar="FILE", type=values.input_file,
                          help="YAML/JSON file of Thresholds overrides (name: value)")
     return sub
 
@@ -153,17 +186,17 @@ def _add_demo(commands: Any) -> None:
                    "catches", "Train a healthy, a vanishing, an exploding and a diverging "
                    "(NaN) model with TrainingDiagnostics; print alerts as they fire, a verdict "
                    "table, and where the TensorBoard logs and HTML reports are.")
-    demo.add_argument("--out", default="gradwatch_demo",
+    demo.add_argument("--out", default="gradwatch_demo", type=values.output_folder,
                       help="TensorBoard log directory (created): one run folder per model")
-    demo.add_argument("--port", type=int, default=9400,
+    demo.add_argument("--port", type=values.port, default=9400,
                       help="serve /metrics on this port during the runs (0: any free port)")
-    demo.add_argument("--every-n-steps", type=int, default=10,
+    demo.add_argument("--every-n-steps", type=values.positive_int, default=10,
                       help="full per-layer statistics every N steps")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.add_argument("--alertmanager-url", help="send alerts there (default: "
-                      "http://127.0.0.1:9093 when it answers)")
-    demo.add_argument("--pushgateway-url", help="push metrics there (default: "
-                      "http://127.0.0.1:9091 when it answers)")
+    demo.add_argument("--alertmanager-url", type=values.http_url, help="also send the "
+                      "alerts to this Alertmanager (none is contacted unless named)")
+    demo.add_argument("--pushgateway-url", type=values.http_url, help="also push the "
+                      "metrics to this Pushgateway (none is contacted unless named)")
 
 
 def _add_report(commands: Any) -> None:
@@ -172,9 +205,9 @@ def _add_report(commands: Any) -> None:
                      "step, activations by depth, loss and norm, alert timeline) from a run's "
                      "TensorBoard event files; a folder of runs gets one report per run.",
                      thresholds=True)
-    report.add_argument("path", help="a run directory (e.g. lightning_logs/version_0) or a "
+    report.add_argument("path", type=values.existing_path, help="a run directory (e.g. lightning_logs/version_0) or a "
                         "folder of runs")
-    report.add_argument("--out", help="output file, - for stdout (default: "
+    report.add_argument("--out", type=values.output_file, help="output file, - for stdout (default: "
                         "<run>/gradwatch-report.html, in each run of a folder of runs)")
     report.add_argument("--colours", choices=COLOUR_MODES, default="thresholds",
                         help="heatmap colours: regime bands fixed by the thresholds (the same "
@@ -184,7 +217,7 @@ def _add_report(commands: Any) -> None:
 def _add_rules(commands: Any) -> None:
     rules = _command(commands, "rules", _rules, "write the Prometheus alert and recording rules",
                     "Generate the rules from the Thresholds.", thresholds=True)
-    rules.add_argument("--out", default=STDOUT, metavar="FILE", help="the rule file "
+    rules.add_argument("--out", default=STDOUT, metavar="FILE", type=values.output_file, help="the rule file "
                        "(the repository's is deploy/prometheus/rules/gradwatch.rules.yml), "
                        "- for stdout")
     rules.add_argument("--runbook-base-url", default=RUNBOOK_BASE_URL,
@@ -196,7 +229,8 @@ def _add_dashboards(commands: Any) -> None:
     dashboards = _command(commands, "dashboards", _dashboards, "write the Grafana dashboards",
                          "Generate the Grafana dashboards (JSON) from the Thresholds.",
                          thresholds=True)
-    dashboards.add_argument("--out", default=STDOUT, metavar="FOLDER", help="folder for one "
+    dashboards.add_argument("--out", default=STDOUT, metavar="FOLDER", type=values.output_folder,
+                            help="folder for one "
                             "JSON file per dashboard (the repository's is dashboards/); - prints "
                             "them as one JSON object, file name -> dashboard")
 
@@ -205,12 +239,13 @@ def _add_targets(commands: Any) -> None:
     targets = _command(commands, "targets", _targets, "write a Prometheus file_sd target file for a node",
                       "Write <out>/<host>.json listing host:port+r for every local rank r; "
                       "Prometheus picks it up without a restart.")
-    targets.add_argument("--host", required=True, help="the node's host name or address")
-    targets.add_argument("--port", type=int, default=9400, help="the base prometheus_port")
-    targets.add_argument("--ranks", type=int, default=1, help="processes on the node")
+    targets.add_argument("--host", required=True, type=values.non_empty, help="the node's host name or address")
+    targets.add_argument("--port", type=values.port, default=9400, help="the base prometheus_port")
+    targets.add_argument("--ranks", type=values.positive_int, default=1, help="processes on the node")
     targets.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                          help="extra target label (repeatable)")
-    targets.add_argument("--out", default=STDOUT, metavar="FOLDER", help="the folder "
+    targets.add_argument("--out", default=STDOUT, metavar="FOLDER", type=values.output_folder,
+                         help="the folder "
                          "Prometheus watches (the compose stack's is deploy/prometheus/targets)"
                          " for <host>.json; - prints the file's JSON")
 
@@ -223,11 +258,11 @@ def _add_doctor(commands: Any) -> None:
                      "the receiver. One pass/FAIL/skip line each, a failure with its fix; "
                      "exit code 1 when a check fails.",
                      thresholds=True)
-    doctor.add_argument("--metrics-url", help="e.g. http://127.0.0.1:9400/metrics")
-    doctor.add_argument("--prometheus-url", help="e.g. http://127.0.0.1:9090")
-    doctor.add_argument("--alertmanager-url", help="e.g. http://127.0.0.1:9093")
-    doctor.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
-    doctor.add_argument("--wait", type=float, default=30.0,
+    doctor.add_argument("--metrics-url", type=values.http_url, help="e.g. http://127.0.0.1:9400/metrics")
+    doctor.add_argument("--prometheus-url", type=values.http_url, help="e.g. http://127.0.0.1:9090")
+    doctor.add_argument("--alertmanager-url", type=values.http_url, help="e.g. http://127.0.0.1:9093")
+    doctor.add_argument("--timeout", type=values.seconds, default=5.0, help="seconds per request")
+    doctor.add_argument("--wait", type=values.seconds_or_zero, default=30.0,
                         help="seconds to wait for the trainer's first step and for the test "
                              "alert's delivery")
     doctor.add_argument("--test-alert", action="store_true",
@@ -239,14 +274,14 @@ def _add_metrics_doc(commands: Any) -> None:
     doc = _command(commands, "metrics-doc", _metrics_doc, "write the metrics reference",
                   "Render every gradwatch_* metric with its meaning, unit, labels and healthy "
                   "range as markdown (docs/metrics.md).")
-    doc.add_argument("--out", default=STDOUT, metavar="FILE",
+    doc.add_argument("--out", default=STDOUT, metavar="FILE", type=values.output_file,
                      help="output file (the repository's is docs/metrics.md), - for stdout")
     doc.add_argument("--arguments", action="store_true", help="the arguments of "
                      "TrainingDiagnostics instead (the repository's is docs/arguments.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="gradwatch", formatter_class=_HelpFormatter,
         description="Training diagnostics for PyTorch Lightning: per-layer "
         "gradient, activation and update statistics, alerts, dashboards.")
@@ -265,12 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         top = (exc.name or "").partition(".")[0]
         if top not in EXTRAS:
             raise   # not an optional package: a broken install, shown in full
-        print(f"gradwatch {args.command}: needs the optional package {top}: "
-              f"pip install 'gradwatch[{EXTRAS[top]}]'", file=sys.stderr)
-        return 2
+        return fail(args.command, f"needs the optional package {top}: "
+                                  f"pip install 'gradwatch[{EXTRAS[top]}]'")
     except (ValueError, OSError) as exc:
-        print(f"gradwatch {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return fail(args.command, str(exc))
 
 
 if __name__ == "__main__":

@@ -3,25 +3,24 @@
 healthy (ReLU, He init, Adam), vanishing (deep sigmoid MLP), exploding (over-scaled init)
 and nan (a far too high learning rate), each a small Lightning run with TrainingDiagnostics:
 live progress, alerts printed as they fire, a TensorBoard run and an HTML report per run,
-/metrics served while it trains, and a closing table of verdicts. When a Prometheus stack is
-reachable on its usual local ports (``docker compose up``), alerts go to its Alertmanager
-and metrics to its Pushgateway too.
+/metrics served while it trains, and a closing table of verdicts. Alerts go to an
+Alertmanager, and metrics to a Pushgateway, only when named (``--alertmanager-url``,
+``--pushgateway-url``): one listening on the usual port may be somebody's on-call.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import urllib.request
+import os
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-
-ALERTMANAGER_URL = "http://127.0.0.1:9093"
-PUSHGATEWAY_URL = "http://127.0.0.1:9091"
 
 
 @dataclass(frozen=True)
@@ -102,14 +101,6 @@ def make_module(scenario: Scenario):
     return DemoModel()
 
 
-def reachable(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=0.5):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 def summarize(name: str, engine, report: Path, log_dir: str) -> dict:
     """The closing table's row: worst regime, first alert, culprit layers, remedy."""
     fired = [a for a in engine.history if a.status == "firing"]
@@ -137,6 +128,7 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     """Train every scenario; return one summary per run."""
     # rich is in the demo extra, no base dependency: installed, it restyles every user's Trainer
     from rich.console import Console
+    from rich.markup import escape
 
     from .callbacks import TrainingDiagnostics
     from .callbacks._lightning import lightning_package
@@ -144,19 +136,16 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
 
     pl = lightning_package()
     console = Console()
-    alertmanager_url = alertmanager_url or (ALERTMANAGER_URL if reachable(ALERTMANAGER_URL)
-                                            else None)
-    pushgateway_url = pushgateway_url or (PUSHGATEWAY_URL if reachable(PUSHGATEWAY_URL)
-                                          else None)
     if alertmanager_url or pushgateway_url:
-        console.print(f"stack found: alerts -> {alertmanager_url or '-'}, "
-                      f"metrics -> {pushgateway_url or '-'}")
+        console.print(f"alerts -> {alertmanager_url or '-'}, metrics pushed -> "
+                      f"{pushgateway_url or '-'}")
 
     def print_alert(alert) -> None:
         colour = "red" if alert.severity == "critical" else "yellow"
         where = f" [{', '.join(alert.layers[:3])}]" if alert.layers else ""
+        # layer lists and summaries are text, not Rich markup ("[net.0, ...]" would vanish)
         console.print(f"  [{colour}]{alert.status.upper()} {alert.name}[/] step {alert.step}"
-                      f"{where}: {alert.summary}")
+                      f"{escape(where)}: {escape(alert.summary)}")
 
     # the alerts are printed compactly here; the full text is in the reports
     logging.getLogger("gradwatch.alerts").disabled = True
@@ -189,18 +178,38 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
 
 
 def _print_verdicts(console, summaries: list[dict], out_dir: str) -> None:
-    """The verdict table of the runs, and where their logs and reports are."""
+    """The verdict table of the runs (narrow enough for 80 columns: names are never split),
+    what to try for each, and where their logs and reports are, as commands that run."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="gradwatch demo: what each run looked like", show_lines=True)
-    for column in ("run", "regime", "first alert", "culprit layers", "what to try"):
-        table.add_column(column, overflow="fold")
+    table = Table(title="gradwatch demo: what each run looked like")
+    for column in ("run", "regime", "first alert"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("culprit layers", overflow="fold")
     colours = {"healthy": "green", "vanishing": "yellow", "exploding": "red", "nonfinite": "red"}
     for s in summaries:
         table.add_row(s["run"], f"[{colours[s['regime']]}]{s['regime']}[/]", s["first_alert"],
-                      s["layers"], s["remedy"])
+                      escape(s["layers"]))
     console.print(table)
-    console.rule("where to look")
-    console.print(f"TensorBoard: tensorboard --logdir {out_dir}")
+    console.rule("what to try")
     for s in summaries:
-        console.print(f"  {s['run']}: report {s['report']}")
+        console.print(f"{s['run']}: {escape(s['remedy'])}")
+    console.rule("where to look")
+    # commands and paths are never wrapped: they are copied as printed
+    console.print(f"TensorBoard: {command('tensorboard')} --logdir {out_dir}", soft_wrap=True)
+    for s in summaries:
+        console.print(f"  {s['run']}: report {s['report']}", soft_wrap=True)
+    console.print(f"A report again: {command('gradwatch')} report {out_dir}", soft_wrap=True)
+
+
+def command(name: str) -> str:
+    """``name`` as a user types it to run this environment's script: bare when the shell
+    finds this one on PATH, else its path (e.g. ``.venv/bin/tensorboard`` after
+    ``make demo``, whose .venv is not activated)."""
+    script = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == script.resolve():
+        return name
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)

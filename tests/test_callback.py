@@ -207,12 +207,17 @@ def test_port_in_use_fails_before_the_first_step(tmp_path):
             steps.append(1)
 
     try:
-        with pytest.raises(ValueError, match=f"prometheus_port {port}"):
+        with pytest.raises(ValueError, match=f"prometheus_port {port}") as error:
             trainer(callbacks=[TrainingDiagnostics(prometheus_port=port), Count()],
                     root=str(tmp_path)).fit(regression_module())
     finally:
         taken.close()
     assert steps == []
+    # the last line of the traceback says what to do, and there is no second traceback
+    assert str(error.value).endswith(
+        "[Errno 98] Address already in use; choose a free port, prometheus_port=0 (any free "
+        "port) or port_in_use='warn' (train without /metrics)")
+    assert error.value.__cause__ is None and error.value.__suppress_context__
 
 
 @pytest.mark.training

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,22 +120,68 @@ def test_demo_shows_the_four_verdicts(demo_runs):
     result = demo_runs.result
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout[result.stdout.index("what each run looked like"):]
-    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:5]]
             for line in table.splitlines() if line.startswith("│") and line.split("│")[1].strip()}
-    assert rows == {"healthy": "healthy", "vanishing": "vanishing", "exploding": "exploding",
-                    "nan": "nonfinite"}
-    remedies = {line.split("│")[1].strip(): line.split("│")[5].strip()
-                for line in table.splitlines() if line.startswith("│")}
+    assert {run: cells[0] for run, cells in rows.items()} == {
+        "healthy": "healthy", "vanishing": "vanishing", "exploding": "exploding",
+        "nan": "nonfinite"}
+    # at 80 columns every line fits (but the commands and paths, copied as printed: this
+    # test's are long) and no alert name is split
+    where = str(demo_runs.out)
+    assert max(len(line) for line in result.stdout.splitlines() if where not in line) <= 80
+    assert rows["vanishing"][1].startswith("GradientVanishing @ step")
+    assert rows["nan"][1].startswith("GradientExplosion @ step")
+    tips = result.stdout[result.stdout.index("what to try"):result.stdout.index("where to look")]
+    remedies: dict[str, str] = {}
+    for line in tips.splitlines()[1:]:  # a run's remedy, wrapped onto the lines below it
+        start = re.match(r"(healthy|vanishing|exploding|nan): (.*)", line)
+        if start:
+            run, remedies[start[1]] = start[1], start[2]
+        else:
+            remedies[run] += " " + line.strip()
     # context-aware: clipping at 1.0 is already on; the NaN run exploded first
     assert remedies["exploding"].startswith("Gradient clipping is on (norm clipped to 1)")
     assert remedies["nan"].startswith("Lower the learning rate")
     assert "GradientExplosion at step" in remedies["nan"]
-    assert "FIRING GradientVanishing" in result.stdout
+    # the live alert lines keep their layers (not read as Rich markup)
+    assert re.search(r"FIRING GradientVanishing step \d+ \[net\.0, net\.2", result.stdout)
     assert "FIRING NonFiniteValues" in result.stdout
     for run in rows:
         assert (demo_runs.out / run / "gradwatch-report.html").is_file()
         assert list((demo_runs.out / run).glob("events.out.tfevents.*"))
     assert "tensorboard --logdir" in result.stdout
+
+
+@pytest.mark.training
+def test_the_commands_the_demo_prints_run_as_printed(demo_runs):
+    """"tensorboard --logdir ..." and "gradwatch report ...", typed as printed where the
+    demo ran (its .venv not activated: the demo names the script's path)."""
+    printed = dict(re.findall(r"^(TensorBoard|A report again): (.+)$", demo_runs.result.stdout,
+                              re.M))
+    tensorboard, gradwatch_report = printed["TensorBoard"].split(), printed[
+        "A report again"].split()
+    where = demo_runs.out.parent
+    assert shutil.which(tensorboard[0], path=str(where)) or (where / tensorboard[0]).is_file()
+    assert (where / tensorboard[2]).is_dir()
+    again = subprocess.run(gradwatch_report, cwd=where, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("wrote ") == 4
+
+
+@pytest.mark.unit
+def test_printed_commands_name_the_venv_when_it_is_not_on_path(monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(ROOT)
+    from gradwatch.demo import command
+
+    script = Path(sys.executable).parent / "tensorboard"
+    expected = (os.path.relpath(script) if str(script).startswith(str(ROOT))
+                else str(script))
+    assert command("tensorboard") == expected
+    assert Path(command("tensorboard")).is_file()
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert command("tensorboard") == "tensorboard"
 
 
 @pytest.mark.training

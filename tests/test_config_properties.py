@@ -27,6 +27,8 @@ WRONG = {
     "prometheus_port": st.one_of(st.integers(max_value=-1), st.integers(min_value=65536),
                                  st.floats(), st.text(max_size=5), st.booleans()),
     "prometheus_addr": st.one_of(not_text, st.none()),
+    "prometheus_linger": st.one_of(st.floats(max_value=-1e-9), st.just(math.nan),
+                                   st.just(math.inf), st.text(max_size=3), st.booleans()),
     "prometheus_tls_cert": st.one_of(st.just("/nonexistent/cert.pem"), st.integers()),
     "prometheus_tls_key": st.one_of(st.just("/nonexistent/key.pem"), st.integers()),
     "prometheus_tls_client_ca": st.one_of(st.just("/nonexistent/ca.pem"), st.integers()),

@@ -126,7 +126,9 @@ def test_each_failure_of_the_prometheus_side_says_its_fix(tmp_path):
     assert "log line" in lines["metrics endpoint reachable"]
     scraping = lines["Prometheus scraping the trainer"]
     assert scraping.startswith("[FAIL]") and f"{address}:{port}" in scraping
-    assert "refused" in scraping and "prometheus_addr" in scraping
+    # nothing answers doctor either: the trainer is not running, not a Docker network issue
+    assert "refused" in scraping and "the trainer is not running" in scraping
+    assert "prometheus_addr" not in scraping
     assert "gradwatch rules" in lines["alert rules loaded"]
     assert "rule_files" in lines["alert rules loaded"]
     assert "alerting.alertmanagers" in lines["Prometheus sends alerts to Alertmanager"]
@@ -134,6 +136,8 @@ def test_each_failure_of_the_prometheus_side_says_its_fix(tmp_path):
     assert "unreachable" in lines["Alertmanager reachable"]
     assert lines["test alert reaches the receiver"].startswith("[skip]")
     assert "gradwatch targets --host host.docker.internal" in str(no_target.value)
+    assert "--out deploy/prometheus/targets" in str(no_target.value)  # a file, not stdout
+    assert "static_configs" in str(no_target.value)  # without file_sd
     assert f"{address}:{port}" in str(no_target.value)  # the targets it does have
 
 
@@ -149,3 +153,56 @@ def test_a_test_alert_without_delivery_says_why(alertmanager_server):
     check = by_name(run_checks(alertmanager_url=dead.url, wait=20, test_alert=True))
     line = check["test alert reaches the receiver"].line()
     assert line.startswith("[FAIL]") and "could not deliver to receiver hook (webhook)" in line
+
+
+@pytest.mark.servers
+def test_it_waits_for_prometheus_to_scrape_the_trainer_once(tmp_path, scrape_target):
+    """Right after Prometheus starts (scrapes 5 s apart: the first comes within 5 s) the
+    target is listed but not scraped: doctor waits for that scrape instead of failing on
+    "unknown"."""
+    config = prometheus_config({"gradwatch": [scrape_target]}, (), None, False)
+    config["global"]["scrape_interval"] = "5s"
+    prometheus = start_prometheus(binary("prometheus"), tmp_path, config)
+    try:
+        check = by_name(run_checks(f"http://{scrape_target}/metrics", prometheus.url,
+                                   timeout=2, wait=30))["Prometheus scraping the trainer"]
+    finally:
+        prometheus.stop()
+    assert check.ok, check.line()
+    assert f"target {scrape_target} (job gradwatch) up" in check.detail
+
+
+@pytest.mark.servers
+def test_a_trainer_reachable_here_but_not_from_prometheus_is_told_apart(tmp_path):
+    """The trainer serves on 127.0.0.1 only; Prometheus scrapes this machine's other address
+    (as a container scrapes the Docker bridge): the trainer answers doctor, so the fix is
+    its prometheus_addr, not starting it."""
+    address = doctor.outbound_address()
+    if address is None or address.startswith("127."):
+        pytest.skip("this machine has no address but loopback")
+    training = TrainingTarget(run="loopback-run", steps=40)  # then held open until closed
+    port = training.target.rpartition(":")[2]
+    config = prometheus_config({"gradwatch": [f"{address}:{port}"]}, (), None, False)
+    prometheus = start_prometheus(binary("prometheus"), tmp_path, config)
+    try:
+        checks = by_name(run_checks(f"http://127.0.0.1:{port}/metrics", prometheus.url,
+                                    timeout=2, wait=30))
+    finally:
+        prometheus.stop()
+        training.close()
+    assert checks["metrics endpoint reachable"].ok
+    line = checks["Prometheus scraping the trainer"].line()
+    assert line.startswith("[FAIL]") and "refused" in line, line
+    assert "the trainer answers here, not from where Prometheus runs" in line
+    assert "prometheus_addr" in line and "not running" not in line
+
+
+@pytest.mark.servers
+def test_an_alertmanager_given_as_prometheus_is_named(alertmanager_server):
+    alertmanager = alertmanager_server(webhook_config("http://127.0.0.1:9/alerts"))
+    checks = by_name(run_checks(prometheus_url=alertmanager.url, timeout=2, wait=0))
+    for name in ("Prometheus scraping the trainer", "alert rules loaded",
+                 "Prometheus sends alerts to Alertmanager"):
+        line = checks[name].line()
+        assert line.startswith("[FAIL]") and "that is not Prometheus" in line, line
+        assert "--prometheus-url" in line and "Error" not in line, line

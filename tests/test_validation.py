@@ -45,10 +45,21 @@ pytestmark = pytest.mark.unit
      "skip_on_spike must be a gradwatch.monitor.capture.skip_on_spike.SkipOnSpike or None, got True"),
     # collections of names
     (lambda: AlertEngine(stop_on="GradientExplosion"),
-     "stop_on must be a collection of names from"),
+     "stop_on must be a collection of names, e.g. stop_on=('GradientExplosion',), not the "
+     "string 'GradientExplosion'"),
+    (lambda: TrainingDiagnostics(stop_on="NonFiniteValues"),
+     "stop_on must be a collection of names, e.g. stop_on=('NonFiniteValues',), not the "
+     "string 'NonFiniteValues'"),
     (lambda: AlertEngine(stop_on=("NaNs",)), "stop_on has unknown names ['NaNs']; known: ["),
     (lambda: TrainingDiagnostics(checkpoint_on="LossSpike"),
-     "checkpoint_on must be a collection of names from"),
+     "checkpoint_on must be a collection of names, e.g. checkpoint_on=('LossSpike',)"),
+    # folders: an existing file is no folder (its bundles, checkpoints or runs would be lost)
+    (lambda: TrainingDiagnostics(forensics_dir=__file__),
+     f"forensics_dir must be a folder (created if missing), got {__file__!r}: a file of that "
+     "name exists"),
+    (lambda: TrainingDiagnostics(checkpoint_dir=__file__), "checkpoint_dir must be a folder"),
+    (lambda: TrainingDiagnostics(tensorboard_dir=__file__), "tensorboard_dir must be a folder"),
+    (lambda: ForensicsSink(__file__), "directory must be a folder"),
     (lambda: ForensicsSink("x", severities=("fatal",)),
      "severities has unknown names ['fatal']; known: ['critical', 'info', 'warning']"),
 ])

@@ -61,6 +61,26 @@ def _api(base: str, path: str, timeout: float, **params: str):
     return json.loads(_get(f"{base}{path}{query}", timeout))
 
 
+def _prometheus_api(prometheus_url: str, path: str, timeout: float, **params: str) -> dict:
+    """Prometheus's HTTP API at ``path``; what is not Prometheus answering is a Failed that
+    says so (an Alertmanager's address given for Prometheus's, nothing listening)."""
+    try:
+        answer = _api(prometheus_url, path, timeout, **params)
+    except urllib.error.HTTPError as exc:
+        raise Failed(f"{prometheus_url} answered HTTP {exc.code} to {path}: that is not "
+                     "Prometheus; give --prometheus-url Prometheus's own address (e.g. "
+                     "http://127.0.0.1:9090; an Alertmanager usually answers on :9093)") from None
+    except OSError as exc:
+        raise _unreachable("Prometheus", prometheus_url, exc, "is it running (docker compose "
+                           "up -d) and is this its address (--prometheus-url)?") from None
+    except ValueError:  # not JSON
+        answer = None
+    if not isinstance(answer, dict) or answer.get("status") != "success":
+        raise Failed(f"{prometheus_url}{path} is not Prometheus's API (no JSON status): give "
+                     "--prometheus-url Prometheus's own address (e.g. http://127.0.0.1:9090)")
+    return answer
+
+
 def _check(name: str, needed: str | None, probe: Callable[[str], str]) -> Check:
     """``probe(needed)``: pass with its detail, FAIL with why; skipped without ``needed``."""
     if needed is None:
@@ -183,43 +203,86 @@ def read_trainer(metrics_url: str, timeout: float, wait: float) -> dict[str, str
         time.sleep(POLL_SECONDS)
 
 
+class NotYet(Failed):
+    """A check that may pass once Prometheus has (re)loaded its targets and scraped them."""
+
+
 def find_target(prometheus_url: str, metrics_url: str | None, run: str | None,
-                timeout: float) -> str:
+                timeout: float, wait: float = 0.0, trainer_answers: bool | None = None) -> str:
     """The scrape target of this trainer, found by resolved address and port or by the
-    ``run`` label of its series; it must be up."""
+    ``run`` label of its series; it must be up. Waits up to ``wait`` seconds for Prometheus
+    to list it and scrape it once (a Prometheus just started has done neither).
+    ``trainer_answers``: whether the trainer's /metrics answered doctor itself (None:
+    not checked), which tells a trainer that is not running from one Prometheus cannot
+    reach."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _find_target_once(prometheus_url, metrics_url, run, timeout,
+                                     trainer_answers)
+        except NotYet as pending:
+            if time.monotonic() >= deadline:
+                raise Failed(f"{pending} (after {wait:g}s; --wait for longer)") from None
+        time.sleep(POLL_SECONDS)
+
+
+def _find_target_once(prometheus_url: str, metrics_url: str | None, run: str | None,
+                      timeout: float, trainer_answers: bool | None) -> str:
     if run:
         query = f"up and on(instance, job) gradwatch_step{{run={json.dumps(run)}}}"
-        answer = _api(prometheus_url, "/api/v1/query", timeout, query=query)
+        answer = _prometheus_api(prometheus_url, "/api/v1/query", timeout, query=query)
         for series in answer["data"]["result"]:
             if series["value"][1] == "1":
                 labels = series["metric"]
                 return (f"target {labels.get('instance')} (job {labels.get('job')}) up, "
                         f"series of run {run!r} stored")
-    targets = _api(prometheus_url, "/api/v1/targets", timeout)["data"]["activeTargets"]
+    targets = _prometheus_api(prometheus_url, "/api/v1/targets", timeout)["data"][
+        "activeTargets"]
     if metrics_url:
         local = _local_addresses()
         ours = [t for t in targets if same_endpoint(t["scrapeUrl"], metrics_url, local)]
     else:
         ours = [t for t in targets if t["labels"].get("job") == "gradwatch"]
     if not ours:
-        host, port = _host_port(metrics_url or "127.0.0.1:9400")
-        known = ", ".join(sorted(t["labels"].get("instance", "?") for t in targets)) or "none"
-        raise Failed(f"Prometheus has no target for {metrics_url or 'the gradwatch job'} "
-                     f"(its targets: {known}): add it, e.g. gradwatch targets --host "
-                     f"{'host.docker.internal' if _loopback_name(host) else host} "
-                     f"--port {port} (Prometheus in Docker reaches the host as "
-                     "host.docker.internal)")
+        raise NotYet(_no_target(metrics_url, targets))
     up = [t for t in ours if t["health"] == "up"]
     if up:
         return f"target {up[0]['labels'].get('instance')} (job {up[0]['labels'].get('job')}) up"
     target = ours[0]
+    if target["health"] == "unknown":
+        raise NotYet(f"Prometheus lists {target['scrapeUrl']} but has not scraped it yet")
+    raise Failed(_down(target, metrics_url, trainer_answers))
+
+
+def _no_target(metrics_url: str | None, targets: list[dict]) -> str:
+    host, port = _host_port(metrics_url or "127.0.0.1:9400")
+    host = "host.docker.internal" if _loopback_name(host) else host
+    known = ", ".join(sorted(t["labels"].get("instance", "?") for t in targets)) or "none"
+    return (f"Prometheus has no target for {metrics_url or 'the gradwatch job'} (its "
+            f"targets: {known}): add {host}:{port} to a scrape job's static_configs in "
+            f"prometheus.yml, or, with the file_sd of deploy/prometheus/prometheus.yml, run "
+            f"gradwatch targets --host {host} --port {port} --out deploy/prometheus/targets "
+            "(Prometheus in Docker reaches the host as host.docker.internal)")
+
+
+def _down(target: dict, metrics_url: str | None, trainer_answers: bool | None) -> str:
+    """Why a target is down, told apart: the trainer not running, or not reachable from
+    where Prometheus runs."""
     error = target.get("lastError") or target["health"]
-    hint = ("; the trainer binds 127.0.0.1 by default, which a Prometheus in a container "
-            "cannot reach: set prometheus_addr (the Docker bridge 172.17.0.1, or 0.0.0.0 "
-            "behind a firewall, with basic auth/TLS; docs/ops.md)"
-            if "refused" in error or "timeout" in error or "deadline" in error else "")
-    raise Failed(f"Prometheus scrapes {target['scrapeUrl']} but it is {target['health']} "
-                 f"({error}){hint}")
+    where = f"Prometheus scrapes {target['scrapeUrl']} but it is {target['health']} ({error})"
+    if not any(word in error for word in ("refused", "timeout", "deadline", "no route")):
+        return where
+    if trainer_answers is False:
+        return (f"{where}, and nothing answers at {metrics_url} from here either: the "
+                "trainer is not running (or not with this prometheus_port); start the "
+                "training, then run doctor again")
+    unreachable = ("the trainer binds 127.0.0.1 by default, which a Prometheus in a container "
+                   "cannot reach: set prometheus_addr (the Docker bridge 172.17.0.1, or 0.0.0.0 "
+                   "behind a firewall, with basic auth/TLS; docs/ops.md)")
+    if trainer_answers:
+        return f"{where}: the trainer answers here, not from where Prometheus runs; {unreachable}"
+    return (f"{where}: either the trainer is not running (--metrics-url checks that from "
+            f"here) or {unreachable}")
 
 
 def _loopback_name(host: str) -> bool:
@@ -227,7 +290,7 @@ def _loopback_name(host: str) -> bool:
 
 
 def check_rules(prometheus_url: str, timeout: float) -> str:
-    groups = _api(prometheus_url, "/api/v1/rules", timeout)["data"]["groups"]
+    groups = _prometheus_api(prometheus_url, "/api/v1/rules", timeout)["data"]["groups"]
     names = {r["name"] for g in groups for r in g["rules"] if r.get("type") == "alerting"}
     missing = [n for n in CONTRACT_ALERTS if n not in names]
     if missing:
@@ -239,7 +302,7 @@ def check_rules(prometheus_url: str, timeout: float) -> str:
 
 def check_prometheus_alertmanager(prometheus_url: str, alertmanager_url: str | None,
                                   timeout: float) -> str:
-    data = _api(prometheus_url, "/api/v1/alertmanagers", timeout)["data"]
+    data = _prometheus_api(prometheus_url, "/api/v1/alertmanagers", timeout)["data"]
     active = [a["url"] for a in data.get("activeAlertmanagers", [])]
     if not active:
         raise Failed("Prometheus sends its alerts to no Alertmanager: add alerting."
@@ -367,8 +430,10 @@ def run_checks(metrics_url: str | None = None, prometheus_url: str | None = None
 
     checks = [check_thresholds(thresholds_file),
               _check("metrics endpoint reachable", metrics_url, endpoint)]
+    answered = checks[-1].ok  # None: not checked
     checks.append(_check("Prometheus scraping the trainer", prometheus_url,
-                         lambda url: find_target(url, metrics_url, trainer.get("run"), timeout)))
+                         lambda url: find_target(url, metrics_url, trainer.get("run"), timeout,
+                                                 wait, trainer_answers=answered)))
     checks.append(_check("alert rules loaded", prometheus_url,
                          lambda url: check_rules(url, timeout)))
     checks.append(_check("Prometheus sends alerts to Alertmanager", prometheus_url,

@@ -52,6 +52,17 @@ def check_file(name: str, value: object) -> None:
         raise ValueError(f"{name} must be the path of an existing file, got {value!r}")
 
 
+def check_directory(name: str, value: object) -> None:
+    """None or a folder's path (created when missing): not the path of an existing file."""
+    if value is None:
+        return
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(f"{name} must be a folder's path or None, got {value!r}")
+    if os.path.exists(value) and not os.path.isdir(value):
+        raise ValueError(f"{name} must be a folder (created if missing), got {value!r}: a "
+                         f"file of that name exists; name a folder")
+
+
 def check_number(name: str, value: object, *, low: float = -math.inf,
                  high: float = math.inf) -> None:
     """A finite number (not a bool) in [low, high]."""
@@ -87,7 +98,10 @@ def check_instance(name: str, value: object, kind: type, optional: bool = True) 
 def check_names(name: str, value: object, known: Iterable[str]) -> frozenset[str]:
     """A collection of names from ``known`` (a lone string is not one); returns them."""
     known = sorted(known)
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    if isinstance(value, str):  # iterated, it would be its letters
+        raise ValueError(f"{name} must be a collection of names, e.g. {name}=({value!r},), "
+                         f"not the string {value!r}")
+    if not isinstance(value, Iterable):
         raise ValueError(f"{name} must be a collection of names from {known}, got {value!r}")
     names = frozenset(value)
     unknown = names - set(known)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import base64
 import hmac
+import logging
 import ssl
 import threading
 import time
@@ -19,6 +20,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from ..records.validation import check_credentials
+
+log = logging.getLogger("gradwatch")
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,20 @@ def _take_over(port: int) -> None:
 
 @atexit.register
 def _await_lingering() -> None:
+    """At the interpreter's exit: wait (bounded) for the lingering servers' last scrape,
+    saying so in one line; Ctrl-C stops them at once and the exit goes on quietly."""
     with _LINGERING_LOCK:
-        waiting = list(_LINGERING.values())
-    for lingering in waiting:
-        lingering.thread.join(max(0.0, lingering.deadline - time.monotonic()) + 1.0)
+        waiting = [lingering for lingering in _LINGERING.values() if lingering.thread.is_alive()]
+    if not waiting:
+        return
+    ports = ", ".join(str(lingering.server.server_address[1]) for lingering in waiting)
+    seconds = max(lingering.deadline for lingering in waiting) - time.monotonic()
+    try:  # a Ctrl-C as soon as the line shows is the user's answer to it
+        log.warning("gradwatch: waiting up to %.0f s for Prometheus's next scrape of /metrics "
+                    "(port %s), which tells it this run ended cleanly (no TrainerDown page); "
+                    "Ctrl-C, or prometheus_linger=0, skips the wait", max(seconds, 1.0), ports)
+        for lingering in waiting:
+            lingering.thread.join(max(0.0, lingering.deadline - time.monotonic()) + 1.0)
+    except KeyboardInterrupt:
+        for lingering in waiting:
+            lingering.release()

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..records.findings import FIRING, SEVERITIES, Alert
 from ..records.snapshot import Pulse, Snapshot
-from ..records.validation import check_int, check_names
+from ..records.validation import check_directory, check_int, check_names
 
 
 class ForensicsSink:
@@ -39,6 +39,7 @@ class ForensicsSink:
 
     def __init__(self, directory: str | os.PathLike[str], *, pulses: int = 200, snapshots: int = 5,
                  severities: tuple[str, ...] = ("critical",)) -> None:
+        check_directory("directory", directory)
         check_int("pulses", pulses, low=1)
         check_int("snapshots", snapshots, low=1)
         self.severities = check_names("severities", severities, SEVERITIES)

@@ -40,7 +40,7 @@ from ..records.metrics import spec
 from ..records.regimes import HEALTHY, REGIMES
 from ..records.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
 from ..records.thresholds import Thresholds
-from ..records.validation import check_int
+from ..records.validation import check_int, check_number
 from .endpoint import EndpointSecurity, linger, serve, stop
 from .layer_budget import LayerExport
 
@@ -109,6 +109,8 @@ class PrometheusSink:
         rank_activations: with several ranks, every rank also exports the activations of
             its own batch (``rank="<rank>"``), for imbalanced data.
         depth_groups: number of depth groups summarised beyond ``max_layers``.
+        linger: after a clean end, the most seconds to keep serving for the next scrape,
+            the one that reads ``gradwatch_run_finished 1`` (0: stop at once).
 
     Raises:
         ValueError: for ``max_layers`` or ``depth_groups`` below 1.
@@ -116,8 +118,9 @@ class PrometheusSink:
 
     def __init__(self, run: str, rank: int | None = None, max_layers: int = 512,
                  thresholds: Thresholds | None = None, rank_activations: bool = False,
-                 depth_groups: int = 16) -> None:
+                 depth_groups: int = 16, linger: float = LINGER_SECONDS) -> None:
         check_int("max_exported_layers", max_layers, low=1)
+        check_number("prometheus_linger", linger, low=0.0)
         check_int("depth_groups", depth_groups, low=1)
         self._base = {"run": run} | ({"rank": str(rank)} if rank is not None else {})
         self._multi = rank is not None
@@ -151,6 +154,7 @@ class PrometheusSink:
         self._finish_seen = False
         self._scrape_times: list[float] = []
         self._server = None
+        self.linger = linger
         self.registry.register(self)
 
     # ------------------------------------------------------------------ serving
@@ -172,20 +176,17 @@ class PrometheusSink:
             self._finished = True
 
     def close(self) -> None:
-        """Stop serving; after ``finish``, not before a scrape has read it: the endpoint
-        lingers in the background (the caller does not wait) for at most two scrape
-        intervals as measured (and LINGER_SECONDS); at once when nothing ever scraped twice."""
+        """Stop serving; after ``finish``, once the next scrape read it (``linger``: the
+        interpreter's exit waits for it, and says so), at once when nothing scraped twice."""
         server, self._server = self._server, None
+        with self._scraped:
+            due = next_scrape_in(self._scrape_times) if self._finished else 0.0
         if server is None:
             return
-        with self._scraped:
-            scraped = self._finished and len(self._scrape_times) >= 2
-            interval = self._scrape_times[-1] - self._scrape_times[-2] if scraped else 0.0
-        if not scraped:
+        if self._finish_seen or min(due, self.linger) <= 0:
             stop(server)
-            return
-        linger(server, lambda: self._finish_seen, self._scraped,
-               min(2 * interval + 1, LINGER_SECONDS))
+        else:
+            linger(server, lambda: self._finish_seen, self._scraped, min(due, self.linger))
 
     # ------------------------------------------------------------------ sink
 
@@ -436,3 +437,12 @@ def _kind(value: float) -> str:
 
 def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def next_scrape_in(scrape_times: list[float]) -> float:
+    """Seconds until the next scrape is due: one interval after the last, as the last two
+    measured it, plus half an interval of slack for its jitter and a second; 0 without two."""
+    if len(scrape_times) < 2:
+        return 0.0
+    last, interval = scrape_times[-1], scrape_times[-1] - scrape_times[-2]
+    return last + 1.5 * interval + 1.0 - time.monotonic()

@@ -27,16 +27,9 @@ try:
 except ImportError:  # a dependency, but TensorBoard works without it (slower)
     google_crc32c = None  # type: ignore[assignment]
 
-from ..records.fields import (
-    ATTENTION_GAUGES,
-    LAYER_FIELDS,
-    LAYER_GAUGES,
-    OUTPUT_GAUGES,
-    PULSE_SCALARS,
-    TAG_PREFIX,
-    tag,
-)
-from ..records.snapshot import NONFINITE_SOURCES, Pulse, Snapshot
+from ..records.fields import LAYER_GAUGES, PULSE_SCALARS, TAG_PREFIX, tag
+from ..records.figures import Name, pulse_figures, snapshot_figures
+from ..records.snapshot import Pulse, Snapshot
 
 LAYERS_TAG = tag("layers")
 ALERTS_TAG = tag("alerts")
@@ -79,12 +72,7 @@ class TensorBoardSink:
         return self.writer.log_dir if hasattr(self.writer, "log_dir") else self.writer.logdir
 
     def on_pulse(self, pulse: Pulse) -> None:
-        scalars = {tag(name): value for name in PULSE_SCALARS
-                   if (value := getattr(pulse, name)) is not None}
-        for optimizer, groups in enumerate(pulse.learning_rates):
-            for group, lr in enumerate(groups):
-                if not math.isnan(lr):
-                    scalars[tag(f"learning_rate/{optimizer}/{group}")] = lr
+        scalars = tagged(pulse_figures(pulse))
         scalars.update(log10_scalars({name: getattr(pulse, name) for name in LOG10_FIGURES}))
         self._write_scalars(scalars, pulse.step)
 
@@ -93,22 +81,10 @@ class TensorBoardSink:
             self.writer.add_custom_scalars(custom_scalars_layout(snapshot.layers))
             self.writer.add_text(LAYERS_TAG, fenced_json(list(snapshot.layers)), snapshot.step)
             self._layers_written = snapshot.layers
-        scalars = {field.tag(layer): value for field in LAYER_FIELDS
-                   for layer, value in zip(snapshot.layers, getattr(snapshot, field.name))
-                   if not math.isnan(value)}
+        scalars = tagged(snapshot_figures(snapshot))
         scalars.update(log10_scalars({f"{name}/{layer}": value for name in LOG10_STATISTICS
                                       for layer, value in zip(snapshot.layers,
                                                               getattr(snapshot, name))}))
-        nonfinite = snapshot.nonfinite.sum(axis=(1, 2))
-        for source, value in zip(NONFINITE_SOURCES, nonfinite):
-            scalars[tag(f"nonfinite/{source}")] = value
-        scalars[tag("overhead_seconds")] = snapshot.overhead_seconds
-        # issue 17: attention per module, output logits
-        for name in ATTENTION_GAUGES:
-            scalars.update({tag(f"{name}/{module}"): value for module, value in
-                            zip(snapshot.attention_layers, getattr(snapshot, name))})
-        scalars.update({tag(name): getattr(snapshot, name) for name in OUTPUT_GAUGES
-                        if not math.isnan(getattr(snapshot, name))})
         self._write_scalars(scalars, snapshot.step)
 
     def _write_scalars(self, scalars: dict[str, float], step: int) -> None:
@@ -159,6 +135,11 @@ def fenced_json(value: object) -> str:
 
 def parse_fenced_json(text: str) -> object:
     return json.loads(text.strip().removeprefix("```json").removesuffix("```"))
+
+
+def tagged(figures: dict[Name, float]) -> dict[str, float]:
+    """``figures`` under their TensorBoard tags, ``gradwatch/<part>/<part>``."""
+    return {tag("/".join(name)): value for name, value in figures.items()}
 
 
 def log10_scalars(values: dict[str, float | None]) -> dict[str, float]:
