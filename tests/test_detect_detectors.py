@@ -367,6 +367,20 @@ def test_vanishing_profile_leaves_out_layers_whose_forward_never_ran():
     assert f.value == pytest.approx(1e-6)  # gmean(1e-7, 1e-6) / gmean(0.1, 1)
 
 
+def test_vanishing_needs_three_called_layers_as_its_rule_does():
+    """Two called layers and one used through its weight: a profile of two layers, too
+    shallow on both sides (deploy/prometheus/tests' r3 is the rule's copy of this case)."""
+    layers, grads = ("embed", "head", "out_proj"), [1e-5, 0.5, 1.0]
+    d = GradientVanishing(T)
+    results = [d.on_snapshot(snapshot(i, layers, grad_norm=grads, update_ratio=[1e-9] * 3,
+                                      activation_mean=[0.1, 0.1, np.nan]))
+               for i in range(5)]
+    assert not findings(results)
+    called = [d.on_snapshot(snapshot(i, layers, grad_norm=grads, update_ratio=[1e-9] * 3))
+              for i in range(3)]
+    assert isinstance(called[-1], Finding) and called[-1].layers == ("embed",)
+
+
 def test_vanishing_healthy_profile_and_resolution():
     d = GradientVanishing(T)
     for i in range(3):

@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 
+from ..records.derived import depth_profile
 from ..records.findings import Finding, Result, describe_layers, table_fields
 from ..records.snapshot import Snapshot
 from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, Thresholds
 from .base import Sustained, finite_mask
 
-#: side and one layer between.
-MIN_PROFILE_LAYERS = 3
 #: Fewest layers with an activation variance whose two sides can be compared.
 MIN_VARIANCE_LAYERS = 2
 
@@ -20,11 +19,13 @@ MIN_VARIANCE_LAYERS = 2
 class GradientVanishing:
     """The depth profile of per-layer gradient norms collapsed toward the input.
 
-    Value: geometric mean gradient norm of the input-side quarter of the layers over that of
-    the output-side quarter; below ``vanishing_depth_ratio`` for ``vanishing_samples``
-    samples in a row, and supported by update ratios below ``update_ratio_low`` in the
-    affected layers (when update ratios are measured: an optimizer that still moves those
-    layers, like Adam, is not stuck). Names the affected layers and the causes it can see.
+    Value: geometric mean gradient norm of the input side of the depth profile over that of
+    its output side (``records.derived.DepthProfile``: the layers whose forward ran, at
+    least PROFILE_MIN_LAYERS); below ``vanishing_depth_ratio`` for ``vanishing_samples``
+    samples in a row, with at least one affected layer the optimizer barely moves (update
+    ratio below ``update_ratio_low``, or not measured: an optimizer that still moves them,
+    like Adam, is not stuck). The Prometheus rule judges the same (tests/test_realistic_alerts.py).
+    Names the affected layers and the causes it can see.
     """
 
     name = "GradientVanishing"
@@ -41,28 +42,23 @@ class GradientVanishing:
 
     def _evidence(self, snapshot: Snapshot):
         norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
-        n = min(len(norms), len(snapshot.layers))
-        present = finite_mask(norms[:n])
-        # Layers whose forward never ran (e.g. an attention out_proj used through its weight)
-        # have no known depth: they sit last in depth order, so keep them out of the profile.
-        called = finite_mask(np.asarray(snapshot.activation_mean, dtype=np.float64))[:n]
-        if len(called) == n and (present & called).sum() >= MIN_PROFILE_LAYERS:
-            present &= called
-        present = np.flatnonzero(present)
-        if len(present) < MIN_PROFILE_LAYERS:
-            return None  # too shallow to have a depth profile
-        logs = np.log(np.maximum(norms[present], GRAD_NORM_FLOOR))
-        quarter = max(1, len(present) // DEPTH_SIDES)
-        reference = math.exp(logs[-quarter:].mean())
-        ratio = math.exp(logs[:quarter].mean()) / reference
+        profile = depth_profile(norms[:len(snapshot.layers)], snapshot.activation_mean)
+        if profile is None:
+            return None  # too shallow (or too few layers called) to have a depth profile
+        logs = np.log(np.maximum(norms, GRAD_NORM_FLOOR))
+        reference = math.exp(logs[profile.output_side].mean())
+        ratio = math.exp(logs[profile.input_side].mean()) / reference
         if not ratio < self.t.vanishing_depth_ratio:
             return None
-        affected = [int(i) for i in present
+        affected = [int(i) for i in profile.members
                     if norms[i] < self.t.vanishing_depth_ratio * reference]
         updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
-        measured = [i for i in affected if i < len(updates) and math.isfinite(updates[i])]
-        if measured and not any(updates[i] < self.t.update_ratio_low for i in measured):
-            return None  # the optimizer still moves them: not stuck
+        # a layer the optimizer still moves (like Adam does) is not stuck; one whose update
+        # ratio is not measured may be
+        stuck = [i for i in affected
+                 if not (i < len(updates) and updates[i] >= self.t.update_ratio_low)]
+        if not stuck:
+            return None
         return ratio, reference, affected
 
     def _finding(self, snapshot: Snapshot, ratio: float, reference: float,

@@ -25,6 +25,7 @@ import yaml
 from prometheus_client.utils import floatToGoString
 
 from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
+from ..records.derived import PROFILE_MIN_LAYERS
 from ..records.alert_table import spec as alert_spec
 from ..records.regimes import REGIMES, code
 from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
@@ -154,21 +155,35 @@ def adam_recording_rules() -> list[tuple[str, str]]:
     ]
 
 
+#: The depth profile's members (run, rank, layer): records.derived.DepthProfile in PromQL.
+PROFILE = "gradwatch:grad_norm:profile"
+#: Per run and rank, how many layers the depth profile has.
+PROFILE_LAYERS = "gradwatch:grad_norm:profile_layers"
+
+
 def vanishing_recording_rules() -> list[tuple[str, str]]:
-    """Mean log gradient norm of the input-side and output-side quarters of the layers (by
-    depth; a quarter is at least one layer), as the in-process GradientVanishing computes."""
-    quarter = f"clamp_min(floor(gradwatch_layers / {DEPTH_SIDES}), 1)"
+    """The depth profile as the in-process GradientVanishing makes it
+    (``records.derived.depth_profile``): the layers whose forward ran (an activation record
+    is exported for them) with a finite gradient norm; its sides the members whose depth is
+    below a quarter of their count (input) or at least their count less a quarter (output),
+    and the mean log gradient norm of each side."""
+    quarter = f"clamp_min(floor({PROFILE_LAYERS} / {DEPTH_SIDES}), 1)"
     depth = "gradwatch_layer_depth"
     sides = {
         "input": f"{depth} < on ({BY_RUN}) group_left () {quarter}",
-        "output": f"{depth} >= on ({BY_RUN}) group_left () (gradwatch_layers - {quarter})",
+        "output": f"{depth} >= on ({BY_RUN}) group_left () ({PROFILE_LAYERS} - {quarter})",
     }
-    return [(f"gradwatch:grad_norm:log_mean_{side}_quarter",
-             # an exact zero is total collapse (the detectors' floor)
-             f"avg by ({BY_RUN}) (ln(clamp_min(max by ({BY_RUN_LAYER}) (gradwatch_grad_norm),"
-             f" {GRAD_NORM_FLOOR!r}))"
-             f" and on ({BY_RUN_LAYER}) ({selector}))")
-            for side, selector in sides.items()]
+    return [
+        # a NaN or Inf norm is no member (NonFiniteValues judges it): `< Inf` drops both
+        (PROFILE, f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm < Inf)"
+                  f" and on ({BY_RUN_LAYER}) gradwatch_activation_mean"),
+        (PROFILE_LAYERS, f"count by ({BY_RUN}) ({PROFILE})"),
+        *((f"gradwatch:grad_norm:log_mean_{side}_quarter",
+           # an exact zero is total collapse (the detectors' floor)
+           f"avg by ({BY_RUN}) (ln(clamp_min({PROFILE}, {GRAD_NORM_FLOOR!r}))"
+           f" and on ({BY_RUN_LAYER}) ({selector}))")
+          for side, selector in sides.items()),
+    ]
 
 
 def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
@@ -216,17 +231,20 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
 
 
 def vanishing_layers(t: Thresholds, run: str = "") -> str:
-    """Per layer (run, rank, layer): its gradient norm over the output-side quarter's
-    geometric mean, where that ratio is below ``vanishing_depth_ratio``, the input-side
-    quarter's is too, and the optimizer barely moves the layer (or its update ratio is not
-    measured). ``run``: only that run's series (a Go printf verb in culprit templates)."""
+    """Per layer (run, rank, layer) of the depth profile: its gradient norm over the
+    output side's geometric mean, where that ratio is below ``vanishing_depth_ratio``, the
+    input side's is too, the profile has at least PROFILE_MIN_LAYERS members, and the
+    optimizer barely moves the layer (or its update ratio is not measured): the in-process
+    GradientVanishing's condition. ``run``: only that run's series (a Go printf verb in
+    culprit templates)."""
     only = f'{{run="{run}"}}' if run else ""
     output_side = f"gradwatch:grad_norm:log_mean_output_quarter{only}"
     ratio = repr(t.vanishing_depth_ratio)
-    return (f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm{only})"
+    return (f"{PROFILE}{only}"
             f" / on ({BY_RUN}) group_left () exp({output_side}) < {ratio}"
             f" and on ({BY_RUN}) (exp(gradwatch:grad_norm:log_mean_input_quarter{only}"
             f" - {output_side}) < {ratio})"
+            f" and on ({BY_RUN}) ({PROFILE_LAYERS}{only} >= {PROFILE_MIN_LAYERS})"
             f" unless on ({BY_RUN_LAYER}) (max by ({BY_RUN_LAYER}) (gradwatch_update_ratio{only})"
             f" >= {t.update_ratio_low!r})")
 

@@ -1,16 +1,20 @@
 """Figures decided once from a step's host data, and carried on its Pulse or Snapshot.
 
 Sinks only write what they are handed: whether clipping engaged, whether the GradScaler
-skipped the step, a depth group's update ratio are decided here, by pure functions over
-plain floats and numpy arrays, so the Prometheus exposition, TensorBoard, forensics bundles
-and the detectors cannot judge them differently. No torch here.
+skipped the step, a depth group's update ratio, which layers make the depth profile are
+decided here, by pure functions over plain floats and numpy arrays, so the Prometheus
+exposition, TensorBoard, forensics bundles and the detectors cannot judge them
+differently. No torch here.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+from .thresholds import DEPTH_SIDES
 
 #: Relative margin below the unclipped norm that counts as "clipping reduced the norm": the
 #: clipped norm is re-measured in float32, so an untouched norm can differ by rounding.
@@ -56,3 +60,43 @@ def group_update_ratio(update_norm: np.ndarray, updated_weight_norm: np.ndarray)
         return math.nan
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return float(np.sqrt(np.sum(update_norm ** 2)) / np.sqrt(np.sum(weights ** 2)))
+
+
+#: Fewest layers in a depth profile: an input side, an output side and one layer between
+#: (a two-layer model has no depth for a gradient to vanish through).
+PROFILE_MIN_LAYERS = 3
+
+
+@dataclass(frozen=True)
+class DepthProfile:
+    """The layers GradientVanishing compares, as positions in depth order.
+
+    Its members are the layers whose forward ran in the sampled step (they have an
+    activation record) with a finite gradient norm: a layer used only through its weight
+    (an attention out_proj) has no known depth and sits last, so it would pose as the
+    output side. Its sides are the members whose depth position is below ``quarter``
+    (input) or at least ``len(members) - quarter`` (output), ``quarter`` being
+    1 / DEPTH_SIDES of the members (at least one). The Prometheus rule computes the same
+    from ``gradwatch_activation_mean``'s presence and ``gradwatch_layer_depth``
+    (monitor/ops/rules.py, tests/test_realistic_alerts.py).
+    """
+
+    members: np.ndarray
+    input_side: np.ndarray
+    output_side: np.ndarray
+
+
+def depth_profile(grad_norm: np.ndarray, activation_mean: np.ndarray) -> DepthProfile | None:
+    """The depth profile of one Snapshot's per-layer gradient norms and activation means (in
+    depth order); None when it has fewer than PROFILE_MIN_LAYERS members."""
+    norms = np.asarray(grad_norm, dtype=np.float64)
+    called = ~np.isnan(np.asarray(activation_mean, dtype=np.float64))
+    n = min(len(norms), len(called))
+    members = np.flatnonzero(np.isfinite(norms[:n]) & called[:n])
+    if len(members) < PROFILE_MIN_LAYERS:
+        return None
+    quarter = max(1, len(members) // DEPTH_SIDES)
+    sides = members[members < quarter], members[members >= len(members) - quarter]
+    if not all(len(side) for side in sides):
+        return None  # a side of non-finite norms only: NonFiniteValues' business
+    return DepthProfile(members, *sides)
