@@ -256,7 +256,8 @@ def test_amp_occasional_skips_are_no_storm():
 
 def test_amp_calibration_skips_are_no_storm():
     d = AmpOverflowStorm(T)
-    calibration = [pulse(i, loss_scale=65536.0 / 2 ** (i + 1), optimizer_stepped=False)
+    calibration = [pulse(i, loss_scale=65536.0 / 2 ** (i + 1), optimizer_stepped=False,
+                         scaler_calibrating=True)
                    for i in range(12)]  # the scaler halving from 2^16 until gradients fit
     assert feed_pulses(d, calibration) == [Verdict.CLEAR] * 12
     assert d.on_pulse(pulse(12, loss_scale=8.0)) is Verdict.CLEAR

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..records.derived import depth_profile
+from ..records.derived import depth_profile, gradient_driven_update_ratio
 from ..records.findings import Finding, Result, describe_layers, table_fields
 from ..records.snapshot import Snapshot
 from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, Thresholds
@@ -22,9 +22,10 @@ class GradientVanishing:
     Value: geometric mean gradient norm of the input side of the depth profile over that of
     its output side (``records.derived.DepthProfile``: the layers whose forward ran, at
     least PROFILE_MIN_LAYERS); below ``vanishing_depth_ratio`` for ``vanishing_samples``
-    samples in a row, with at least one affected layer the optimizer barely moves (update
-    ratio below ``update_ratio_low``, or not measured: an optimizer that still moves them,
-    like Adam, is not stuck). The Prometheus rule judges the same (tests/test_realistic_alerts.py).
+    samples in a row, with at least one affected layer its gradient barely moves (the part of
+    its update ratio along the gradient, ``records.derived.gradient_driven_update_ratio``,
+    below ``update_ratio_low`` or not measured: an optimizer that still moves them, like
+    Adam, is not stuck; weight decay alone moving them is no sign of life). The Prometheus rule judges the same (tests/test_realistic_alerts.py).
     Names the affected layers and the causes it can see.
     """
 
@@ -52,17 +53,21 @@ class GradientVanishing:
             return None
         affected = [int(i) for i in profile.members
                     if norms[i] < self.t.vanishing_depth_ratio * reference]
-        updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
-        # a layer the optimizer still moves (like Adam does) is not stuck; one whose update
-        # ratio is not measured may be
+        moved = gradient_driven_update_ratio(snapshot.update_ratio, snapshot.update_grad_cosine)
+        # a layer its gradient still moves (Adam does, small as the gradient is) is not
+        # stuck; one weight decay alone moves is, and so may be one not measured
         stuck = [i for i in affected
-                 if not (i < len(updates) and updates[i] >= self.t.update_ratio_low)]
+                 if not (i < len(moved) and moved[i] >= self.t.update_ratio_low)]
         if not stuck:
             return None
-        return ratio, reference, affected
+        # moved, but not by their gradients (known where the cosine is): what the update
+        # ratio alone would have hidden
+        decayed = [i for i in stuck if i < len(snapshot.update_ratio)
+                   and snapshot.update_ratio[i] >= self.t.update_ratio_low]
+        return ratio, reference, affected, decayed
 
     def _finding(self, snapshot: Snapshot, ratio: float, reference: float,
-                 affected: list[int]) -> Finding:
+                 affected: list[int], decayed: list[int]) -> Finding:
         layers = tuple(snapshot.layers[i] for i in affected)
         norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
         updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
@@ -71,6 +76,13 @@ class GradientVanishing:
         if len(updates) == len(snapshot.layers):
             update_text = (" Their update ratios ||dW||/||W||: "
                            + describe_layers(layers, updates[affected]) + ".")
+        if decayed:
+            causes.append(
+                "weight decay moves " + describe_layers([snapshot.layers[i] for i in decayed])
+                + ", their gradients do not (their updates do not follow the gradient: "
+                "cos(update, gradient) " + describe_layers(
+                    [snapshot.layers[i] for i in decayed],
+                    np.asarray(snapshot.update_grad_cosine)[decayed]) + ")")
         return Finding(
             name=self.name, step=snapshot.step, time=snapshot.time,
             layers=layers, value=ratio, threshold=self.t.vanishing_depth_ratio,

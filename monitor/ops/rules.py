@@ -213,6 +213,10 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
         ("gradwatch:amp_skipped_steps:increase" + HISTORY_WINDOW,
          f"sum by ({BY_RUN}) "
          f"({counted_in('gradwatch_amp_skipped_steps_total', HISTORY_WINDOW)})"),
+        # the skips AmpOverflowStorm counts: the scaler's calibration at the start left out
+        ("gradwatch:amp_overflow_steps:increase" + HISTORY_WINDOW,
+         f"sum by ({BY_RUN}) "
+         f"({counted_in('gradwatch_amp_overflow_steps_total', HISTORY_WINDOW)})"),
         *vanishing_recording_rules(),
         *loss_recording_rules(thresholds),
         *adam_recording_rules(),
@@ -233,19 +237,24 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
 def vanishing_layers(t: Thresholds, run: str = "") -> str:
     """Per layer (run, rank, layer) of the depth profile: its gradient norm over the
     output side's geometric mean, where that ratio is below ``vanishing_depth_ratio``, the
-    input side's is too, the profile has at least PROFILE_MIN_LAYERS members, and the
-    optimizer barely moves the layer (or its update ratio is not measured): the in-process
+    input side's is too, the profile has at least PROFILE_MIN_LAYERS members, and its
+    gradient barely moves the layer (or that is not measured): the in-process
     GradientVanishing's condition. ``run``: only that run's series (a Go printf verb in
     culprit templates)."""
     only = f'{{run="{run}"}}' if run else ""
     output_side = f"gradwatch:grad_norm:log_mean_output_quarter{only}"
     ratio = repr(t.vanishing_depth_ratio)
+    update = f"max by ({BY_RUN_LAYER}) (gradwatch_update_ratio{only})"
     return (f"{PROFILE}{only}"
             f" / on ({BY_RUN}) group_left () exp({output_side}) < {ratio}"
             f" and on ({BY_RUN}) (exp(gradwatch:grad_norm:log_mean_input_quarter{only}"
             f" - {output_side}) < {ratio})"
             f" and on ({BY_RUN}) ({PROFILE_LAYERS}{only} >= {PROFILE_MIN_LAYERS})"
-            f" unless on ({BY_RUN_LAYER}) (max by ({BY_RUN_LAYER}) (gradwatch_update_ratio{only})"
+            # moved by its gradient: the update ratio's part along it (weight decay moves
+            # the weights along themselves: records.derived.gradient_driven_update_ratio)
+            # (the update ratio itself where the cosine is not measured)
+            f" unless on ({BY_RUN_LAYER}) (({update} * on ({BY_RUN_LAYER}) clamp_min(max by"
+            f" ({BY_RUN_LAYER}) (gradwatch_update_grad_cosine{only}), 0) or {update})"
             f" >= {t.update_ratio_low!r})")
 
 
@@ -320,7 +329,7 @@ def loss_alerts(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             "AmpOverflowStorm",
-            f"max by (run) (gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW})"
+            f"max by (run) (gradwatch:amp_overflow_steps:increase{HISTORY_WINDOW})"
             f" >= {t.amp_skipped_steps!r}",
             f"The loss scaler of run {{{{ $labels.run }}}}{LAYER_TEXT} skipped "
             f"{{{{ $value | humanize }}}} steps in {HISTORY_WINDOW} (alert at "

@@ -59,8 +59,9 @@ CONDITIONS: tuple[Condition, ...] = (
         "the depth profile (records.derived.DepthProfile: layers whose forward ran, with a "
         "finite gradient norm, at least PROFILE_MIN_LAYERS): its input side's geometric-mean "
         "gradient norm below vanishing_depth_ratio x its output side's, with an affected "
-        "layer (norm below that fraction of the output side's) whose update ratio is below "
-        "update_ratio_low or not measured",
+        "layer (norm below that fraction of the output side's) whose update ratio along its "
+        "gradient (records.derived.gradient_driven_update_ratio: weight decay's move left "
+        "out) is below update_ratio_low or not measured",
         ("vanishing_depth_ratio", "update_ratio_low", "vanishing_samples"),
         "vanishing_samples Snapshots in a row (the rule: as many scrape intervals)",
         (Difference(RULES, "the run is deeper than the exporter's max_layers",
@@ -86,7 +87,9 @@ CONDITIONS: tuple[Condition, ...] = (
         "one step (the rule: the step a scrape reads)"),
     Condition(
         "AmpOverflowStorm",
-        "amp_skipped_steps steps the GradScaler skipped within history_steps",
+        "amp_skipped_steps steps the GradScaler skipped within history_steps, its skips "
+        "before the first applied step (calibrating its initial scale) left out "
+        "(Pulse.scaler_overflowed; the rule: gradwatch_amp_overflow_steps_total)",
         ("amp_skipped_steps", "history_steps"), "the count over the window"),
     Condition(
         "AttentionLogitGrowth",

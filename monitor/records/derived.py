@@ -26,6 +26,14 @@ def scaler_skipped(loss_scale: float | None, optimizer_stepped: bool) -> bool:
     return loss_scale is not None and not optimizer_stepped
 
 
+def scaler_overflowed(skipped_by_scaler: bool, calibrating: bool) -> bool:
+    """A step the GradScaler skipped once calibrated: an overflow storm's count. Its skips
+    before the first applied step are it calibrating: it starts at 2^16 and halves until
+    the gradients fit in fp16, by design and once (a healthy run with gradients of ~32 skips
+    its first 5 steps so)."""
+    return skipped_by_scaler and not calibrating
+
+
 def amp_skipped(loss: float | None, skipped_by_scaler: bool) -> bool:
     """A step the GradScaler skipped with a finite loss: its overflowed gradients are the
     scaler's business (it lowers the scale and retries), not a divergence."""
@@ -100,3 +108,23 @@ def depth_profile(grad_norm: np.ndarray, activation_mean: np.ndarray) -> DepthPr
     if not all(len(side) for side in sides):
         return None  # a side of non-finite norms only: NonFiniteValues' business
     return DepthProfile(members, *sides)
+
+
+def gradient_driven_update_ratio(update_ratio: np.ndarray, update_grad_cosine: np.ndarray
+                                 ) -> np.ndarray:
+    """Per layer, the part of ||dW|| / ||W|| that follows the gradient: the update ratio
+    times cos(W_before - W_after, grad), at least 0.
+
+    Weight decay moves every layer along its own weights (by lr x wd / (1 - momentum) a
+    step under SGD), whatever its gradient: a layer whose gradient vanished still shows an
+    update ratio of ~2.5e-4 under the textbook SGD recipe (lr 0.05, momentum 0.9, wd 5e-4),
+    but that update does not follow its gradient (cosine ~0). The projection on the gradient
+    is what the gradient moves, under SGD (cosine ~1) and Adam (clearly positive while it
+    follows the gradient) alike. Where the cosine is not measured (or undefined: no update),
+    the update ratio itself, the best figure left; NaN where that is not measured either.
+    """
+    ratio = np.asarray(update_ratio, dtype=np.float64)
+    cosine = np.asarray(update_grad_cosine, dtype=np.float64)
+    if cosine.shape != ratio.shape:
+        return ratio
+    return np.where(np.isnan(cosine), ratio, ratio * np.maximum(cosine, 0.0))
