@@ -85,3 +85,33 @@ def test_the_grad_scalers_calibration_is_no_overflow_storm(promtool, tmp_path):
     fired = first_firing_in_promtool(promtool, str(rules.RULES_PATH.resolve()),
                                      {run.name: replay}, tmp_path)[run.name]
     assert fired == {}
+
+
+def sgdr(period: int = 200, low: float = 1 / 25_000):
+    """CosineAnnealingWarmRestarts (T_mult 1) as an lr multiplier: cosine from 1 to ``low``
+    over ``period`` steps, then back to 1 (a ~25,000x raise)."""
+    def schedule(step: int) -> float:
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * (step % period) / period))
+    return schedule
+
+
+def sgdr_regression() -> Setup:
+    """SGD with momentum and weight decay under SGDR: at each restart the loss rises
+    several-fold for ~60 steps (momentum builds the larger steps up), then recovers."""
+    torch.manual_seed(10)
+    model = mlp([16, 64, 64, 1], nn.ReLU)
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9,
+                                        weight_decay=5e-4),
+                 _regression(noise=0.05), schedule=sgdr())
+
+
+def test_a_warm_restart_is_no_divergence(promtool, tmp_path):
+    run = train("sgdr", sgdr_regression(), steps=420)
+    lr = [p.learning_rates[0][0] for p in run.pulses]
+    assert lr[199] < 1e-5 and lr[200] == pytest.approx(0.03)  # the restart
+    before, after = sorted(run.losses[180:200])[10], max(run.losses[200:280])
+    assert after > 4 * before and sorted(run.losses[280:300])[10] < 0.5 * after  # recovers
+    assert [(a.name, a.step) for a in run.fired()] == []
+    fired = first_firing_in_promtool(promtool, str(rules.RULES_PATH.resolve()),
+                                     {run.name: scrapes(run, STRIDE)}, tmp_path)[run.name]
+    assert fired == {}

@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.utils import floatToGoString
 
 from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
-from ..records.derived import PROFILE_MIN_LAYERS
+from ..records.derived import LR_ROUNDING, PROFILE_MIN_LAYERS
 from ..records.alert_table import spec as alert_spec
 from ..records.regimes import REGIMES, code
 from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
@@ -117,6 +117,22 @@ def log_sigma(t: Thresholds, window: str, offset: str = "") -> str:
     """Robust sigma of log(loss): ln(q75 / q25) / 1.349 (the IQR of log(loss))."""
     return (f"ln({loss_quantile(t, 0.75, window, offset)}"
             f" / {loss_quantile(t, 0.25, window, offset)}) / {IQR_PER_SIGMA}")
+
+
+#: How far back the loss rules' reference reaches (HISTORY_WINDOW before RECENT_WINDOW).
+REFERENCE_SPAN = "12m"
+#: Per run, present while an lr raise lies within REFERENCE_SPAN: the lr now above its low
+#: in that span (a decaying lr is at its low). A raised lr (a warm-up, a warm restart)
+#: moves the loss to a new level by design, so the loss before it is no reference: the loss
+#: rules wait until the raise has left their windows (in-process: LossDivergence and
+#: LossSpike re-base and warm up again).
+LR_RAISED = "gradwatch:learning_rate:raised"
+
+
+def lr_recording_rules() -> list[tuple[str, str]]:
+    """Whether the learning rate was raised within the loss rules' reference span."""
+    return [(LR_RAISED, f"max by (run) (gradwatch_learning_rate > min_over_time("
+                        f"gradwatch_learning_rate[{REFERENCE_SPAN}]) * (1 + {LR_ROUNDING!r}))")]
 
 
 def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
@@ -219,6 +235,7 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
          f"({counted_in('gradwatch_amp_overflow_steps_total', HISTORY_WINDOW)})"),
         *vanishing_recording_rules(),
         *loss_recording_rules(thresholds),
+        *lr_recording_rules(),
         *adam_recording_rules(),
         ("gradwatch:layer_depth:padded", padded_depth),
         *((f"gradwatch:{metric}:by_depth",
@@ -312,7 +329,7 @@ def loss_alerts(t: Thresholds) -> list[Alert]:
             "LossDivergence",
             f"max by (run) ({level_rise} > {t.loss_divergence_factor!r}"
             f" and ln{level_rise} > {t.loss_divergence_sigmas!r} * gradwatch:loss:log_sigma_before"
-            " and on (run, rank) gradwatch:loss:judged)",
+            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_RAISED}",
             f"The median loss of run {{{{ $labels.run }}}}{LAYER_TEXT} over the last "
             f"{RECENT_WINDOW} is {{{{ printf \"%.3g\" $value }}}}x its median of the "
             f"{HISTORY_WINDOW} before (alert above {t.loss_divergence_factor!r}x and "
@@ -322,7 +339,7 @@ def loss_alerts(t: Thresholds) -> list[Alert]:
             "LossSpike",
             f"max by (run) ({spike} > {t.loss_spike_factor!r}"
             f" and ln{spike} > {t.loss_noise_sigmas!r} * gradwatch:loss:log_sigma{HISTORY_WINDOW}"
-            " and on (run, rank) gradwatch:loss:judged)",
+            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_RAISED}",
             f"The loss of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
             f"{{{{ printf \"%.3g\" $value }}}}x its {HISTORY_WINDOW} median (alert above "
             f"{t.loss_spike_factor!r}x and {t.loss_noise_sigmas!r} robust sigmas of log(loss)).",

@@ -41,6 +41,14 @@ class Condition:
 STEP_HISTORY = ("the detector keeps every step's (or sample's) history; a scrape sees the "
                 "latest figure only, so the rule judges the level and not the shape")
 
+#: How each side re-bases the loss after a raised learning rate.
+LR_REBASE = Difference(
+    IN_PROCESS, "loss_warmup_steps after a raised learning rate, while the raise is still "
+    "within the rule's REFERENCE_SPAN",
+    "the detector starts its histories and warm-up again at the raise and judges the new "
+    "level loss_warmup_steps later; the rule cannot restart its windows, so it waits until "
+    "the raise has left them (gradwatch:learning_rate:raised)")
+
 CONDITIONS: tuple[Condition, ...] = (
     Condition(
         "NonFiniteValues",
@@ -70,7 +78,8 @@ CONDITIONS: tuple[Condition, ...] = (
         "LossDivergence",
         "the loss's recent median above loss_divergence_factor x the median before it, and "
         "log of that rise above loss_divergence_sigmas robust sigmas of log(loss), after "
-        "loss_warmup_steps with at least history_min_steps of history",
+        "loss_warmup_steps with at least history_min_steps of history; a raised learning "
+        "rate (records.derived.lr_raised: a warm-up, a warm restart) re-bases the baseline",
         ("loss_divergence_factor", "loss_divergence_sigmas", "loss_warmup_steps",
          "history_min_steps"),
         "over half of the recent window high (its median)",
@@ -78,13 +87,15 @@ CONDITIONS: tuple[Condition, ...] = (
                     "after the rise",
                     "the rule's recent level is the median of RECENT_WINDOW (2 min of "
                     "scrapes), the detector's of loss_divergence_steps steps: a run that "
-                    "stops sooner never fills the rule's window with the risen loss"),)),
+                    "stops sooner never fills the rule's window with the risen loss"),
+         LR_REBASE)),
     Condition(
         "LossSpike",
         "one step's loss above loss_spike_factor x the history's median and "
-        "loss_noise_sigmas robust sigmas of log(loss) above it",
+        "loss_noise_sigmas robust sigmas of log(loss) above it; a raised learning rate "
+        "re-bases the baseline",
         ("loss_spike_factor", "loss_noise_sigmas", "loss_warmup_steps", "history_min_steps"),
-        "one step (the rule: the step a scrape reads)"),
+        "one step (the rule: the step a scrape reads)", (LR_REBASE,)),
     Condition(
         "AmpOverflowStorm",
         "amp_skipped_steps steps the GradScaler skipped within history_steps, its skips "

@@ -26,6 +26,21 @@ def scaler_skipped(loss_scale: float | None, optimizer_stepped: bool) -> bool:
     return loss_scale is not None and not optimizer_stepped
 
 
+#: A learning rate above the last step's by more than this relative margin was raised (a
+#: warm-up step, a warm restart, any scheduled increase); the margin is float rounding of a
+#: recomputed constant lr, not a judgement.
+LR_ROUNDING = 1e-6
+
+
+def lr_raised(before: tuple[tuple[float, ...], ...], now: tuple[tuple[float, ...], ...]
+              ) -> bool:
+    """Whether any param group's learning rate (per optimizer, per group, as a Pulse carries
+    them) is higher ``now`` than ``before``."""
+    return any(new > old * (1 + LR_ROUNDING)
+               for groups_before, groups_now in zip(before, now)
+               for old, new in zip(groups_before, groups_now))
+
+
 def scaler_overflowed(skipped_by_scaler: bool, calibrating: bool) -> bool:
     """A step the GradScaler skipped once calibrated: an overflow storm's count. Its skips
     before the first applied step are it calibrating: it starts at 2^16 and halves until
