@@ -12,6 +12,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
+from gradwatch.monitor.records.findings import Alert, Finding
+
 #: A tiny LightningModule as script source (``pl``, ``torch`` and ``nn`` imported before it),
 #: for the tests that train in a fresh process.
 TINY_MODULE_SOURCE = """
@@ -126,3 +128,11 @@ def gradwatch_cli(*args: str, cwd=None, timeout: float = 120, code: str | None =
               f"sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
                           text=True, cwd=cwd, timeout=timeout, env={**os.environ, **env})
+
+
+def alert_of(**fields):
+    """An Alert from its flat fields (as its JSON lists them): the Finding's part
+    (``starts_at`` is the finding's time) and the run's identity and state."""
+    own = {key: fields.pop(key) for key in ("status", "run", "rank", "ends_at", "runbook_url",
+                                             "run_regime") if key in fields}
+    return Alert(Finding(time=fields.pop("starts_at"), **fields), **own)

@@ -164,3 +164,24 @@ UNSTABLE = {
     "deep_sigmoid": (deep_sigmoid, {"GradientVanishing"}, set()),
     "fp16_overflow": (fp16_overflow, {"AmpOverflowStorm", "Fp16HeadroomLow"}, set()),
 }
+
+
+# ------------------------------------------------------------------ rule parity
+
+def shallow_saturated_gate() -> Setup:
+    """Two layers, the first a sigmoid gate biased fully open (bias +10, a gate-bias init
+    taken too far): its derivative is ~5e-5, so its gradient is ~1e-5 of the head's. A
+    depth profile of two layers has no depth for a gradient to vanish through:
+    ActivationSaturation names it; GradientVanishing, in-process and by the rule, does not."""
+    torch.manual_seed(30)
+    model = mlp([16, 64, 4], nn.Sigmoid)
+    nn.init.constant_(model[0].bias, 10.0)
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=0.1), _classification(),
+                 loss_fn=nn.functional.cross_entropy)
+
+
+#: Short runs that only the parity of the detectors and the rules judges (steps, setup):
+#: each separates a condition one side once applied and the other did not.
+PARITY = {
+    "shallow_saturated_gate": (300, shallow_saturated_gate),
+}

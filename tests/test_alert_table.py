@@ -16,12 +16,19 @@ from torch import nn
 from .detect_fixtures import FakeMonitor, pulse
 from gradwatch.monitor.ops import doctor, rules
 from gradwatch.monitor.records.alert_table import (
+    IN_PROCESS,
     IN_PROCESS_NAMES,
+    RULES,
     RULE_NAMES,
     SPECS,
     TABLE,
     markdown_table,
     spec,
+)
+from gradwatch.monitor.records.conditions import (
+    CONDITIONS,
+    SHARED_NAMES,
+    markdown_conditions,
 )
 from gradwatch.monitor.records.findings import ALERT_NAMES
 from gradwatch.monitor.judging.engine import AlertEngine
@@ -101,6 +108,14 @@ def test_dashboards_show_the_tables_rule_alerts_with_their_severity_and_remedy()
             panel["description"]
 
 
+def test_every_alert_of_both_sides_says_its_condition_once():
+    assert sorted(c.name for c in CONDITIONS) == sorted(SHARED_NAMES)
+    documented = set(Thresholds.documented())
+    for condition in CONDITIONS:
+        assert set(condition.thresholds) <= documented, condition.name
+        assert {d.fires_alone for d in condition.differences} <= {IN_PROCESS, RULES}
+
+
 def test_alertmanager_inhibitions_name_table_alerts():
     config = yaml.safe_load((ROOT / "deploy/alertmanager/alertmanager.yml").read_text())
     text = yaml.safe_dump(config.get("inhibit_rules", []))
@@ -111,6 +126,7 @@ def test_alertmanager_inhibitions_name_table_alerts():
 def test_docs_hold_the_generated_table_and_a_runbook_section_per_alert():
     alerts_doc = (ROOT / "docs" / "alerts.md").read_text()
     assert markdown_table() in alerts_doc, "paste monitor.alert_table.markdown_table()"
+    assert markdown_conditions() in alerts_doc, "paste records.conditions.markdown_conditions()"
     sections = re.findall(r"^## (\w+)", (ROOT / "docs" / "runbook.md").read_text(), re.M)
     assert {s.name for s in TABLE} <= set(sections)
     for row in TABLE:

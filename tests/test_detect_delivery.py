@@ -21,7 +21,7 @@ from .detect_fixtures import (
     wait_for,
 )
 from gradwatch.monitor.records.alert_table import RUNBOOK_BASE_URL
-from gradwatch.monitor.records.findings import Alert
+from .helpers import alert_of
 from gradwatch.monitor.sinks.delivery import (
     AlertmanagerSink,
     CallableAlertSink,
@@ -45,14 +45,14 @@ def alertmanager(tmp_path_factory, receiver):
     am.close()
 
 
-def make_alert(**fields) -> Alert:
+def make_alert(**fields):
     base = dict(name="GradientExplosion", severity="critical", status="firing", run="deliv",
                 rank=0, step=12, layers=("encoder.0",), value=2e4, threshold=1e4,
                 summary="Global gradient norm 2e4", description="details", remedy="clip",
                 regime="exploding", origin_exact=None, starts_at=time.time() - 5,
                 ends_at=None)
     base.update(fields)
-    return Alert(**base)
+    return alert_of(**base)
 
 
 def parse_time(text: str) -> float:

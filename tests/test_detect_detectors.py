@@ -258,7 +258,8 @@ def test_amp_occasional_skips_are_no_storm():
 
 def test_amp_calibration_skips_are_no_storm():
     d = AmpOverflowStorm(T)
-    calibration = [pulse(i, loss_scale=65536.0 / 2 ** (i + 1), optimizer_stepped=False)
+    calibration = [pulse(i, loss_scale=65536.0 / 2 ** (i + 1), optimizer_stepped=False,
+                         scaler_calibrating=True)
                    for i in range(12)]  # the scaler halving from 2^16 until gradients fit
     assert feed_pulses(d, calibration) == [Verdict.CLEAR] * 12
     assert d.on_pulse(pulse(12, loss_scale=8.0)) is Verdict.CLEAR
@@ -367,6 +368,20 @@ def test_vanishing_profile_leaves_out_layers_whose_forward_never_ran():
     f = [d.on_snapshot(snap(i)) for i in range(3)][-1]
     assert isinstance(f, Finding) and "attn.out_proj" not in f.layers
     assert f.value == pytest.approx(1e-6)  # gmean(1e-7, 1e-6) / gmean(0.1, 1)
+
+
+def test_vanishing_needs_three_called_layers_as_its_rule_does():
+    """Two called layers and one used through its weight: a profile of two layers, too
+    shallow on both sides (deploy/prometheus/tests' r3 is the rule's copy of this case)."""
+    layers, grads = ("embed", "head", "out_proj"), [1e-5, 0.5, 1.0]
+    d = GradientVanishing(T)
+    results = [d.on_snapshot(snapshot(i, layers, grad_norm=grads, update_ratio=[1e-9] * 3,
+                                      activation_mean=[0.1, 0.1, np.nan]))
+               for i in range(5)]
+    assert not findings(results)
+    called = [d.on_snapshot(snapshot(i, layers, grad_norm=grads, update_ratio=[1e-9] * 3))
+              for i in range(3)]
+    assert isinstance(called[-1], Finding) and called[-1].layers == ("embed",)
 
 
 def test_vanishing_healthy_profile_and_resolution():

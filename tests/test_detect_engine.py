@@ -18,7 +18,8 @@ from torch import nn
 
 from .detect_fixtures import FakeMonitor, pulse, snapshot
 from gradwatch.monitor.records.alert_table import RUNBOOK_BASE_URL
-from gradwatch.monitor.records.findings import ALERT_NAMES, Alert
+from .helpers import alert_of
+from gradwatch.monitor.records.findings import ALERT_NAMES, Alert, Finding
 from gradwatch.monitor.judging.engine import AlertEngine
 from gradwatch.monitor.judging.catalog import default_detectors
 from gradwatch.monitor.sinks.forensics import ForensicsSink
@@ -125,7 +126,7 @@ def make_alert(**fields) -> Alert:
                 summary="s", description="d", remedy="fix", regime="vanishing",
                 origin_exact=None, starts_at=1.0, ends_at=None)
     base.update(fields)
-    return Alert(**base)
+    return alert_of(**base)
 
 
 def test_alert_labels_and_annotations():
@@ -146,6 +147,27 @@ def test_alert_labels_and_annotations():
     json.dumps(data, allow_nan=False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         alert.step = 3
+
+
+def test_an_alert_is_its_finding_in_a_run():
+    """The fields a Finding and an Alert share are declared once, on the Finding; the
+    Alert's JSON keeps its flat shape (sinks and Alertmanager payloads read it)."""
+    shared = ({f.name for f in dataclasses.fields(Finding)}
+              & {f.name for f in dataclasses.fields(Alert)})
+    assert shared == set()
+    finding = Finding("GradientVanishing", "warning", 10, 1.0, ("enc.0",), 1e-5, 1e-3,
+                      "s", "d", "fix", "vanishing")
+    alert = Alert.firing(finding, run="r1", rank=2)
+    assert alert.to_dict() == {
+        "name": "GradientVanishing", "severity": "warning", "status": "firing", "run": "r1",
+        "rank": 2, "step": 10, "layers": ["enc.0"], "value": 1e-5, "threshold": 1e-3,
+        "summary": "s", "description": "d", "remedy": "fix", "regime": "vanishing",
+        "origin_exact": None, "starts_at": 1.0, "ends_at": None, "runbook_url": "",
+        "checkpoint": None, "run_regime": None}
+    resolved = alert.resolved(step=30, when=0.5)  # never ends before it started
+    assert (resolved.status, resolved.step, resolved.starts_at, resolved.ends_at) == (
+        "resolved", 30, 1.0, 1.0)
+    assert list(resolved.to_dict()) == list(alert.to_dict())
 
 
 # ---------------------------------------------------------------- init audit

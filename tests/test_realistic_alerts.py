@@ -1,7 +1,9 @@
 """Alerts people can trust: realistic trainings (>= 1,000 steps each) judged in-process and
 by the shipped Prometheus rules (the recorded series replayed through the real exporter and
 ``promtool test rules``). Healthy runs raise no warning or critical alert on either side;
-every unstable run is caught, before its first NaN/Inf where it has one."""
+every unstable run is caught, before its first NaN/Inf where it has one; and both sides
+raise the same alerts on every recorded run, but for the deliberate differences
+(monitor/records/conditions.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import pytest
 import torch
 
 from .realistic import STEPS, first_firing_in_promtool, live_replay, scrapes, train
-from .realistic_scenarios import HEALTHY, UNSTABLE
+from .realistic_scenarios import HEALTHY, PARITY, UNSTABLE
 from gradwatch.monitor.ops import rules
+from gradwatch.monitor.records.alert_table import IN_PROCESS, RULES
+from gradwatch.monitor.records.conditions import CONDITION, SHARED_NAMES
 
 #: Steps per scrape in the replay (at 15 s a scrape: ~20 steps a minute).
 STRIDE = 5
@@ -23,6 +27,7 @@ def recordings():
     try:
         runs = {name: train(name, make()) for name, make in HEALTHY.items()}
         runs |= {name: train(name, make()) for name, (make, _, _) in UNSTABLE.items()}
+        runs |= {name: train(name, make(), steps) for name, (steps, make) in PARITY.items()}
     finally:
         torch.set_num_threads(before)
     return runs
@@ -75,6 +80,35 @@ def test_unstable_runs_are_caught_in_process_before_the_first_nan(recordings, na
 #: The in-process-only alerts (no metric carries them) and what the rules see instead.
 RULE_CATCHES = {"dead_relus": {"GradientVanishing"},
                 "fp16_overflow": {"AmpOverflowStorm", "LossSpike", "LossDivergence"}}
+
+
+#: The recorded runs where one side fires an alert alone, deliberately: run -> alert -> the
+#: side that fires alone (each a records.conditions.Difference of that alert, reason there).
+DELIBERATE = {"fp16_overflow": {"LossDivergence": IN_PROCESS}}
+
+
+@pytest.mark.servers
+def test_detectors_and_rules_agree(recordings, rule_firings):
+    """Every recorded run, replayed through the in-process detectors and the shipped rules
+    (promtool), raises the same alerts of those both sides raise, but for the deliberate
+    differences (records.conditions); when, they may differ: the rules judge scrapes."""
+    disagreements = {}
+    for name, run in recordings.items():
+        in_process = {a.name for a in run.fired()} & set(SHARED_NAMES)
+        by_rules = set(rule_firings[name]) & set(SHARED_NAMES)
+        alone = ({alert: IN_PROCESS for alert in in_process - by_rules}
+                 | {alert: RULES for alert in by_rules - in_process})
+        if alone:
+            disagreements[name] = alone
+    assert disagreements == DELIBERATE
+    for alerts in DELIBERATE.values():
+        for alert, side in alerts.items():
+            assert side in {d.fires_alone for d in CONDITION[alert].differences}
+    # the recordings exercise both sides: each of these is raised by both somewhere
+    agreed = {alert for name, run in recordings.items()
+              for alert in {a.name for a in run.fired()} & set(rule_firings[name])}
+    assert agreed >= {"NonFiniteValues", "GradientExplosion", "GradientVanishing",
+                      "LossDivergence", "LossSpike", "AmpOverflowStorm"}
 
 
 @pytest.mark.servers

@@ -64,3 +64,17 @@ def test_clipping_already_on_is_named_not_suggested():
     calm(without, mon, 50)
     without.on_pulse(pulse(50, norm=6e8), mon)
     assert fired(without)["GradientExplosion"].remedy == spec("GradientExplosion").remedy
+
+
+def test_a_step_the_grad_scaler_skipped_is_not_clipping_that_failed():
+    """Under fp16 the scaler skips overflowed steps: their clipped norm is below the pre-clip
+    norm, yet nothing was clipped and applied (records.derived.clip_engaged decides it), so
+    an overflow storm keeps "clip gradients" and says nothing of clipping being on."""
+    engine, mon = AlertEngine(), FakeMonitor()
+    calm(engine, mon, 50, clipped_grad_norm=0.5, loss_scale=1024.0)
+    for step in range(50, 60):  # overflowed, skipped by the scaler, the loss still finite
+        engine.on_pulse(pulse(step, norm=math.inf, clipped_grad_norm=1.0, loss_scale=1024.0,
+                              optimizer_stepped=False), mon)
+    storm = fired(engine)["AmpOverflowStorm"]
+    assert storm.remedy == spec("AmpOverflowStorm").remedy
+    assert "Gradient clipping is on" not in storm.remedy

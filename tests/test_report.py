@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+import dataclasses
 from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 import pytest
 
 from gradwatch.callbacks import TrainingDiagnostics
-from gradwatch.monitor.records.findings import Alert
+from gradwatch.monitor.records.findings import Alert, Finding
 from gradwatch.demo import he, mlp
 from gradwatch.monitor.sinks.prometheus import LAYER_GAUGES
 from gradwatch.monitor.report.html import (
@@ -231,6 +232,9 @@ def test_alerts_only_and_malformed_events_do_not_crash(tmp_path):
         status: str = "firing"
         layers: None = None
         regime: str = "no such regime"
+
+        def to_dict(self) -> dict:  # what the sink writes of an Alert
+            return dataclasses.asdict(self)
 
     sink = TensorBoardSink(log_dir=str(tmp_path))
     sink.on_alert(OddAlert())
@@ -514,9 +518,9 @@ def test_one_layer_heatmap_has_room_for_its_axis_label(demo_runs):
 # --- a folder reused by several runs --------------------------------------------------------
 
 def vanishing_alert(step: int) -> Alert:
-    return Alert("GradientVanishing", "warning", "firing", "demo/vanishing", 0, step,
-                 ("encoder",), 1e-4, 1e-3, "Gradients vanish toward the input", "", "remedy",
-                 "vanishing", None, time.time(), None)
+    finding = Finding("GradientVanishing", "warning", step, time.time(), ("encoder",), 1e-4,
+                      1e-3, "Gradients vanish toward the input", "", "remedy", "vanishing")
+    return Alert.firing(finding, run="demo/vanishing")
 
 
 def write_run(folder: Path, steps: range, scale: float, alert_step: int | None = None) -> None:

@@ -56,8 +56,10 @@ class RingRow(NamedTuple):
     measured: Measured
 
 
-def pulse_from_row(row: RingRow, values: np.ndarray) -> Pulse:
-    """The Pulse of one ring row, from the host copy of its values."""
+def pulse_from_row(row: RingRow, values: np.ndarray, scaler_calibrating: bool = False
+                   ) -> Pulse:
+    """The Pulse of one ring row, from the host copy of its values (``scaler_calibrating``:
+    no optimizer step was applied before this one)."""
     measured, column = row.measured, RingColumn
     return Pulse(
         step=row.step,
@@ -73,6 +75,7 @@ def pulse_from_row(row: RingRow, values: np.ndarray) -> Pulse:
                                 if measured.local_check else None),
         update_skipped=(bool(values[column.SKIPPED])
                         if measured.skip_on_spike and row.stepped else None),
+        scaler_calibrating=scaler_calibrating,
     )
 
 
@@ -99,6 +102,9 @@ class PulseRing:
         self.pulses: list[Pulse] = []  # since the last Snapshot
         self._unexported: list[Pulse] = []
         self._exported_at = time.monotonic()
+        #: whether an optimizer step was applied yet: the GradScaler's skips before the
+        #: first one are it calibrating its initial scale (Pulses are read in step order)
+        self._applied = False
 
     def ensure(self, device: torch.device, n_rows: int) -> torch.Tensor:
         """The ring on ``device``, with room for the next row."""
@@ -143,7 +149,9 @@ class PulseRing:
             host_rows = (self.host[self.read:len(self.rows)] if self.host is not None
                          else host_copy(self.unread()))
         for offset, values in enumerate(host_rows):
-            pulse = pulse_from_row(self.rows[self.read + offset], values)
+            row = self.rows[self.read + offset]
+            pulse = pulse_from_row(row, values, scaler_calibrating=not self._applied)
+            self._applied = self._applied or row.stepped
             self.pulses.append(pulse)
             self._unexported.append(pulse)
             self._on_pulse(pulse)

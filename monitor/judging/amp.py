@@ -18,7 +18,9 @@ class AmpOverflowStorm:
     A scaler skips a step now and then by design; ``amp_skipped_steps`` skips within the
     last ``history_steps`` steps is a storm. The skips before the first step that ran are
     the scaler calibrating its initial scale (it starts high, 2^16, and halves until the
-    gradients fit), not a storm, and are not counted. Steps without a finite loss scale (no
+    gradients fit), not a storm, and are not counted: the Pulse decides it
+    (``scaler_overflowed``), and the rule counts the same steps
+    (``gradwatch_amp_overflow_steps_total``). Steps without a finite loss scale (no
     scaler) are ignored. Layers named are those whose latest fp16 headroom was below
     ``fp16_headroom_bits``.
     """
@@ -29,15 +31,13 @@ class AmpOverflowStorm:
         self.t = thresholds
         self.window: deque[tuple[bool, float]] = deque(maxlen=thresholds.history_steps)
         self.low_headroom: tuple[str, ...] = ()
-        self.calibrated = False
 
     def on_pulse(self, pulse: Pulse) -> Result:
         if pulse.loss_scale is None:
             return None
-        self.calibrated = self.calibrated or pulse.optimizer_stepped
-        if not self.calibrated:
+        if pulse.scaler_calibrating:
             return Verdict.CLEAR
-        self.window.append((pulse.scaler_skipped, pulse.loss_scale))
+        self.window.append((pulse.scaler_overflowed, pulse.loss_scale))
         skipped = sum(1 for s, _ in self.window if s)
         if skipped < self.t.amp_skipped_steps:
             return Verdict.CLEAR

@@ -19,7 +19,6 @@ from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from ..records.findings import (
     ALERT_NAMES,
     FIRING,
-    RESOLVED,
     Alert,
     Finding,
     Result,
@@ -197,16 +196,11 @@ class AlertEngine:
             finding = dataclasses.replace(
                 finding, checkpoint=checkpoint, description=f"{finding.description} The "
                 f"state at the end of step {finding.step} is saved to {checkpoint}.")
-        alert = Alert(
-            name=finding.name, severity=finding.severity, status=FIRING,
-            run=getattr(monitor, "run_name", "run"), rank=getattr(monitor, "rank", 0),
-            step=finding.step, layers=finding.layers, value=finding.value,
-            threshold=finding.threshold, summary=finding.summary,
-            description=finding.description,
-            remedy=remedy_in_context(finding, earlier, self._last_pulse),
-            regime=finding.regime, origin_exact=finding.origin_exact, starts_at=finding.time,
-            ends_at=None, runbook_url=runbook_link(finding.name, self.runbook_base_url),
-            checkpoint=finding.checkpoint)
+        finding = dataclasses.replace(
+            finding, remedy=remedy_in_context(finding, earlier, self._last_pulse))
+        alert = Alert.firing(finding, run=getattr(monitor, "run_name", "run"),
+                             rank=getattr(monitor, "rank", 0),
+                             runbook_url=runbook_link(finding.name, self.runbook_base_url))
         self.active[alert.name] = alert
         alert = self._emit(alert, monitor)
         if alert.name in self.stop_on:
@@ -215,8 +209,7 @@ class AlertEngine:
 
     def _resolve(self, name: str, step: int, when: float, monitor) -> None:
         firing = self.active.pop(name)
-        self._emit(dataclasses.replace(firing, status=RESOLVED, step=step,
-                                       ends_at=max(when, firing.starts_at)), monitor)
+        self._emit(firing.resolved(step, when), monitor)
 
     def _emit(self, alert: Alert, monitor) -> Alert:
         """Publishes ``alert`` (already applied to ``active``) with the regime it leaves."""

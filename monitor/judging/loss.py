@@ -7,14 +7,15 @@ from collections import deque
 from collections.abc import Iterable
 
 from ..records.alert_table import spec as alert_spec
+from ..records.derived import lr_raised
 from ..records.findings import Finding, Result
 from ..records.snapshot import Pulse
 from ..records.thresholds import IQR_PER_SIGMA, Thresholds
 from .base import RATIO_FLOOR, Sustained
 
+#: A step within this fraction of the bar (in log) of the level reused from a few steps ago
 #: level is judged again on the exact window: the approximation is off by far less.
 EXACT_LEVEL_MARGIN = 0.5
-#: Fewest layers with a gradient norm that make a depth profile: an input side, an output
 
 
 def robust_level(log_losses: Iterable[float]) -> tuple[float, float]:
@@ -64,7 +65,17 @@ class RollingLevel:
 
 
 class _LossJudge:
-    """What the two loss detectors share: a positive, finite loss after the warm-up."""
+    """What the two loss detectors share: a positive, finite loss after the warm-up, judged
+    against a baseline that a raised learning rate re-bases.
+
+    A raised lr (a warm-up, a warm restart, any scheduled increase) moves the loss to a new
+    level by design: SGDR raises it ~25,000x at each restart and the loss rises several-fold
+    over tens of steps (momentum builds the larger steps up) before it recovers. That is the
+    start of training again: the losses before the raise are no reference for those after
+    it, and the first ``loss_warmup_steps`` after it are no baseline, as those of the run's
+    start are not. So the raise re-bases (``rebase``): the histories start again, and the
+    warm-up too.
+    """
 
     name = ""
 
@@ -72,10 +83,19 @@ class _LossJudge:
         self.t = thresholds
         self.state = Sustained(1, thresholds.history_min_steps)
         self.seen = 0
+        self.learning_rates: tuple[tuple[float, ...], ...] = ()
+
+    def rebase(self) -> None:
+        """Forget the baseline (each detector its own histories)."""
 
     def _log_loss(self, pulse: Pulse) -> float | None:
         """log(loss) raised to ``loss_floor``, or None when this loss cannot be judged
-        (absent, non-finite, <= 0: ratios of a loss only make sense while it is positive)."""
+        (absent, non-finite, <= 0: ratios of a loss only make sense while it is positive).
+        A raised learning rate re-bases first."""
+        if lr_raised(self.learning_rates, pulse.learning_rates):
+            self.seen = 0
+            self.rebase()
+        self.learning_rates = pulse.learning_rates or self.learning_rates
         loss = pulse.loss
         if loss is None or not math.isfinite(loss) or loss <= 0:
             return None
@@ -112,6 +132,9 @@ class LossSpike(_LossJudge):
         super().__init__(thresholds)
         self.history = RollingLevel(thresholds.history_steps)
         self.bar = math.log(thresholds.loss_spike_factor)
+
+    def rebase(self) -> None:
+        self.history = RollingLevel(self.t.history_steps)
 
     def on_pulse(self, pulse: Pulse) -> Result:
         value = self._log_loss(pulse)
@@ -154,6 +177,10 @@ class LossDivergence(_LossJudge):
         self.recent: deque[float] = deque(maxlen=thresholds.loss_divergence_steps)
         self.before = RollingLevel(thresholds.history_steps)
         self.bar = math.log(thresholds.loss_divergence_factor)
+
+    def rebase(self) -> None:
+        self.recent.clear()
+        self.before = RollingLevel(self.t.history_steps)
 
     def on_pulse(self, pulse: Pulse) -> Result:
         value = self._log_loss(pulse)

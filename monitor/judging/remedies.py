@@ -27,18 +27,14 @@ CONSEQUENCES = ("GradientExplosion", "NonFiniteValues", "AmpOverflowStorm")
 LOWER_LR = "Lower the learning rate (or lengthen the warm-up)"
 
 
-def clipping_engaged(pulse: Pulse | None) -> bool:
-    """Whether the step's gradients were clipped (post-clip norm below the pre-clip one)."""
-    if pulse is None or pulse.clipped_grad_norm is None or pulse.global_grad_norm is None:
-        return False
-    return pulse.clipped_grad_norm < pulse.global_grad_norm * (1 - 1e-6)
-
-
 def remedy_in_context(finding: Finding, earlier: Sequence[Alert], pulse: Pulse | None) -> str:
     """The remedy of ``finding`` given the ``earlier`` firing Alerts of the run and the
     latest Pulse. Unknown (custom) alert names keep the detector's own remedy."""
     clauses = [c for c in finding.remedy.split("; ") if c]
-    clipped = clipping_engaged(pulse) and finding.name in CAUSES + CONSEQUENCES
+    # decided once where the Pulse is built (records.derived.clip_engaged): a step the
+    # GradScaler skipped was never clipped, whatever its norms say
+    clipped = (pulse is not None and bool(pulse.grad_clip_engaged)
+               and finding.name in CAUSES + CONSEQUENCES)
     if clipped:
         clauses = [c for c in clauses if "lip gradients" not in c]
     lead = []

@@ -6,13 +6,12 @@ import math
 
 import numpy as np
 
+from ..records.derived import depth_profile, gradient_driven_update_ratio
 from ..records.findings import Finding, Result, describe_layers, table_fields
 from ..records.snapshot import Snapshot
 from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, Thresholds
 from .base import Sustained, finite_mask
 
-#: side and one layer between.
-MIN_PROFILE_LAYERS = 3
 #: Fewest layers with an activation variance whose two sides can be compared.
 MIN_VARIANCE_LAYERS = 2
 
@@ -20,11 +19,14 @@ MIN_VARIANCE_LAYERS = 2
 class GradientVanishing:
     """The depth profile of per-layer gradient norms collapsed toward the input.
 
-    Value: geometric mean gradient norm of the input-side quarter of the layers over that of
-    the output-side quarter; below ``vanishing_depth_ratio`` for ``vanishing_samples``
-    samples in a row, and supported by update ratios below ``update_ratio_low`` in the
-    affected layers (when update ratios are measured: an optimizer that still moves those
-    layers, like Adam, is not stuck). Names the affected layers and the causes it can see.
+    Value: geometric mean gradient norm of the input side of the depth profile over that of
+    its output side (``records.derived.DepthProfile``: the layers whose forward ran, at
+    least PROFILE_MIN_LAYERS); below ``vanishing_depth_ratio`` for ``vanishing_samples``
+    samples in a row, with at least one affected layer its gradient barely moves (the part of
+    its update ratio along the gradient, ``records.derived.gradient_driven_update_ratio``,
+    below ``update_ratio_low`` or not measured: an optimizer that still moves them, like
+    Adam, is not stuck; weight decay alone moving them is no sign of life). The Prometheus rule judges the same (tests/test_realistic_alerts.py).
+    Names the affected layers and the causes it can see.
     """
 
     name = "GradientVanishing"
@@ -41,32 +43,31 @@ class GradientVanishing:
 
     def _evidence(self, snapshot: Snapshot):
         norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
-        n = min(len(norms), len(snapshot.layers))
-        present = finite_mask(norms[:n])
-        # Layers whose forward never ran (e.g. an attention out_proj used through its weight)
-        # have no known depth: they sit last in depth order, so keep them out of the profile.
-        called = finite_mask(np.asarray(snapshot.activation_mean, dtype=np.float64))[:n]
-        if len(called) == n and (present & called).sum() >= MIN_PROFILE_LAYERS:
-            present &= called
-        present = np.flatnonzero(present)
-        if len(present) < MIN_PROFILE_LAYERS:
-            return None  # too shallow to have a depth profile
-        logs = np.log(np.maximum(norms[present], GRAD_NORM_FLOOR))
-        quarter = max(1, len(present) // DEPTH_SIDES)
-        reference = math.exp(logs[-quarter:].mean())
-        ratio = math.exp(logs[:quarter].mean()) / reference
+        profile = depth_profile(norms[:len(snapshot.layers)], snapshot.activation_mean)
+        if profile is None:
+            return None  # too shallow (or too few layers called) to have a depth profile
+        logs = np.log(np.maximum(norms, GRAD_NORM_FLOOR))
+        reference = math.exp(logs[profile.output_side].mean())
+        ratio = math.exp(logs[profile.input_side].mean()) / reference
         if not ratio < self.t.vanishing_depth_ratio:
             return None
-        affected = [int(i) for i in present
+        affected = [int(i) for i in profile.members
                     if norms[i] < self.t.vanishing_depth_ratio * reference]
-        updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
-        measured = [i for i in affected if i < len(updates) and math.isfinite(updates[i])]
-        if measured and not any(updates[i] < self.t.update_ratio_low for i in measured):
-            return None  # the optimizer still moves them: not stuck
-        return ratio, reference, affected
+        moved = gradient_driven_update_ratio(snapshot.update_ratio, snapshot.update_grad_cosine)
+        # a layer its gradient still moves (Adam does, small as the gradient is) is not
+        # stuck; one weight decay alone moves is, and so may be one not measured
+        stuck = [i for i in affected
+                 if not (i < len(moved) and moved[i] >= self.t.update_ratio_low)]
+        if not stuck:
+            return None
+        # moved, but not by their gradients (known where the cosine is): what the update
+        # ratio alone would have hidden
+        decayed = [i for i in stuck if i < len(snapshot.update_ratio)
+                   and snapshot.update_ratio[i] >= self.t.update_ratio_low]
+        return ratio, reference, affected, decayed
 
     def _finding(self, snapshot: Snapshot, ratio: float, reference: float,
-                 affected: list[int]) -> Finding:
+                 affected: list[int], decayed: list[int]) -> Finding:
         layers = tuple(snapshot.layers[i] for i in affected)
         norms = np.asarray(snapshot.grad_norm, dtype=np.float64)
         updates = np.asarray(snapshot.update_ratio, dtype=np.float64)
@@ -75,6 +76,13 @@ class GradientVanishing:
         if len(updates) == len(snapshot.layers):
             update_text = (" Their update ratios ||dW||/||W||: "
                            + describe_layers(layers, updates[affected]) + ".")
+        if decayed:
+            causes.append(
+                "weight decay moves " + describe_layers([snapshot.layers[i] for i in decayed])
+                + ", their gradients do not (their updates do not follow the gradient: "
+                "cos(update, gradient) " + describe_layers(
+                    [snapshot.layers[i] for i in decayed],
+                    np.asarray(snapshot.update_grad_cosine)[decayed]) + ")")
         return Finding(
             name=self.name, step=snapshot.step, time=snapshot.time,
             layers=layers, value=ratio, threshold=self.t.vanishing_depth_ratio,

@@ -25,6 +25,7 @@ import yaml
 from prometheus_client.utils import floatToGoString
 
 from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
+from ..records.derived import LR_ROUNDING, PROFILE_MIN_LAYERS
 from ..records.alert_table import spec as alert_spec
 from ..records.regimes import REGIMES, code
 from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
@@ -118,6 +119,22 @@ def log_sigma(t: Thresholds, window: str, offset: str = "") -> str:
             f" / {loss_quantile(t, 0.25, window, offset)}) / {IQR_PER_SIGMA}")
 
 
+#: How far back the loss rules' reference reaches (HISTORY_WINDOW before RECENT_WINDOW).
+REFERENCE_SPAN = "12m"
+#: Per run, present while an lr raise lies within REFERENCE_SPAN: the lr now above its low
+#: in that span (a decaying lr is at its low). A raised lr (a warm-up, a warm restart)
+#: moves the loss to a new level by design, so the loss before it is no reference: the loss
+#: rules wait until the raise has left their windows (in-process: LossDivergence and
+#: LossSpike re-base and warm up again).
+LR_RAISED = "gradwatch:learning_rate:raised"
+
+
+def lr_recording_rules() -> list[tuple[str, str]]:
+    """Whether the learning rate was raised within the loss rules' reference span."""
+    return [(LR_RAISED, f"max by (run) (gradwatch_learning_rate > min_over_time("
+                        f"gradwatch_learning_rate[{REFERENCE_SPAN}]) * (1 + {LR_ROUNDING!r}))")]
+
+
 def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
     """The loss's robust level: where it stands (median, sigma of log) now and before."""
     judged = (
@@ -154,21 +171,35 @@ def adam_recording_rules() -> list[tuple[str, str]]:
     ]
 
 
+#: The depth profile's members (run, rank, layer): records.derived.DepthProfile in PromQL.
+PROFILE = "gradwatch:grad_norm:profile"
+#: Per run and rank, how many layers the depth profile has.
+PROFILE_LAYERS = "gradwatch:grad_norm:profile_layers"
+
+
 def vanishing_recording_rules() -> list[tuple[str, str]]:
-    """Mean log gradient norm of the input-side and output-side quarters of the layers (by
-    depth; a quarter is at least one layer), as the in-process GradientVanishing computes."""
-    quarter = f"clamp_min(floor(gradwatch_layers / {DEPTH_SIDES}), 1)"
+    """The depth profile as the in-process GradientVanishing makes it
+    (``records.derived.depth_profile``): the layers whose forward ran (an activation record
+    is exported for them) with a finite gradient norm; its sides the members whose depth is
+    below a quarter of their count (input) or at least their count less a quarter (output),
+    and the mean log gradient norm of each side."""
+    quarter = f"clamp_min(floor({PROFILE_LAYERS} / {DEPTH_SIDES}), 1)"
     depth = "gradwatch_layer_depth"
     sides = {
         "input": f"{depth} < on ({BY_RUN}) group_left () {quarter}",
-        "output": f"{depth} >= on ({BY_RUN}) group_left () (gradwatch_layers - {quarter})",
+        "output": f"{depth} >= on ({BY_RUN}) group_left () ({PROFILE_LAYERS} - {quarter})",
     }
-    return [(f"gradwatch:grad_norm:log_mean_{side}_quarter",
-             # an exact zero is total collapse (the detectors' floor)
-             f"avg by ({BY_RUN}) (ln(clamp_min(max by ({BY_RUN_LAYER}) (gradwatch_grad_norm),"
-             f" {GRAD_NORM_FLOOR!r}))"
-             f" and on ({BY_RUN_LAYER}) ({selector}))")
-            for side, selector in sides.items()]
+    return [
+        # a NaN or Inf norm is no member (NonFiniteValues judges it): `< Inf` drops both
+        (PROFILE, f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm < Inf)"
+                  f" and on ({BY_RUN_LAYER}) gradwatch_activation_mean"),
+        (PROFILE_LAYERS, f"count by ({BY_RUN}) ({PROFILE})"),
+        *((f"gradwatch:grad_norm:log_mean_{side}_quarter",
+           # an exact zero is total collapse (the detectors' floor)
+           f"avg by ({BY_RUN}) (ln(clamp_min({PROFILE}, {GRAD_NORM_FLOOR!r}))"
+           f" and on ({BY_RUN_LAYER}) ({selector}))")
+          for side, selector in sides.items()),
+    ]
 
 
 def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
@@ -198,8 +229,13 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
         ("gradwatch:amp_skipped_steps:increase" + HISTORY_WINDOW,
          f"sum by ({BY_RUN}) "
          f"({counted_in('gradwatch_amp_skipped_steps_total', HISTORY_WINDOW)})"),
+        # the skips AmpOverflowStorm counts: the scaler's calibration at the start left out
+        ("gradwatch:amp_overflow_steps:increase" + HISTORY_WINDOW,
+         f"sum by ({BY_RUN}) "
+         f"({counted_in('gradwatch_amp_overflow_steps_total', HISTORY_WINDOW)})"),
         *vanishing_recording_rules(),
         *loss_recording_rules(thresholds),
+        *lr_recording_rules(),
         *adam_recording_rules(),
         ("gradwatch:layer_depth:padded", padded_depth),
         *((f"gradwatch:{metric}:by_depth",
@@ -216,18 +252,26 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
 
 
 def vanishing_layers(t: Thresholds, run: str = "") -> str:
-    """Per layer (run, rank, layer): its gradient norm over the output-side quarter's
-    geometric mean, where that ratio is below ``vanishing_depth_ratio``, the input-side
-    quarter's is too, and the optimizer barely moves the layer (or its update ratio is not
-    measured). ``run``: only that run's series (a Go printf verb in culprit templates)."""
+    """Per layer (run, rank, layer) of the depth profile: its gradient norm over the
+    output side's geometric mean, where that ratio is below ``vanishing_depth_ratio``, the
+    input side's is too, the profile has at least PROFILE_MIN_LAYERS members, and its
+    gradient barely moves the layer (or that is not measured): the in-process
+    GradientVanishing's condition. ``run``: only that run's series (a Go printf verb in
+    culprit templates)."""
     only = f'{{run="{run}"}}' if run else ""
     output_side = f"gradwatch:grad_norm:log_mean_output_quarter{only}"
     ratio = repr(t.vanishing_depth_ratio)
-    return (f"max by ({BY_RUN_LAYER}) (gradwatch_grad_norm{only})"
+    update = f"max by ({BY_RUN_LAYER}) (gradwatch_update_ratio{only})"
+    return (f"{PROFILE}{only}"
             f" / on ({BY_RUN}) group_left () exp({output_side}) < {ratio}"
             f" and on ({BY_RUN}) (exp(gradwatch:grad_norm:log_mean_input_quarter{only}"
             f" - {output_side}) < {ratio})"
-            f" unless on ({BY_RUN_LAYER}) (max by ({BY_RUN_LAYER}) (gradwatch_update_ratio{only})"
+            f" and on ({BY_RUN}) ({PROFILE_LAYERS}{only} >= {PROFILE_MIN_LAYERS})"
+            # moved by its gradient: the update ratio's part along it (weight decay moves
+            # the weights along themselves: records.derived.gradient_driven_update_ratio)
+            # (the update ratio itself where the cosine is not measured)
+            f" unless on ({BY_RUN_LAYER}) (({update} * on ({BY_RUN_LAYER}) clamp_min(max by"
+            f" ({BY_RUN_LAYER}) (gradwatch_update_grad_cosine{only}), 0) or {update})"
             f" >= {t.update_ratio_low!r})")
 
 
@@ -285,7 +329,7 @@ def loss_alerts(t: Thresholds) -> list[Alert]:
             "LossDivergence",
             f"max by (run) ({level_rise} > {t.loss_divergence_factor!r}"
             f" and ln{level_rise} > {t.loss_divergence_sigmas!r} * gradwatch:loss:log_sigma_before"
-            " and on (run, rank) gradwatch:loss:judged)",
+            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_RAISED}",
             f"The median loss of run {{{{ $labels.run }}}}{LAYER_TEXT} over the last "
             f"{RECENT_WINDOW} is {{{{ printf \"%.3g\" $value }}}}x its median of the "
             f"{HISTORY_WINDOW} before (alert above {t.loss_divergence_factor!r}x and "
@@ -295,14 +339,14 @@ def loss_alerts(t: Thresholds) -> list[Alert]:
             "LossSpike",
             f"max by (run) ({spike} > {t.loss_spike_factor!r}"
             f" and ln{spike} > {t.loss_noise_sigmas!r} * gradwatch:loss:log_sigma{HISTORY_WINDOW}"
-            " and on (run, rank) gradwatch:loss:judged)",
+            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_RAISED}",
             f"The loss of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
             f"{{{{ printf \"%.3g\" $value }}}}x its {HISTORY_WINDOW} median (alert above "
             f"{t.loss_spike_factor!r}x and {t.loss_noise_sigmas!r} robust sigmas of log(loss)).",
         ),
         Alert(
             "AmpOverflowStorm",
-            f"max by (run) (gradwatch:amp_skipped_steps:increase{HISTORY_WINDOW})"
+            f"max by (run) (gradwatch:amp_overflow_steps:increase{HISTORY_WINDOW})"
             f" >= {t.amp_skipped_steps!r}",
             f"The loss scaler of run {{{{ $labels.run }}}}{LAYER_TEXT} skipped "
             f"{{{{ $value | humanize }}}} steps in {HISTORY_WINDOW} (alert at "

@@ -10,11 +10,12 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from .alert_table import CRITICAL, IN_PROCESS_NAMES, INFO, RUNBOOK_BASE_URL, WARNING
 from .alert_table import spec as alert_spec
 
+T = TypeVar("T")
 #: Layers an alert text names before "and N more".
 DESCRIBED_LAYERS = 8
 
@@ -70,6 +71,12 @@ FIRING, RESOLVED = "firing", "resolved"
 ALERT_NAMES = IN_PROCESS_NAMES
 
 
+#: An Alert's fields in its JSON (to_dict), in order: what sinks and Alertmanager read.
+ALERT_FIELDS = ("name", "severity", "status", "run", "rank", "step", "layers", "value",
+                "threshold", "summary", "description", "remedy", "regime", "origin_exact",
+                "starts_at", "ends_at", "runbook_url", "checkpoint", "run_regime")
+
+
 #: At most this many layers in the ``layers`` annotation of a run-wide alert.
 CULPRIT_LAYERS = 8
 
@@ -92,36 +99,67 @@ def runbook_link(name: str, base: str = RUNBOOK_BASE_URL) -> str:
         return ""
 
 
+class FindingField(Generic[T]):
+    """An Alert attribute that is its Finding's field (``source``: the field's name there,
+    by default the attribute's own)."""
+
+    def __init__(self, source: str = "") -> None:
+        self.source = source
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.source = self.source or name
+
+    def __get__(self, alert: Alert, owner: type | None = None) -> T:
+        return cast(T, getattr(alert.finding, self.source))
+
+
 @dataclass(frozen=True)
 class Alert:
-    """One alert event: a condition that started firing, or that resolved.
+    """One alert event: a Finding that started firing, or that resolved, in a run.
 
-    A resolved event repeats the firing event's identity (name, run, rank, layers, so the
-    same Alertmanager labels) with ``status="resolved"``, the resolving step and ``ends_at``.
-    Times are seconds since the epoch.
+    The content (name, severity, layers, value, texts, regime...) is the ``finding``'s,
+    declared once there and read through as attributes; the Alert adds the run's identity
+    (run, rank) and the firing state. A resolved event repeats the firing event's identity
+    (name, run, rank, layers, so the same Alertmanager labels) with ``status="resolved"``,
+    the resolving step and ``ends_at``. Times are seconds since the epoch.
     """
 
-    name: str
-    severity: str
+    finding: Finding
     status: str
     run: str
     rank: int
-    step: int
-    layers: tuple[str, ...]
-    value: float
-    threshold: float
-    summary: str
-    description: str
-    remedy: str
-    regime: str | None
-    origin_exact: bool | None
-    starts_at: float
-    ends_at: float | None
+    ends_at: float | None = None
     runbook_url: str = ""
-    checkpoint: str | None = None  # checkpoint-on-alert: the file the state is saved to
     #: the engine's regime (the worst active one) once this event applied: decided by the
     #: AlertEngine, written as such by the sinks (None: not raised by an engine)
     run_regime: str | None = None
+
+    @classmethod
+    def firing(cls, finding: Finding, *, run: str, rank: int = 0,
+               runbook_url: str = "") -> Alert:
+        """The firing event of ``finding`` in ``run`` (its starts_at the finding's time)."""
+        return cls(finding, FIRING, run, rank, runbook_url=runbook_url)
+
+    def resolved(self, step: int, when: float) -> Alert:
+        """The resolved event of this firing one, at ``step`` ending at ``when`` (never
+        before it started)."""
+        return dataclasses.replace(self, finding=dataclasses.replace(self.finding, step=step),
+                                   status=RESOLVED, ends_at=max(when, self.starts_at))
+
+    # the finding's fields, read through (declared once, on Finding)
+    name = FindingField[str]()
+    severity = FindingField[str]()
+    step = FindingField[int]()
+    layers = FindingField[tuple[str, ...]]()
+    value = FindingField[float]()
+    threshold = FindingField[float]()
+    summary = FindingField[str]()
+    description = FindingField[str]()
+    remedy = FindingField[str]()
+    regime = FindingField[str | None]()
+    origin_exact = FindingField[bool | None]()
+    checkpoint = FindingField[str | None]()
+    starts_at = FindingField[float]("time")
 
     def labels(self, world_size: int = 1) -> dict[str, str]:
         """Alertmanager labels (its identity), those of the Prometheus rules' copy: one
@@ -156,7 +194,7 @@ class Alert:
 
     def to_dict(self) -> dict[str, object]:
         """Every field as JSON-ready values (non-finite floats become None)."""
-        out = dataclasses.asdict(self)
+        out = {key: getattr(self, key) for key in ALERT_FIELDS}
         out["layers"] = list(self.layers)
         for key in ("value", "threshold"):
             out[key] = out[key] if math.isfinite(out[key]) else None

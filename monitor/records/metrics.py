@@ -75,6 +75,10 @@ _SPECS = (
     _spec("amp_skipped_steps", "counter", "Steps the AMP GradScaler skipped because "
           "gradients overflowed.", "steps", EVERY_STEP,
           "fewer than {t.amp_skipped_steps} per {t.history_steps} steps"),
+    _spec("amp_overflow_steps", "counter", "Steps the AMP GradScaler skipped after its "
+          "first applied step (its skips before are it calibrating its initial scale): "
+          "what AmpOverflowStorm counts.", "steps", EVERY_STEP,
+          "fewer than {t.amp_skipped_steps} per {t.history_steps} steps"),
     _spec("nonfinite", "counter", "Non-finite values seen (kind nan, posinf, neginf), per "
           "source (gradient, activation, parameter on sampled steps; loss every step, layer "
           "\"\").", "values", SAMPLED, "0", ("source", "layer", "kind")),

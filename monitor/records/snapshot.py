@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .derived import amp_skipped, clip_engaged, scaler_skipped
+from .derived import amp_skipped, clip_engaged, scaler_overflowed, scaler_skipped
 
 #: Sources of non-finite values, in the order of the ``nonfinite`` arrays' first axis.
 NONFINITE_SOURCES = ("gradient", "activation", "parameter")
@@ -41,8 +41,12 @@ class Pulse:
             came from).
         update_skipped: with skip-on-spike on, whether the step's optimizer update was
             undone because its loss or gradient norm was an outlier (None: off).
+        scaler_calibrating: no optimizer step was applied before this one in the run (the
+            GradScaler's skips then are it calibrating its initial scale).
         scaler_skipped: decided from the above (monitor/records/derived.py), not passed: the AMP
             GradScaler skipped the optimizer step (its gradients overflowed).
+        scaler_overflowed: decided, not passed: a skip that is no calibration (an overflow
+            of a scaler already calibrated): what AmpOverflowStorm and its rule count.
         amp_skipped: decided, not passed: the GradScaler skipped the step with a finite
             loss (its overflowed gradients are the scaler's business, not a divergence).
         grad_clip_engaged: decided from the above, not passed: whether clipping reduced
@@ -59,7 +63,9 @@ class Pulse:
     learning_rates: tuple[tuple[float, ...], ...] = ()
     local_gradients_finite: bool | None = None
     update_skipped: bool | None = None
+    scaler_calibrating: bool = False
     scaler_skipped: bool = field(init=False)
+    scaler_overflowed: bool = field(init=False)
     amp_skipped: bool = field(init=False)
     grad_clip_engaged: bool | None = field(init=False)
 
@@ -68,6 +74,8 @@ class Pulse:
         by_scaler = scaler_skipped(self.loss_scale, self.optimizer_stepped)
         skipped = amp_skipped(self.loss, by_scaler)
         object.__setattr__(self, "scaler_skipped", by_scaler)
+        object.__setattr__(self, "scaler_overflowed",
+                           scaler_overflowed(by_scaler, self.scaler_calibrating))
         object.__setattr__(self, "amp_skipped", skipped)
         object.__setattr__(self, "grad_clip_engaged", clip_engaged(
             self.global_grad_norm, self.clipped_grad_norm, skipped))

@@ -99,7 +99,8 @@ class Thresholds:
         "rounding) a tenfold rise of 1e-9 is noise, not divergence.", low=0.0, high=1.0)
     loss_warmup_steps: int = _count(
         100, "Steps before the loss is judged: the first steps (warm-up, Adam's early "
-        "overshoot) are no baseline.", low=0, high=100_000)
+        "overshoot) are no baseline, nor are the first steps after a raised learning rate "
+        "(a warm restart starts training again).", low=0, high=100_000)
     loss_spike_factor: float = _t(
         3.0, "One step's loss above this many times the rolling median (and loss_noise_sigmas "
         "above it) is a spike: a warning.", low=1.0)

@@ -224,6 +224,7 @@ class PrometheusSink:
                 self._nonfinite_steps["gradient"] += not self._streak_free
             self._steps.update(grad_clip_engaged=bool(pulse.grad_clip_engaged),
                                amp_skipped_steps=pulse.scaler_skipped,
+                               amp_overflow_steps=pulse.scaler_overflowed,
                                skipped_updates=bool(pulse.update_skipped))
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
@@ -379,8 +380,7 @@ class PrometheusSink:
         yield alerts
         overhead = self._snapshot.overhead_seconds if self._snapshot else 0.0
         for name, value, labels in (
-            ("grad_clip_engaged", self._steps["grad_clip_engaged"], self._shared),
-            ("amp_skipped_steps", self._steps["amp_skipped_steps"], self._shared),
+            *((name, self._steps[name], self._shared) for name in SHARED_STEP_COUNTS),
             ("skipped_updates", self._steps["skipped_updates"], self._base),
             ("overhead_seconds", overhead, self._base),
             ("snapshots", self._snapshots, self._base),
@@ -390,6 +390,10 @@ class PrometheusSink:
             if labels is not None:
                 family.add_metric(list(labels.values()), value)
             yield family
+
+
+#: Counters of steps, the same on every rank (rank 0 exports them).
+SHARED_STEP_COUNTS = ("grad_clip_engaged", "amp_skipped_steps", "amp_overflow_steps")
 
 
 def _leading_metrics(snapshot: Snapshot, family_of: Callable[[str], Metric],

@@ -15,7 +15,6 @@ event (in a fenced block, so TensorBoard shows it readably).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -99,7 +98,7 @@ class TensorBoardSink:
                 self.writer.add_scalar(tag, value, step)
 
     def on_alert(self, alert) -> None:
-        self.writer.add_text(ALERTS_TAG, fenced_json(dataclasses.asdict(alert)), alert.step)
+        self.writer.add_text(ALERTS_TAG, fenced_json(alert.to_dict()), alert.step)
 
     def close(self) -> None:
         if self._owned:

@@ -1,0 +1,139 @@
+"""What each alert raised on both sides judges, said once.
+
+An alert of the alert table raised in-process AND by the Prometheus rules is one condition
+implemented twice: by its detector (monitor/judging) over Pulses and Snapshots, and by its
+rule (monitor/ops/rules.py) over the exported series. Both read their numbers from
+``Thresholds`` and their shared figures from ``records.derived`` (the depth profile, clip
+engagement, AMP skips); this table says what the condition is and every deliberate way the
+two copies may disagree, with its reason. tests/test_realistic_alerts.py replays recorded runs
+through both and fails on any disagreement not listed here. No torch, no numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .alert_table import IN_PROCESS, RULES, TABLE
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A deliberate disagreement: the side that may fire alone, when, and why."""
+
+    fires_alone: str  # IN_PROCESS or RULES
+    when: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One alert's condition: the figure judged against which thresholds, how long it must
+    hold on each side, and the deliberate differences between the sides."""
+
+    name: str
+    judged: str
+    thresholds: tuple[str, ...]
+    persistence: str
+    differences: tuple[Difference, ...] = ()
+
+
+#: Why a detector that needs the history of every step can fire alone.
+STEP_HISTORY = ("the detector keeps every step's (or sample's) history; a scrape sees the "
+                "latest figure only, so the rule judges the level and not the shape")
+
+#: How each side re-bases the loss after a raised learning rate.
+LR_REBASE = Difference(
+    IN_PROCESS, "loss_warmup_steps after a raised learning rate, while the raise is still "
+    "within the rule's REFERENCE_SPAN",
+    "the detector starts its histories and warm-up again at the raise and judges the new "
+    "level loss_warmup_steps later; the rule cannot restart its windows, so it waits until "
+    "the raise has left them (gradwatch:learning_rate:raised)")
+
+CONDITIONS: tuple[Condition, ...] = (
+    Condition(
+        "NonFiniteValues",
+        "a NaN/Inf in the loss, a gradient, an activation or a parameter (an AMP-skipped "
+        "step's overflowed gradients left out: records.snapshot.Snapshot.judged_nonfinite)",
+        (), "the first one"),
+    Condition(
+        "GradientExplosion",
+        "the global gradient norm above explosion_norm",
+        ("explosion_norm",), "one step (the rule: one step within COUNTER_WINDOW)",
+        (Difference(IN_PROCESS, "a spike explosion_spike_factor x the recent max, or "
+                    "explosion_growth_steps steps of explosion_growth_factor growth, below "
+                    "explosion_norm", STEP_HISTORY),)),
+    Condition(
+        "GradientVanishing",
+        "the depth profile (records.derived.DepthProfile: layers whose forward ran, with a "
+        "finite gradient norm, at least PROFILE_MIN_LAYERS): its input side's geometric-mean "
+        "gradient norm below vanishing_depth_ratio x its output side's, with an affected "
+        "layer (norm below that fraction of the output side's) whose update ratio along its "
+        "gradient (records.derived.gradient_driven_update_ratio: weight decay's move left "
+        "out) is below update_ratio_low or not measured",
+        ("vanishing_depth_ratio", "update_ratio_low", "vanishing_samples"),
+        "vanishing_samples Snapshots in a row (the rule: as many scrape intervals)",
+        (Difference(RULES, "the run is deeper than the exporter's max_layers",
+                    "the rule sees the exported layers only (the most offending are kept)"),)),
+    Condition(
+        "LossDivergence",
+        "the loss's recent median above loss_divergence_factor x the median before it, and "
+        "log of that rise above loss_divergence_sigmas robust sigmas of log(loss), after "
+        "loss_warmup_steps with at least history_min_steps of history; a raised learning "
+        "rate (records.derived.lr_raised: a warm-up, a warm restart) re-bases the baseline",
+        ("loss_divergence_factor", "loss_divergence_sigmas", "loss_warmup_steps",
+         "history_min_steps"),
+        "over half of the recent window high (its median)",
+        (Difference(IN_PROCESS, "the run ends (a NaN stops it) less than RECENT_WINDOW "
+                    "after the rise",
+                    "the rule's recent level is the median of RECENT_WINDOW (2 min of "
+                    "scrapes), the detector's of loss_divergence_steps steps: a run that "
+                    "stops sooner never fills the rule's window with the risen loss"),
+         LR_REBASE)),
+    Condition(
+        "LossSpike",
+        "one step's loss above loss_spike_factor x the history's median and "
+        "loss_noise_sigmas robust sigmas of log(loss) above it; a raised learning rate "
+        "re-bases the baseline",
+        ("loss_spike_factor", "loss_noise_sigmas", "loss_warmup_steps", "history_min_steps"),
+        "one step (the rule: the step a scrape reads)", (LR_REBASE,)),
+    Condition(
+        "AmpOverflowStorm",
+        "amp_skipped_steps steps the GradScaler skipped within history_steps, its skips "
+        "before the first applied step (calibrating its initial scale) left out "
+        "(Pulse.scaler_overflowed; the rule: gradwatch_amp_overflow_steps_total)",
+        ("amp_skipped_steps", "history_steps"), "the count over the window"),
+    Condition(
+        "AttentionLogitGrowth",
+        "the max attention logit above attention_logit_level",
+        ("attention_logit_level", "leading_samples"), "leading_samples samples in a row",
+        (Difference(IN_PROCESS, "growth by attention_logit_growth_factor below "
+                    "attention_logit_level", STEP_HISTORY),)),
+    Condition(
+        "OutputLogitDivergence",
+        "|log Z| of the output logits above output_logsumexp_level",
+        ("output_logsumexp_level", "leading_samples"), "leading_samples samples in a row",
+        (Difference(IN_PROCESS, "a drift of output_logsumexp_drift nats below "
+                    "output_logsumexp_level", STEP_HISTORY),)),
+    Condition(
+        "AdamUpdateDecorrelation",
+        "the median eps-dominated share above eps_dominated_ratio while the gradient norm "
+        "grew eps_dominated_grad_growth x from its low since",
+        ("eps_dominated_ratio", "eps_dominated_grad_growth", "leading_samples"),
+        "leading_samples samples in a row"),
+    Condition(
+        "UpdateSkipped",
+        "skip-on-spike undid a step's update", (), "one step"),
+)
+
+CONDITION: dict[str, Condition] = {c.name: c for c in CONDITIONS}
+#: The alerts both sides raise: each has a Condition (tested).
+SHARED_NAMES = tuple(s.name for s in TABLE if IN_PROCESS in s.sources and RULES in s.sources)
+
+
+def markdown_conditions() -> str:
+    """The conditions as Markdown, for docs/alerts.md (a test keeps the docs equal to it)."""
+    rows = ["| alert | judged (both sides) | holds for | may fire alone |", "|---|---|---|---|"]
+    for c in CONDITIONS:
+        alone = "; ".join(f"{d.fires_alone}: {d.when} ({d.why})" for d in c.differences)
+        rows.append(f"| {c.name} | {c.judged} | {c.persistence} | {alone} |")
+    return "\n".join(rows) + "\n"
