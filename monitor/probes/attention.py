@@ -30,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..logs import WarnOnce
+from .layers import recomputing
 from .overhead import Stopwatch, timed
 
 #: Query rows per attention call whose logits are measured: longer sequences are
@@ -285,6 +286,8 @@ class AttentionProbe:
 
     def _push(self, name: str):
         def push(module, args):
+            if recomputing():  # its attention was recorded when the forward first ran
+                return
             # on from the outermost module called (a LightningModule's training_step may
             # call its submodules, never its own forward)
             if not self._stack and not self.paused:
@@ -294,7 +297,7 @@ class AttentionProbe:
         return push
 
     def _pop(self, module, args, output) -> None:
-        if self._stack:
+        if self._stack and not recomputing():
             self._stack.pop()
         if not self._stack and self._mode_depth:
             self._mode_depth -= 1
@@ -311,7 +314,7 @@ class AttentionProbe:
     @timed
     @torch.no_grad()
     def _on_head(self, module, args, output) -> None:
-        if self.paused or not isinstance(output, torch.Tensor):
+        if self.paused or recomputing() or not isinstance(output, torch.Tensor):
             return
         logits = _float(output)
         self._head.extend((torch.logsumexp(logits, dim=-1).sum(), logits.amax(), logits.sum()))

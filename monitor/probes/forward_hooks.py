@@ -32,6 +32,7 @@ from .layers import (
     LayerIndex,
     has_compiled_code,
     is_compile_wrapper,
+    recomputing,
     saturation_kind,
     uncompiled_name,
 )
@@ -194,7 +195,7 @@ class ForwardTracer:
 
     def _on_model_forward(self, module: nn.Module, args: object) -> None:
         records = self.records
-        if records is None or self.paused:
+        if records is None or self.paused or recomputing():
             return
         records.last_layer = -1
         self.batches.flush(records.raw)  # a new forward: the last one's copies can go
@@ -210,7 +211,7 @@ class ForwardTracer:
     def _on_forward(self, slot: int, module: nn.Module, args: object, output: object) -> None:
         start = time.perf_counter()
         records = self.records
-        if records is None or self.paused:
+        if records is None or self.paused or recomputing():
             return
         traced = records.trace[slot]
         if traced.layer >= 0:

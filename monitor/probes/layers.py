@@ -64,6 +64,15 @@ def has_compiled_code(model: nn.Module) -> bool:
                or hasattr(m.forward, "_torchdynamo_orig_callable") for m in model.modules())
 
 
+def recomputing() -> bool:
+    """Whether module calls now are a checkpointed forward recomputed by backward
+    (``torch.utils.checkpoint``, reentrant or not; Hugging Face's gradient checkpointing):
+    they run inside an autograd graph task, a training forward never does. Their outputs
+    were recorded when the forward first ran; counted again, NaN counts would double and a
+    recompute that differs (dropout without the saved RNG state) would bias the figures."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def saturation_kind(module: nn.Module) -> int:
     """The saturation test that applies to ``module``'s output."""
     if isinstance(module, SATURATING_SIGMOID):

@@ -1,0 +1,101 @@
+"""The stack people train with today (issue 26): gradient checkpointing, peft LoRA,
+``nn.MultiheadAttention``, Hugging Face activations, real logit heads, the exact attention
+maximum, the last step with two optimizers; each against an independent torch computation."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from benchmarks.instability import monitored_step
+from gradwatch.monitor.capture.monitor import Monitor
+
+ACTIVATION_FIGURES = ("activation_mean", "activation_variance", "activation_max_abs",
+                      "activation_dead_ratio", "layer_output_max_abs")
+
+
+def snapshots(model, batches, loss_fn, lr=0.05):
+    """A plain loop under a Monitor sampling every step: the Snapshot of each step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    monitor = Monitor(model, optimizers=[optimizer], every_n_steps=1)
+    taken = []
+    for step, batch in enumerate(batches):
+        monitored_step(monitor, step, optimizer, partial(loss_fn, model, batch))
+        taken.append(monitor.last_snapshot)
+    monitor.close()
+    return taken
+
+
+class Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.inner = nn.Linear(width, width)
+        self.act = nn.Tanh()
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.drop(self.act(self.inner(x)))
+
+
+class Checkpointed(nn.Module):
+    """Two blocks run under ``torch.utils.checkpoint`` (or not, ``mode`` None)."""
+
+    def __init__(self, mode: str | None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mode = mode
+        self.embed = nn.Linear(8, 16)
+        self.blocks = nn.ModuleList([Block(16), Block(16)])
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block in self.blocks:
+            if self.mode is None:
+                x = block(x)
+            else:  # a recompute that differs: the dropout masks are drawn again
+                x = checkpoint(block, x, use_reentrant=self.mode == "reentrant",
+                               preserve_rng_state=False)
+        return self.head(x)
+
+
+def regression_loss(model, batch):
+    x, y = batch
+    return (model(x) - y).square().nanmean()
+
+
+@pytest.mark.parametrize("mode", ["reentrant", "non-reentrant"])
+def test_checkpointed_forwards_are_counted_once(mode):
+    """NaN counts and activation figures equal the same seeded run without checkpointing;
+    the NaN counts equal torch's count of each layer's output."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 8, generator=generator)
+    x[:5, 2] = math.nan  # rows of NaN through every layer
+    batch = (x, torch.randn(32, 1, generator=generator))
+    plain_model = Checkpointed(None)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name, module, args, output):
+        outputs[name] = output.detach().clone()
+
+    for name, module in plain_model.named_modules():
+        if isinstance(module, nn.Linear):
+            module.register_forward_hook(partial(keep, name))
+    torch.manual_seed(2)
+    (plain,) = snapshots(plain_model, [batch], regression_loss)
+    torch.manual_seed(2)
+    (checkpointed,) = snapshots(Checkpointed(mode), [batch], regression_loss)
+    assert checkpointed.layers == plain.layers
+    nan_counts = checkpointed.nonfinite[1, :, 0]
+    for depth, name in enumerate(checkpointed.layers):
+        assert nan_counts[depth] == int(outputs[name].isnan().sum()) > 0, name
+    assert (checkpointed.nonfinite == plain.nonfinite).all()
+    for figure in ACTIVATION_FIGURES:
+        np.testing.assert_array_equal(getattr(checkpointed, figure), getattr(plain, figure),
+                                      err_msg=figure)
