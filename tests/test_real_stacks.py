@@ -99,3 +99,40 @@ def test_checkpointed_forwards_are_counted_once(mode):
     for figure in ACTIVATION_FIGURES:
         np.testing.assert_array_equal(getattr(checkpointed, figure), getattr(plain, figure),
                                       err_msg=figure)
+
+
+def llama(**overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**{**config, **overrides}))
+
+
+def lm_loss(model, tokens):
+    return model(input_ids=tokens, labels=tokens).loss
+
+
+def tokens(batches=1, batch=2, seq=8, vocab=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(vocab, (batch, seq), generator=generator) for _ in range(batches)]
+
+
+def test_hugging_face_activation_modules_are_the_activation_of_the_layer_before():
+    """In a Llama MLP, gate_proj's activation is the output of the SiLU applied after it."""
+    pytest.importorskip("transformers")
+    model = llama()
+    mlp = model.model.layers[0].mlp
+    assert type(mlp.act_fn).__module__ == "transformers.activations"
+    seen: dict[str, torch.Tensor] = {}
+    mlp.act_fn.register_forward_hook(lambda m, a, out: seen.__setitem__("act", out.detach()))
+    mlp.gate_proj.register_forward_hook(lambda m, a, out: seen.__setitem__("gate", out.detach()))
+    (snapshot,) = snapshots(model, tokens(), lm_loss)
+    depth = snapshot.layers.index("model.layers.0.mlp.gate_proj")
+    act, gate = seen["act"].double(), seen["gate"].double()
+    assert snapshot.activation_variance[depth] == pytest.approx(
+        act.var(unbiased=False).item(), rel=1e-4)
+    assert snapshot.activation_mean[depth] == pytest.approx(act.mean().item(), rel=1e-4,
+                                                            abs=1e-7)
+    assert abs(gate.var().item() - act.var().item()) > 1e-3  # the test can tell them apart

@@ -26,11 +26,11 @@ from ..records.columns import ACTIVATION_FIELD_COUNT, ACTIVATION_NONFINITE
 from ..records.thresholds import Thresholds
 from . import tensor_stats
 from .layers import (
-    ACTIVATION_MODULES,
     RECURRENT_MODULES,
     SATURATION_NONE,
     LayerIndex,
     has_compiled_code,
+    is_activation,
     is_compile_wrapper,
     recomputing,
     saturation_kind,
@@ -59,10 +59,10 @@ def traceable_modules(model: nn.Module, layers: LayerIndex, all_modules: bool) -
     traced = []
     for name, module in model.named_modules():
         layer = layer_of.get(id(module), -1)
-        is_activation = layer < 0 and isinstance(module, ACTIVATION_MODULES)
-        if (layer >= 0 or is_activation or all_modules) and not is_compile_wrapper(module):
+        activation = layer < 0 and is_activation(module)
+        if (layer >= 0 or activation or all_modules) and not is_compile_wrapper(module):
             traced.append(Traced(uncompiled_name(name) or type(module).__name__, module,
-                                 layer, saturation_kind(module), is_activation,
+                                 layer, saturation_kind(module), activation,
                                  recurrent=isinstance(module, RECURRENT_MODULES)))
     return traced
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..records.init_schemes import WeightAudit, schemes
-from .layers import ACTIVATION_MODULES, SATURATION_NONE, saturation_kind
+from .layers import SATURATION_NONE, is_activation, saturation_kind
 
 NORMALIZATION_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
                          nn.RMSNorm)
@@ -45,7 +45,7 @@ def following_activations(model: nn.Module) -> dict[str, nn.Module | None]:
         if any(p is not None for p in module._parameters.values()):
             following[name] = None
             last = name
-        elif isinstance(module, ACTIVATION_MODULES) and last is not None:
+        elif is_activation(module) and last is not None:
             if following[last] is None:
                 following[last] = module
     return following
