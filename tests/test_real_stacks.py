@@ -136,3 +136,32 @@ def test_hugging_face_activation_modules_are_the_activation_of_the_layer_before(
     assert snapshot.activation_mean[depth] == pytest.approx(act.mean().item(), rel=1e-4,
                                                             abs=1e-7)
     assert abs(gate.var().item() - act.var().item()) > 1e-3  # the test can tell them apart
+
+
+@pytest.mark.parametrize("limits", [{"max_steps": 10}, {"max_epochs": 1, "limit_train_batches": 3}])
+def test_the_fits_last_step_is_sampled_with_two_optimizers(tmp_path, limits):
+    """Manual optimization, both optimizers stepping each batch (global_step moves by 2):
+    the last batch's step is sampled, with the weights it started from."""
+    from gradwatch.callbacks import TrainingDiagnostics
+
+    from .lightning_models import lightning, trainer, two_optimizer_module
+
+    pl = lightning()
+    started: list[tuple[int, float]] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            norm = torch.linalg.vector_norm(torch.cat([p.detach().flatten()
+                                                       for p in module.head.parameters()]))
+            started.append((trainer.global_step, float(norm)))
+
+    torch.manual_seed(0)
+    diagnostics = TrainingDiagnostics(every_n_steps=1000)
+    run = trainer(callbacks=[Watch(), diagnostics], root=str(tmp_path), **limits)
+    run.fit(two_optimizer_module())
+    last_step, head_norm = started[-1]
+    assert last_step == run.global_step - 2 > 0
+    snapshot = diagnostics.last_snapshot
+    assert snapshot is not None and snapshot.step == last_step
+    assert snapshot.weight_norm[snapshot.layers.index("head")] == pytest.approx(head_norm,
+                                                                               rel=1e-6)
