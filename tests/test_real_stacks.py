@@ -165,3 +165,43 @@ def test_the_fits_last_step_is_sampled_with_two_optimizers(tmp_path, limits):
     assert snapshot is not None and snapshot.step == last_step
     assert snapshot.weight_norm[snapshot.layers.index("head")] == pytest.approx(head_norm,
                                                                                rel=1e-6)
+
+
+def lora(model, **overrides):
+    peft = pytest.importorskip("peft")
+    config = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    return peft.get_peft_model(model, peft.LoraConfig(**{**config, **overrides}))
+
+
+def test_peft_lora_raises_nothing_at_step_0_and_its_zero_b_has_no_update_ratio():
+    """lora_B is zero by design (B @ A starts at 0; A's rows break B's symmetry): no
+    SymmetricInitialization, and no +Inf update ratio ||dB|| / ||B|| with ||B|| = 0; the
+    other ratios equal torch's. A zeroed A leaves nothing to break it: that still warns."""
+    from gradwatch.monitor.judging.init_audit import INIT_SYMMETRY, audit_initialization
+    from gradwatch.monitor.probes.weight_audit import audit_weights
+
+    model = lora(llama())
+    assert audit_initialization(audit_weights(model)) == []
+    named = dict(model.named_modules())
+    before = {name: [p.detach().clone() for p in module.parameters(recurse=False)]
+              for name, module in named.items() if "lora_" in name}
+    (snapshot,) = snapshots(model, tokens(), lm_loss, lr=0.1)
+    b_layers = [n for n in snapshot.layers if ".lora_B." in n]
+    a_layers = [n for n in snapshot.layers if ".lora_A." in n]
+    assert len(b_layers) == len(a_layers) == 2
+    for name in b_layers:
+        assert math.isnan(snapshot.update_ratio[snapshot.layers.index(name)])
+        assert snapshot.update_norm[snapshot.layers.index(name)] > 0  # it did move
+    for name in a_layers:
+        (weight,) = before[name]
+        (after,) = named[name].parameters(recurse=False)
+        ratio = torch.linalg.vector_norm(after.detach() - weight) / torch.linalg.vector_norm(weight)
+        assert snapshot.update_ratio[snapshot.layers.index(name)] == pytest.approx(
+            ratio.item(), rel=1e-4)
+    zeroed = lora(llama())
+    with torch.no_grad():
+        for name, module in zeroed.named_modules():
+            if name.endswith("lora_A.default"):
+                module.weight.zero_()
+    (finding,) = audit_initialization(audit_weights(zeroed))
+    assert finding.name == INIT_SYMMETRY
