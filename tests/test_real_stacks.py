@@ -10,6 +10,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -205,3 +206,49 @@ def test_peft_lora_raises_nothing_at_step_0_and_its_zero_b_has_no_update_ratio()
                 module.weight.zero_()
     (finding,) = audit_initialization(audit_weights(zeroed))
     assert finding.name == INIT_SYMMETRY
+
+
+def encoder_layer_order(prefix: str) -> list[str]:
+    """A post-norm nn.TransformerEncoderLayer's layers in the order its forward uses them:
+    x = norm1(x + out_proj(attention(x))); x = norm2(x + linear2(act(linear1(x))))."""
+    return [f"{prefix}.{name}" for name in ("self_attn", "self_attn.out_proj", "norm1",
+                                            "linear1", "linear2", "norm2")]
+
+
+def test_multihead_attention_out_proj_is_placed_where_its_weight_is_used(tmp_path):
+    """``out_proj`` is never called (torch uses its weight inside the attention function):
+    its depth is right after its attention, not after the head; also when the
+    LightningModule's training_step calls its submodules, never its own forward."""
+    from gradwatch.callbacks import TrainingDiagnostics
+
+    from .lightning_models import lightning, trainer
+
+    pl = lightning()
+
+    class Encoder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(4, 16)
+            layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+            self.head = nn.Linear(16, 3)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.head(self.encoder(self.embed(x))[:, 0]), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+        def train_dataloader(self):
+            generator = torch.Generator().manual_seed(0)
+            data = torch.utils.data.TensorDataset(torch.randn(8, 5, 4, generator=generator),
+                                                  torch.randint(3, (8,), generator=generator))
+            return torch.utils.data.DataLoader(data, batch_size=4)
+
+    torch.manual_seed(0)
+    diagnostics = TrainingDiagnostics(every_n_steps=1)
+    trainer(callbacks=[diagnostics], root=str(tmp_path), max_steps=2).fit(Encoder())
+    expected = ["embed", *encoder_layer_order("encoder.layers.0"),
+                *encoder_layer_order("encoder.layers.1"), "head"]
+    assert list(diagnostics.last_snapshot.layers) == expected
