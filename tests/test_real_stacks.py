@@ -252,3 +252,72 @@ def test_multihead_attention_out_proj_is_placed_where_its_weight_is_used(tmp_pat
     expected = ["embed", *encoder_layer_order("encoder.layers.0"),
                 *encoder_layer_order("encoder.layers.1"), "head"]
     assert list(diagnostics.last_snapshot.layers) == expected
+
+
+class MaskedAttention(nn.Module):
+    """Grouped-query SDPA with a padding mask and an additive bias; then an MHA with a key
+    padding mask and a float attention mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 16)  # 4 heads of 4
+        self.kv = nn.Linear(8, 16)  # 2 key heads of 4, keys and values
+        self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def sdpa_inputs(self, x, padding, bias):
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, 4, 4).transpose(1, 2)
+        k, v = self.kv(x).view(b, s, 2, 2, 4).permute(2, 0, 3, 1, 4)
+        allowed = ~padding[:, None, None, :]  # True: attend
+        return q, k, v, allowed, bias
+
+    def forward(self, x, padding, bias, mha_mask):
+        q, k, v, allowed, bias = self.sdpa_inputs(x, padding, bias)
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, -math.inf) + bias
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        out = out.transpose(1, 2).reshape(*x.shape[:2], 16)
+        out, _ = self.mha(out, out, out, key_padding_mask=padding, attn_mask=mha_mask,
+                          need_weights=False)
+        return self.head(out)
+
+
+def test_attention_logit_max_is_the_exact_max_over_the_whole_batch(monkeypatch):
+    """Every sequence, head and query row, in chunks (here of 64 logits), masks and biases
+    included: torch's max of q.k^T / sqrt(d) + mask + bias, for SDPA (grouped-query) and
+    nn.MultiheadAttention."""
+    from gradwatch.monitor.probes import attention_logits
+
+    monkeypatch.setattr(attention_logits, "CHUNK_LOGITS", 64)
+    generator = torch.Generator().manual_seed(3)
+    batch, length = 7, 70  # more sequences and rows than the entropy's sample
+    x = torch.randn(batch, length, 8, generator=generator)
+    x[6] *= 3  # the largest logits in a sequence the entropy's sample leaves out
+    padding = torch.zeros(batch, length, dtype=torch.bool)
+    padding[1, 50:] = padding[5, 20:] = True
+    bias = torch.randn(1, 4, length, length, generator=generator)
+    mha_mask = torch.randn(length, length, generator=generator)
+    torch.manual_seed(0)
+    model = MaskedAttention()
+    seen: dict[str, torch.Tensor] = {}
+    model.mha.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.__setitem__("hidden", args[0].detach()),
+        with_kwargs=True)
+    with torch.no_grad():
+        q, k, _, allowed, bias = model.sdpa_inputs(x, padding, bias)
+        k = k.repeat_interleave(2, dim=1)
+        sdpa = (q @ k.transpose(-2, -1) / 2.0 + bias).masked_fill(~allowed, -math.inf)
+    (snapshot,) = snapshots(model, [(x, padding, bias, mha_mask)],
+                            lambda m, b: m(*b).square().mean(), lr=0.0)
+    with torch.no_grad():
+        hidden, w, b = seen["hidden"], model.mha.in_proj_weight, model.mha.in_proj_bias
+        mq = (hidden @ w[:16].T + b[:16]).view(batch, length, 4, 4).transpose(1, 2)
+        mk = (hidden @ w[16:32].T + b[16:32]).view(batch, length, 4, 4).transpose(1, 2)
+        mha = (mq @ mk.transpose(-2, -1) / 2.0 + mha_mask).masked_fill(
+            padding[:, None, None, :], -math.inf)
+    assert snapshot.attention_layers == ("model", "mha")
+    expected = [sdpa.max().item(), mha.max().item()]
+    np.testing.assert_allclose(snapshot.attention_logit_max, expected, rtol=1e-5)
+    for scores, exported in zip((sdpa, mha), snapshot.attention_logit_max):
+        sampled = scores[:4, :, torch.linspace(0, length - 1, 64).round().long()]
+        assert exported > sampled.max().item() + 1e-3  # the test tells the batch from a sample
