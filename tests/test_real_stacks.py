@@ -321,3 +321,57 @@ def test_attention_logit_max_is_the_exact_max_over_the_whole_batch(monkeypatch):
     for scores, exported in zip((sdpa, mha), snapshot.attention_logit_max):
         sampled = scores[:4, :, torch.linspace(0, length - 1, 64).round().long()]
         assert exported > sampled.max().item() + 1e-3  # the test tells the batch from a sample
+
+
+def test_only_a_real_logit_head_has_output_logits(tmp_path):
+    """The README's regression MLP (one output) and the demo's exploding MLP have no logit
+    head: no output logits, no OutputLogitDivergence about a hidden layer. A classifier's
+    head and a Hugging Face classifier's ``classifier`` have them, equal to torch's."""
+    from gradwatch import demo
+    from gradwatch.callbacks import TrainingDiagnostics
+
+    from .lightning_models import trainer
+
+    torch.manual_seed(0)
+    readme = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 1))
+    data = torch.randn(32, 16)
+    (snapshot,) = snapshots(readme, [(data, data[:, :1])], regression_loss)
+    assert math.isnan(snapshot.output_logit_logsumexp) and math.isnan(snapshot.output_logit_max)
+
+    (exploding,) = [s for s in demo.SCENARIOS if s.name == "exploding"]
+    torch.manual_seed(0)
+    diagnostics = TrainingDiagnostics(every_n_steps=10)
+    run = trainer(callbacks=[diagnostics], root=str(tmp_path), max_steps=exploding.steps,
+                  gradient_clip_val=exploding.clip)
+    run.fit(demo.make_module(exploding), demo.regression_data(exploding.steps))
+    fired = {a.name for a in diagnostics.engine.history if a.status == "firing"}
+    assert "OutputLogitDivergence" not in fired
+    assert math.isnan(diagnostics.last_snapshot.output_logit_logsumexp)
+
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 5))
+    labels = torch.randint(5, (32,))
+    (snapshot,) = snapshots(classifier, [(data, labels)],
+                            lambda m, b: F.cross_entropy(m(b[0]), b[1]), lr=0.0)
+    with torch.no_grad():
+        logits = classifier(data).double()
+    assert snapshot.output_logit_logsumexp == pytest.approx(
+        torch.logsumexp(logits, -1).mean().item(), rel=1e-6)
+    assert snapshot.output_logit_max == pytest.approx(logits.max().item(), rel=1e-6)
+
+
+def test_a_hugging_face_classifiers_logits_are_its_classifiers():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                     intermediate_size=32, vocab_size=64, num_labels=3,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    batch, labels = tokens()[0], torch.tensor([0, 2])
+    (snapshot,) = snapshots(model, [batch], lambda m, t: m(input_ids=t, labels=labels).loss,
+                            lr=0.0)
+    with torch.no_grad():
+        logits = model(input_ids=batch).logits.double()
+    assert snapshot.output_logit_logsumexp == pytest.approx(
+        torch.logsumexp(logits, -1).mean().item(), rel=1e-6)
+    assert snapshot.output_logit_mean == pytest.approx(logits.mean().item(), rel=1e-6)

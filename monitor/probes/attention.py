@@ -23,6 +23,7 @@ tensor; the Monitor packs them into the sampled step's one transfer.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ from .attention_logits import (
     sdpa_scores,
 )
 from .layers import recomputing
+from .output_head import is_candidate, named_head, returned_logits
 from .overhead import Stopwatch, timed
 
 #: Every this many sampled steps (the first included), attention is looked for in the whole
@@ -105,17 +107,6 @@ def attention_record(top: torch.Tensor, sample: torch.Tensor
     return top.float(), entropy, (row_top > -math.inf).sum(dtype=z.dtype)
 
 
-def output_head(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The module producing the output logits: one named ``lm_head``, else the last
-    ``nn.Linear`` registered with at least 2 outputs; None for a model without one."""
-    linears = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and m.out_features >= 2]
-    for name, module in linears:
-        if name.split(".")[-1] == "lm_head":
-            return name, module
-    return linears[-1] if linears else None
-
-
 class AttentionProbe:
     """Attention-logit and output-logit statistics of the forward passes of a sampled step.
 
@@ -124,13 +115,17 @@ class AttentionProbe:
 
     The mode is on from the outermost module called on one sampled step in SCAN_EVERY (the
     first included); on the others, only inside the modules attention was found in (the
-    "sites"), and not at all in a model without any.
+    "sites"), and not at all in a model without any. The output logits are those of the
+    model's logit head (``output_head``): known by its role, else looked for on those scan
+    steps until found, as the Linear whose output the outermost module returns.
     """
 
     def __init__(self, model: nn.Module, stopwatch: Stopwatch) -> None:
         self.model = model
         self.stopwatch = stopwatch  # where the probe's own time counts (the Monitor's)
-        self.head = output_head(model)
+        self.head = named_head(model)
+        # while the head is looked for: the candidates' outputs of the forward in progress
+        self._outputs: dict[int, tuple[str, nn.Module, torch.Tensor]] | None = None
         self.sites: list[str] = []  # attention modules, in the order first seen
         self.paused = False
         self._stack: list[str] = []
@@ -150,6 +145,10 @@ class AttentionProbe:
         scan = self._attached % SCAN_EVERY == 0
         self._attached += 1
         handles = []
+        self._outputs = {} if scan and self.head is None else None
+        if self._outputs is not None:  # before the pops: a Linear may be the outermost
+            handles += [module.register_forward_hook(functools.partial(self._note_output, name))
+                        for name, module in self._modules() if is_candidate(module)]
         for name, module in self._modules() if scan else self._sites():
             handles.append(module.register_forward_pre_hook(self._push(name)))
             handles.append(module.register_forward_hook(self._pop, always_call=True))
@@ -181,11 +180,31 @@ class AttentionProbe:
         return push
 
     def _pop(self, module, args, output) -> None:
-        if self._stack and not recomputing():
-            self._stack.pop()
-        if not self._stack and self._mode_depth:
+        if not self._stack or recomputing():
+            return
+        self._stack.pop()
+        if self._stack:
+            return
+        if self._mode_depth:
             self._mode_depth -= 1
             self._mode.__exit__(None, None, None)
+        if self._outputs is not None and not self.paused:
+            self._find_head(output)
+
+    def _note_output(self, name: str, module: nn.Module, args: object, output: object) -> None:
+        if isinstance(output, torch.Tensor) and self._outputs is not None \
+                and not recomputing():
+            self._outputs[id(output)] = (name, module, output)  # kept: its id stays its own
+
+    def _find_head(self, output: object) -> None:
+        """The candidate whose output the outermost module returned is the logit head."""
+        outputs, self._outputs = self._outputs or {}, {}
+        for tensor in returned_logits(output):
+            name, module, candidate = outputs.get(id(tensor), ("", None, None))
+            if candidate is tensor and module is not None:
+                self.head = (name, module)
+                self._on_head(module, None, tensor)  # this forward's; later ones: its hook
+                return
 
     @timed
     def _record(self, top: torch.Tensor, sample: torch.Tensor) -> None:

@@ -139,7 +139,9 @@ _SPECS = (
           "most 64 evenly spaced query positions per call.", "nats", SAMPLED,
           "well above 0; a collapse toward 0 comes with attention-logit growth", LAYER),
     _spec("output_logit_logsumexp", "gauge", "Mean over the batch of the log-partition log Z "
-          "of the output logits (lm_head, else the last Linear with 2+ outputs).", "nats",
+          "of the output logits: those of the model's logit head (lm_head, Hugging Face's output "
+          "embeddings, else the Linear whose output the model returns as its logits); a model "
+          "without one (a regression) has none.", "nats",
           SAMPLED, "near log(vocabulary) at first; it climbs as the model grows confident "
           "(10+ nats on a low-entropy task is healthy); |log Z| above "
           "{t.output_logsumexp_level}, or drifting {t.output_logsumexp_drift} nats through "
