@@ -375,3 +375,18 @@ def test_a_hugging_face_classifiers_logits_are_its_classifiers():
     assert snapshot.output_logit_logsumexp == pytest.approx(
         torch.logsumexp(logits, -1).mean().item(), rel=1e-6)
     assert snapshot.output_logit_mean == pytest.approx(logits.mean().item(), rel=1e-6)
+
+
+def test_channels_last_outputs_are_recorded():
+    """A copy keeps its output's strides: channels-last outputs are recorded (Segformer's
+    crashed the sampled step), their figures torch's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 2)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    seen: dict[str, torch.Tensor] = {}
+    model[2].register_forward_hook(lambda m, a, out: seen.__setitem__("conv", out.detach()))
+    (snapshot,) = snapshots(model, [(x, torch.randn(2, 2))], regression_loss)
+    assert not seen["conv"].is_contiguous()
+    assert snapshot.activation_variance[snapshot.layers.index("2")] == pytest.approx(
+        seen["conv"].double().var(unbiased=False).item(), rel=1e-5)
