@@ -11,8 +11,10 @@ Xavier (2 / (fan_in + fan_out)), He (2 / fan_in) and the small-std transformer i
 weight farther than ``init_variance_factor`` from EVERY scheme is suspect. And flag weights
 whose output units (rows) are all identical, zero weights included: every unit then computes
 the same thing and receives the same update, so the symmetry is never broken; except the zero
-second factor of a low-rank product (LoRA's ``lora_B``) and a mixture of experts' zero
-router, whose rows the gradients tell apart.
+second factor of a low-rank product (LoRA's ``lora_B``), whose rows the gradients tell apart.
+A mixture of experts' router is not audited: its scores pick experts, no activation flows
+through its weight, and libraries start it as they mean to (zero: uniform routing; Switch
+Transformers: std 1).
 
 Parameters not materialised yet (``nn.LazyLinear`` before its first forward) are skipped:
 the audit runs before the first step, when a lazy module has no weights to judge.
@@ -72,7 +74,7 @@ def audit_weights(model: nn.Module) -> list[WeightAudit]:
     previous: torch.Tensor | None = None  # the weight audited last, [out, in, *kernel]
     for module_name, module in model.named_modules():
         transposed = type(module).__name__ in TRANSPOSED_UNIT_LAYERS
-        if not (isinstance(module, UNIT_LAYERS) or transposed):
+        if not (isinstance(module, UNIT_LAYERS) or transposed) or is_router(module_name):
             continue
         for param_name, param in module._parameters.items():
             if (param is None or isinstance(param, nn.parameter.UninitializedParameter)
@@ -81,24 +83,21 @@ def audit_weights(model: nn.Module) -> list[WeightAudit]:
             weight = param.detach().T if transposed else param.detach()
             audit = _audit_one(f"{module_name}.{param_name}" if module_name else param_name,
                                weight, following.get(module_name))
-            if audit.symmetric and (_zero_router(module_name, weight) or (
-                    previous is not None and _zero_up_projection(previous, weight))):
+            if audit.symmetric and previous is not None and _zero_up_projection(previous,
+                                                                                weight):
                 audit = dataclasses.replace(audit, symmetric=False)
             audits.append(audit)
             previous = weight
     return audits
 
 
-#: Names of a mixture of experts' router (Mixtral's ``gate``, Afmoe's ``router.gate``).
+#: Names of a mixture of experts' router (Mixtral's ``gate``, Afmoe's ``router.gate``,
+#: Switch Transformers' ``router.classifier``): one of the module's last two names.
 ROUTER_NAMES = ("router", "gate")
 
 
-@torch.no_grad()
-def _zero_router(module_name: str, weight: torch.Tensor) -> bool:
-    """A zero router of a mixture of experts: uniform routing at the start, by design; each
-    row scores one expert, and the gradient through that expert's output tells it apart."""
-    return (any(part in ROUTER_NAMES for part in module_name.split(".")[-2:])
-            and not bool(weight.any()))
+def is_router(module_name: str) -> bool:
+    return any(part in ROUTER_NAMES for part in module_name.split(".")[-2:])
 
 
 @torch.no_grad()
