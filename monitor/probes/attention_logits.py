@@ -120,9 +120,9 @@ _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 def mha_scores(*args, **kwargs) -> AttentionScores:
     """An ``F.multi_head_attention_forward`` call's scores, recomputed from its inputs
     (sequence-first, as it takes them), projections and masks."""
-    a = _MHA_SIGNATURE.bind(*args, **kwargs)
-    a.apply_defaults()
-    a = a.arguments
+    bound = _MHA_SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
     query, key, heads = a["query"].detach(), a["key"].detach(), a["num_heads"]
     if query.dim() == 2:  # unbatched
         query, key = query.unsqueeze(1), key.unsqueeze(1)
