@@ -7,7 +7,7 @@ demo: setup
 test: lint
 	.venv/bin/python -m pytest -q
 
-# The model zoo alone (`make test` runs its CI share); GRADWATCH_ZOO=all: every architecture
+# The model zoo alone (`make test` runs it too)
 zoo: setup-test
 	.venv/bin/python -m pytest -q -m zoo -rs
 
