@@ -58,6 +58,10 @@ def architectures() -> list[Architecture]:
     return found
 
 
+#: Per-stage sizes of vision models (ResNet, ConvNeXt, PVT...): each stage's, when a config
+#: has them as a list.
+TINY_STAGES = {"hidden_sizes": 16, "depths": 1, "embed_dims": 16, "num_heads": 1,
+               "num_attention_heads": 1, "num_encoder_blocks": 1}
 #: Special tokens inside the tiny vocabulary (a default one beyond it, or none at all where
 #: a seq2seq model needs its decoder's start token).
 TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
@@ -69,6 +73,10 @@ def shrink(config) -> None:
     for name, value in TINY.items():
         if hasattr(config, name) and isinstance(getattr(config, name), int):
             setattr(config, name, value)
+    for name, value in TINY_STAGES.items():
+        stages = getattr(config, name, None)
+        if isinstance(stages, list) and all(isinstance(v, int) for v in stages):
+            setattr(config, name, [value] * len(stages))
     for name, value in TOKEN_IDS.items():
         current = getattr(config, name, None)
         if current is None or (isinstance(current, int) and current >= TINY["vocab_size"]):
