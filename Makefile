@@ -1,4 +1,4 @@
-.PHONY: demo test lint bench bench-step cardinality detect-bench setup setup-test
+.PHONY: demo test lint bench bench-step cardinality detect-bench setup setup-test zoo
 
 # The two commands of the README: each installs what it needs, then runs.
 demo: setup
@@ -6,6 +6,10 @@ demo: setup
 
 test: lint
 	.venv/bin/python -m pytest -q
+
+# The model zoo alone (`make test` runs it too)
+zoo: setup-test
+	.venv/bin/python -m pytest -q -m zoo -rs
 
 # Seconds, and first in `make test`: ruff (a conservative rule set) and mypy (strict on the
 # core); settings in pyproject.toml

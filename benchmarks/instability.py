@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradwatch.monitor.probes.attention import MAX_QUERY_ROWS, MAX_SEQUENCES, AttentionProbe
+from gradwatch.monitor.probes.attention import AttentionProbe
+from gradwatch.monitor.probes.attention_logits import CHUNK_LOGITS, MAX_QUERY_ROWS, MAX_SEQUENCES
 
 
 class Block(nn.Module):
@@ -625,10 +626,10 @@ def section(results: dict[str, list[dict]], seeds: list[dict], cost: dict[str, f
         f"by part\"); 369 were the attention "
         f"probe, now one fused pass per call (max and entropy from the row maxima, scale and "
         f"causal mask folded into one baddbmm with a cached bias, the calls' figures stacked "
-        f"once). The logits measured are bounded at the batch's first {MAX_SEQUENCES} "
+        f"once). The entropy's logits are bounded at the batch's first {MAX_SEQUENCES} "
         f"sequences x all heads x at most {MAX_QUERY_ROWS} evenly spaced query rows x the "
-        f"keys per call, whatever the batch and sequence length. Unsampled steps: nothing "
-        f"added.", "",
+        f"keys per call; the maximum is exact (issue 26), over the whole call in chunks of "
+        f"at most {CHUNK_LOGITS:,} logits. Unsampled steps: nothing added.", "",
     ]
     return "\n".join(lines)
 

@@ -190,7 +190,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         self.monitor: Monitor | None = None
         self.exports = FitExports()
         self._step_started_at: int | None = None
-        self._final_step: int | None = None
+        self._stepping_batches: int | None = None
+        self._steps_per_batch = 1  # global steps a batch moves: one per optimizer stepping
         self._final_snapshot: Snapshot | None = None
 
     @property
@@ -231,6 +232,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         self.checkpoints.start(self.options.checkpoint_dir or os.path.join(
             trainer.default_root_dir, "gradwatch_checkpoints"))
         self._step_started_at = self._final_snapshot = None
+        self._steps_per_batch = 1
         self.exports = build_exports(self.options, trainer, run)
         engine = self.engine
         self.logger_route = _logger_route(trainer, engine)
@@ -256,7 +258,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
         _watch_local_gradients(trainer, monitor)
         if self.engine is not None:
             self.engine.audit(pl_module, monitor, step=trainer.global_step)
-        self._final_step = _final_step(trainer)
+        self._stepping_batches = _stepping_batches(trainer)
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
@@ -307,7 +309,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
     @override
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == self._final_step and step != self._step_started_at:
+        final = _final_step(self._stepping_batches, trainer.max_steps, self._steps_per_batch)
+        if step == final and step != self._step_started_at:
             self._running.escalate(1, trace_all_modules=False)  # the run ends on full figures
         self._step_started_at = step
         self._running.begin_step(step)
@@ -328,6 +331,7 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         # under gradient accumulation the step ends only when the optimizer has stepped
         if trainer.global_step != self._step_started_at:
+            self._steps_per_batch = trainer.global_step - (self._step_started_at or 0)
             self._running.end_step()
             self.logger_route.write(trainer)
             self.checkpoints.save_due(trainer)
@@ -335,13 +339,25 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
                 _stop(trainer, self.engine, self.options.stop_on)
 
 
-def _final_step(trainer) -> int | None:
-    """The last optimizer step this fit will run, when the Trainer knows it."""
+def _stepping_batches(trainer) -> int | None:
+    """The batches (or accumulation windows) this fit will step on, when the Trainer knows."""
     try:
         total = trainer.estimated_stepping_batches
     except Exception:  # e.g. accumulation that changes by epoch: the last step is unknown
         return None
-    return int(total) - 1 if 0 < total < math.inf else None
+    return int(total) if 0 < total < math.inf else None
+
+
+def _final_step(stepping_batches: int | None, max_steps: int, steps_per_batch: int) -> int | None:
+    """The global step the fit's last stepping batch starts at. Each optimizer that steps
+    moves ``global_step`` (manual optimization with two optimizers: by 2 a batch), and the
+    fit stops once it reaches ``max_steps``."""
+    if stepping_batches is None:
+        return None
+    final = (stepping_batches - 1) * steps_per_batch
+    if max_steps > 0:
+        final = min(final, (max_steps - 1) // steps_per_batch * steps_per_batch)
+    return final
 
 
 

@@ -22,7 +22,7 @@ from benchmarks.instability import (ADAM_RUNS, ANISOTROPY_RUNS, OUTPUT_RUNS, RUN
                                     output_geometry, run_alerts, token_batches, train)
 from gradwatch.callbacks import TrainingDiagnostics
 from gradwatch.monitor.probes import attention
-from gradwatch.monitor.probes.attention import MAX_QUERY_ROWS, MAX_SEQUENCES
+from gradwatch.monitor.probes.attention_logits import MAX_QUERY_ROWS, MAX_SEQUENCES
 from gradwatch.monitor.judging.engine import AlertEngine
 from gradwatch.monitor.records.findings import Finding, Verdict
 from gradwatch.monitor.records.thresholds import Thresholds
@@ -68,15 +68,16 @@ def test_attention_and_output_logit_statistics_of_sdpa_equal_a_direct_computatio
     with torch.no_grad():
         logits = model(tokens[:, :-1])
     assert snapshot.attention_layers == ("blocks.0", "blocks.1")
-    assert tokens.shape[0] > MAX_SEQUENCES  # the attention figures: the first sequences
+    assert tokens.shape[0] > MAX_SEQUENCES  # the entropy: the first sequences; max: all
     for i, block in enumerate(model.blocks):
-        qkv = captured[i][:MAX_SEQUENCES]
+        qkv = captured[i]
         b, s, _ = qkv.shape
         q, k, _ = qkv.view(b, s, 3, block.heads, -1).unbind(2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         scores = scores.masked_fill(~torch.ones(s, s, dtype=torch.bool).tril(), -math.inf)
-        top, entropy = reference_attention(scores)
+        top, _ = reference_attention(scores)
+        _, entropy = reference_attention(scores[:MAX_SEQUENCES])
         assert snapshot.attention_logit_max[i] == pytest.approx(top, rel=1e-5)
         assert snapshot.attention_entropy[i] == pytest.approx(entropy, rel=1e-5)
     log_z = torch.logsumexp(logits.double(), dim=-1).mean().item()
@@ -101,7 +102,7 @@ class LongAttention(nn.Module):
 
 @pytest.mark.unit
 @pytest.mark.parametrize("interception", ["sdpa", "softmax"])
-def test_long_sequences_are_measured_on_evenly_spaced_rows_of_the_first_sequences(
+def test_long_sequences_have_the_exact_max_and_the_entropy_of_spaced_rows_of_the_first_ones(
         interception):
     torch.manual_seed(0)
     model = LongAttention()
@@ -122,12 +123,15 @@ def test_long_sequences_are_measured_on_evenly_spaced_rows_of_the_first_sequence
     with torch.no_grad():
         q, k = model.qk(x).view(7, 150, 2, 2, 4).transpose(1, 3).unbind(1)
     rows = torch.linspace(0, 149, MAX_QUERY_ROWS).round().long()
-    scores = (q[:MAX_SEQUENCES] @ k[:MAX_SEQUENCES].transpose(-2, -1)) / 2.0
+    scores = (q @ k.transpose(-2, -1)) / 2.0
     causal = torch.ones(150, 150, dtype=torch.bool).triu(1)
-    top, entropy = reference_attention(scores.masked_fill(causal, -math.inf)[:, :, rows])
+    scores = scores.masked_fill(causal, -math.inf)
+    top, _ = reference_attention(scores)
+    sampled_top, entropy = reference_attention(scores[:MAX_SEQUENCES, :, rows])
     assert snapshot.attention_logit_max[0] == pytest.approx(top, rel=1e-5)
     assert snapshot.attention_entropy[0] == pytest.approx(entropy, rel=1e-5)
-    _, all_entropy = reference_attention(scores.masked_fill(causal, -math.inf))
+    assert top > sampled_top + 0.1  # the test can tell the whole batch from the sample
+    _, all_entropy = reference_attention(scores[:MAX_SEQUENCES])
     assert abs(all_entropy - entropy) > 1e-3  # the test can tell the rows apart
 
 
@@ -152,13 +156,14 @@ def test_multihead_attention_is_intercepted_with_or_without_weights(need_weights
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     snapshot = run_monitored(model, optimizer, [x], lambda m, x: m(x).square().mean())
     attn = model.attn
-    x = x[:MAX_SEQUENCES]  # what is measured
-    with torch.no_grad():
-        q = (x @ attn.in_proj_weight[:16].T + attn.in_proj_bias[:16]).view(4, 10, 4, 4)
-        k = (x @ attn.in_proj_weight[16:32].T + attn.in_proj_bias[16:32]).view(4, 10, 4, 4)
+    with torch.no_grad():  # the max: over the whole batch
+        q = (x @ attn.in_proj_weight[:16].T + attn.in_proj_bias[:16]).view(6, 10, 4, 4)
+        k = (x @ attn.in_proj_weight[16:32].T + attn.in_proj_bias[16:32]).view(6, 10, 4, 4)
         scores = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-2, -1) / 2.0
-        _, weights = attn(x, x, x, need_weights=True, average_attn_weights=False)
     top, _ = reference_attention(scores)
+    x = x[:MAX_SEQUENCES]  # the entropy: the first sequences
+    with torch.no_grad():
+        _, weights = attn(x, x, x, need_weights=True, average_attn_weights=False)
     p = weights.double()
     entropy = -(p * p.log()).sum(-1).mean().item()
     assert snapshot.attention_layers == ("attn",)

@@ -5,7 +5,8 @@ module after it, or on every module when a non-finite value is hunted) makes an 
 record (ActivationField) of each floating-point output on the device. The records of a
 layer's own outputs and of the activations after them are combined per layer when the step
 ends. The first forward with hooks also learns the depth order of the layers, including
-where the own parameters of container modules are first used (``FirstUse``).
+where the own parameters of container modules, and of modules never called, are first used
+(``FirstUse``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -26,12 +28,13 @@ from ..records.columns import ACTIVATION_FIELD_COUNT, ACTIVATION_NONFINITE
 from ..records.thresholds import Thresholds
 from . import tensor_stats
 from .layers import (
-    ACTIVATION_MODULES,
     RECURRENT_MODULES,
     SATURATION_NONE,
     LayerIndex,
     has_compiled_code,
+    is_activation,
     is_compile_wrapper,
+    recomputing,
     saturation_kind,
     uncompiled_name,
 )
@@ -58,18 +61,21 @@ def traceable_modules(model: nn.Module, layers: LayerIndex, all_modules: bool) -
     traced = []
     for name, module in model.named_modules():
         layer = layer_of.get(id(module), -1)
-        is_activation = layer < 0 and isinstance(module, ACTIVATION_MODULES)
-        if (layer >= 0 or is_activation or all_modules) and not is_compile_wrapper(module):
+        activation = layer < 0 and is_activation(module)
+        if (layer >= 0 or activation or all_modules) and not is_compile_wrapper(module):
             traced.append(Traced(uncompiled_name(name) or type(module).__name__, module,
-                                 layer, saturation_kind(module), is_activation,
+                                 layer, saturation_kind(module), activation,
                                  recurrent=isinstance(module, RECURRENT_MODULES)))
     return traced
 
 
 class FirstUse(TorchFunctionMode):
-    """Notes, during one forward pass, where the own parameters of modules that also have
-    children are first used: that is their depth (a module's forward hook only runs after
-    all its children, e.g. for a scale held by the LightningModule and applied first)."""
+    """Notes, during one forward pass, where parameters are first used: that is the depth of
+    a module that also has children (its forward hook only runs after all its children, e.g.
+    for a scale held by the LightningModule and applied first) and of one whose weights are
+    used without calling it (``nn.MultiheadAttention``'s ``out_proj``, inside
+    ``F.multi_head_attention_forward``). A called module's own weights are first used just
+    before its hook runs: the same place."""
 
     def __init__(self, layer_of_param: dict[int, int], layers_called: list[int]) -> None:
         super().__init__()
@@ -85,6 +91,18 @@ class FirstUse(TorchFunctionMode):
                 if layer is not None:
                     self.layers_called.append(layer)
         return func(*args, **kwargs)
+
+
+def first_use_params(layers: LayerIndex) -> dict[int, int]:
+    """The parameters whose first use places their layer (``FirstUse``): those of container
+    modules, and every parameter owned by one layer alone (a tied weight is placed by the
+    modules calling it, not by its first use in one of them)."""
+    owners = Counter(id(p) for m in layers.modules for p in m._parameters.values()
+                     if p is not None)
+    return {id(p): layer for layer, module in enumerate(layers.modules)
+            for p in module._parameters.values()
+            if p is not None and (next(module.children(), None) is not None
+                                  or owners[id(p)] == 1)}
 
 
 class RecordSource(NamedTuple):
@@ -149,6 +167,7 @@ class ForwardTracer:
         self.batches = RecordBatches(thresholds, activation_sample)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._first_use: FirstUse | None = None
+        self._first_use_depth = 0  # modules running inside the FirstUse mode
         self._eager_stance: Any = None  # torch.compiler's stance context
 
     def index(self, layers: LayerIndex) -> None:
@@ -156,10 +175,7 @@ class ForwardTracer:
         self.layers = layers
         self.traced = traceable_modules(self.model, layers, all_modules=False)
         self._traced_all: list[Traced] | None = None
-        self._container_params = {
-            id(p): layer for layer, module in enumerate(layers.modules)
-            if next(module.children(), None) is not None
-            for p in module._parameters.values() if p is not None}
+        self._first_use_params = first_use_params(layers)
         self._forward_order_known = False
         self._compiled = has_compiled_code(self.model)
 
@@ -179,38 +195,55 @@ class ForwardTracer:
         self._handles = [t.module.register_forward_hook(functools.partial(self._on_forward, slot))
                          for slot, t in enumerate(trace)]
         self._handles.append(self.model.register_forward_pre_hook(self._on_model_forward))
-        if not self._forward_order_known and self._container_params:
-            self._handles.append(self.model.register_forward_hook(
-                self._after_model_forward, always_call=True))
+        if not self._forward_order_known and self._first_use_params:
+            # from the outermost module called (a LightningModule's training_step may call
+            # its submodules, never its own forward) to its end
+            for module in self.model.modules():
+                self._handles.append(module.register_forward_pre_hook(self._enter_first_use))
+                self._handles.append(module.register_forward_hook(self._leave_first_use,
+                                                                  always_call=True))
         self._handles += handles
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._leave_first_use_mode()  # a failed forward's
         if self._eager_stance is not None:
             self._eager_stance.__exit__(None, None, None)  # the stance set before
             self._eager_stance = None
 
     def _on_model_forward(self, module: nn.Module, args: object) -> None:
         records = self.records
-        if records is None or self.paused:
+        if records is None or self.paused or recomputing():
             return
         records.last_layer = -1
         self.batches.flush(records.raw)  # a new forward: the last one's copies can go
-        if not self._forward_order_known and self._container_params and self._first_use is None:
-            self._first_use = FirstUse(self._container_params, records.layers_called)
-            self._first_use.__enter__()  # type: ignore[no-untyped-call]  # torch's
 
-    def _after_model_forward(self, module: nn.Module, args: object, output: object) -> None:
+    def _enter_first_use(self, module: nn.Module, args: object) -> None:
+        records = self.records
+        if self._first_use is None:
+            if records is None or self.paused or recomputing():
+                return
+            self._first_use = FirstUse(self._first_use_params, records.layers_called)
+            self._first_use.__enter__()  # type: ignore[no-untyped-call]  # torch's
+        self._first_use_depth += 1
+
+    def _leave_first_use(self, module: nn.Module, args: object, output: object) -> None:
+        if self._first_use is not None:
+            self._first_use_depth -= 1
+            if not self._first_use_depth:
+                self._leave_first_use_mode()
+
+    def _leave_first_use_mode(self) -> None:
         if self._first_use is not None:
             self._first_use.__exit__(None, None, None)  # type: ignore[no-untyped-call]
-            self._first_use = None
+            self._first_use, self._first_use_depth = None, 0
 
     def _on_forward(self, slot: int, module: nn.Module, args: object, output: object) -> None:
         start = time.perf_counter()
         records = self.records
-        if records is None or self.paused:
+        if records is None or self.paused or recomputing():
             return
         traced = records.trace[slot]
         if traced.layer >= 0:

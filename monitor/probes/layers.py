@@ -37,6 +37,18 @@ ACTIVATION_MODULES = SATURATING_SIGMOID + SATURATING_TANH + (
 
 SATURATION_NONE, SATURATION_SIGMOID, SATURATION_TANH = 0, 1, 2
 
+#: Where libraries define their activation modules (``transformers.activations``: SiLU,
+#: GELU, NewGELU, FastGELU, QuickGELU, ReLU-squared...; timm's activation layers): a
+#: parameter-free module whose class is defined there is an activation like torch's (told
+#: by the defining module's name: neither library is imported for it).
+LIBRARY_ACTIVATION_MODULES = ("transformers.activations", "timm.layers.activations",
+                              "timm.models.layers.activations")
+#: Their identity "activation" is none, and their saturating ones by class name.
+LIBRARY_IDENTITIES = ("LinearActivation", "Identity")
+LIBRARY_SATURATION = {"Sigmoid": SATURATION_SIGMOID, "HardSigmoid": SATURATION_SIGMOID,
+                      "HardSigmoidMe": SATURATION_SIGMOID, "HardSigmoidJit": SATURATION_SIGMOID,
+                      "Tanh": SATURATION_TANH}
+
 #: Recurrent modules that return (output, states): an LSTM/GRU/RNN its output sequence and
 #: final states, an LSTM cell (h, c). Only the output is their activation.
 RECURRENT_MODULES = (nn.RNNBase, nn.LSTMCell)
@@ -64,12 +76,34 @@ def has_compiled_code(model: nn.Module) -> bool:
                or hasattr(m.forward, "_torchdynamo_orig_callable") for m in model.modules())
 
 
+def recomputing() -> bool:
+    """Whether module calls now are a checkpointed forward recomputed by backward
+    (``torch.utils.checkpoint``, reentrant or not; Hugging Face's gradient checkpointing):
+    they run inside an autograd graph task, a training forward never does. Their outputs
+    were recorded when the forward first ran; counted again, NaN counts would double and a
+    recompute that differs (dropout without the saved RNG state) would bias the figures."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def is_activation(module: nn.Module) -> bool:
+    """A parameter-free activation module: torch's (``ACTIVATION_MODULES``) or one of a
+    library's (``LIBRARY_ACTIVATION_MODULES``)."""
+    if isinstance(module, ACTIVATION_MODULES):
+        return True
+    kind = type(module)
+    return (kind.__module__.startswith(LIBRARY_ACTIVATION_MODULES)
+            and kind.__name__ not in LIBRARY_IDENTITIES
+            and not any(p is not None for p in module._parameters.values()))
+
+
 def saturation_kind(module: nn.Module) -> int:
     """The saturation test that applies to ``module``'s output."""
     if isinstance(module, SATURATING_SIGMOID):
         return SATURATION_SIGMOID
     if isinstance(module, SATURATING_TANH):
         return SATURATION_TANH
+    if type(module).__module__.startswith(LIBRARY_ACTIVATION_MODULES):
+        return LIBRARY_SATURATION.get(type(module).__name__, SATURATION_NONE)
     return SATURATION_NONE
 
 

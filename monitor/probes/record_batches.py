@@ -78,7 +78,8 @@ class RecordBatches:
         """Fill the placeholders in ``raw``: one batch of records per group."""
         for (_, _, saturation), waiting in self._waiting.items():
             positions, copies = zip(*waiting)
-            records = self._records(torch.stack(copies).view(len(copies), -1), saturation)
+            # reshape: a copy keeps its output's strides (channels-last ones cannot be viewed)
+            records = self._records(torch.stack(copies).reshape(len(copies), -1), saturation)
             self._fill(raw, positions, records)
         t = self.thresholds
         for (_, _, saturation), drawn in self._samples.items():

@@ -133,16 +133,19 @@ _SPECS = (
     # issue 17: leading indicators of transformer instability, skip-on-spike
     _spec("attention_logit_max", "gauge", "Max pre-softmax attention logit q.k/sqrt(d) of the "
           "module (label layer) that computed attention (F.scaled_dot_product_attention, "
-          "nn.MultiheadAttention, Hugging Face eager/sdpa attention), sub-sampled to bound the "
-          "cost: over all heads, the batch's first 4 sequences and at most 64 evenly spaced "
-          "query positions per call.", "logit", SAMPLED,
+          "nn.MultiheadAttention, Hugging Face eager/sdpa attention), exact: over every "
+          "sequence, head and query position of the sampled step's calls, masks and biases "
+          "included.", "logit", SAMPLED,
           "in the tens; above {t.attention_logit_level} or growing "
           "{t.attention_logit_growth_factor}x is attention-logit growth", LAYER),
-    _spec("attention_entropy", "gauge", "Mean softmax entropy of the module's attention rows "
-          "(same heads and positions as attention_logit_max).", "nats", SAMPLED,
+    _spec("attention_entropy", "gauge", "Mean softmax entropy of the module's attention rows, "
+          "estimated to bound the cost: over all heads, the batch's first 4 sequences and at "
+          "most 64 evenly spaced query positions per call.", "nats", SAMPLED,
           "well above 0; a collapse toward 0 comes with attention-logit growth", LAYER),
     _spec("output_logit_logsumexp", "gauge", "Mean over the batch of the log-partition log Z "
-          "of the output logits (lm_head, else the last Linear with 2+ outputs).", "nats",
+          "of the output logits: those of the model's logit head (lm_head, Hugging Face's output "
+          "embeddings, else the Linear whose output the model returns as its logits); a model "
+          "without one (a regression) has none.", "nats",
           SAMPLED, "near log(vocabulary) at first; it climbs as the model grows confident "
           "(10+ nats on a low-entropy task is healthy); |log Z| above "
           "{t.output_logsumexp_level}, or drifting {t.output_logsumexp_drift} nats through "

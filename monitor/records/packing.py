@@ -83,10 +83,11 @@ def _layer_fields(host: Mapping[TransferPart, np.ndarray], facts: SampleFacts,
     or the world's)."""
     own_part, activation_part = VIEW_RECORDS[view]
     own = host[own_part]
+    weights = host[TransferPart.LAYER_UPDATED_WEIGHT_NORM]
     with np.errstate(divide="ignore", invalid="ignore"):
-        update_ratio = np.where(facts.updated,
-                                host[TransferPart.LAYER_UPDATE_NORM] / host[TransferPart.LAYER_UPDATED_WEIGHT_NORM],
-                                np.nan)
+        # a ratio to a zero weight (LoRA's lora_B at its first step) is undefined, not +Inf
+        update_ratio = np.where(facts.updated & (weights != 0),
+                                host[TransferPart.LAYER_UPDATE_NORM] / weights, np.nan)
     nonfinite = np.stack([host[TransferPart.LAYER_GRAD_NONFINITE], own[:, ACTIVATION_NONFINITE],
                           host[TransferPart.LAYER_WEIGHT_NONFINITE]])
     assert nonfinite.shape[0] == len(NONFINITE_SOURCES)
