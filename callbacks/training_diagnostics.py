@@ -250,12 +250,8 @@ class TrainingDiagnostics(*CALLBACK_BASES):  # type: ignore[misc]  # Lightning's
     @override
     def on_train_start(self, trainer, pl_module) -> None:
         monitor = self._running
-        for optimizer in trainer.optimizers:
-            monitor.watch_optimizer(optimizer)
-        monitor.grad_scaler = getattr(trainer.precision_plugin, "scaler", None)
-        monitor.track_clipping = bool(trainer.gradient_clip_val)
+        _watch_trainer(trainer, monitor)
         self.clip_route.install(trainer, pl_module, monitor)
-        _watch_local_gradients(trainer, monitor)
         if self.engine is not None:
             self.engine.audit(pl_module, monitor, step=trainer.global_step)
         self._stepping_batches = _stepping_batches(trainer)
@@ -372,9 +368,14 @@ def _fit_monitor(options: DiagnosticsOptions, trainer, pl_module, run: str,
         skip_on_spike=options.skip_on_spike.renewed() if options.skip_on_spike else None)
 
 
-def _watch_local_gradients(trainer, monitor: Monitor) -> None:
-    """Under DDP (unless the user has a communication hook), see each rank's own
+def _watch_trainer(trainer, monitor: Monitor) -> None:
+    """What the Trainer set up that the Monitor reads: its optimizers' steps, the AMP
+    GradScaler, clipping; under DDP (unless the user has a communication hook) each rank's own
     gradients before the all-reduce: the origin of a NaN."""
+    for optimizer in trainer.optimizers:
+        monitor.watch_optimizer(optimizer)
+    monitor.grad_scaler = getattr(trainer.precision_plugin, "scaler", None)
+    monitor.track_clipping = bool(trainer.gradient_clip_val)
     ddp_model = trainer.strategy.model
     if isinstance(ddp_model, DistributedDataParallel) \
             and getattr(trainer.strategy, "_ddp_comm_hook", None) is None:
