@@ -147,32 +147,37 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
         console.print(f"  [{colour}]{alert.status.upper()} {alert.name}[/] step {alert.step}"
                       f"{escape(where)}: {escape(alert.summary)}")
 
-    # the alerts are printed compactly here; the full text is in the reports
-    logging.getLogger("gradwatch.alerts").disabled = True
-    summaries = []
-    for scenario in scenarios:
-        torch.manual_seed(0)
-        diagnostics = TrainingDiagnostics(
-            run_name=f"demo/{scenario.name}", every_n_steps=every_n_steps,
-            prometheus_port=port, port_in_use="warn", on_alert=print_alert,
-            alertmanager_url=alertmanager_url,
-            pushgateway_url=pushgateway_url, pushgateway_keep=True)
-        logger = pl.loggers.TensorBoardLogger(out_dir, name=scenario.name, version="")
-        callbacks = [diagnostics]  # its start-up line names /metrics
-        if progress:
-            callbacks.append(pl.callbacks.RichProgressBar())
-        # one epoch of scenario.steps batches (max_epochs too: the bar reads "Epoch 0/0")
-        trainer = pl.Trainer(max_steps=scenario.steps, max_epochs=1, callbacks=callbacks,
-                             logger=logger,
-                             gradient_clip_val=scenario.clip,
-                             enable_checkpointing=False, enable_model_summary=False,
-                             enable_progress_bar=progress, accelerator="cpu", devices=1,
-                             log_every_n_steps=every_n_steps)
-        console.rule(f"[bold]{scenario.name}[/]: {scenario.description}")
-        trainer.fit(make_module(scenario), regression_data(scenario.steps))
-        report = write_report(logger.log_dir)
-        summaries.append(summarize(scenario.name, diagnostics.engine, report, logger.log_dir))
-
+    # the alerts are printed compactly here (the full text is in the reports); the
+    # logger's state is given back, for a caller that runs the demo in its own process
+    alert_log = logging.getLogger("gradwatch.alerts")
+    was_disabled, alert_log.disabled = alert_log.disabled, True
+    try:
+        summaries = []
+        for scenario in scenarios:
+            torch.manual_seed(0)
+            diagnostics = TrainingDiagnostics(
+                run_name=f"demo/{scenario.name}", every_n_steps=every_n_steps,
+                prometheus_port=port, port_in_use="warn", on_alert=print_alert,
+                alertmanager_url=alertmanager_url,
+                pushgateway_url=pushgateway_url, pushgateway_keep=True)
+            logger = pl.loggers.TensorBoardLogger(out_dir, name=scenario.name, version="")
+            callbacks = [diagnostics]  # its start-up line names /metrics
+            if progress:
+                callbacks.append(pl.callbacks.RichProgressBar())
+            # one epoch of scenario.steps batches (max_epochs too: the bar reads "Epoch 0/0")
+            trainer = pl.Trainer(max_steps=scenario.steps, max_epochs=1, callbacks=callbacks,
+                                 logger=logger,
+                                 gradient_clip_val=scenario.clip,
+                                 enable_checkpointing=False, enable_model_summary=False,
+                                 enable_progress_bar=progress, accelerator="cpu", devices=1,
+                                 log_every_n_steps=every_n_steps)
+            console.rule(f"[bold]{scenario.name}[/]: {scenario.description}")
+            trainer.fit(make_module(scenario), regression_data(scenario.steps))
+            report = write_report(logger.log_dir)
+            summaries.append(summarize(scenario.name, diagnostics.engine, report,
+                                       logger.log_dir))
+    finally:
+        alert_log.disabled = was_disabled
     _print_verdicts(console, summaries, out_dir)
     return summaries
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import http.server
 import json
+import logging
 import socket
 import threading
 
@@ -68,6 +69,8 @@ def test_the_demo_contacts_no_alertmanager_unless_named(usual_ports, tmp_path):
                          progress=False)
     assert summaries[0]["regime"] == "nonfinite"  # it had alerts to send
     assert [server.requests for server in usual_ports] == [[], []]
+    # run in this process, it gives the alert log back as it found it
+    assert not logging.getLogger("gradwatch.alerts").disabled
 
 
 def test_a_named_alertmanager_gets_the_demos_alerts(usual_ports, tmp_path):

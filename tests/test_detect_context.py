@@ -65,7 +65,7 @@ def fp16_regression() -> Setup:
     torch.manual_seed(17)
     model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=1e-3),
-                 _regression(scale=10.0), fp16=True)
+                 _regression(scale=10.0), precision="fp16")
 
 
 def test_the_grad_scalers_calibration_is_no_overflow_storm(promtool, tmp_path):

@@ -195,9 +195,12 @@ def vanishing_recording_rules() -> list[tuple[str, str]]:
                   f" and on ({BY_RUN_LAYER}) gradwatch_activation_mean"),
         (PROFILE_LAYERS, f"count by ({BY_RUN}) ({PROFILE})"),
         *((f"gradwatch:grad_norm:log_mean_{side}_quarter",
-           # an exact zero is total collapse (the detectors' floor)
+           # an exact zero is total collapse (the detectors' floor); a run whose every norm
+           # is non-finite has no profile: NaN then (the dashboards show the run's NaN, not
+           # nothing; a NaN mean passes no comparison, so no alert reads it)
            f"avg by ({BY_RUN}) (ln(clamp_min({PROFILE}, {GRAD_NORM_FLOOR!r}))"
-           f" and on ({BY_RUN_LAYER}) ({selector}))")
+           f" and on ({BY_RUN_LAYER}) ({selector}))"
+           f" or (max by ({BY_RUN}) (gradwatch_grad_norm) * NaN)")
           for side, selector in sides.items()),
     ]
 
