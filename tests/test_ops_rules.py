@@ -18,7 +18,9 @@ CONTRACT_ALERTS = {"NonFiniteValues", "GradientExplosion", "GradientVanishing", 
                    "AmpOverflowStorm", "TrainingStalled", "TrainerDown", "LossSpike",
                    # leading indicators and skip-on-spike
                    "AttentionLogitGrowth", "OutputLogitDivergence", "AdamUpdateDecorrelation",
-                   "UpdateSkipped"}
+                   "UpdateSkipped",
+                   # issue 27: the per-layer shares of units that pass no gradient
+                   "DeadUnits", "ActivationSaturation"}
 
 
 def alert_rules(text: str) -> dict[str, dict]:

@@ -78,8 +78,7 @@ def test_unstable_runs_are_caught_in_process_before_the_first_nan(recordings, na
 
 
 #: The in-process-only alerts (no metric carries them) and what the rules see instead.
-RULE_CATCHES = {"dead_relus": {"GradientVanishing"},
-                "fp16_overflow": {"AmpOverflowStorm", "LossSpike", "LossDivergence"}}
+RULE_CATCHES = {"fp16_overflow": {"AmpOverflowStorm", "LossSpike", "LossDivergence"}}
 
 
 #: The recorded runs where one side fires an alert alone, deliberately: run -> alert -> the
@@ -108,7 +107,8 @@ def test_detectors_and_rules_agree(recordings, rule_firings):
     agreed = {alert for name, run in recordings.items()
               for alert in {a.name for a in run.fired()} & set(rule_firings[name])}
     assert agreed >= {"NonFiniteValues", "GradientExplosion", "GradientVanishing",
-                      "LossDivergence", "LossSpike", "AmpOverflowStorm"}
+                      "LossDivergence", "LossSpike", "AmpOverflowStorm", "DeadUnits",
+                      "ActivationSaturation"}
 
 
 @pytest.mark.servers

@@ -280,7 +280,7 @@ def vanishing_layers(t: Thresholds, run: str = "") -> str:
 
 def alerts(t: Thresholds) -> list[Alert]:
     """The alert table's rule alerts, with their numbers taken from ``t``."""
-    return gradient_alerts(t) + loss_alerts(t) + liveness_alerts(t)
+    return gradient_alerts(t) + unit_alerts(t) + loss_alerts(t) + liveness_alerts(t)
 
 
 def gradient_alerts(t: Thresholds) -> list[Alert]:
@@ -320,6 +320,38 @@ def gradient_alerts(t: Thresholds) -> list[Alert]:
             culprits=(("layers", named_by("layer", vanishing_layers(t, run="%[1]s"))),),
         ),
     ]
+
+
+#: The per-layer shares of units that pass no gradient (records.conditions: DeadUnits,
+#: ActivationSaturation): alert -> (the exported share, its Thresholds field, what it means).
+UNIT_SHARES = {
+    "DeadUnits": ("gradwatch_activation_dead_ratio", "dead_ratio",
+                  "Its share of exact-zero activations: dead ReLU units, whose input is "
+                  "always negative, pass no gradient and never recover."),
+    "ActivationSaturation": ("gradwatch_activation_saturation_ratio", "saturation_ratio",
+                             "Its share of sigmoid/tanh outputs in the flat region, where "
+                             "the derivative is near 0 and the gradient to every layer "
+                             "below is cut."),
+}
+
+
+def unit_alerts(t: Thresholds) -> list[Alert]:
+    """A layer's share of units that pass no gradient above its threshold, held for
+    ``unit_warning_samples`` scrape intervals (in-process: as many sampled steps in a row,
+    judging.layer_conditions); one alert per run, the layers over the line named."""
+    held = f"{t.unit_warning_samples * SCRAPE_INTERVAL_SECONDS}s"
+    out = []
+    for name, (metric, field, meaning) in UNIT_SHARES.items():
+        level = getattr(t, field)
+        over = f"{metric} > {level!r}"
+        out.append(Alert(
+            name, f"max by (run) ({over})",
+            f"Run {{{{ $labels.run }}}}{LAYER_TEXT}: a layer's share is "
+            f"{{{{ printf \"%.3g\" $value }}}}, above {level!r} for {held}. {meaning}",
+            for_=held,
+            culprits=(("layers", named_by("layer", over.replace(
+                metric, f'{metric}{{run="%s"}}'))),)))
+    return out
 
 
 def loss_alerts(t: Thresholds) -> list[Alert]:

@@ -115,12 +115,12 @@ TABLE: tuple[AlertSpec, ...] = (
         "ActivationSaturation", WARNING, None, RUN_LAYER,
         "Saturated sigmoid/tanh layers in run {run}{layer}",
         "Replace sigmoid/tanh with ReLU/GELU; Xavier initialisation for the layers feeding "
-        "them; normalise their inputs.", (IN_PROCESS,)),
+        "them; normalise their inputs.", BOTH),
     AlertSpec(
         "DeadUnits", WARNING, None, RUN_LAYER,
         "Mostly dead units in run {run}{layer}",
         "Use LeakyReLU/ELU/GELU; He initialisation with biases at 0; a lower learning rate; "
-        "BatchNorm before the activation.", (IN_PROCESS,)),
+        "BatchNorm before the activation.", BOTH),
     AlertSpec(
         "Fp16HeadroomLow", WARNING, None, RUN_LAYER,
         "Layers near the fp16 overflow in run {run}{layer}",

@@ -49,6 +49,21 @@ LR_REBASE = Difference(
     "level loss_warmup_steps later; the rule cannot restart its windows, so it waits until "
     "the raise has left them (gradwatch:learning_rate:raised)")
 
+#: How each side counts the persistence of a per-layer share (DeadUnits,
+#: ActivationSaturation): the detector counts sampled steps, the rule scrape intervals.
+#: Prometheus knows time, not the sampling period (every_n_steps steps), so the same count
+#: holds more samples at a fast pace and fewer at a slow one.
+SAMPLES_NOT_SCRAPES = "a scrape reads the latest Snapshot; unit_warning_samples scrape intervals hold "
+UNIT_PACE = (
+    Difference(IN_PROCESS, "unit_warning_samples samples in a row over the line pass in "
+               "less time than as many scrape intervals (a fast trainer: 1 s a step, a "
+               "sample every 10 steps), and the share then falls back",
+               SAMPLES_NOT_SCRAPES + "more Snapshots than unit_warning_samples"),
+    Difference(RULES, "unit_warning_samples scrape intervals pass with fewer samples "
+               "(a slow trainer: 5 s a step, a sample every 10 steps), all over the line",
+               SAMPLES_NOT_SCRAPES + "fewer Snapshots than unit_warning_samples"),
+)
+
 CONDITIONS: tuple[Condition, ...] = (
     Condition(
         "NonFiniteValues",
@@ -74,6 +89,21 @@ CONDITIONS: tuple[Condition, ...] = (
         "vanishing_samples Snapshots in a row (the rule: as many scrape intervals)",
         (Difference(RULES, "the run is deeper than the exporter's max_layers",
                     "the rule sees the exported layers only (the most offending are kept)"),)),
+    Condition(
+        "DeadUnits",
+        "a layer's share of exact-zero activations (Snapshot.activation_dead_ratio; the "
+        "rule: gradwatch_activation_dead_ratio) above dead_ratio",
+        ("dead_ratio", "unit_warning_samples"),
+        "unit_warning_samples Snapshots in a row (the rule: as many scrape intervals)",
+        UNIT_PACE),
+    Condition(
+        "ActivationSaturation",
+        "a layer's share of sigmoid/tanh outputs in the flat region "
+        "(Snapshot.activation_saturation_ratio; the rule: "
+        "gradwatch_activation_saturation_ratio) above saturation_ratio",
+        ("saturation_ratio", "unit_warning_samples"),
+        "unit_warning_samples Snapshots in a row (the rule: as many scrape intervals)",
+        UNIT_PACE),
     Condition(
         "LossDivergence",
         "the loss's recent median above loss_divergence_factor x the median before it, and "

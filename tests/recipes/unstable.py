@@ -18,23 +18,6 @@ FAMILY = "unstable"
 JUDGE_NAMES = (IN_PROCESS, RULES_1S, RULES_5S)
 _cross_entropy = nn.functional.cross_entropy
 EXPLODING = {"LossDivergence", "GradientExplosion", "LossSpike"}
-WEIGHT_DECAY_HIDES_VANISHING = (
-    "weight decay alone moves every layer by lr*wd/(1-momentum) = 0.05*5e-4/0.1 = 2.5e-4 of "
-    "its norm a step, above the 1e-4 update-ratio guard, so GradientVanishing (in-process "
-    "and the rule's `unless update_ratio >= 1e-4`) reads the decay as learning: every layer's "
-    "update ratio is 2.5e-4 while the input side's gradients are ~1e-14 of the output "
-    "side's. Fix: judge the gradient's share "
-    "of the update: subtract the decay's own step (lr_t*wd*||W||, lr and weight_decay from "
-    "the param groups, /(1-momentum)) before the guard, or compare the guard against the "
-    "decay's step rather than a constant")
-DEAD_UNITS_HAVE_NO_RULE = (
-    "DeadUnits is raised in-process only: gradwatch_activation_dead_ratio is exported but no "
-    "shipped rule reads it, and the depth profile does not collapse (input side 0.07-3x the "
-    "output side's gradient: the live units still pass it), so GradientVanishing rightly "
-    "stays quiet. The worst layer's dead share goes from 0.55 to 0.87-0.91 after the spike, "
-    "around the 0.9 threshold. Fix: a DeadUnits rule on gradwatch_activation_dead_ratio "
-    "above dead_ratio over unit_warning_samples samples (a max_over_time of the scrapes, "
-    "since a share hovering at the threshold dips under it between scrapes)")
 
 
 def mlp_lr_too_high() -> Setup:
@@ -42,6 +25,18 @@ def mlp_lr_too_high() -> Setup:
     model = mlp([16, 64, 64, 1], nn.ReLU)
     return Setup(model, torch.optim.SGD(model.parameters(), lr=0.08, momentum=0.9),
                  regression(scale=3.0))
+
+
+WARM_UP_REBASES_EVERY_STEP = (
+    "a linear warm-up raises the lr at every one of its 400 steps, and each raise re-bases "
+    "the loss detectors (records.derived.lr_raised: histories and the loss_warmup_steps = "
+    "100 warm-up start again) and silences the loss rules (gradwatch:learning_rate:raised, "
+    "present while a raise lies within 12m): the loss climbs from a median 1.9 (steps 0-50) "
+    "to 8.6 (150-200) and 145 (400-450) unjudged, and judging starts again ~100 steps after "
+    "the warm-up ends, when the loss is falling back. Since the one-decision merge "
+    "(before it: LossDivergence at step 165 in-process, 269 and 167 by the rules). Fix: "
+    "re-base on a jump of the lr (a warm restart), not on a ramp: e.g. only when the lr "
+    "rose by a factor over the lr the baseline was measured under")
 
 
 def lm_overshooting_warmup() -> Setup:
@@ -141,19 +136,16 @@ RECIPES: tuple[Recipe, ...] = (
     unstable("mlp_sgd_lr_too_high", "MLP", mlp_lr_too_high, goes_nonfinite, EXPLODING,
              ci=True),
     unstable("lm_overshooting_warmup", "transformer LM", lm_overshooting_warmup, diverges(1.5),
-             EXPLODING),
+             EXPLODING, misses=dict.fromkeys(JUDGE_NAMES, WARM_UP_REBASES_EVERY_STEP), ci=True),
     unstable("rnn_exploding", "LSTM/GRU", rnn_exploding, fails_to_learn(1.0), EXPLODING,
              ci=True),
     unstable("cnn_sigmoid_20_vanishing", "CNN", lambda: sigmoid_cnn(0.0), stays_at_chance(4),
              {"GradientVanishing"}, steps=300, ci=True),
     unstable("cnn_sigmoid_20_vanishing_wd", "CNN", lambda: sigmoid_cnn(5e-4),
-             stays_at_chance(4), {"GradientVanishing"}, steps=300,
-             misses=dict.fromkeys(JUDGE_NAMES, WEIGHT_DECAY_HIDES_VANISHING), ci=True),
+             stays_at_chance(4), {"GradientVanishing"}, steps=300, ci=True),
     unstable("mlp_dead_relus_after_lr_spike", "MLP", dead_relus_after_lr_spike,
              stops_learning_after(200),
-             {"DeadUnits"}, rule_catches=frozenset({"GradientVanishing"}),
-             misses={RULES_1S: DEAD_UNITS_HAVE_NO_RULE, RULES_5S: DEAD_UNITS_HAVE_NO_RULE},
-             ci=True),
+             {"DeadUnits"}, ci=True),
     unstable("mlp_poisoned_batch", "MLP", poisoned_batch, diverges(2), EXPLODING, ci=True),
     unstable("mlp_labels_shuffled_mid_run", "MLP", labels_shuffled_mid_run,
              rises_to_chance(4, learned_by=300), {"LossDivergence"}, ci=True),
