@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from ..records.alert_table import spec as alert_spec
-from ..records.derived import lr_raised
+from ..records.derived import lr_jumped
 from ..records.findings import Finding, Result
 from ..records.snapshot import Pulse
 from ..records.thresholds import IQR_PER_SIGMA, Thresholds
@@ -91,8 +91,8 @@ class _LossJudge:
     def _log_loss(self, pulse: Pulse) -> float | None:
         """log(loss) raised to ``loss_floor``, or None when this loss cannot be judged
         (absent, non-finite, <= 0: ratios of a loss only make sense while it is positive).
-        A raised learning rate re-bases first."""
-        if lr_raised(self.learning_rates, pulse.learning_rates):
+        A learning rate that jumped re-bases first."""
+        if lr_jumped(self.learning_rates, pulse.learning_rates):
             self.seen = 0
             self.rebase()
         self.learning_rates = pulse.learning_rates or self.learning_rates

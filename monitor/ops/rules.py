@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.utils import floatToGoString
 
 from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
-from ..records.derived import LR_ROUNDING, PROFILE_MIN_LAYERS
+from ..records.derived import LR_JUMP, PROFILE_MIN_LAYERS
 from ..records.alert_table import spec as alert_spec
 from ..records.regimes import REGIMES, code
 from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
@@ -122,17 +122,19 @@ def log_sigma(t: Thresholds, window: str, offset: str = "") -> str:
 #: How far back the loss rules' reference reaches (HISTORY_WINDOW before RECENT_WINDOW).
 REFERENCE_SPAN = "12m"
 #: Per run, present while an lr raise lies within REFERENCE_SPAN: the lr now above its low
-#: in that span (a decaying lr is at its low). A raised lr (a warm-up, a warm restart)
-#: moves the loss to a new level by design, so the loss before it is no reference: the loss
-#: rules wait until the raise has left their windows (in-process: LossDivergence and
-#: LossSpike re-base and warm up again).
-LR_RAISED = "gradwatch:learning_rate:raised"
+#: in that span (a decaying lr is at its low). An lr that jumped (a warm restart, a step up:
+#: records.derived.LR_JUMP) moves the loss to a new level by design, so the loss before it is
+#: no reference: the loss rules wait until the jump has left their windows (in-process:
+#: LossDivergence and LossSpike re-base and warm up again). A ramp is no jump.
+LR_JUMPED = "gradwatch:learning_rate:jumped"
 
 
 def lr_recording_rules() -> list[tuple[str, str]]:
-    """Whether the learning rate was raised within the loss rules' reference span."""
-    return [(LR_RAISED, f"max by (run) (gradwatch_learning_rate > min_over_time("
-                        f"gradwatch_learning_rate[{REFERENCE_SPAN}]) * (1 + {LR_ROUNDING!r}))")]
+    """Whether the learning rate jumped within the loss rules' reference span: from one
+    scrape to the next (the rules see no single step), by more than LR_JUMP."""
+    scrape = f"{SCRAPE_INTERVAL_SECONDS}s"
+    jumped = f"gradwatch_learning_rate > {LR_JUMP!r} * (gradwatch_learning_rate offset {scrape})"
+    return [(LR_JUMPED, f"max by (run) (max_over_time(({jumped})[{REFERENCE_SPAN}:{scrape}]))")]
 
 
 def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
@@ -364,7 +366,7 @@ def loss_alerts(t: Thresholds) -> list[Alert]:
             "LossDivergence",
             f"max by (run) ({level_rise} > {t.loss_divergence_factor!r}"
             f" and ln{level_rise} > {t.loss_divergence_sigmas!r} * gradwatch:loss:log_sigma_before"
-            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_RAISED}",
+            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_JUMPED}",
             f"The median loss of run {{{{ $labels.run }}}}{LAYER_TEXT} over the last "
             f"{RECENT_WINDOW} is {{{{ printf \"%.3g\" $value }}}}x its median of the "
             f"{HISTORY_WINDOW} before (alert above {t.loss_divergence_factor!r}x and "
@@ -374,7 +376,7 @@ def loss_alerts(t: Thresholds) -> list[Alert]:
             "LossSpike",
             f"max by (run) ({spike} > {t.loss_spike_factor!r}"
             f" and ln{spike} > {t.loss_noise_sigmas!r} * gradwatch:loss:log_sigma{HISTORY_WINDOW}"
-            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_RAISED}",
+            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_JUMPED}",
             f"The loss of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
             f"{{{{ printf \"%.3g\" $value }}}}x its {HISTORY_WINDOW} median (alert above "
             f"{t.loss_spike_factor!r}x and {t.loss_noise_sigmas!r} robust sigmas of log(loss)).",

@@ -41,13 +41,14 @@ class Condition:
 STEP_HISTORY = ("the detector keeps every step's (or sample's) history; a scrape sees the "
                 "latest figure only, so the rule judges the level and not the shape")
 
-#: How each side re-bases the loss after a raised learning rate.
+#: How each side re-bases the loss after a jump of the learning rate.
 LR_REBASE = Difference(
-    IN_PROCESS, "loss_warmup_steps after a raised learning rate, while the raise is still "
+    IN_PROCESS, "loss_warmup_steps after a jump of the learning rate, while the jump is still "
     "within the rule's REFERENCE_SPAN",
-    "the detector starts its histories and warm-up again at the raise and judges the new "
-    "level loss_warmup_steps later; the rule cannot restart its windows, so it waits until "
-    "the raise has left them (gradwatch:learning_rate:raised)")
+    "the detector starts its histories and warm-up again at the jump (one step, LR_JUMP) and "
+    "judges the new level loss_warmup_steps later; the rule sees jumps from one scrape to "
+    "the next and cannot restart its windows, so it waits until the jump has left them "
+    "(gradwatch:learning_rate:jumped)")
 
 #: How each side counts the persistence of a per-layer share (DeadUnits,
 #: ActivationSaturation): the detector counts sampled steps, the rule scrape intervals.
@@ -108,8 +109,9 @@ CONDITIONS: tuple[Condition, ...] = (
         "LossDivergence",
         "the loss's recent median above loss_divergence_factor x the median before it, and "
         "log of that rise above loss_divergence_sigmas robust sigmas of log(loss), after "
-        "loss_warmup_steps with at least history_min_steps of history; a raised learning "
-        "rate (records.derived.lr_raised: a warm-up, a warm restart) re-bases the baseline",
+        "loss_warmup_steps with at least history_min_steps of history; a jump of the "
+        "learning rate (records.derived.lr_jumped: a warm restart, a step up; not a ramp) "
+        "re-bases the baseline",
         ("loss_divergence_factor", "loss_divergence_sigmas", "loss_warmup_steps",
          "history_min_steps"),
         "over half of the recent window high (its median)",
@@ -122,7 +124,7 @@ CONDITIONS: tuple[Condition, ...] = (
     Condition(
         "LossSpike",
         "one step's loss above loss_spike_factor x the history's median and "
-        "loss_noise_sigmas robust sigmas of log(loss) above it; a raised learning rate "
+        "loss_noise_sigmas robust sigmas of log(loss) above it; a jump of the learning rate "
         "re-bases the baseline",
         ("loss_spike_factor", "loss_noise_sigmas", "loss_warmup_steps", "history_min_steps"),
         "one step (the rule: the step a scrape reads)", (LR_REBASE,)),

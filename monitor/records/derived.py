@@ -26,17 +26,18 @@ def scaler_skipped(loss_scale: float | None, optimizer_stepped: bool) -> bool:
     return loss_scale is not None and not optimizer_stepped
 
 
-#: A learning rate above the last step's by more than this relative margin was raised (a
-#: warm-up step, a warm restart, any scheduled increase); the margin is float rounding of a
-#: recomputed constant lr, not a judgement.
-LR_ROUNDING = 1e-6
+#: A learning rate more than this many times the last step's jumped: a warm restart or a step
+#: up starts training over at a new level, so the loss before it is no baseline. A ramp (a
+#: linear or exponential warm-up) moves the lr by far less a step (a linear one by (t+1)/t),
+#: and the loss it drives is judged as it goes: an overshooting warm-up is a divergence.
+LR_JUMP = 2.0
 
 
-def lr_raised(before: tuple[tuple[float, ...], ...], now: tuple[tuple[float, ...], ...]
+def lr_jumped(before: tuple[tuple[float, ...], ...], now: tuple[tuple[float, ...], ...]
               ) -> bool:
     """Whether any param group's learning rate (per optimizer, per group, as a Pulse carries
-    them) is higher ``now`` than ``before``."""
-    return any(new > old * (1 + LR_ROUNDING)
+    them) jumped from ``before`` to ``now`` (``LR_JUMP``)."""
+    return any(new > old * LR_JUMP
                for groups_before, groups_now in zip(before, now)
                for old, new in zip(groups_before, groups_now))
 
