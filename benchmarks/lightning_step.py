@@ -1,11 +1,14 @@
 """The callback's cost where users pay it (issue 29): inside a real Lightning step.
 
-Three models whose bare steps span the range people train on a CPU (~2 ms, ~10 ms, ~400
+Three models whose bare steps span the range people train on a CPU (~2 ms, ~10 ms, ~100
 ms). In each round the bare run, the floor (one fused norm of the gradients per step, never
-read) and gradwatch at its defaults (TensorBoard off, no endpoint: what every step pays) run
-in turn, the order rotated from round to round; each is timed over its steady-state window
+read), gradwatch at its defaults (TensorBoard off, no endpoint: what every step pays) and
+gradwatch sampling every step (``every_n_steps=1``: every probe, every step) run in turn, the
+order rotated from round to round; each is timed over its steady-state window
 (``benchmarks.runner``: Trainer set-up and warm-up excluded). A ratio is a run's step time
-over the bare run's of the same round: median [min-max] over rounds.
+over the bare run's of the same round: median [min-max] over rounds. A sampled step's own
+cost follows from the two gradwatch runs of a round: every step sampled costs U + S, the
+defaults U + S / 50, so S = (every-step - defaults) x 50 / 49.
 
 Then one more gradwatch run per model, in the same setting, breaks its time down by part
 (``PartClock``): each callback hook, the stopwatch's own calls, the ring's drains, each
@@ -49,9 +52,9 @@ HOOKS = ("on_train_batch_start", "on_before_backward", "on_before_optimizer_step
 FLOOR = "floor-grad-norm"
 
 
-#: bare steps of ~2 ms, ~10 ms and ~400 ms on this CPU (measured 2026-12-07); timed
+#: bare steps of ~2 ms, ~10 ms and ~100 ms on this CPU (measured 2026-12-07); timed
 #: windows: whole sampling windows, about as many seconds for each model
-SIZES = CpuSizes(width=64, depth=6, batch=64, seq=128, image=32, windows=(12, 1, 3))
+SIZES = CpuSizes(width=64, depth=6, batch=64, seq=32, image=32, windows=(12, 1, 3))
 
 
 def models(smoke: bool = False) -> list[ModelSpec]:
@@ -64,11 +67,15 @@ def user_defaults() -> TrainingDiagnostics:
     return TrainingDiagnostics(tensorboard=False)
 
 
+EVERY_STEP = "every-step"
+
 CONFIG_ORDER = (
     next(c for c in CONFIGS if c.name == BARE),
     next(c for c in CONFIGS if c.name == FLOOR),
     Config("gradwatch", "TrainingDiagnostics(tensorboard=False): every_n_steps=50, alerts on",
            lambda directory: [user_defaults()]),
+    Config(EVERY_STEP, "TrainingDiagnostics(tensorboard=False, every_n_steps=1)",
+           lambda directory: [TrainingDiagnostics(tensorboard=False, every_n_steps=1)]),
 )
 
 
@@ -180,15 +187,20 @@ def render(results: dict[str, tuple[ModelSpec, dict[str, list[float]], dict[str,
         "\n", " "), "", f"{rounds} rounds, each run timed over whole sampling windows of "
         f"{WINDOW} steps (" + ", ".join(f"{name} {spec.windows}" for name, (spec, *_) in
                                   results.items()) + "), one thread of a shared machine.", "",
-        "| model | bare step (ms) | floor | gradwatch | gradwatch - floor (us per step) |",
-        "| --- | ---: | ---: | ---: | ---: |"]
+        "| model | bare step (ms) | floor | gradwatch | gradwatch - floor (us per step) "
+        "| every step | a sampled step's own cost (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, (spec, times, _, _) in results.items():
         bare = times[BARE]
-        ratios = {c: [t / b for t, b in zip(times[c], bare)] for c in (FLOOR, "gradwatch")}
+        ratios = {c: [t / b for t, b in zip(times[c], bare)]
+                  for c in (FLOOR, "gradwatch", EVERY_STEP)}
         beyond = statistics.median(g - f for g, f in zip(times["gradwatch"], times[FLOOR]))
+        sampled = statistics.median((e - g) * WINDOW / (WINDOW - 1)
+                                    for e, g in zip(times[EVERY_STEP], times["gradwatch"]))
         lines.append(f"| {name}: {spec.description} | {statistics.median(bare) * 1e3:.2f} | "
                      f"{_ratio(ratios[FLOOR])} | {_ratio(ratios['gradwatch'])} | "
-                     f"{beyond * 1e6:+.0f} |")
+                     f"{beyond * 1e6:+.0f} | {_ratio(ratios[EVERY_STEP])} | "
+                     f"{sampled * 1e3:.2f} |")
     lines += ["", "Where gradwatch's time goes (us per step, over the whole fit):", ""]
     parts = sorted({p for _, _, per_step, _ in results.values() for p in per_step})
     lines += ["| part | " + " | ".join(results) + " |",

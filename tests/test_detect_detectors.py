@@ -16,7 +16,7 @@ from gradwatch.monitor.judging.explosion import GradientExplosion
 from gradwatch.monitor.judging.vanishing import GradientVanishing
 from gradwatch.monitor.judging.loss import LossDivergence, LossSpike
 from gradwatch.monitor.judging.nonfinite import NonFiniteValues
-from gradwatch.monitor.judging.base import Sustained
+from gradwatch.monitor.judging.base import History, Sustained
 from gradwatch.monitor.judging.layer_conditions import (
     activation_saturation,
     dead_units,
@@ -469,3 +469,16 @@ def test_explosion_names_the_largest_gradients_of_the_latest_sample():
     order = sorted((n, name) for name, n in zip(layers, norms) if math.isfinite(n))[::-1]
     assert f.layers == tuple(name for _, name in order[:GradientExplosion.CULPRITS])
     assert "Largest gradient norms at step 20: h0 (900), h2 (40), head (7)" in f.description
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 10), st.booleans()), min_size=1, max_size=300),
+       st.integers(1, 20))
+def test_history_peak_is_the_max_of_its_baseline_window(values, size):
+    history, baseline = History(size), []
+    for value, anomalous in values:
+        history.add(value, anomalous)
+        if not anomalous:
+            baseline = (baseline + [value])[-size:]
+        if baseline:
+            assert history.peak == max(baseline)

@@ -95,11 +95,27 @@ class History:
     def __init__(self, size: int) -> None:
         self.raw: deque[float] = deque(maxlen=size)
         self.baseline: deque[float] = deque(maxlen=size)
+        self._peak: float | None = None  # max(baseline), kept while it stays in the window
 
     def add(self, value: float, anomalous: bool) -> None:
         self.raw.append(value)
-        if not anomalous:
-            self.baseline.append(value)
+        if anomalous:
+            return
+        baseline = self.baseline
+        dropped = baseline[0] if len(baseline) == baseline.maxlen else None
+        baseline.append(value)
+        if self._peak is not None and dropped != self._peak:
+            self._peak = max(self._peak, value)
+        else:  # the peak left the window: found again, once
+            self._peak = None
+
+    @property
+    def peak(self) -> float:
+        """The largest baseline value (judged every step: a scan of the window only when
+        its peak leaves it)."""
+        if self._peak is None:
+            self._peak = max(self.baseline)
+        return self._peak
 
 
 def pulse_of(snapshot: Snapshot) -> Pulse:

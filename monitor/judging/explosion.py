@@ -60,7 +60,7 @@ class GradientExplosion:
             reasons.append((f"above the absolute limit {t.explosion_norm:g}", t.explosion_norm))
         baseline = self.history.baseline
         if len(baseline) >= t.history_min_steps:
-            peak = max(baseline)
+            peak = self.history.peak
             bar = t.explosion_spike_factor * peak
             if norm > bar:
                 reasons.append((f"{norm / max(peak, RATIO_FLOOR):.3g}x the max of the last "

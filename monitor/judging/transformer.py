@@ -160,23 +160,29 @@ class AdamUpdateDecorrelation:
             return None
         t = self.t
         median_eps = float(np.median(eps[np.isfinite(eps)])) if np.isfinite(eps).any() else 0.0
-        norm = self._push_recent_norm(snapshot)
         collapsed = median_eps > t.eps_dominated_ratio
+        self._push_recent_norms(snapshot)
         if not collapsed:
             self.trough = math.inf
-        elif norm > 0:  # NaN (a window not yet full, no finite norm) and 0 are no level
+            return self.state.verdict(False, lambda: None)
+        norm = self._recent_norm()
+        if norm > 0:  # NaN (a window not yet full, no finite norm) and 0 are no level
             self.trough = min(self.trough, norm)
-        growth = norm / self.trough if collapsed and norm > 0 else 0.0
+        growth = norm / self.trough if norm > 0 else 0.0
         return self.state.verdict(growth >= t.eps_dominated_grad_growth, lambda: self._finding(
             snapshot, median_eps, cosine, growth, norm))
 
-    def _push_recent_norm(self, snapshot: Snapshot) -> float:
-        """Adds this sample's step norms and returns the median finite step gradient norm of
-        the last ``leading_samples`` samples' steps (NaN until as many samples are in): one
-        noisy step is no level."""
+    def _push_recent_norms(self, snapshot: Snapshot) -> None:
+        """Adds this sample's finite step gradient norms."""
         self.recent_norms.append([p.global_grad_norm for p in snapshot.pulses
                                   if p.global_grad_norm is not None
                                   and math.isfinite(p.global_grad_norm)])
+
+    def _recent_norm(self) -> float:
+        """The median finite step gradient norm of the last ``leading_samples`` samples'
+        steps (NaN until as many samples are in): one noisy step is no level. Asked only
+        while the second moment has collapsed: a median per sample would cost more than the
+        other detectors of a Snapshot together."""
         norms = [n for sample in self.recent_norms for n in sample]
         if len(self.recent_norms) < self.samples or not norms:
             return math.nan
