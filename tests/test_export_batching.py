@@ -102,7 +102,13 @@ def test_a_rare_sampling_window_keeps_the_ring_small_and_every_pulse():
             monitor.observe_gradients()
             optimizer.step()
             optimizer.zero_grad()
+    waiting = [p.step for p in monitor._ring.pulses]  # for the next Snapshot
     monitor.close()
     assert monitor._ring.tensor.shape[0] == MAX_RING_ROWS
     assert seen.steps == list(range(2 * MAX_RING_ROWS + 3))  # every step's Pulse, in order
     assert seen.snapshots == [0]  # the window: step 0 sampled, none other
+    # the next Snapshot would carry the latest steps, not every step of the window
+    # (read in batches of PULSE_BATCH: up to that many steps ago)
+    last = waiting[-1]
+    assert 2 * MAX_RING_ROWS + 2 - PULSE_BATCH <= last <= 2 * MAX_RING_ROWS + 2
+    assert waiting == list(range(last + 1 - MAX_RING_ROWS, last + 1))

@@ -4,7 +4,7 @@ It runs the flow of each step; the parts are modules of their own. Every step (a
 the loss and the gradient norms go into its row of a small device ring (``steps``,
 ``ring``); no host sync. Sampled steps (every ``every_n_steps``, plus escalations): forward
 hooks for that step only, the per-parameter table, then ONE device-to-host copy and a
-Snapshot (``sample``). Memory: the ring (``every_n_steps + 1`` rows); on sampled steps
+Snapshot (``sample``). Memory: the ring (``every_n_steps + 1`` rows, at most 1024); on sampled steps
 only, a transient copy of the parameters the optimizers update, freed right after the
 optimizer step. Nothing proportional to the model is kept between steps.
 """

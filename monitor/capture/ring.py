@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -99,7 +100,9 @@ class PulseRing:
         self.cells: list[tuple[torch.Tensor, ...]] = []  # per row, per RingColumn
         self.rows: list[RingRow] = []
         self.read = 0  # rows read so far
-        self.pulses: list[Pulse] = []  # since the last Snapshot
+        #: the latest Pulses since the last Snapshot (its readers look at the last ones; a
+        #: window of 10**6 steps would otherwise hold 10**6 of them)
+        self.pulses: deque[Pulse] = deque(maxlen=MAX_RING_ROWS)
         self._unexported: list[Pulse] = []
         self._exported_at = time.monotonic()
         #: whether an optimizer step was applied yet: the GradScaler's skips before the
@@ -175,5 +178,6 @@ class PulseRing:
 
     def take_pulses(self) -> tuple[Pulse, ...]:
         """The Pulses since the last Snapshot, for the next one."""
-        pulses, self.pulses = tuple(self.pulses), []
+        pulses = tuple(self.pulses)
+        self.pulses.clear()
         return pulses

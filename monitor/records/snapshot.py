@@ -108,7 +108,8 @@ class Snapshot:
             NONFINITE_SOURCES, kinds per NONFINITE_KINDS.
         nonfinite_origin: the first module, in forward call order, whose output held a
             non-finite value at this step ("" if none or not traced).
-        pulses: every step's Pulse since the previous Snapshot, this step included.
+        pulses: every step's Pulse since the previous Snapshot, this step included (the
+            latest 1024 of them: capture.ring.MAX_RING_ROWS).
         overhead_seconds: the monitor's cumulative own time on the training thread.
         world: with several ranks, on regular samples, the global view: activation figures
             over every rank's batch (and non-finite activation counts summed), rank -1.
