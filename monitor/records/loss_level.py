@@ -289,3 +289,35 @@ class DivergenceTracker(_LossSteps):
             return None
         reference, sigma = robust_level(self.before.values)
         return math.exp(robust_level(self.recent)[0]), math.exp(reference), sigma
+
+
+#: The gauges of LossFigures.gauges (gradwatch_<name>), in the order exported.
+LOSS_GAUGES = ("loss_median", "loss_log_sigma", "loss_recent_median", "loss_reference_median",
+               "loss_reference_log_sigma")
+
+
+class LossFigures:
+    """Both trackers fed every step, and the spikes counted by kind: what the Prometheus
+    exporter publishes, so the loss rules judge the detectors' own figures."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.spikes = SpikeTracker(thresholds)
+        self.rise = DivergenceTracker(thresholds)
+        self.spike_steps = dict.fromkeys(SPIKE_KINDS, 0)
+
+    def update(self, pulse: Pulse) -> None:
+        spike = self.spikes.update(pulse)
+        if spike is not None and spike.kind is not None:
+            self.spike_steps[spike.kind] += 1
+        self.rise.update(pulse)
+
+    def gauges(self) -> dict[str, float]:
+        """gradwatch_<name> -> value of LOSS_GAUGES, exact; those of a tracker that does not
+        judge the loss yet (its warm-up, after the run's start or a jump of the lr) left out."""
+        out: dict[str, float] = {}
+        reference, levels = self.spikes.reference(), self.rise.levels()
+        if reference is not None:
+            out.update(zip(LOSS_GAUGES[:2], reference))
+        if levels is not None:
+            out.update(zip(LOSS_GAUGES[2:], levels))
+        return out
