@@ -99,22 +99,56 @@ def test_explosion_resolves_after_calm_steps_and_ignores_nonfinite():
 
 # ---------------------------------------------------------------- loss
 
+def robust_z(history: list[float], value: float) -> tuple[float, float]:
+    """(value / median, robust z of log(value)) against ``history``: numpy's percentiles
+    (linear interpolation), the IQR's sigma (IQR / 1.349)."""
+    q25, median, q75 = np.percentile(np.log(history), (25, 50, 75))
+    return math.exp(math.log(value) - median), (math.log(value) - median) / ((q75 - q25) / 1.349)
+
+
 def test_loss_spike_is_a_warning_judged_against_the_median():
+    """A lone spike with a steady gradient norm (one hard batch) warns nothing; a repeat
+    within loss_spike_repeat_steps steps warns, and so does a spike whose step's global
+    gradient norm spiked too."""
     rng = np.random.default_rng(0)
     losses = list(1.0 + 0.05 * rng.standard_normal(150))
+    norms = list(2.0 + 0.1 * rng.standard_normal(150))
     d = LossSpike(T)
-    assert not findings(feed_pulses(d, [pulse(i, loss=v) for i, v in enumerate(losses)]))
-    assert d.on_pulse(pulse(150, loss=2.5)) is Verdict.CLEAR  # 2.5x: below loss_spike_factor
-    f = d.on_pulse(pulse(151, loss=5.0))
-    window = np.log([*losses, 2.5])[-int(T.history_steps):]  # the history it judges against
-    q25, median, q75 = np.percentile(window, (25, 50, 75))
-    z = (math.log(5.0) - median) / ((q75 - q25) / 1.349)
-    assert z > T.loss_noise_sigmas
-    assert isinstance(f, Finding) and (f.severity, f.value) == ("warning", 5.0)
-    assert f"{math.exp(math.log(5.0) - median):.3g}x the median" in f.summary
-    after = feed_pulses(d, [pulse(152 + i, loss=1.0) for i in range(int(T.history_min_steps))])
+    calm = [pulse(i, loss=v, norm=n) for i, (v, n) in enumerate(zip(losses, norms))]
+    assert not findings(feed_pulses(d, calm))
+    assert d.on_pulse(pulse(150, loss=2.5, norm=2.0)) is Verdict.CLEAR  # 2.5x: no spike
+    history = [*losses, 2.5][-int(T.history_steps):]  # the history it judges against
+    ratio, z = robust_z(history, 5.0)
+    assert ratio > T.loss_spike_factor and z > T.loss_noise_sigmas  # a spike, by both bars
+    assert robust_z(norms[-int(T.history_steps) + 1:] + [2.0], 2.2)[0] < T.loss_spike_factor
+    # one hard batch: a lone spike, its gradient norm steady, the next steps at the median
+    assert d.on_pulse(pulse(151, loss=5.0, norm=2.2)) is Verdict.CLEAR
+    assert feed_pulses(d, [pulse(152 + i, loss=1.0, norm=2.0) for i in range(3)]) \
+        == [Verdict.CLEAR] * 3
+    # it repeats within loss_spike_repeat_steps (151 -> 151 + repeat): an instability
+    again = 151 + int(T.loss_spike_repeat_steps)
+    feed_pulses(d, [pulse(i, loss=1.0, norm=2.0) for i in range(155, again)])
+    f = d.on_pulse(pulse(again, loss=5.0, norm=2.2))
+    assert isinstance(f, Finding) and (f.severity, f.value, f.step) == ("warning", 5.0, again)
+    history = (history + [1.0] * (again - 152))[-int(T.history_steps):]  # no spike in it
+    assert f"{robust_z(history, 5.0)[0]:.3g}x the median" in f.summary
+    assert f"another spike {T.loss_spike_repeat_steps} steps before" in f.description
+    after = feed_pulses(d, [pulse(again + 1 + i, loss=1.0, norm=2.0)
+                            for i in range(int(T.history_min_steps))])
     assert after[-1] is Verdict.CLEAR
-    assert isinstance(d.on_pulse(pulse(200, loss=5.0)), Finding)  # the spike stayed out
+    # a spike more than loss_spike_repeat_steps after the last one is lone again
+    lone = again + int(T.history_min_steps) + int(T.loss_spike_repeat_steps) + 1
+    resumed = again + 1 + int(T.history_min_steps)
+    feed_pulses(d, [pulse(i, loss=1.0, norm=2.0) for i in range(resumed, lone)])
+    assert d.on_pulse(pulse(lone, loss=5.0, norm=2.2)) is Verdict.CLEAR
+    # a lone spike whose gradient norm spiked too (by both bars against its own median)
+    d = LossSpike(T)
+    feed_pulses(d, calm)
+    norm_ratio, norm_z = robust_z(norms[-int(T.history_steps):], 8.0)
+    assert norm_ratio > T.loss_spike_factor and norm_z > T.loss_noise_sigmas
+    f = d.on_pulse(pulse(150, loss=5.0, norm=8.0))
+    assert isinstance(f, Finding) and f.step == 150
+    assert f"the global gradient norm is {norm_ratio:.3g}x its median" in f.description
 
 
 def test_loss_spike_waits_for_the_warm_up():
@@ -150,7 +184,9 @@ def test_loss_divergence_is_a_sustained_rise_relative_to_the_level(low, high):
     assert first.severity == "critical" and first.step == divergence_step(losses)
     assert 200 + T.loss_divergence_steps // 2 - 1 <= first.step < 200 + T.loss_divergence_steps
     spiked = findings(feed_pulses(spikes, [pulse(i, loss=v) for i, v in enumerate(losses)]))
-    assert [f.step for f in spiked[:1]] == ([200] if high / low > T.loss_spike_factor else [])
+    # the new level's first step is a lone spike (its gradient norm steady), its second a
+    # repeat: the warning
+    assert [f.step for f in spiked[:1]] == ([201] if high / low > T.loss_spike_factor else [])
     back = feed_pulses(d, [pulse(260 + i, loss=low) for i in range(40)])
     assert Verdict.CLEAR in back  # the reference stayed where the loss stood
 

@@ -83,7 +83,10 @@ RULE_CATCHES = {"fp16_overflow": {"AmpOverflowStorm", "LossSpike", "LossDivergen
 
 #: The recorded runs where one side fires an alert alone, deliberately: run -> alert -> the
 #: side that fires alone (each a records.conditions.Difference of that alert, reason there).
-DELIBERATE = {"fp16_overflow": {"LossDivergence": IN_PROCESS}}
+#: None since the loss rules judge the exporter's figures over steps (records.loss_level):
+#: fp16_overflow's divergence, which the rules' 2 m median of scraped losses never filled
+#: before the run stopped, is now seen on both sides.
+DELIBERATE: dict[str, dict[str, str]] = {}
 
 
 @pytest.mark.servers

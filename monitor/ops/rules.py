@@ -10,9 +10,11 @@ whatever the number of layers and ranks; its ``culprits`` annotations name the w
 (at most CULPRITS) and, for NaN/Inf, the rank it came from. The trainer pushes the same labels
 (alertname, severity, regime, run) to Alertmanager, so the two copies deduplicate.
 TrainerDown and TrainingStalled stay quiet for a run whose last scrape or push said
-``gradwatch_run_finished`` 1. The loss rules judge the same robust statistics as the
-in-process detectors (median and IQR of log(loss); quantiles commute with log, so they are
-taken on the loss itself), over time windows instead of steps.
+``gradwatch_run_finished`` 1. The loss rules judge the in-process detectors' own figures,
+which the exporter publishes from the same trackers (records.loss_level): medians and robust
+sigmas of log(loss) over steps, and the count of spikes by kind, so they judge as the
+trainer does at any pace (a scrape sees one step in many: quantiles over a time window of
+scraped losses are of a few losses at a slow pace).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from prometheus_client.utils import floatToGoString
 
 from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
 from ..records.derived import LR_JUMP, PROFILE_MIN_LAYERS
+from ..records.loss_level import WARNING_SPIKES
 from ..records.alert_table import spec as alert_spec
 from ..records.regimes import REGIMES, code
-from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, IQR_PER_SIGMA, Thresholds
+from ..records.thresholds import DEPTH_SIDES, GRAD_NORM_FLOOR, Thresholds
 
 #: Prometheus scrape interval of deploy/prometheus/prometheus.yml, in seconds. Prometheus sees
 #: per-layer statistics once per scrape, so "N sampled steps in a row" becomes N scrapes.
@@ -37,8 +40,9 @@ SCRAPE_INTERVAL_SECONDS = 15
 COUNTER_WINDOW = "2m"
 #: Window standing in for Thresholds.history_steps (Prometheus knows time, not steps).
 HISTORY_WINDOW = "10m"
-#: Window of the loss's current level (the median over it), before which HISTORY_WINDOW is
-#: the reference: Thresholds.loss_divergence_steps in time.
+#: Window of a recent level (the gradient norm's median over it, AdamUpdateDecorrelation),
+#: before which HISTORY_WINDOW is the reference. (The loss rules judge the exporter's figures
+#: over steps instead: records.loss_level.)
 RECENT_WINDOW = "2m"
 #: Scrape job of the trainers (prometheus.yml), for TrainerDown.
 TRAINER_JOB = "gradwatch"
@@ -105,27 +109,13 @@ def counted_in(counter: str, window: str) -> str:
     return f"({counter} unless {counter} offset {window}) or increase({counter}[{window}])"
 
 
-def loss_quantile(t: Thresholds, q: float, window: str, offset: str = "") -> str:
-    """Per run, a quantile of the loss over ``window`` (ending ``offset`` ago), raised to
-    ``loss_floor`` (a quantile of the clamped loss: clamping commutes with quantiles)."""
-    shift = f" offset {offset}" if offset else ""
-    return (f"clamp_min(max by ({BY_RUN}) (quantile_over_time({q!r}, "
-            f"gradwatch_loss[{window}]{shift})), {t.loss_floor!r})")
-
-
-def log_sigma(t: Thresholds, window: str, offset: str = "") -> str:
-    """Robust sigma of log(loss): ln(q75 / q25) / 1.349 (the IQR of log(loss))."""
-    return (f"ln({loss_quantile(t, 0.75, window, offset)}"
-            f" / {loss_quantile(t, 0.25, window, offset)}) / {IQR_PER_SIGMA}")
-
-
-#: How far back the loss rules' reference reaches (HISTORY_WINDOW before RECENT_WINDOW).
+#: How far back gradwatch:learning_rate:jumped looks (a HISTORY_WINDOW and a RECENT_WINDOW).
 REFERENCE_SPAN = "12m"
-#: Per run, present while an lr raise lies within REFERENCE_SPAN: the lr now above its low
-#: in that span (a decaying lr is at its low). An lr that jumped (a warm restart, a step up:
-#: records.derived.LR_JUMP) moves the loss to a new level by design, so the loss before it is
-#: no reference: the loss rules wait until the jump has left their windows (in-process:
-#: LossDivergence and LossSpike re-base and warm up again). A ramp is no jump.
+#: Per run, present while an lr jump lies within REFERENCE_SPAN. An lr that jumped (a warm
+#: restart, a step up: records.derived.LR_JUMP) moves the loss to a new level by design: the
+#: exporter's loss references re-base at the very step (records.loss_level, as the detectors
+#: do) and are absent through the warm-up after it, so the loss rules need no window of
+#: their own; this series marks the jumps for dashboards and the runbook. A ramp is no jump.
 LR_JUMPED = "gradwatch:learning_rate:jumped"
 
 
@@ -137,24 +127,21 @@ def lr_recording_rules() -> list[tuple[str, str]]:
     return [(LR_JUMPED, f"max by (run) (max_over_time(({jumped})[{REFERENCE_SPAN}:{scrape}]))")]
 
 
-def loss_recording_rules(t: Thresholds) -> list[tuple[str, str]]:
-    """The loss's robust level: where it stands (median, sigma of log) now and before."""
-    judged = (
-        f"max by ({BY_RUN}) (gradwatch_step) >= {t.loss_warmup_steps!r}"
-        f" and on ({BY_RUN}) min by ({BY_RUN}) "
-        f"(min_over_time(gradwatch_loss[{HISTORY_WINDOW}]) > 0)"
-        f" and on ({BY_RUN}) sum by ({BY_RUN}) "
-        f"(count_over_time(gradwatch_loss[{HISTORY_WINDOW}] offset {RECENT_WINDOW}))"
-        f" >= {t.history_min_steps!r}")
-    return [
-        ("gradwatch:loss:judged", judged),
-        (f"gradwatch:loss:median{HISTORY_WINDOW}", loss_quantile(t, 0.5, HISTORY_WINDOW)),
-        (f"gradwatch:loss:log_sigma{HISTORY_WINDOW}", log_sigma(t, HISTORY_WINDOW)),
-        (f"gradwatch:loss:median{RECENT_WINDOW}", loss_quantile(t, 0.5, RECENT_WINDOW)),
-        ("gradwatch:loss:median_before",
-         loss_quantile(t, 0.5, HISTORY_WINDOW, RECENT_WINDOW)),
-        ("gradwatch:loss:log_sigma_before", log_sigma(t, HISTORY_WINDOW, RECENT_WINDOW)),
-    ]
+#: The loss spikes LossSpike warns on (records.loss_level: a spike that repeats or comes
+#: with a gradient-norm spike; a lone one is one hard batch), as the exporter counts them.
+WARNING_SPIKE_STEPS = ('gradwatch_loss_spike_steps_total{kind=~"'
+                       + "|".join(WARNING_SPIKES) + '"}')
+#: Per run and rank, those spikes within COUNTER_WINDOW.
+SPIKES_WARNED = f"gradwatch:loss_spike_warnings:increase{COUNTER_WINDOW}"
+#: The loss's level over its reference: the exporter's step-counted medians (LossDivergence).
+LEVEL_RISE = "(gradwatch_loss_recent_median / gradwatch_loss_reference_median)"
+
+
+def loss_recording_rules() -> list[tuple[str, str]]:
+    """The loss spikes that warn, counted over COUNTER_WINDOW (every step's, whatever the
+    pace: the exporter counts them, so none falls between two scrapes)."""
+    return [(SPIKES_WARNED,
+             f"sum by ({BY_RUN}) ({counted_in(WARNING_SPIKE_STEPS, COUNTER_WINDOW)})")]
 
 
 #: Per run and rank: the median over layers of the eps-dominated ratio, and the gradient
@@ -239,7 +226,7 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
          f"sum by ({BY_RUN}) "
          f"({counted_in('gradwatch_amp_overflow_steps_total', HISTORY_WINDOW)})"),
         *vanishing_recording_rules(),
-        *loss_recording_rules(thresholds),
+        *loss_recording_rules(),
         *lr_recording_rules(),
         *adam_recording_rules(),
         ("gradwatch:layer_depth:padded", padded_depth),
@@ -357,29 +344,29 @@ def unit_alerts(t: Thresholds) -> list[Alert]:
 
 
 def loss_alerts(t: Thresholds) -> list[Alert]:
-    """The loss's level and spikes, and the AMP loss scaler's overflow storms."""
-    level_rise = f"(gradwatch:loss:median{RECENT_WINDOW} / gradwatch:loss:median_before)"
-    spike = (f"(clamp_min(max by ({BY_RUN}) (gradwatch_loss), {t.loss_floor!r})"
-             f" / gradwatch:loss:median{HISTORY_WINDOW})")
+    """The loss's level and spikes (the exporter's step-counted figures, judged as the
+    detectors judge them), and the AMP loss scaler's overflow storms."""
     return [
         Alert(
             "LossDivergence",
-            f"max by (run) ({level_rise} > {t.loss_divergence_factor!r}"
-            f" and ln{level_rise} > {t.loss_divergence_sigmas!r} * gradwatch:loss:log_sigma_before"
-            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_JUMPED}",
-            f"The median loss of run {{{{ $labels.run }}}}{LAYER_TEXT} over the last "
-            f"{RECENT_WINDOW} is {{{{ printf \"%.3g\" $value }}}}x its median of the "
-            f"{HISTORY_WINDOW} before (alert above {t.loss_divergence_factor!r}x and "
-            f"{t.loss_divergence_sigmas!r} robust sigmas of log(loss)): a sustained rise.",
+            f"max by (run) ({LEVEL_RISE} > {t.loss_divergence_factor!r}"
+            f" and ln{LEVEL_RISE} > {t.loss_divergence_sigmas!r}"
+            " * gradwatch_loss_reference_log_sigma)",
+            f"The median loss of run {{{{ $labels.run }}}}{LAYER_TEXT} over its last "
+            f"{t.loss_divergence_steps!r} steps is {{{{ printf \"%.3g\" $value }}}}x its median "
+            f"of the up to {t.history_steps!r} steps before (alert above "
+            f"{t.loss_divergence_factor!r}x and {t.loss_divergence_sigmas!r} robust sigmas of "
+            "log(loss)): a sustained rise.",
         ),
         Alert(
             "LossSpike",
-            f"max by (run) ({spike} > {t.loss_spike_factor!r}"
-            f" and ln{spike} > {t.loss_noise_sigmas!r} * gradwatch:loss:log_sigma{HISTORY_WINDOW}"
-            f" and on (run, rank) gradwatch:loss:judged) unless on (run) {LR_JUMPED}",
-            f"The loss of run {{{{ $labels.run }}}}{LAYER_TEXT} is "
-            f"{{{{ printf \"%.3g\" $value }}}}x its {HISTORY_WINDOW} median (alert above "
-            f"{t.loss_spike_factor!r}x and {t.loss_noise_sigmas!r} robust sigmas of log(loss)).",
+            f"max by (run) ({SPIKES_WARNED}) > 0",
+            f"{{{{ $value | humanize }}}} loss spikes of run {{{{ $labels.run }}}}{LAYER_TEXT} "
+            f"in the last {COUNTER_WINDOW} repeated a spike of the {t.loss_spike_repeat_steps!r} "
+            "steps before or came with a spike of the global gradient norm (a spike: above "
+            f"{t.loss_spike_factor!r}x the median of the last {t.history_steps!r} steps and "
+            f"{t.loss_noise_sigmas!r} robust sigmas of log(loss)); a lone spike with a steady "
+            "gradient norm is one hard batch, no warning.",
         ),
         Alert(
             "AmpOverflowStorm",

@@ -41,14 +41,9 @@ class Condition:
 STEP_HISTORY = ("the detector keeps every step's (or sample's) history; a scrape sees the "
                 "latest figure only, so the rule judges the level and not the shape")
 
-#: How each side re-bases the loss after a jump of the learning rate.
-LR_REBASE = Difference(
-    IN_PROCESS, "loss_warmup_steps after a jump of the learning rate, while the jump is still "
-    "within the rule's REFERENCE_SPAN",
-    "the detector starts its histories and warm-up again at the jump (one step, LR_JUMP) and "
-    "judges the new level loss_warmup_steps later; the rule sees jumps from one scrape to "
-    "the next and cannot restart its windows, so it waits until the jump has left them "
-    "(gradwatch:learning_rate:jumped)")
+#: What the loss rules judge: the exporter runs the detectors' own trackers on every Pulse.
+LOSS_FIGURES = ("records.loss_level, the same trackers on both sides: the detector's own, the "
+                "exporter's for the rule")
 
 #: How each side counts the persistence of a per-layer share (DeadUnits,
 #: ActivationSaturation): the detector counts sampled steps, the rule scrape intervals.
@@ -107,27 +102,36 @@ CONDITIONS: tuple[Condition, ...] = (
         UNIT_PACE),
     Condition(
         "LossDivergence",
-        "the loss's recent median above loss_divergence_factor x the median before it, and "
-        "log of that rise above loss_divergence_sigmas robust sigmas of log(loss), after "
-        "loss_warmup_steps with at least history_min_steps of history; a jump of the "
+        "the median loss of the last loss_divergence_steps steps above "
+        "loss_divergence_factor x the median of up to history_steps steps before them, and "
+        "log of that rise above loss_divergence_sigmas robust sigmas of their log(loss), "
+        "after loss_warmup_steps with at least history_min_steps of history; a jump of the "
         "learning rate (records.derived.lr_jumped: a warm restart, a step up; not a ramp) "
-        "re-bases the baseline",
-        ("loss_divergence_factor", "loss_divergence_sigmas", "loss_warmup_steps",
-         "history_min_steps"),
-        "over half of the recent window high (its median)",
-        (Difference(IN_PROCESS, "the run ends (a NaN stops it) less than RECENT_WINDOW "
-                    "after the rise",
-                    "the rule's recent level is the median of RECENT_WINDOW (2 min of "
-                    "scrapes), the detector's of loss_divergence_steps steps: a run that "
-                    "stops sooner never fills the rule's window with the risen loss"),
-         LR_REBASE)),
+        "re-bases the baseline. Figures over steps: " + LOSS_FIGURES + " "
+        "(gradwatch_loss_recent_median, gradwatch_loss_reference_median, "
+        "gradwatch_loss_reference_log_sigma)",
+        ("loss_divergence_factor", "loss_divergence_sigmas", "loss_divergence_steps",
+         "loss_warmup_steps", "history_min_steps"),
+        "over half of the recent window high (its median); the rule: on the step a scrape "
+        "reads",
+        (Difference(IN_PROCESS, "the level is over the line only on steps no scrape reads "
+                    "(fewer steps than a scrape interval holds, or the run stops before the "
+                    "next scrape)",
+                    "the rule reads the figures of the latest step at each scrape; the "
+                    "detector judges every step"),)),
     Condition(
         "LossSpike",
-        "one step's loss above loss_spike_factor x the history's median and "
-        "loss_noise_sigmas robust sigmas of log(loss) above it; a jump of the learning rate "
-        "re-bases the baseline",
-        ("loss_spike_factor", "loss_noise_sigmas", "loss_warmup_steps", "history_min_steps"),
-        "one step (the rule: the step a scrape reads)", (LR_REBASE,)),
+        "one step's loss above loss_spike_factor x the median of the last history_steps "
+        "non-spike steps and loss_noise_sigmas robust sigmas of log(loss) above it, that "
+        "repeats a spike of the loss_spike_repeat_steps steps before or comes with a spike of "
+        "the global gradient norm (the same two bars, against the median of its history's "
+        "norms); a lone spike with a steady gradient norm is one hard batch, no warning; a "
+        "jump of the learning rate re-bases the baseline. Figures over steps: "
+        + LOSS_FIGURES + " (the rule counts the spikes it judged that warn: "
+        "gradwatch_loss_spike_steps_total of kind repeat or gradient_spike)",
+        ("loss_spike_factor", "loss_noise_sigmas", "loss_spike_repeat_steps",
+         "loss_warmup_steps", "history_min_steps"),
+        "one step (the rule: one step within COUNTER_WINDOW)"),
     Condition(
         "AmpOverflowStorm",
         "amp_skipped_steps steps the GradScaler skipped within history_steps, its skips "

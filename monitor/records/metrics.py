@@ -56,6 +56,37 @@ _SPECS = (
     _spec("loss", "gauge", "Loss of the latest step (sum of its micro-batch losses).", "loss",
           EVERY_STEP, "finite, trending down; one step above {t.loss_spike_factor}x the rolling "
           "median is a spike, a level {t.loss_divergence_factor}x where it stood is divergence"),
+    # issue 27: the loss detectors' own figures, counted in steps (records.loss_level), so
+    # the rules judge as the trainer does at any pace (a scrape sees one step in many)
+    _spec("loss_median", "gauge", "Median loss of the last history_steps steps whose loss "
+          "was no spike: LossSpike's reference, over steps (every step seen). Absent until the "
+          "loss is judged: loss_warmup_steps steps after the run's start or a jump of the "
+          "learning rate (a warm restart, a step up), with history_min_steps steps of "
+          "history.", "loss", EVERY_STEP, "follows the level of gradwatch_loss"),
+    _spec("loss_log_sigma", "gauge", "Robust sigma of log(loss) over the steps of "
+          "gradwatch_loss_median (their IQR / 1.349). Absent until the loss is judged.",
+          "log(loss)", EVERY_STEP, "steady; a loss above {t.loss_spike_factor}x the median "
+          "and {t.loss_noise_sigmas} of these above it is a spike"),
+    _spec("loss_recent_median", "gauge", "Median loss of the last "
+          "loss_divergence_steps steps: the loss's current level (LossDivergence). "
+          "Absent until the loss is judged.", "loss", EVERY_STEP,
+          "at or below gradwatch_loss_reference_median; {t.loss_divergence_factor}x above "
+          "it and {t.loss_divergence_sigmas} of its robust sigmas is divergence"),
+    _spec("loss_reference_median", "gauge", "Median loss of up to history_steps steps "
+          "before those of gradwatch_loss_recent_median, held where the loss stood while it "
+          "diverges: LossDivergence's reference. Absent until the loss is judged.", "loss",
+          EVERY_STEP, "falls as the model learns"),
+    _spec("loss_reference_log_sigma", "gauge", "Robust sigma of log(loss) over the steps of "
+          "gradwatch_loss_reference_median (their IQR / 1.349). Absent until the loss is "
+          "judged.", "log(loss)", EVERY_STEP, "steady"),
+    _spec("loss_spike_steps", "counter", "Steps whose loss was a spike (above "
+          "loss_spike_factor x gradwatch_loss_median and loss_noise_sigmas robust "
+          "sigmas of log(loss) above it), by kind: lone (one hard batch: no spike in the "
+          "loss_spike_repeat_steps steps before, the global gradient norm steady), repeat "
+          "(another spike within loss_spike_repeat_steps steps before) or gradient_spike "
+          "(the step's global gradient norm spiked too, by the same two bars against its own "
+          "median). LossSpike warns on repeat and gradient_spike.", "steps", EVERY_STEP,
+          "a lone one now and then (hard batches); no repeat or gradient_spike", ("kind",)),
     _spec("global_grad_norm", "gauge", "L2 norm over all gradients of the latest step, before "
           "clipping.", "L2 norm", EVERY_STEP, "finite, stable; above {t.explosion_norm} or "
           "{t.explosion_spike_factor}x the recent max is an explosion"),

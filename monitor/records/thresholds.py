@@ -103,10 +103,20 @@ class Thresholds:
         "(a warm restart starts training again).", low=0, high=100_000)
     loss_spike_factor: float = _t(
         3.0, "One step's loss above this many times the rolling median (and loss_noise_sigmas "
-        "above it) is a spike: a warning.", low=1.0)
+        "above it) is a spike: a warning when it repeats (loss_spike_repeat_steps) or the "
+        "step's global gradient norm spikes by the same two bars against its own median; a "
+        "lone spike with a steady gradient norm is one hard batch, counted but no warning.",
+        low=1.0)
     loss_noise_sigmas: float = _t(
         6.0, "Robust z-score of log(loss) (distance from the rolling median over the IQR's "
         "sigma, IQR / 1.349) above which one step is a spike (OLMo: 6 sigma).", low=1.0)
+    loss_spike_repeat_steps: int = _count(
+        10, "A loss spike within this many steps after another is a repeat: a warning. One "
+        "hard or outlier batch raises its own loss but leaves the weights where they were, "
+        "so the next steps are back at the median; an instability the step began shows again "
+        "in the losses of the next steps, computed on the weights it moved (momentum and "
+        "Adam's first moment carry a step's gradient for ~1 / (1 - beta1) = 10 steps at "
+        "beta1 = 0.9).", low=1, high=100_000)
     loss_divergence_factor: float = _t(
         1.5, "The median loss of the last loss_divergence_steps steps above this many times "
         "the median of the history before them is divergence: a critical alert (a rise "

@@ -36,6 +36,7 @@ from ..records.fields import (
     OUTPUT_GAUGES,
     SYNCHRONISED_LAYER_GAUGES,
 )
+from ..records.loss_level import LOSS_GAUGES, LossFigures
 from ..records.metrics import spec
 from ..records.regimes import HEALTHY, REGIMES
 from ..records.snapshot import NONFINITE_KINDS, NONFINITE_SOURCES, Pulse, Snapshot
@@ -105,7 +106,8 @@ class PrometheusSink:
         max_layers: at most this many ``layer`` label values; deeper models export the
             ``max_layers`` most offending layers (farthest from the model's median, non-finite
             first) and ``gradwatch_layer_group`` summaries of ``depth_groups`` depth groups.
-        thresholds: for the histogram's bucket at ``explosion_norm``.
+        thresholds: for the histogram's bucket at ``explosion_norm`` and the loss
+            detectors' figures (records.loss_level), judged on every Pulse.
         rank_activations: with several ranks, every rank also exports the activations of
             its own batch (``rank="<rank>"``), for imbalanced data.
         depth_groups: number of depth groups summarised beyond ``max_layers``.
@@ -134,6 +136,7 @@ class PrometheusSink:
         self._lock = threading.Lock()
         self._scraped = threading.Condition(self._lock)
         self._norms = NormHistogram(thresholds or Thresholds())
+        self._loss = LossFigures(thresholds or Thresholds())  # the loss detectors' own
         self._latest: dict[str, float] = {}
         self._learning_rates: tuple[tuple[float, ...], ...] = ()
         self._snapshot: Snapshot | None = None
@@ -211,6 +214,7 @@ class PrometheusSink:
                     self._latest[name] = value
             if pulse.learning_rates:
                 self._learning_rates = pulse.learning_rates
+            self._loss.update(pulse)
             if loss is not None and not math.isfinite(loss):
                 self._nonfinite_steps["loss"] += 1
                 self._nonfinite[(False, "loss", "", _kind(loss))] += 1
@@ -258,20 +262,10 @@ class PrometheusSink:
                 if shared and self._shared is None:
                     continue  # rank 0 exports it: the same on every rank
                 name = snapshot.layers[depth]
-                layer = name if shared else self._rank_layer(name)
+                layer = name if shared or not self._multi else _rank_layer(self._rank_layers,
+                                                                           name)
                 self._nonfinite[(shared, source, layer, NONFINITE_KINDS[k])] \
                     += int(counts[s, depth, k])
-
-    def _rank_layer(self, layer: str) -> str:
-        """The ``layer`` label of a rank's own non-finite count: past the first
-        RANK_NONFINITE_LAYERS layers seen (the first in depth order are where a NaN appears;
-        the deeper ones inherit it), the rest of a rank's counts go to DEEPER_LAYERS."""
-        if not self._multi or layer in self._rank_layers:
-            return layer
-        if len(self._rank_layers) < RANK_NONFINITE_LAYERS:
-            self._rank_layers.add(layer)
-            return layer
-        return DEEPER_LAYERS
 
     def on_alert(self, alert) -> None:
         with self._lock:
@@ -308,6 +302,7 @@ class PrometheusSink:
     def _run_metrics(self) -> Iterator[Metric]:
         base, shared = list(self._base.values()), self._shared
         yield from self._gauges(RANK_GAUGES, self._base)
+        yield from _loss_metrics(self._loss, self._family, base)
         finished = self._family("run_finished")
         finished.add_metric(base, float(self._finished))
         yield finished
@@ -394,6 +389,35 @@ class PrometheusSink:
 
 #: Counters of steps, the same on every rank (rank 0 exports them).
 SHARED_STEP_COUNTS = ("grad_clip_engaged", "amp_skipped_steps", "amp_overflow_steps")
+
+
+def _rank_layer(seen: set[str], layer: str) -> str:
+    """The ``layer`` label of a rank's own non-finite count (under several ranks): past the
+    first RANK_NONFINITE_LAYERS layers ``seen`` (the first in depth order are where a NaN
+    appears; the deeper ones inherit it), the rest of a rank's counts go to DEEPER_LAYERS."""
+    if layer in seen:
+        return layer
+    if len(seen) < RANK_NONFINITE_LAYERS:
+        seen.add(layer)
+        return layer
+    return DEEPER_LAYERS
+
+
+def _loss_metrics(figures: LossFigures, family_of: Callable[[str], Metric],
+                  base: list[str]) -> Iterator[Metric]:
+    """The loss detectors' figures (records.loss_level), fed every step: their references,
+    exact at the scrape (none while the loss is not judged), and the spikes by kind. The
+    rules judge these, so they judge over steps as the trainer does, at any pace."""
+    gauges = figures.gauges()
+    for name in LOSS_GAUGES:
+        family = family_of(name)
+        if name in gauges:
+            family.add_metric(base, gauges[name])
+        yield family
+    spikes = family_of("loss_spike_steps")
+    for kind, value in figures.spike_steps.items():
+        spikes.add_metric([*base, kind], value)
+    yield spikes
 
 
 def _leading_metrics(snapshot: Snapshot, family_of: Callable[[str], Metric],

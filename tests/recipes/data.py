@@ -56,6 +56,17 @@ def images(batch: int = 16, seed: int = 3, noise: float = 1.5, size: int = 8,
     return batches
 
 
+def one_outlier_batch(source: Batches, at: int, noise: float) -> Batches:
+    """``source``'s batches, but at step ``at`` its inputs buried in extra Gaussian noise of
+    standard deviation ``noise``: one hard batch (a corrupted shard, a bad augmentation)."""
+    def batches(step: int):
+        x, y = source(step)
+        if step == at:
+            x = x + noise * torch.randn(x.shape, generator=gen(17000 + step))
+        return x, y
+    return batches
+
+
 def tokens(vocab: int = 16, batch: int = 8, length: int = 16, noise: float = 0.2) -> Batches:
     """Sequences counting up mod vocab, a random token now and then (next-token targets)."""
     def batches(step: int):

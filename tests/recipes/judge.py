@@ -146,6 +146,9 @@ def known_misses(verdicts: Mapping[str, Verdict]) -> str:
         for reason, judges in by_reason.items():
             what = "false alarm" if v.recipe.healthy else "miss"
             lines.append(f"- **{v.recipe.name}** ({what}; {', '.join(judges)}): {reason}.")
+    if len(lines) == 2:
+        lines.append("None: every healthy recipe is quiet and every unstable one caught, by "
+                     "every judge.")
     return "\n".join(lines) + "\n"
 
 

@@ -76,6 +76,32 @@ def loss_falls(by: float) -> Claim:
     return claim
 
 
+def one_lone_spike(at: int, trains: Claim) -> Claim:
+    """Trains (``trains``), and step ``at``'s loss is a spike by both of LossSpike's bars
+    (above loss_spike_factor x the median of the 100 steps before and loss_noise_sigmas
+    robust sigmas of log(loss) above it: numpy's percentiles), with the step's global
+    gradient norm below loss_spike_factor x its own median, and the next step back within
+    1.5x the median: one hard batch that left the weights where they were."""
+    from gradwatch.monitor.records.thresholds import Thresholds
+
+    t = Thresholds()
+
+    def claim(record: Recording, setup: Setup) -> None:
+        import numpy as np
+
+        trains(record, setup)
+        before = np.log(record.losses[at - t.history_steps:at])
+        q25, median, q75 = np.percentile(before, (25, 50, 75))
+        rise = math.log(record.losses[at]) - median
+        assert rise > math.log(t.loss_spike_factor), math.exp(rise)
+        assert rise > t.loss_noise_sigmas * (q75 - q25) / 1.349, (rise, q75 - q25)
+        assert record.losses[at + 1] < 1.5 * math.exp(median), record.losses[at + 1]
+        norms = [p.global_grad_norm for p in record.pulses]
+        assert norms[at] < t.loss_spike_factor * statistics.median(
+            norms[at - t.history_steps:at]), norms[at]
+    return claim
+
+
 def goes_nonfinite(record: Recording, setup: Setup) -> None:
     """Fails: a NaN/Inf loss or gradient."""
     assert record.first_nonfinite is not None, record.losses[-5:]

@@ -7,9 +7,9 @@ from torch import nn
 
 from ..realistic import Setup
 from . import schedules
-from .data import images
+from .data import images, one_outlier_batch
 from .models import PlainDeepCNN, SmallCNN, TinyResNet
-from .recipe import Recipe, healthy, loss_falls
+from .recipe import Recipe, healthy, loss_falls, one_lone_spike
 
 STEPS = 600
 FAMILY = "CNN"
@@ -77,6 +77,23 @@ def relu_cnn_default_init_adam_warmup() -> Setup:
                  loss_fn=_cross_entropy, schedule=schedules.linear_warmup(50))
 
 
+#: The step of cnn_bn_one_outlier_batch's outlier batch.
+OUTLIER_STEP = 400
+
+
+def batchnorm_one_outlier_batch() -> Setup:
+    """Issue 27's case 4: a tight loss (batches of 128 heavily overlapping images: the loss
+    levels off near 0.44 with a log-loss robust sigma of ~0.15) and ONE batch whose inputs
+    are buried in noise (sd 8 on top of the data's 3): its loss is ~3.6x the median, 8 robust
+    sigmas above it, its gradient norm under 2x its median, and the next step is back at
+    the median. One hard batch, not an instability: no warning."""
+    torch.manual_seed(207)
+    model = SmallCNN()
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9),
+                 one_outlier_batch(images(batch=128, noise=3.0, seed=10), OUTLIER_STEP, 8.0),
+                 loss_fn=_cross_entropy)
+
+
 RECIPES: tuple[Recipe, ...] = (
     healthy("cnn_bn_sgd_warm_restarts", FAMILY, batchnorm_sgd_warm_restarts, loss_falls(2)),
     healthy("cnn_bn_sgd_nesterov_cosine_wd", FAMILY, batchnorm_sgd_cosine_weight_decay,
@@ -87,6 +104,8 @@ RECIPES: tuple[Recipe, ...] = (
     healthy("resnet_adamw_bf16_cosine", "ResNet", resnet_adamw_bf16, loss_falls(2)),
     healthy("cnn_bn_fp16_grad_scaler", FAMILY, batchnorm_fp16_grad_scaler, loss_falls(2),
             ci=True),
+    healthy("cnn_bn_one_outlier_batch", FAMILY, batchnorm_one_outlier_batch,
+            one_lone_spike(OUTLIER_STEP, loss_falls(2)), ci=True),
     healthy("cnn_relu_default_init_adam_warmup", FAMILY, relu_cnn_default_init_adam_warmup,
             loss_falls(2)),
 )
