@@ -106,7 +106,9 @@ class LayerRuns:
             self._plan = [(i, layer_run_name(i, count, snapshot.layers[i]),
                            group_label(group, count))
                           for group in chart_groups(count) for i in group]
-        columns = {name: getattr(snapshot, name) for name in LAYER_GAUGES}
+        # a statistic not measured at all may come as an empty column
+        columns = {name: column for name in LAYER_GAUGES
+                   if len(column := getattr(snapshot, name)) == len(snapshot.layers)}
         wall_time = time.time()
         for index, run, label in self._plan:
             values = [Summary.Value(tag=f"{LAYER_TAG_PREFIX}{shown(name)}/{label}",
