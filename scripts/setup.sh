@@ -3,7 +3,7 @@
 #   scripts/setup.sh          the package, its runtime dependencies and the demo extra
 #   scripts/setup.sh test     plus test tools and, as root, Debian's Prometheus binaries
 #                             and Chromium (renders the HTML report in the tests)
-#   scripts/setup.sh bench    plus wandb (the benchmark's side-by-side row; never in the tests)
+#   scripts/setup.sh bench    the same (wandb, the benchmark's side-by-side row, is in the test extra too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

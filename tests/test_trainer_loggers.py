@@ -1,11 +1,15 @@
-"""gradwatch's figures in the Trainer's own loggers (issue 28, item 1): CSVLogger and MLflow
-(file store) read back with their own readers; callback_metrics for EarlyStopping; no
-second copy in a TensorBoardLogger's run; a readable run name."""
+"""gradwatch's figures in the Trainer's own loggers (issue 28, item 1): CSVLogger, MLflow
+(file store) and W&B (offline) read back from what each stored; callback_metrics for
+EarlyStopping; no second copy in a TensorBoardLogger's run; a readable run name."""
 
 from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import struct
+import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +106,62 @@ def test_mlflow_gets_the_figures_under_a_readable_run_name(tmp_path, monkeypatch
     assert sorted({m.step for m in layer}) == sorted(set(sampled_steps()))
     for metric in layer:
         assert close(metric.value, reference.layer_norm[(metric.step, "net.0")], rel=1e-3)
+    assert diagnostics.last_snapshot.run == "gradwatch-test/tiny"
+
+
+def wandb_records(path: Path):
+    """The Records of an offline run's ``.wandb`` file (W&B's transaction log: LevelDB's log
+    format, a 7-byte ``:W&B`` header, records in 32 KiB blocks, each chunk's CRC32 over its
+    type and data), parsed with W&B's own ``Record`` proto, every checksum checked (wandb
+    0.2x's Python reader, ``wandb.sdk.internal.datastore``, is gone: its Go core writes it)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data, block, header = path.read_bytes(), 32768, 7
+    assert data[:header] == struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
+    position, pending = header, b""
+    while position + header <= len(data):
+        left = block - position % block
+        checksum, length, kind = struct.unpack("<IHB", data[position:position + header])
+        if left < header or (kind, length) == (0, 0):   # a block's zero-filled tail
+            position += left
+            continue
+        chunk = data[position + header:position + header + length]
+        assert checksum == zlib.crc32(chunk, zlib.crc32(bytes([kind]))), position
+        position += header + length
+        pending += chunk
+        if kind in (1, 4):   # a full record, or its last chunk
+            record = Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb not installed "
+                    "(the test extra installs it: pip install -e '.[test]')")
+def test_wandb_gets_the_figures_under_a_readable_run_name(tmp_path, monkeypatch):
+    for name, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
+                        "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    logger = pl.loggers.WandbLogger(project="gradwatch-test", name="tiny", offline=True,
+                                    save_dir=str(tmp_path))
+    diagnostics, reference, _ = fit(tmp_path, [logger], tensorboard_dir=str(tmp_path / "tb"))
+    logger.experiment.finish()
+    (log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json)
+             for item in record.history.item}
+            for record in wandb_records(log) if record.WhichOneof("record_type") == "history"]
+    # W&B's own step counts log calls; Lightning's step is trainer/global_step
+    norms = {row["trainer/global_step"]: row["gradwatch/global_grad_norm"] for row in rows
+             if "gradwatch/global_grad_norm" in row}
+    assert sorted(norms) == logged_steps()
+    for step, norm in norms.items():
+        assert close(norm, reference.global_norm[step]), (step, norm)
+    layer = {row["trainer/global_step"]: row["gradwatch/grad_norm/net.0"] for row in rows
+             if "gradwatch/grad_norm/net.0" in row}
+    assert sorted(layer) == sorted(set(sampled_steps()))
+    for step, norm in layer.items():
+        assert close(norm, reference.layer_norm[(step, "net.0")], rel=1e-3), (step, norm)
+    assert {row["gradwatch/regime"] for row in rows if "gradwatch/regime" in row} == {0}
     assert diagnostics.last_snapshot.run == "gradwatch-test/tiny"
 
 

@@ -18,7 +18,13 @@ import numpy as np
 from ..records.fields import LAYER_GAUGES, TAG_PREFIX
 from ..records.regimes import NONFINITE, worst
 from ..records.snapshot import NONFINITE_SOURCES
-from ..sinks.tensorboard import ALERTS_TAG, LAYERS_TAG, LOG10_PREFIX, parse_fenced_json
+from ..sinks.tensorboard import (
+    ALERTS_TAG,
+    LAYER_RUNS_DIR,
+    LAYERS_TAG,
+    LOG10_PREFIX,
+    parse_fenced_json,
+)
 
 EVENT_FILE_PREFIX = "events.out.tfevents"
 #: torch's SummaryWriter.add_text stores text under ``<tag>/text_summary``.
@@ -95,9 +101,15 @@ class RunRecord:
 
 
 def find_runs(path: str | os.PathLike) -> list[Path]:
-    """Directories at or below ``path`` holding TensorBoard event files, sorted."""
-    return sorted(Path(directory) for directory, _, files in os.walk(path)
-                  if any(f.startswith(EVENT_FILE_PREFIX) for f in files))
+    """Directories at or below ``path`` holding TensorBoard event files, sorted; a run's
+    layer runs (its ``layers/`` folder: TensorBoard's colours) are part of it, no runs."""
+    runs = []
+    for directory, folders, files in os.walk(path):
+        if any(f.startswith(EVENT_FILE_PREFIX) for f in files):
+            runs.append(Path(directory))
+            if LAYER_RUNS_DIR in folders:
+                folders.remove(LAYER_RUNS_DIR)
+    return sorted(runs)
 
 
 def load_run(run_dir: str | os.PathLike) -> RunRecord:

@@ -4,15 +4,16 @@ Tags: ``gradwatch/<statistic>/<layer>`` for per-layer statistics (sampled steps)
 ``gradwatch/<figure>`` for per-step figures. Figures that span decades are written a second
 time as their base-10 logarithm, ``gradwatch/log10_<statistic>/<layer>`` and
 ``gradwatch/log10_<figure>`` (`LOG10_STATISTICS`, `LOG10_FIGURES`; finite positive values
-only), since TensorBoard's axes are linear. The custom-scalars layout (Custom Scalars tab)
-has a category per statistic, log10 where there is one, with a chart per depth group of at
-most `LAYERS_PER_CHART` layers, input side first, so the few lines of a chart are told
-apart by their tags and a group's depth by its chart. Two text tags make
-the run readable by programs too (``gradwatch report``): ``gradwatch/layers`` holds the
-layer names in depth order as JSON, and ``gradwatch/alerts`` one JSON object per alert
-event (in a fenced block, so TensorBoard shows it readably).
+only), since TensorBoard's axes are linear. TensorBoard colours a line by its run, so each
+charted layer is also a run of its own below the run (`tensorboard_layers`: ``layers/``),
+whose figures a chart per depth group shows, a colour per layer. The custom-scalars layout
+(Custom Scalars tab) has a chart per per-step figure (a line per run) and a category per
+statistic, log10 where there is one, with a chart per depth group of at most
+`LAYERS_PER_CHART` layer runs, input side first. Two text tags make the run readable by
+programs too (``gradwatch report``): ``gradwatch/layers`` holds the layer names in depth
+order as JSON, and ``gradwatch/alerts`` one JSON object per alert event (in a fenced block,
+so TensorBoard shows it readably).
 """
-
 from __future__ import annotations
 
 import json
@@ -29,17 +30,25 @@ except ImportError:  # a dependency, but TensorBoard works without it (slower)
 from ..records.fields import LAYER_GAUGES, PULSE_SCALARS, TAG_PREFIX, tag
 from ..records.figures import Name, pulse_figures, snapshot_figures
 from ..records.snapshot import Pulse, Snapshot
+from .tensorboard_layers import (
+    LAYER_RUNS_DIR,
+    LAYER_TAG_PREFIX,
+    LAYERS_PER_CHART,
+    LOG10_PREFIX,
+    LOG10_STATISTICS,
+    LayerRuns,
+    chart_groups,
+    group_label,
+    shown,
+)
+
+#: what this module gives on from tensorboard_layers (its own names are public too)
+__all__ = ["LAYER_RUNS_DIR", "LAYERS_PER_CHART", "LOG10_PREFIX", "LOG10_STATISTICS"]
 
 LAYERS_TAG = tag("layers")
 ALERTS_TAG = tag("alerts")
-LOG10_PREFIX = "log10_"
-#: Per-layer statistics and per-step figures also written as log10 (they span decades).
-LOG10_STATISTICS = ("grad_norm", "update_ratio", "activation_variance")
+#: Per-step figures also written as log10 (they span decades).
 LOG10_FIGURES = ("loss", "global_grad_norm")
-#: Lines per custom-scalars chart (few enough to tell apart), and the most charts per
-#: statistic (a deeper model gets larger depth groups).
-LAYERS_PER_CHART = 4
-MAX_CHARTS_PER_STATISTIC = 16
 
 
 class TensorBoardSink:
@@ -65,19 +74,29 @@ class TensorBoardSink:
         # torch's writer takes a whole summary per event (tensorboardX's wants its own protos)
         self._one_event_per_step = isinstance(writer, SummaryWriter)
         self._layers_written: tuple[str, ...] = ()
+        self._measured: tuple[str, ...] = ()  # the per-step figures seen, charted
+        self.layer_runs = LayerRuns(self.log_dir)
 
     @property
     def log_dir(self) -> str:
         return self.writer.log_dir if hasattr(self.writer, "log_dir") else self.writer.logdir
 
     def on_pulse(self, pulse: Pulse) -> None:
-        scalars = tagged(pulse_figures(pulse))
+        figures = pulse_figures(pulse)
+        if any((name,) in figures and name not in self._measured for name in PULSE_SCALARS):
+            self._measured = tuple(name for name in PULSE_SCALARS
+                                   if (name,) in figures or name in self._measured)
+            if self._layers_written:   # else the first Snapshot writes the layout
+                self.writer.add_custom_scalars(
+                    custom_scalars_layout(self._layers_written, self._measured))
+        scalars = tagged(figures)
         scalars.update(log10_scalars({name: getattr(pulse, name) for name in LOG10_FIGURES}))
         self._write_scalars(scalars, pulse.step)
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         if snapshot.layers != self._layers_written:
-            self.writer.add_custom_scalars(custom_scalars_layout(snapshot.layers))
+            self.writer.add_custom_scalars(custom_scalars_layout(snapshot.layers,
+                                                                 self._measured))
             self.writer.add_text(LAYERS_TAG, fenced_json(list(snapshot.layers)), snapshot.step)
             self._layers_written = snapshot.layers
         scalars = tagged(snapshot_figures(snapshot))
@@ -85,6 +104,7 @@ class TensorBoardSink:
                                       for layer, value in zip(snapshot.layers,
                                                               getattr(snapshot, name))}))
         self._write_scalars(scalars, snapshot.step)
+        self.layer_runs.write(snapshot)
 
     def _write_scalars(self, scalars: dict[str, float], step: int) -> None:
         """All ``scalars`` of one step as ONE event (a summary with a value per tag), read
@@ -101,6 +121,7 @@ class TensorBoardSink:
         self.writer.add_text(ALERTS_TAG, fenced_json(alert.to_dict()), alert.step)
 
     def close(self) -> None:
+        self.layer_runs.close()
         if self._owned:
             self.writer.close()
         else:
@@ -149,27 +170,23 @@ def log10_scalars(values: dict[str, float | None]) -> dict[str, float]:
             if value is not None and math.isfinite(value) and value > 0}
 
 
-def custom_scalars_layout(layers: tuple[str, ...]) -> dict:
-    """The Custom Scalars tab: the per-step figures, then a category per layer statistic
-    with a multiline chart per depth group (log10 tags where they exist)."""
-    prefix, figures = re.escape(TAG_PREFIX), "|".join(PULSE_SCALARS)
-    layout = {"gradwatch: per step": {
-        "loss and global gradient norm (log10)": [
-            "Multiline", [f"^{prefix}{LOG10_PREFIX}({'|'.join(LOG10_FIGURES)})$"]],
-        "per-step figures": ["Multiline", [f"^{prefix}({figures})$"]]}}
-    groups = depth_groups(len(layers))
+def custom_scalars_layout(layers: tuple[str, ...],
+                          measured: tuple[str, ...] = PULSE_SCALARS) -> dict:
+    """The Custom Scalars tab: a chart per per-step figure ``measured`` (a line per run:
+    TensorBoard's colours; none for, e.g., a loss scale without AMP), then a category per
+    layer statistic with a chart per depth group of the layer runs (a line per layer, named
+    in the legend). Titles and tags name depth positions, not layers or runs, so the
+    charts of several runs' layouts merge into one."""
+    prefix = re.escape(TAG_PREFIX)
+    per_step = [f"{LOG10_PREFIX}{name}" for name in LOG10_FIGURES if name in measured]
+    per_step += measured
+    layout: dict[str, dict[str, list]] = {
+        "gradwatch: per step": {name: ["Multiline", [f"^{prefix}{name}$"]] for name in per_step}}
     for name in LAYER_GAUGES:
-        shown = f"{LOG10_PREFIX}{name}" if name in LOG10_STATISTICS else name
-        layout[f"gradwatch: {shown}"] = {
-            f"{shown} · layers {start + 1}–{stop} of {len(layers)}: {layers[start]}"
-            + (f" … {layers[stop - 1]}" if stop - start > 1 else ""):
-            ["Multiline", [f"^{prefix}{shown}/({'|'.join(map(re.escape, layers[start:stop]))})$"]]
-            for start, stop in groups}
+        charts: dict[str, list] = {}
+        for group in chart_groups(len(layers)):
+            label = group_label(group, len(layers))
+            charts[f"{shown(name)} · {label}"] = [
+                "Multiline", [f"^{re.escape(f'{LAYER_TAG_PREFIX}{shown(name)}/{label}')}$"]]
+        layout[f"gradwatch: {shown(name)}"] = charts
     return layout
-
-
-def depth_groups(count: int) -> list[tuple[int, int]]:
-    """(start, stop) of contiguous groups of at most ``LAYERS_PER_CHART`` layers (more when
-    that would make over ``MAX_CHARTS_PER_STATISTIC`` groups), input side first."""
-    size = max(LAYERS_PER_CHART, -(-count // MAX_CHARTS_PER_STATISTIC))
-    return [(start, min(start + size, count)) for start in range(0, count, size)]
