@@ -1,8 +1,9 @@
 """The callback's cost where users pay it (issue 29): inside a real Lightning step.
 
 Three models whose bare steps span the range people train on a CPU (~2 ms, ~10 ms, ~100
-ms). In each round the bare run, the floor (one fused norm of the gradients per step, never
-read), gradwatch at its defaults (TensorBoard off, no endpoint: what every step pays) and
+ms). In each round the bare run, an empty callback (the four hooks gradwatch uses, doing
+nothing: what Lightning's own dispatch of a callback costs), the floor (one fused norm of the
+gradients per step, never read), gradwatch at its defaults (TensorBoard off, no endpoint: what every step pays) and
 gradwatch sampling every step (``every_n_steps=1``: every probe, every step) run in turn, the
 order rotated from round to round; each is timed over its steady-state window
 (``benchmarks.runner``: Trainer set-up and warm-up excluded). A ratio is a run's step time
@@ -68,9 +69,28 @@ def user_defaults() -> TrainingDiagnostics:
 
 
 EVERY_STEP = "every-step"
+EMPTY = "empty-callback"
+
+
+class EmptyCallback(pl.Callback):
+    """gradwatch's four per-step hooks, doing nothing: Lightning's dispatch of a callback."""
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        pass
+
+    def on_before_backward(self, *args: Any) -> None:
+        pass
+
+    def on_before_optimizer_step(self, *args: Any) -> None:
+        pass
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        pass
 
 CONFIG_ORDER = (
     next(c for c in CONFIGS if c.name == BARE),
+    Config(EMPTY, "a callback whose four per-step hooks do nothing",
+           lambda directory: [EmptyCallback()]),
     next(c for c in CONFIGS if c.name == FLOOR),
     Config("gradwatch", "TrainingDiagnostics(tensorboard=False): every_n_steps=50, alerts on",
            lambda directory: [user_defaults()]),
@@ -187,18 +207,18 @@ def render(results: dict[str, tuple[ModelSpec, dict[str, list[float]], dict[str,
         "\n", " "), "", f"{rounds} rounds, each run timed over whole sampling windows of "
         f"{WINDOW} steps (" + ", ".join(f"{name} {spec.windows}" for name, (spec, *_) in
                                   results.items()) + "), one thread of a shared machine.", "",
-        "| model | bare step (ms) | floor | gradwatch | gradwatch - floor (us per step) "
-        "| every step | a sampled step's own cost (ms) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        "| model | bare step (ms) | empty callback | floor | gradwatch | gradwatch - floor "
+        "(us per step) | every step | a sampled step's own cost (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, (spec, times, _, _) in results.items():
         bare = times[BARE]
         ratios = {c: [t / b for t, b in zip(times[c], bare)]
-                  for c in (FLOOR, "gradwatch", EVERY_STEP)}
+                  for c in (EMPTY, FLOOR, "gradwatch", EVERY_STEP)}
         beyond = statistics.median(g - f for g, f in zip(times["gradwatch"], times[FLOOR]))
         sampled = statistics.median((e - g) * WINDOW / (WINDOW - 1)
                                     for e, g in zip(times[EVERY_STEP], times["gradwatch"]))
         lines.append(f"| {name}: {spec.description} | {statistics.median(bare) * 1e3:.2f} | "
-                     f"{_ratio(ratios[FLOOR])} | {_ratio(ratios['gradwatch'])} | "
+                     f"{_ratio(ratios[EMPTY])} | {_ratio(ratios[FLOOR])} | {_ratio(ratios['gradwatch'])} | "
                      f"{beyond * 1e6:+.0f} | {_ratio(ratios[EVERY_STEP])} | "
                      f"{sampled * 1e3:.2f} |")
     lines += ["", "Where gradwatch's time goes (us per step, over the whole fit):", ""]

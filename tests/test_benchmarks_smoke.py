@@ -113,7 +113,8 @@ def test_gpu_smoke_runs_both_modes_and_counts_the_one_transfer(tmp_path):
 
 def test_lightning_step_smoke_reports_ratios_and_parts(tmp_path):
     text = smoke_section(lightning_step, tmp_path).split(lightning_step.SECTION, 1)[1]
-    rows = re.findall(r"^\| (\w+): .* \| ([\d.]+) \| x(\S+) \[\S+\] \| x(\S+) \[\S+\] "
+    rows = re.findall(r"^\| (\w+): .* \| ([\d.]+) \| x\S+ \[\S+\] \| x(\S+) \[\S+\] "
+                      r"\| x(\S+) \[\S+\] "
                       r"\| ([+-]\d+) \| x(\S+) \[\S+\] \| (-?[\d.]+) \|$", text, re.M)
     assert [name for name, *_ in rows] == [spec.name for spec in lightning_step.models()]
     for _, bare_ms, floor_ratio, gradwatch_ratio, _, every_step_ratio, _ in rows:
