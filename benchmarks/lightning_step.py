@@ -43,6 +43,7 @@ from .runner import run
 
 SECTION = "## The cost in a Lightning step"
 ROUNDS = 5
+OWN_TIME_ROUNDS = 3
 #: gradwatch's sampling window at its defaults: a timed window of whole windows, starting on
 #: a sampled step, holds exactly its share of sampled steps (step 0 is in the warm-up)
 WINDOW = 50
@@ -190,6 +191,25 @@ def _timed_call_seconds(calls: int = 20_000) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def hook_seconds(spec: ModelSpec, config: Config, warmup: int, steps: int) -> float:
+    """Seconds per step the callbacks of ``config`` spend in their own per-step hooks (one
+    clock per hook call, over the whole fit): the time on the training thread that the
+    wall-clock ratios measure through the machine's noise. Lightning's dispatch of the hooks
+    (the empty callback's cost) is outside it."""
+    clock = PartClock()
+
+    def callbacks(directory: str) -> list[pl.Callback]:
+        made = config.callbacks(directory)
+        for callback in made:
+            for hook in HOOKS:
+                if hook in vars(type(callback)):
+                    clock.wrap(callback, hook, hook)
+        return made
+
+    run(spec, Config(config.name, "", callbacks), warmup=warmup, steps=steps)
+    return sum(clock.seconds.values()) / (warmup + steps + 1)
+
+
 def interleaved(spec: ModelSpec, rounds: int, warmup: int,
                 steps: int) -> dict[str, list[float]]:
     """Step seconds per configuration, one run of each per round, the order rotated."""
@@ -237,16 +257,40 @@ def _ratio(values: list[float]) -> str:
     return f"x{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
+def own_times(spec: ModelSpec, rounds: int, warmup: int, steps: int) -> dict[str, float]:
+    """Median hook seconds per step of the floor and of gradwatch, run in turn."""
+    configs = [c for c in CONFIG_ORDER if c.name in (FLOOR, "gradwatch")]
+    seconds: dict[str, list[float]] = {c.name: [] for c in configs}
+    for _ in range(rounds):
+        for config in configs:
+            seconds[config.name].append(hook_seconds(spec, config, warmup, steps))
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
 def measured_section(smoke: bool = False) -> str:
     rounds, warmup = (1, SMOKE_WARMUP) if smoke else (ROUNDS, WARMUP)
-    results = {}
+    results, own = {}, {}
     for spec in models(smoke):
         # whole sampling windows, about as many seconds for every model
         steps = SMOKE_STEPS if smoke else WINDOW * spec.windows
         times = interleaved(spec, rounds, warmup, steps)
+        own[spec.name] = own_times(spec, min(rounds, OWN_TIME_ROUNDS), warmup, steps)
         per_step, calls = breakdown(spec, warmup, steps)
         results[spec.name] = (spec, times, per_step, calls)
-    return render(results, rounds)
+    return render(results, rounds) + render_own(own)
+
+
+def render_own(own: dict[str, dict[str, float]]) -> str:
+    lines = ["", "The hooks' own time on the training thread (one clock per hook call, median "
+             f"of {OWN_TIME_ROUNDS} runs of each, in turn): what the ratios above measure "
+             "through the machine's noise, without Lightning's dispatch of the hooks (the "
+             "empty callback's column).", "",
+             "| model | floor (us per step) | gradwatch (us per step) | gradwatch - floor |",
+             "| --- | ---: | ---: | ---: |"]
+    for name, seconds in own.items():
+        floor, gradwatch = seconds[FLOOR] * 1e6, seconds["gradwatch"] * 1e6
+        lines.append(f"| {name} | {floor:.1f} | {gradwatch:.1f} | {gradwatch - floor:+.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -120,6 +120,9 @@ def test_lightning_step_smoke_reports_ratios_and_parts(tmp_path):
     for _, bare_ms, floor_ratio, gradwatch_ratio, _, every_step_ratio, _ in rows:
         assert float(bare_ms) > 0 and float(floor_ratio) > 0 and float(gradwatch_ratio) > 0
         assert float(every_step_ratio) > 0
+    own = re.findall(r"^\| (\w+) \| ([\d.]+) \| ([\d.]+) \| [+-][\d.]+ \|$", text, re.M)
+    assert [name for name, *_ in own] == [spec.name for spec in lightning_step.models()]
+    assert all(float(floor) > 0 and float(gradwatch) > 0 for _, floor, gradwatch in own)
     parts = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+) \|", text, re.M))
     for hook in lightning_step.HOOKS:  # every hook of a step was clocked
         assert float(parts[f"hook {hook}"]) > 0
