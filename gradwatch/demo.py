@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,10 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     from .monitor.report.html import write_report
 
     pl = lightning_package()
+    # pytorch_lightning 2.6 flattens batches with a torch API that torch 2.13 deprecates:
+    # neither the user's code nor ours, so the demo's output stays about training
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            module=r"pytorch_lightning\.utilities\._pytree")
     console = Console()
     if alertmanager_url or pushgateway_url:
         console.print(f"alerts -> {alertmanager_url or '-'}, metrics pushed -> "
