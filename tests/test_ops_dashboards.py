@@ -125,6 +125,8 @@ def healthy_prometheus(prometheus_server, scrape_target):
     # Rates and derivatives need two samples in their window.
     prometheus.wait_for("gradwatch:steps_per_second:deriv2m > 0")
     prometheus.wait_for("gradwatch:amp_skipped_steps:increase10m")
+    # the loss's level and bar: once the loss is judged (after loss_warmup_steps steps)
+    prometheus.wait_for("gradwatch_loss_recent_median")
     return prometheus
 
 
