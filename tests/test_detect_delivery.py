@@ -128,7 +128,7 @@ def test_receiver_down_never_blocks_warns_once_and_delivers_when_back(
         return [thread for thread, address in connections if address[1] == port]
 
     for i in range(50):
-        sink.on_alert(make_alert(run="down", name="DeadUnits", step=i,  # per layer: 50 alerts
+        sink.on_alert(make_alert(run="down", name="Fp16HeadroomLow", step=i,  # per layer: 50
                                  layers=(f"layer{i}",)))
     wait_for(lambda: any("unreachable" in r.message for r in caplog.records),
              what="the warning")

@@ -140,8 +140,12 @@ def test_alert_labels_and_annotations():
     assert alert.annotations() == {"summary": "s", "description": "d", "remedy": "fix",
                                    "runbook_url": f"{RUNBOOK_BASE_URL}#gradientvanishing",
                                    "layers": "enc.0, enc.1"}
-    dead = make_alert(name="DeadUnits")  # an in-process per-layer warning keeps its layer
-    assert dead.labels()["layer"] == "enc.0" and "layers" not in dead.annotations()
+    # an in-process per-layer warning keeps its layer
+    headroom = make_alert(name="Fp16HeadroomLow")
+    assert headroom.labels()["layer"] == "enc.0" and "layers" not in headroom.annotations()
+    # one the rules raise too is run-wide, as the rule's copy: Alertmanager sees one alert
+    dead = make_alert(name="DeadUnits")
+    assert dead.labels()["layer"] == "" and dead.annotations()["layers"] == "enc.0, enc.1"
     data = make_alert(value=math.nan).to_dict()
     assert data["value"] is None and data["layers"] == ["enc.0", "enc.1"]
     json.dumps(data, allow_nan=False)

@@ -112,12 +112,12 @@ TABLE: tuple[AlertSpec, ...] = (
         "Initialise with random values of variance matched to the fan (kaiming_/xavier_); "
         "biases at 0.", (IN_PROCESS,)),
     AlertSpec(
-        "ActivationSaturation", WARNING, None, RUN_LAYER,
+        "ActivationSaturation", WARNING, None, RUN,
         "Saturated sigmoid/tanh layers in run {run}{layer}",
         "Replace sigmoid/tanh with ReLU/GELU; Xavier initialisation for the layers feeding "
         "them; normalise their inputs.", BOTH),
     AlertSpec(
-        "DeadUnits", WARNING, None, RUN_LAYER,
+        "DeadUnits", WARNING, None, RUN,
         "Mostly dead units in run {run}{layer}",
         "Use LeakyReLU/ELU/GELU; He initialisation with biases at 0; a lower learning rate; "
         "BatchNorm before the activation.", BOTH),
