@@ -37,6 +37,8 @@ def lr_jumped(before: tuple[tuple[float, ...], ...], now: tuple[tuple[float, ...
               ) -> bool:
     """Whether any param group's learning rate (per optimizer, per group, as a Pulse carries
     them) jumped from ``before`` to ``now`` (``LR_JUMP``)."""
+    if now == before:  # most steps: one comparison in C, no generator (judged every step)
+        return False
     return any(new > old * LR_JUMP
                for groups_before, groups_now in zip(before, now)
                for old, new in zip(groups_before, groups_now))
