@@ -42,6 +42,8 @@ from .models import CpuSizes, ModelSpec, cpu_models
 from .runner import run
 
 SECTION = "## The cost in a Lightning step"
+#: Written by hand from the measurements (docs/benchmarks.md): kept by a rewrite of the file
+BOUNDS_SECTION = "## What bounds the cost in a Lightning step (issue 29)"
 ROUNDS = 5
 OWN_TIME_ROUNDS = 3
 #: gradwatch's sampling window at its defaults: a timed window of whole windows, starting on

@@ -222,8 +222,10 @@ def main(argv: list[str] | None = None) -> Path:
     text = report.markdown(environment(command.strip(), plan), plan, configs, skipped, rows,
                            floors, figures, time.perf_counter() - started)
     output.parent.mkdir(parents=True, exist_ok=True)
+    bounds = report.kept_section(output, lightning_step.BOUNDS_SECTION).lstrip("\n")
     output.write_text(f"{text}\n{cardinality_section}\n{lightning_section}\n"
-                      f"{sampled_section}{step_cost_section}"
+                      + (f"{bounds}\n" if bounds else "")
+                      + f"{sampled_section}{step_cost_section}"
                       f"\n{clip_section}"
                       + report.kept_section(output, gpu.SECTION)  # measured on a GPU
                       + instability.kept_section(output))  # issue 17's section stays
