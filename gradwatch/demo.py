@@ -123,6 +123,13 @@ def summarize(name: str, engine, report: Path, log_dir: str) -> dict:
     }
 
 
+def _quiet_library_deprecations() -> None:
+    """pytorch_lightning 2.6 flattens batches with a torch API that torch 2.13 deprecates:
+    neither the user's code nor ours, so the demo's output stays about training."""
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            module=r"pytorch_lightning\.utilities\._pytree")
+
+
 def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 10,
         scenarios: tuple[Scenario, ...] = SCENARIOS, progress: bool = True,
         alertmanager_url: str | None = None, pushgateway_url: str | None = None) -> list[dict]:
@@ -136,10 +143,7 @@ def run(out_dir: str = "gradwatch_demo", port: int = 9400, every_n_steps: int = 
     from .monitor.report.html import write_report
 
     pl = lightning_package()
-    # pytorch_lightning 2.6 flattens batches with a torch API that torch 2.13 deprecates:
-    # neither the user's code nor ours, so the demo's output stays about training
-    warnings.filterwarnings("ignore", category=FutureWarning,
-                            module=r"pytorch_lightning\.utilities\._pytree")
+    _quiet_library_deprecations()
     console = Console()
     if alertmanager_url or pushgateway_url:
         console.print(f"alerts -> {alertmanager_url or '-'}, metrics pushed -> "

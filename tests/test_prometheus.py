@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -289,3 +290,17 @@ def test_a_nan_layer_of_a_deep_model_is_kept_and_shows_in_its_group():
     assert sample(parsed, "gradwatch_layer_group", stat="argmax", **where) == 25
     assert sample(parsed, "gradwatch_layer_group", stat="max", metric="grad_norm",
                   depth_group="30-39") == grad[39]
+
+
+@pytest.mark.unit
+def test_an_overdue_scrape_is_still_waited_for():
+    """The wait at a clean end: until one interval (as the last two scrapes measured it)
+    after the last scrape, plus slack; a scrape already overdue (a loaded machine delays
+    Prometheus) is still coming, so up to another interval and a second; nothing to wait
+    for without two scrapes."""
+    from gradwatch.monitor.sinks.prometheus import next_scrape_in
+
+    now = time.monotonic()
+    assert next_scrape_in([]) == next_scrape_in([now]) == 0.0
+    assert next_scrape_in([now - 10.2, now - 0.2]) == pytest.approx(10 * 1.5 + 1 - 0.2, abs=0.1)
+    assert next_scrape_in([now - 6.0, now - 5.0]) == pytest.approx(1.0 + 1.0, abs=0.1)

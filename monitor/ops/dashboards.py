@@ -225,6 +225,24 @@ def firing_alerts_panel() -> table.Panel:
             .mappings(alert_mappings()).description(alerts_description()))
 
 
+def loss_panel(t: Thresholds) -> timeseries.Panel:
+    """The loss by rank, its level and the bar LossDivergence judges that level against."""
+    return graph(
+        "Loss by rank",
+        query(f"gradwatch_loss{{{RUN}}}"),
+        query(f"gradwatch_loss_recent_median{{{RUN}}}",
+              RUN_LEGEND + f" level (last {t.loss_divergence_steps} steps)", "B"),
+        query(f"gradwatch_loss_reference_median{{{RUN}}} * {t.loss_divergence_factor!r}",
+              RUN_LEGEND + " divergence bar", "C"),
+        log=True, description=(
+            "The loss, its level (the median of its last loss_divergence_steps steps) and "
+            "the bar LossDivergence judges that level against (the reference median times "
+            f"loss_divergence_factor = {t.loss_divergence_factor!r}, with "
+            f"{t.loss_divergence_sigmas!r} robust sigmas of log(loss) too); level and bar "
+            "appear once the loss is judged (after loss_warmup_steps, also after a jump of "
+            "the learning rate)."))
+
+
 def training_health(t: Thresholds) -> dashboard.Dashboard:
     """Per run: regime, firing alerts, loss, gradient norm, non-finite values, AMP, liveness."""
     heartbeat = (stat.Panel().title("Time since last step").datasource(DATASOURCE).unit("s")
@@ -236,19 +254,7 @@ def training_health(t: Thresholds) -> dashboard.Dashboard:
                       "Per-run health of gradwatch-monitored trainings.", with_layer=False)
     panels = [
         regime_panel(), firing_alerts_panel(),
-        graph("Loss by rank",
-              query(f"gradwatch_loss{{{RUN}}}"),
-              query(f"gradwatch_loss_recent_median{{{RUN}}}",
-                    RUN_LEGEND + f" level (last {t.loss_divergence_steps} steps)", "B"),
-              query(f"gradwatch_loss_reference_median{{{RUN}}} * {t.loss_divergence_factor!r}",
-                    RUN_LEGEND + " divergence bar", "C"),
-              log=True, description=(
-                  "The loss, its level (the median of its last loss_divergence_steps steps) "
-                  "and the bar LossDivergence judges that level against (the reference "
-                  f"median times loss_divergence_factor = {t.loss_divergence_factor!r}, "
-                  f"with {t.loss_divergence_sigmas!r} robust sigmas of log(loss) too); "
-                  "level and bar appear once the loss is judged (after loss_warmup_steps, "
-                  "also after a jump of the learning rate).")),
+        loss_panel(t),
         graph("Global gradient norm (before clipping)",
               query(f"gradwatch_global_grad_norm{{{RUN}}}"),
               query(f"gradwatch_clipped_grad_norm{{{RUN}}}", RUN_LEGEND + " clipped", "B"),

@@ -469,8 +469,11 @@ def _le(bound: float) -> str:
 
 def next_scrape_in(scrape_times: list[float]) -> float:
     """Seconds until the next scrape is due: one interval after the last, as the last two
-    measured it, plus half an interval of slack for its jitter and a second; 0 without two."""
+    measured it, plus half an interval of slack for its jitter and a second; 0 without two.
+    One already overdue is still coming (a loaded machine delays Prometheus' scrapes, and
+    a close that comes late finds the scrape "due" in the past): up to another interval and
+    a second then. Either way the wait ends when the scrape comes."""
     if len(scrape_times) < 2:
         return 0.0
     last, interval = scrape_times[-1], scrape_times[-1] - scrape_times[-2]
-    return last + 1.5 * interval + 1.0 - time.monotonic()
+    return max(last + 1.5 * interval + 1.0 - time.monotonic(), interval + 1.0)
