@@ -27,7 +27,7 @@ import yaml
 from prometheus_client.utils import floatToGoString
 
 from ..records.alert_table import RUNBOOK_BASE_URL, check_runbook_base_url
-from ..records.derived import LR_JUMP, PROFILE_MIN_LAYERS
+from ..records.derived import PROFILE_MIN_LAYERS
 from ..records.loss_level import WARNING_SPIKES
 from ..records.alert_table import spec as alert_spec
 from ..records.regimes import REGIMES, code
@@ -107,24 +107,6 @@ def counted_in(counter: str, window: str) -> str:
     counts its full value instead.
     """
     return f"({counter} unless {counter} offset {window}) or increase({counter}[{window}])"
-
-
-#: How far back gradwatch:learning_rate:jumped looks (a HISTORY_WINDOW and a RECENT_WINDOW).
-REFERENCE_SPAN = "12m"
-#: Per run, present while an lr jump lies within REFERENCE_SPAN. An lr that jumped (a warm
-#: restart, a step up: records.derived.LR_JUMP) moves the loss to a new level by design: the
-#: exporter's loss references re-base at the very step (records.loss_level, as the detectors
-#: do) and are absent through the warm-up after it, so the loss rules need no window of
-#: their own; this series marks the jumps for dashboards and the runbook. A ramp is no jump.
-LR_JUMPED = "gradwatch:learning_rate:jumped"
-
-
-def lr_recording_rules() -> list[tuple[str, str]]:
-    """Whether the learning rate jumped within the loss rules' reference span: from one
-    scrape to the next (the rules see no single step), by more than LR_JUMP."""
-    scrape = f"{SCRAPE_INTERVAL_SECONDS}s"
-    jumped = f"gradwatch_learning_rate > {LR_JUMP!r} * (gradwatch_learning_rate offset {scrape})"
-    return [(LR_JUMPED, f"max by (run) (max_over_time(({jumped})[{REFERENCE_SPAN}:{scrape}]))")]
 
 
 #: The loss spikes LossSpike warns on (records.loss_level: a spike that repeats or comes
@@ -227,7 +209,6 @@ def recording_rules(thresholds: Thresholds) -> list[dict[str, Any]]:
          f"({counted_in('gradwatch_amp_overflow_steps_total', HISTORY_WINDOW)})"),
         *vanishing_recording_rules(),
         *loss_recording_rules(),
-        *lr_recording_rules(),
         *adam_recording_rules(),
         ("gradwatch:layer_depth:padded", padded_depth),
         *((f"gradwatch:{metric}:by_depth",
